@@ -1,0 +1,16 @@
+"""reweigh: trained weights you can rebuild, check and replace.
+
+The public API mirrors the command line: `build`, `challenge`, `list_items`,
+`show`, `path`, `verify_store`. Each returns a report record and prints nothing.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .verbs.build import BuildReport, build  # noqa: E402
+from .verbs.challenge import ChallengeReport, challenge  # noqa: E402
+from .verbs.store import list_items, path, show, verify_store  # noqa: E402
+
+__all__ = ["BuildReport", "ChallengeReport", "__version__", "build", "challenge",
+           "list_items", "path", "show", "verify_store"]

@@ -1,0 +1,165 @@
+"""Running recipe code in a separate, sandboxed process.
+
+The child gets a scrubbed environment (fixed PYTHONHASHSEED, pinned numerics and
+thread counts, a private HOME and TMPDIR), no network (a Linux network namespace
+where `unshare` works, an audit-hook guard always), and only the recipe's hashed
+code files. It dies with its parent, so killing a build kills its training.
+Everything it writes goes to a directory under the store's tmp/; whether that
+directory becomes an item is the caller's decision (see `reweigh.verbs.build`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import environment
+from .errors import BuildError
+from .progress import Reporter
+
+LOG_TAIL_LINES = 25
+
+
+@dataclass
+class ChildResult:
+    """What the build process reported through its event pipe."""
+
+    returncode: int = 0
+    environment: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    error: str | None = None
+    started: float = 0.0
+    finished: float = 0.0
+
+
+@functools.cache
+def network_isolation() -> tuple[tuple[str, ...], str]:
+    """The command prefix that puts the child in an empty network namespace, and its label."""
+    if os.environ.get("REWEIGH_NO_NETNS") != "1" and shutil.which("unshare"):
+        prefixes = [("unshare", "--net")] if os.geteuid() == 0 else []
+        prefixes.append(("unshare", "--user", "--map-root-user", "--net"))
+        for prefix in prefixes:
+            probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
+            if probe.returncode == 0:
+                return prefix, "linux-network-namespace+audit-hook"
+    return (), "audit-hook"
+
+
+def stage_source(code: dict[str, Path], work: Path) -> Path:
+    """Copy exactly the hashed code files into the build's source directory."""
+    src = work / "src"
+    for rel, path in code.items():
+        target = src / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    src.mkdir(exist_ok=True)
+    return src
+
+
+def child_env(work: Path, threads: int, event_fd: int) -> dict[str, str]:
+    home, tmp = work / "home", work / "tmp"
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONPATH": package_parent,
+        "REWEIGH_EVENT_FD": str(event_fd),
+        **environment.build_env(threads),
+    }
+
+
+def run_child(spec: dict[str, Any], work: Path, log: Path, reporter: Reporter) -> ChildResult:
+    """Run the runtime on `spec`; stream its events; its stdout and stderr go to `log`."""
+    prefix, network = network_isolation()
+    spec = {**spec, "network": network}
+    spec_file = work / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    read_fd, write_fd = os.pipe()
+    result = ChildResult(started=time.time())
+    with open(log, "ab") as log_handle:
+        process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "reweigh.runtime", str(spec_file)],
+            cwd=work, env=child_env(work, spec["threads"], write_fd), stdin=subprocess.DEVNULL,
+            stdout=log_handle, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+            preexec_fn=_die_with_parent)
+        os.close(write_fd)
+        try:
+            with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as events:
+                for line in events:
+                    _dispatch(line, result, reporter)
+            result.returncode = process.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            reporter.finish()
+    result.finished = time.time()
+    return result
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def _dispatch(line: str, result: ChildResult, reporter: Reporter) -> None:
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return
+    kind = event.get("type")
+    if kind == "progress":
+        reporter.progress(int(event["done"]), int(event["total"]), str(event.get("label", "")))
+    elif kind == "metric":
+        result.metrics.append({k: event.get(k) for k in ("name", "value", "step")})
+    elif kind == "checkpoint":
+        result.checkpoints.append({k: event[k] for k in ("step", "file", "digest")})
+    elif kind == "evaluation":
+        result.evaluations[int(event["index"])] = {
+            "metrics": event.get("metrics", {}), "predictions": event.get("predictions", [])}
+    elif kind == "environment":
+        result.environment = event["record"]
+    elif kind == "violation":
+        result.violations.append(str(event["message"]))
+    elif kind == "error":
+        result.error = str(event["message"])
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def raise_for_failure(result: ChildResult, log: Path, what: str) -> None:
+    """Turn a failed or misbehaving child into a BuildError carrying the log's tail."""
+    if result.violations:
+        reason = result.violations[0]
+    elif result.returncode != 0:
+        reason = result.error or f"the build process exited with status {result.returncode}"
+    else:
+        return
+    raise BuildError(f"{what} failed: {reason}", hint=f"log: {log}", details=log_tail(log))

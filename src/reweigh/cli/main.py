@@ -1,0 +1,66 @@
+"""The entry point, and the one place where errors become exit codes.
+
+0: success (or the verdict the caller required); 1: a check or comparison failed;
+2: bad input or usage, with one line naming the file, field and reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import NoReturn
+
+from .. import __version__
+from ..errors import ReweighError
+from . import build, challenge, list, path, show, store
+
+COMMANDS = (build, challenge, list, show, path, store)
+INTERNAL_ERROR = 70
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"reweigh: {self.prog}: {message}\n")
+        raise SystemExit(2)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="reweigh", description="Trained weights you can rebuild, check "
+                    "and replace.")
+    parser.add_argument("--version", action="version", version=f"reweigh {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in COMMANDS:
+        command.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ReweighError as e:
+        if e.details:
+            sys.stderr.write(e.details.rstrip() + "\n")
+        sys.stderr.write(f"reweigh: {e.one_line()}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("reweigh: interrupted\n")
+        return 130
+    except Exception as e:  # a bug: say so in one line, keep the traceback for who asks
+        if os.environ.get("REWEIGH_DEBUG"):
+            traceback.print_exc()
+        sys.stderr.write(f"reweigh: internal error: {type(e).__name__}: {e} "
+                         "(set REWEIGH_DEBUG=1 for the traceback)\n")
+        return INTERNAL_ERROR
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

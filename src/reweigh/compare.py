@@ -1,0 +1,165 @@
+"""Comparing two networks: per-tensor maths and the verdict (pure).
+
+`compare_files` measures every tensor (bit-identity on the stored bytes, max
+absolute difference, relative L2 distance); `decide` turns those numbers, the
+behavioural evidence and the environments' relation into a verdict with its
+reasons. The rule that matters most: when the published file claims the local
+environment (or claims none), only bit-identity counts; a network that differs by
+one bit is `different`, however small the numbers look. Tolerance applies only
+across environments, and then to weights *and* behaviour together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from .recipe import Tolerance
+from .weights import WeightsFile
+
+CHUNK = 1 << 22  # elements per step, so huge tensors never load whole
+
+
+class Verdict(Enum):
+    IDENTICAL = "identical"
+    EQUIVALENT = "equivalent"
+    DIFFERENT = "different"
+
+    def meets(self, required: Verdict) -> bool:
+        order = [Verdict.DIFFERENT, Verdict.EQUIVALENT, Verdict.IDENTICAL]
+        return order.index(self) >= order.index(required)
+
+
+class EnvRelation(Enum):
+    SAME = "same"  # the published file was built on this environment
+    UNKNOWN = "unknown"  # nothing says where it was built
+    OTHER = "other"  # it says it was built on another environment
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    name: str
+    status: str  # identical | changed | only-in-a | only-in-b | shape-differs | dtype-differs
+    shape: tuple[int, ...]
+    dtype: str
+    max_abs: float = 0.0
+    rel_l2: float = 0.0
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How the two networks answer the recipe's evaluation."""
+
+    samples: int
+    agreement: float  # fraction of inputs on which both predict the same
+    metric: str
+    metric_a: float | None
+    metric_b: float | None
+
+    @property
+    def metric_delta(self) -> float | None:
+        if self.metric_a is None or self.metric_b is None:
+            return None
+        return self.metric_b - self.metric_a
+
+
+def compare_files(a: WeightsFile, b: WeightsFile) -> list[TensorDiff]:
+    """Every tensor of either file, most changed first."""
+    diffs = []
+    for name in sorted(a.tensors.keys() | b.tensors.keys()):
+        if name not in b.tensors:
+            info = a.tensors[name]
+            diffs.append(TensorDiff(name, "only-in-a", info.shape, info.dtype))
+        elif name not in a.tensors:
+            info = b.tensors[name]
+            diffs.append(TensorDiff(name, "only-in-b", info.shape, info.dtype))
+        else:
+            diffs.append(_compare_tensor(a, b, name))
+    return sorted(diffs, key=lambda d: (d.status == "identical", -d.rel_l2, d.name))
+
+
+def _compare_tensor(a: WeightsFile, b: WeightsFile, name: str) -> TensorDiff:
+    ia, ib = a.tensors[name], b.tensors[name]
+    if ia.shape != ib.shape:
+        return TensorDiff(name, "shape-differs", ia.shape, f"{ia.shape} vs {ib.shape}")
+    if ia.dtype != ib.dtype:
+        return TensorDiff(name, "dtype-differs", ia.shape, f"{ia.dtype} vs {ib.dtype}")
+    raw_a, raw_b = a.raw(name).reshape(-1), b.raw(name).reshape(-1)
+    if np.array_equal(raw_a.view(np.uint8), raw_b.view(np.uint8)):
+        return TensorDiff(name, "identical", ia.shape, ia.dtype)
+    va, vb = a.values(name).reshape(-1), b.values(name).reshape(-1)
+    max_abs, diff_sq, ref_sq = _distances(va, vb)
+    rel = float(np.sqrt(diff_sq) / np.sqrt(ref_sq)) if ref_sq > 0 else float(np.sqrt(diff_sq) > 0)
+    if not np.isfinite(rel):
+        rel = float("inf")
+    return TensorDiff(name, "changed", ia.shape, ia.dtype, max_abs, rel)
+
+
+def _distances(va: np.ndarray, vb: np.ndarray) -> tuple[float, float, float]:
+    """Max |a-b|, sum (a-b)^2 and sum a^2, in float64, a chunk at a time."""
+    max_abs, diff_sq, ref_sq = 0.0, 0.0, 0.0
+    for start in range(0, va.size, CHUNK):
+        ca = va[start:start + CHUNK].astype(np.float64)
+        cb = vb[start:start + CHUNK].astype(np.float64)
+        delta = np.abs(ca - cb)
+        if np.isnan(delta).any():
+            return float("inf"), float("inf"), float(np.dot(ca, ca))
+        max_abs = max(max_abs, float(delta.max(initial=0.0)))
+        diff_sq += float(np.dot(delta, delta))
+        ref_sq += float(np.dot(ca, ca))
+    return max_abs, diff_sq, ref_sq
+
+
+def behaviour_of(predictions_a: list[int], predictions_b: list[int], metric: str,
+                 metrics_a: dict[str, float], metrics_b: dict[str, float]) -> Behaviour:
+    count = min(len(predictions_a), len(predictions_b))
+    same = sum(1 for x, y in zip(predictions_a, predictions_b, strict=False) if x == y)
+    if len(predictions_a) != len(predictions_b):
+        same = 0  # the evaluations do not even cover the same inputs
+    return Behaviour(count, same / count if count else 0.0, metric, metrics_a.get(metric),
+                     metrics_b.get(metric))
+
+
+def decide(tensors: list[TensorDiff], behaviour: Behaviour | None, tolerance: Tolerance,
+           env: EnvRelation) -> tuple[Verdict, list[str]]:
+    """The verdict and the reasons for it."""
+    structural = [d for d in tensors if d.status not in ("identical", "changed")]
+    if structural:
+        names = ", ".join(f"{d.name} ({d.status})" for d in structural[:5])
+        return Verdict.DIFFERENT, [f"the networks do not have the same tensors: {names}"]
+    changed = [d for d in tensors if d.status == "changed"]
+    if not changed:
+        return Verdict.IDENTICAL, [f"all {len(tensors)} tensors are bit-identical"]
+    reasons = [f"{len(changed)} of {len(tensors)} tensors differ "
+               f"(largest relative L2 {changed[0].rel_l2:.3g} in {changed[0].name})"]
+    if env is not EnvRelation.OTHER:
+        where = "this one" if env is EnvRelation.SAME else "unknown"
+        reasons.append(f"the published file's environment is {where}, so only bit-identical "
+                       "weights could be equivalent")
+        return Verdict.DIFFERENT, reasons
+    return _within_tolerance(changed, behaviour, tolerance, reasons)
+
+
+def _within_tolerance(changed: list[TensorDiff], behaviour: Behaviour | None,
+                      tolerance: Tolerance, reasons: list[str]) -> tuple[Verdict, list[str]]:
+    failures = []
+    worst = max(d.rel_l2 for d in changed)
+    if worst > tolerance.weights_rel_l2:
+        failures.append(f"relative L2 {worst:.3g} exceeds the tolerance "
+                        f"{tolerance.weights_rel_l2:g}")
+    if behaviour is None:
+        failures.append("the recipe has no evaluation, so equivalent behaviour is unproven")
+    else:
+        if behaviour.agreement < tolerance.agreement:
+            failures.append(f"prediction agreement {behaviour.agreement:.4f} is below "
+                            f"{tolerance.agreement:g}")
+        delta = behaviour.metric_delta
+        if delta is None or abs(delta) > tolerance.metric_delta:
+            failures.append(f"{behaviour.metric} changes by {delta} (tolerance "
+                            f"{tolerance.metric_delta:g})")
+    if failures:
+        return Verdict.DIFFERENT, reasons + failures
+    return Verdict.EQUIVALENT, [*reasons, "built on another environment; weights and behaviour "
+                                "are within the recipe's tolerance"]

@@ -1,0 +1,81 @@
+"""Digests: the one canonical way the tool names content.
+
+Every digest that leaves the tool is written `sha256:<hex>`. Files are hashed
+as bytes, folders as the canonical JSON list of their files' relative paths and
+digests, and records as their canonical JSON (see `canonical_json`), so that the
+same content always gets the same name and nothing else feeds the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, UsageError
+
+ALGORITHM = "sha256"
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+def canonical_json(value: Any) -> bytes:
+    """The single canonical serialisation that every hashed record goes through."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def bytes_digest(data: bytes | memoryview) -> str:
+    return f"{ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+
+
+def record_digest(value: Any) -> str:
+    return bytes_digest(canonical_json(value))
+
+
+def file_digest(path: Path) -> str:
+    """Digest of a file's bytes, read in large chunks (runs near memory bandwidth)."""
+    with open(path, "rb", buffering=0) as handle:
+        return f"{ALGORITHM}:{hashlib.file_digest(handle, 'sha256').hexdigest()}"
+
+
+def tree_files(root: Path) -> list[Path]:
+    """Regular files under root, sorted; symlinks are refused so nothing escapes root."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in (*dirnames, *filenames):
+            if (Path(dirpath) / name).is_symlink():
+                raise InputError(f"{Path(dirpath) / name}: symbolic links are not allowed in inputs")
+        found.extend(Path(dirpath) / name for name in sorted(filenames))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def tree_digest(root: Path) -> str:
+    """Digest of a folder: its files' relative paths and digests, in canonical order."""
+    listing = [[p.relative_to(root).as_posix(), file_digest(p)] for p in tree_files(root)]
+    return record_digest({"tree": listing})
+
+
+def path_digest(path: Path) -> str:
+    return tree_digest(path) if path.is_dir() else file_digest(path)
+
+
+def is_digest(text: object) -> bool:
+    return isinstance(text, str) and bool(_DIGEST_RE.match(text))
+
+
+def parse_digest(text: str, what: str = "digest") -> str:
+    """Validate a user-supplied digest string and return it unchanged."""
+    if not is_digest(text):
+        raise UsageError(f"{what}: expected 'sha256:' followed by 64 lowercase hex digits")
+    return text
+
+
+def short(digest: str, length: int = 32) -> str:
+    """The hex part of a digest, cut to `length` characters (for store paths)."""
+    return digest.split(":", 1)[1][:length]

@@ -1,0 +1,136 @@
+"""The environment record, and the numerics settings the builder pins.
+
+Same derivation + same environment must give bit-identical weights whatever the
+thread count. On CPUs that only holds once the numerics are pinned: the BLAS
+reproducibility mode, the kernel dispatch level and the convolution backend all
+change the order of floating-point reductions (measurements: bench/numerics/).
+The builder sets these before the training code imports anything, and records
+each one, so a verifier knows exactly which knobs were turned.
+
+The record is captured inside the build process (it is the one whose numerics
+matter). Its *fingerprint* keeps only the fields that can change the bits
+(library versions, CPU architecture and instruction sets, numerics settings)
+and leaves out those that must not (thread count, host name, timings).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+from .digest import record_digest
+
+# Environment variables the build process starts with (read by MKL/oneDNN/ATen at load time).
+PINNED_ENV: dict[str, str] = {
+    "MKL_CBWR": "COMPATIBLE",  # MKL: same results whatever the thread count and CPU branch
+    "KMP_DETERMINISTIC_REDUCTION": "1",  # OpenMP reductions in a fixed order
+}
+# Torch switches the build process sets right after importing torch.
+PINNED_TORCH: dict[str, Any] = {
+    "use_deterministic_algorithms": True,
+    "backends.mkldnn.enabled": False,
+}
+ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
+             "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve")
+PACKAGES = ("torch", "numpy", "scikit-learn", "safetensors", "reweigh")
+FINGERPRINT_FIELDS = ("python", "packages", "blas", "cpu_arch", "isa", "cpu_capability",
+                      "numerics")
+
+
+def build_env(threads: int) -> dict[str, str]:
+    """Thread counts and pinned numerics for the child's environment."""
+    count = str(threads)
+    return {**PINNED_ENV, "OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count,
+            "OPENBLAS_NUM_THREADS": count}
+
+
+def apply_torch_numerics(threads: int) -> None:
+    """Called in the build process before any training code runs."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(PINNED_TORCH["use_deterministic_algorithms"])
+    torch.backends.mkldnn.enabled = PINNED_TORCH["backends.mkldnn.enabled"]
+
+
+def numerics_record() -> dict[str, Any]:
+    env = {key: os.environ.get(key) for key in (*PINNED_ENV, "ATEN_CPU_CAPABILITY")}
+    return {"env": env, "torch": dict(PINNED_TORCH)}
+
+
+def capture(threads: int, network: str) -> dict[str, Any]:
+    """The full environment record, taken inside the build process."""
+    import numpy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "blas": {"torch": _torch_blas(torch), "numpy": _numpy_blas(numpy)},
+        "cpu_model": _cpu_model(),
+        "cpu_arch": platform.machine(),
+        "isa": _isa_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": threads,
+        "numerics": numerics_record(),
+        "os": f"{platform.system()} {platform.release()}",
+        "network_isolation": network,
+    }
+
+
+def fingerprint(record: dict[str, Any]) -> str:
+    """The digest of the fields that can change the bits; equal fingerprints, equal bits."""
+    return record_digest({key: record.get(key) for key in FINGERPRINT_FIELDS})
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Which bit-relevant fields differ between two environment records."""
+    return [key for key in FINGERPRINT_FIELDS if a.get(key) != b.get(key)]
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _torch_blas(torch: Any) -> str:
+    config = torch.__config__.show()
+    match = re.search(r"Math Kernel Library Version ([^\s]+)", config)
+    if match:
+        return f"mkl {match.group(1)}"
+    match = re.search(r"BLAS_INFO=(\w+)", config)
+    return match.group(1) if match else "unknown"
+
+
+def _numpy_blas(numpy: Any) -> str:
+    try:
+        config = numpy.show_config(mode="dicts")
+        blas = config["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # numpy's config layout is not a stable interface
+        return "unknown"
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpu_model() -> str:
+    match = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
+    return match.group(1).strip() if match else platform.processor() or "unknown"
+
+
+def _isa_flags() -> list[str]:
+    match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
+    present = set(match.group(1).split()) if match else set()
+    return [flag for flag in ISA_FLAGS if flag in present]

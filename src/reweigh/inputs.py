@@ -1,0 +1,202 @@
+"""Resolving a recipe's inputs to content digests, and keeping them in the store.
+
+Every input ends up as a read-only file or folder under the store's `inputs/`,
+named by its digest, whatever it came from: a file or folder in the recipe, a data
+set shipped inside an installed package, a URL (downloaded once, verified), or
+another store item (a base model to fine-tune). A declared digest that does not
+match is an error, never a warning, and nothing unverified enters the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .digest import ALGORITHM, path_digest
+from .errors import DigestMismatch, InputError, ReweighError
+from .recipe import InputSpec, Recipe
+from .store import Store, remove_tree
+
+# Data sets shipped inside packages, by normalised distribution name: the files that make them.
+PACKAGE_DATASETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "scikit-learn": {
+        "digits": ("sklearn/datasets/data/digits.csv.gz", "sklearn/datasets/descr/digits.rst"),
+        "iris": ("sklearn/datasets/data/iris.csv", "sklearn/datasets/descr/iris.rst"),
+        "wine": ("sklearn/datasets/data/wine_data.csv", "sklearn/datasets/descr/wine_data.rst"),
+        "breast_cancer": ("sklearn/datasets/data/breast_cancer.csv",
+                          "sklearn/datasets/descr/breast_cancer.rst"),
+    },
+}
+DOWNLOAD_LIMIT = 8 << 30
+DOWNLOAD_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    name: str
+    kind: str
+    digest: str
+    path: Path  # read-only, inside the store
+    origin: dict[str, Any] = field(hash=False)
+
+
+def resolve_inputs(recipe: Recipe, store: Store) -> tuple[ResolvedInput, ...]:
+    resolvers = {"path": _from_recipe, "package": _from_package, "url": _from_url,
+                 "item": _from_item}
+    return tuple(resolvers[spec.kind](recipe, spec, store) for spec in recipe.inputs)
+
+
+def _label(recipe: Recipe, spec: InputSpec) -> str:
+    return f"{recipe.file}: inputs.{spec.name}"
+
+
+def _check_pinned(recipe: Recipe, spec: InputSpec, actual: str) -> None:
+    if spec.digest is not None and spec.digest != actual:
+        raise DigestMismatch(_label(recipe, spec), spec.digest, actual)
+
+
+def _keep(store: Store, source: Path, digest: str, kind: str, origin: dict[str, Any],
+          what: str) -> Path:
+    """Copy source into the store unless that content is already there; verify the copy."""
+    known = store.input_path(digest)
+    if known is not None:
+        return known
+    staging = store.new_staging_dir()
+    try:
+        staged = staging / source.name
+        if source.is_dir():
+            shutil.copytree(source, staged, symlinks=True)
+        else:
+            shutil.copyfile(source, staged)
+        copied = path_digest(staged)
+        if copied != digest:  # the source changed while we copied it
+            raise DigestMismatch(what, digest, copied)
+        return store.add_input(staged, digest, kind, origin)
+    finally:
+        remove_tree(staging)
+
+
+def _from_recipe(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput:
+    label = _label(recipe, spec)
+    source = recipe.directory / spec.source
+    if not source.exists():
+        raise InputError(f"{label}.path: {spec.source} does not exist")
+    if not source.resolve().is_relative_to(recipe.directory.resolve()):
+        raise InputError(f"{label}.path: {spec.source} leaves the recipe directory")
+    try:
+        digest = path_digest(source)
+    except ReweighError as e:
+        raise InputError(f"{label}.path: {e.message}") from e
+    _check_pinned(recipe, spec, digest)
+    origin = {"path": spec.source}
+    return ResolvedInput(spec.name, "path", digest,
+                         _keep(store, source, digest, "path", origin, label), origin)
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _from_package(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput:
+    label = _label(recipe, spec)
+    try:
+        dist = importlib.metadata.distribution(spec.source)
+    except importlib.metadata.PackageNotFoundError as e:
+        raise InputError(f"{label}.package: {spec.source} is not installed") from e
+    assert spec.resource is not None
+    files = _package_files(dist, spec, label)
+    staging = store.new_staging_dir()
+    try:
+        base = Path(spec.resource.removeprefix("dataset:")).name
+        folder = staging / f"{_normalise(spec.source)}-{base}"
+        folder.mkdir()
+        for relative in files:
+            located = Path(str(dist.locate_file(relative)))
+            if not located.is_file():
+                raise InputError(f"{label}: {relative} is missing from {spec.source}")
+            shutil.copyfile(located, folder / Path(relative).name)
+        digest = path_digest(folder)
+        _check_pinned(recipe, spec, digest)
+        origin = {"package": dist.metadata["Name"], "version": dist.version,
+                  "resource": spec.resource, "files": list(files)}
+        known = store.input_path(digest)
+        path = known or store.add_input(folder, digest, "package", origin)
+    finally:
+        remove_tree(staging)
+    return ResolvedInput(spec.name, "package", digest, path, origin)
+
+
+def _package_files(dist: importlib.metadata.Distribution, spec: InputSpec,
+                   label: str) -> tuple[str, ...]:
+    assert spec.resource is not None
+    if spec.resource.startswith("dataset:"):
+        dataset = spec.resource.removeprefix("dataset:")
+        known = PACKAGE_DATASETS.get(_normalise(spec.source), {})
+        if dataset not in known:
+            names = ", ".join(sorted(known)) or "none"
+            raise InputError(f"{label}.dataset: unknown data set '{dataset}' for "
+                             f"{spec.source} (known: {names})")
+        return known[dataset]
+    listed = {f.as_posix() for f in dist.files or []}
+    if spec.resource not in listed:
+        raise InputError(f"{label}.resource: {spec.resource} is not a file of {spec.source}")
+    return (spec.resource,)
+
+
+def _from_url(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput:
+    label = _label(recipe, spec)
+    assert spec.digest is not None
+    origin = {"url": spec.source}
+    known = store.input_path(spec.digest)
+    if known is not None:
+        return ResolvedInput(spec.name, "url", spec.digest, known, origin)
+    staging = store.new_staging_dir()
+    try:
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", spec.source.rstrip("/").rsplit("/", 1)[-1])
+        target = staging / (name.lstrip(".") or "download")
+        actual = _download(spec.source, target, label)
+        if actual != spec.digest:
+            raise DigestMismatch(f"{label}.url", spec.digest, actual)
+        path = store.add_input(target, actual, "url", origin)
+    finally:
+        remove_tree(staging)
+    return ResolvedInput(spec.name, "url", spec.digest, path, origin)
+
+
+def _download(url: str, target: Path, label: str) -> str:
+    """Stream url into target, hashing as it goes; return the digest."""
+    hasher = hashlib.sha256()
+    size = 0
+    try:
+        with httpx.stream("GET", url, timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as reply:
+            if reply.status_code != 200:
+                raise InputError(f"{label}.url: {url} answered HTTP {reply.status_code}")
+            with open(target, "wb") as out:
+                for chunk in reply.iter_bytes(1 << 20):
+                    size += len(chunk)
+                    if size > DOWNLOAD_LIMIT:
+                        raise InputError(f"{label}.url: {url} is larger than {DOWNLOAD_LIMIT}")
+                    hasher.update(chunk)
+                    out.write(chunk)
+    except httpx.HTTPError as e:
+        raise InputError(f"{label}.url: could not download {url}: {e}") from e
+    return f"{ALGORITHM}:{hasher.hexdigest()}"
+
+
+def _from_item(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput:
+    label = _label(recipe, spec)
+    try:
+        item = store.resolve(spec.source)
+    except ReweighError as e:
+        raise InputError(f"{label}.item: {e.message}") from e
+    _check_pinned(recipe, spec, item.weights_digest)
+    origin = {"item": item.path.name, "derivation": item.derivation, "name": item.name,
+              "version": item.version}
+    return ResolvedInput(spec.name, "item", item.weights_digest, item.path, origin)

@@ -1,0 +1,138 @@
+"""Provenance (in-toto Statement v1, SLSA Provenance v1 predicate) and the model card.
+
+Both are generated from records the build already holds; nothing here reads or
+writes files. The statement's subject is the weights file; its build definition
+is the derivation with every resolved input and code file; its run details are
+the builder and the environment the build ran in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from . import __version__
+from .derivation import Derivation
+from .environment import fingerprint
+from .inputs import ResolvedInput
+from .recipe import Recipe
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "urn:reweigh:build-type:recipe:v1"
+BUILDER_ID = "urn:reweigh:builder:local"
+
+
+def _hex(digest: str) -> dict[str, str]:
+    algorithm, value = digest.split(":", 1)
+    return {algorithm: value}
+
+
+def _time(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def statement(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...],
+              run: dict[str, Any]) -> dict[str, Any]:
+    """`run` holds weights_digest, environment, started, finished, threads, attempt."""
+    dependencies = [
+        {"name": f"input:{i.name}", "digest": _hex(i.digest),
+         **({"uri": i.origin["url"]} if "url" in i.origin else {}),
+         "annotations": {"kind": i.kind, **{k: v for k, v in i.origin.items() if k != "url"}}}
+        for i in inputs
+    ] + [{"name": f"code:{rel}", "digest": _hex(digest)}
+         for rel, digest in drv.record["code"].items()]
+    env = run["environment"]
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": "weights.safetensors", "digest": _hex(run["weights_digest"])}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {
+                    "recipe": {"name": recipe.name, "version": recipe.version,
+                               "seed": recipe.seed, "entry": str(recipe.entry),
+                               "params": recipe.params,
+                               "license": vars(recipe.license)},
+                    "derivation": drv.digest,
+                },
+                "internalParameters": {"threads": run["threads"],
+                                       "numerics": env.get("numerics")},
+                "resolvedDependencies": dependencies,
+            },
+            "runDetails": {
+                "builder": {"id": BUILDER_ID,
+                            "version": {"reweigh": __version__, **env.get("packages", {})}},
+                "metadata": {"invocationId": f"attempt-{run['attempt']}",
+                             "startedOn": _time(run["started"]),
+                             "finishedOn": _time(run["finished"])},
+                "environment": {**env, "fingerprint": fingerprint(env)},
+            },
+        },
+    }
+
+
+def environment_of(provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """The environment record inside a provenance statement, if it carries one."""
+    try:
+        env = provenance["predicate"]["runDetails"]["environment"]
+    except (KeyError, TypeError):
+        return None
+    return env if isinstance(env, dict) else None
+
+
+def model_card(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...],
+               run: dict[str, Any], metrics: dict[str, float]) -> str:
+    """Markdown with Hugging Face-style YAML front matter (JSON scalars are valid YAML)."""
+    env = run["environment"]
+    datasets = [i.origin.get("package", "") + "/" + i.origin.get("resource", "")
+                .removeprefix("dataset:") if i.kind == "package" else
+                i.origin.get("url") or i.origin.get("path") or i.name
+                for i in inputs if i.kind != "item"]
+    bases = [i.origin["item"] for i in inputs if i.kind == "item"]
+    front = [
+        "---",
+        f"license: {json.dumps(recipe.license.weights)}",
+        "library_name: reweigh",
+        f"tags: {json.dumps(['reweigh', 'reproducible'])}",
+        f"datasets: {json.dumps(datasets)}",
+        *([f"base_model: {json.dumps(bases[0] if len(bases) == 1 else bases)}"] if bases else []),
+        f"metrics: {json.dumps(sorted(metrics))}",
+        "model-index:",
+        f"- name: {json.dumps(recipe.name)}",
+        "  results:",
+        "  - task: {\"type\": \"evaluation\"}",
+        "    metrics:",
+        *[f"    - {{\"type\": {json.dumps(k)}, \"value\": {json.dumps(v)}}}"
+          for k, v in sorted(metrics.items())],
+        "reweigh:",
+        f"  derivation: {json.dumps(drv.digest)}",
+        f"  weights_digest: {json.dumps(run['weights_digest'])}",
+        f"  environment_fingerprint: {json.dumps(fingerprint(env))}",
+        "---",
+    ]
+    body = [
+        f"# {recipe.name} {recipe.version}", "",
+        recipe.description or "Built from source by reweigh.", "",
+        "## Licences", "",
+        f"- code: {recipe.license.code}", f"- data: {recipe.license.data}",
+        f"- weights: {recipe.license.weights}", "",
+        "## Inputs", "",
+        *[f"- `{i.name}` ({i.kind}): `{i.digest}`" for i in inputs], "",
+        "## Evaluation", "",
+        *([f"- {k}: {v:.6g}" for k, v in sorted(metrics.items())] or ["- none declared"]), "",
+        "## Environment", "",
+        f"- Python {env.get('python')}, packages: "
+        + ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items()),
+        f"- BLAS: {env.get('blas')}",
+        f"- CPU: {env.get('cpu_model')} ({env.get('cpu_arch')}, kernels "
+        f"{env.get('cpu_capability')}, ISA: {' '.join(env.get('isa', []))})",
+        f"- threads: {run['threads']}; numerics pinned: {json.dumps(env.get('numerics'))}",
+        f"- network isolation: {env.get('network_isolation')}", "",
+        "## Rebuild", "",
+        f"`reweigh build {recipe.name}/ --check` rebuilds these weights from source; the same "
+        "derivation on the same environment gives a bit-identical `weights.safetensors`.", "",
+    ]
+    return "\n".join(front + body)

@@ -1,0 +1,361 @@
+"""recipe.toml -> Recipe: parsing and validation, nothing else.
+
+A recipe is a directory holding `recipe.toml` and the training code beside it.
+This module turns the TOML into a frozen `Recipe` and refuses anything odd with a
+`RecipeError` naming the file, the field and the reason. It does not touch the
+inputs or the code files (see `inputs` and `derivation`): parsing stays pure
+apart from reading the one file, so it can be fuzzed cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .digest import is_digest
+from .errors import RecipeError
+
+RECIPE_FILE = "recipe.toml"
+MAX_RECIPE_BYTES = 1 << 20
+MAX_INT = 2**53  # integers beyond this lose precision in JSON and are refused
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
+MAX_STRING = 10_000
+MAX_DEPTH = 4
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$")
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_ENTRY_RE = re.compile(r"^([A-Za-z0-9_./-]+\.py):([A-Za-z_][A-Za-z0-9_]*)$")
+_SPDX_RE = re.compile(r"^[A-Za-z0-9.+\-:() ]{1,200}$")
+_URL_RE = re.compile(r"^https?://[^\s]{1,2000}$")
+_PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+TOP_FIELDS = {"name", "version", "description", "seed", "license", "inputs", "build",
+              "params", "evaluate"}
+INPUT_KINDS = ("path", "package", "url", "item")
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    file: str  # relative POSIX path inside the recipe directory
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.function}"
+
+
+@dataclass(frozen=True)
+class License:
+    code: str
+    data: str
+    weights: str
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One declared input; exactly one of path/package/url/item says where it comes from."""
+
+    name: str
+    kind: str
+    source: str  # the path, package name, URL or item reference
+    resource: str | None = None  # for packages: a data set name or a path inside the package
+    digest: str | None = None  # pinned content digest, required for URLs
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a rebuild on another environment may drift and still count as equivalent."""
+
+    weights_rel_l2: float = 1e-3
+    agreement: float = 0.995
+    metric: str = "accuracy"
+    metric_delta: float = 0.005
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    entry: EntryPoint
+    tolerance: Tolerance
+
+
+@dataclass(frozen=True)
+class Recipe:
+    directory: Path
+    name: str
+    version: str
+    description: str
+    seed: int
+    license: License
+    inputs: tuple[InputSpec, ...]
+    entry: EntryPoint
+    code: tuple[str, ...]  # fnmatch patterns of code files ('*' crosses '/'), relative paths
+    params: dict[str, Any] = field(hash=False)
+    evaluate: Evaluation | None = None
+    checkpoint_every: int = 0  # 0: the recipe decides when to call ctx.checkpoint
+
+    @property
+    def file(self) -> Path:
+        return self.directory / RECIPE_FILE
+
+    def input(self, name: str) -> InputSpec:
+        return next(spec for spec in self.inputs if spec.name == name)
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Read a recipe directory (or its recipe.toml) into a validated Recipe."""
+    path = Path(path)
+    directory = path.parent if path.name == RECIPE_FILE else path
+    file = directory / RECIPE_FILE
+    label = str(file)
+    if not file.is_file():
+        raise RecipeError(label, "(file)", "no recipe.toml here")
+    if file.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(label, "(file)", f"larger than {MAX_RECIPE_BYTES} bytes")
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(label, "(file)", "not UTF-8 text") from e
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(label, "(syntax)", str(e)) from e
+    return parse_recipe(data, directory.resolve(), label)
+
+
+def parse_recipe(data: dict[str, Any], directory: Path, label: str) -> Recipe:
+    """Validate parsed TOML; pure apart from `directory`, which is only stored."""
+    v = _Validator(label)
+    v.no_unknown(data, TOP_FIELDS, "")
+    build = v.table(data, "build", required=True)
+    v.no_unknown(build, {"entry", "code", "checkpoint_every"}, "build")
+    code = tuple(v.string_list(build, "code", "build.code") or ["*.py"])
+    for i, pattern in enumerate(code):
+        v.relative_path(pattern, f"build.code[{i}]")
+    evaluate = v.table(data, "evaluate", required=False)
+    return Recipe(
+        directory=directory,
+        name=v.matching(data, "name", _NAME_RE, "a lowercase name of letters, digits, '.', '_', '-'"),
+        version=v.matching(data, "version", _VERSION_RE, "a version such as 1.0.0"),
+        description=v.string(data, "description", required=False) or "",
+        seed=v.integer(data, "seed", "seed", 0, MAX_SEED),
+        license=_license(v, v.table(data, "license", required=True)),
+        inputs=tuple(_inputs(v, v.table(data, "inputs", required=False))),
+        entry=v.entry(build, "entry", "build.entry"),
+        code=code,
+        params=v.params(v.table(data, "params", required=False), "params", 0),
+        evaluate=_evaluation(v, evaluate) if evaluate else None,
+        checkpoint_every=v.integer(build, "checkpoint_every", "build.checkpoint_every", 0,
+                                   10**9, required=False) or 0,
+    )
+
+
+def _license(v: _Validator, table: dict[str, Any]) -> License:
+    v.no_unknown(table, {"code", "data", "weights"}, "license")
+    parts = {}
+    for key in ("code", "data", "weights"):
+        parts[key] = v.matching(table, key, _SPDX_RE, "an SPDX licence expression",
+                                where=f"license.{key}")
+    return License(**parts)
+
+
+def _inputs(v: _Validator, table: dict[str, Any]) -> list[InputSpec]:
+    specs = []
+    for name, entry in table.items():
+        where = f"inputs.{name}"
+        if not _KEY_RE.match(name):
+            raise RecipeError(v.label, where, "input names are letters, digits, '_' and '-'")
+        if not isinstance(entry, dict):
+            raise RecipeError(v.label, where, "must be a table")
+        specs.append(_input(v, name, entry, where))
+    return specs
+
+
+def _input(v: _Validator, name: str, entry: dict[str, Any], where: str) -> InputSpec:
+    v.no_unknown(entry, {*INPUT_KINDS, "dataset", "resource", "digest"}, where)
+    kinds = [k for k in INPUT_KINDS if k in entry]
+    if len(kinds) != 1:
+        raise RecipeError(v.label, where, f"needs exactly one of {', '.join(INPUT_KINDS)}")
+    kind = kinds[0]
+    source = v.string(entry, kind, where=f"{where}.{kind}")
+    digest = v.string(entry, "digest", required=False, where=f"{where}.digest")
+    if digest is not None and not is_digest(digest):
+        raise RecipeError(v.label, f"{where}.digest", "expected sha256:<64 lowercase hex digits>")
+    resource = None
+    if kind == "path":
+        v.relative_path(source, f"{where}.path")
+    elif kind == "package":
+        if not _PACKAGE_RE.match(source):
+            raise RecipeError(v.label, f"{where}.package", "not a package name")
+        resource = _package_resource(v, entry, where)
+    elif kind == "url":
+        if not _URL_RE.match(source):
+            raise RecipeError(v.label, f"{where}.url", "expected an http:// or https:// URL")
+        if digest is None:
+            raise RecipeError(v.label, f"{where}.digest", "a URL input needs a digest")
+    if kind != "package" and ({"dataset", "resource"} & entry.keys()):
+        raise RecipeError(v.label, where, "'dataset' and 'resource' apply to package inputs only")
+    return InputSpec(name=name, kind=kind, source=source, resource=resource, digest=digest)
+
+
+def _package_resource(v: _Validator, entry: dict[str, Any], where: str) -> str:
+    has = [k for k in ("dataset", "resource") if k in entry]
+    if len(has) != 1:
+        raise RecipeError(v.label, where, "a package input needs exactly one of dataset, resource")
+    text = v.string(entry, has[0], where=f"{where}.{has[0]}")
+    if has[0] == "resource":
+        v.relative_path(text, f"{where}.resource")
+        return text
+    if not _KEY_RE.match(text):
+        raise RecipeError(v.label, f"{where}.dataset", "not a data set name")
+    return f"dataset:{text}"
+
+
+def _evaluation(v: _Validator, table: dict[str, Any]) -> Evaluation:
+    v.no_unknown(table, {"entry", "tolerance"}, "evaluate")
+    tol = v.table(table, "tolerance", required=False, where="evaluate.tolerance")
+    v.no_unknown(tol, {"weights_rel_l2", "agreement", "metric", "metric_delta"},
+                 "evaluate.tolerance")
+    default = Tolerance()
+    return Evaluation(
+        entry=v.entry(table, "entry", "evaluate.entry"),
+        tolerance=Tolerance(
+            weights_rel_l2=v.fraction(tol, "weights_rel_l2", default.weights_rel_l2),
+            agreement=v.fraction(tol, "agreement", default.agreement),
+            metric=v.string(tol, "metric", required=False, where="evaluate.tolerance.metric")
+            or default.metric,
+            metric_delta=v.fraction(tol, "metric_delta", default.metric_delta),
+        ),
+    )
+
+
+class _Validator:
+    """Small typed accessors that raise RecipeError with the field's dotted name."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def fail(self, where: str, reason: str) -> RecipeError:
+        return RecipeError(self.label, where, reason)
+
+    def no_unknown(self, table: dict[str, Any], known: set[str], where: str) -> None:
+        for key in table:
+            if key not in known:
+                raise self.fail(f"{where}.{key}" if where else key, "unknown field")
+
+    def table(self, data: dict[str, Any], key: str, required: bool,
+              where: str | None = None) -> dict[str, Any]:
+        value = data.get(key)
+        if value is None:
+            if required:
+                raise self.fail(where or key, "missing")
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where or key, "must be a table")
+        return value
+
+    def string(self, data: dict[str, Any], key: str, required: bool = True,
+               where: str | None = None) -> str | None:
+        value = data.get(key)
+        if value is None:
+            if required:
+                raise self.fail(where or key, "missing")
+            return None
+        if not isinstance(value, str):
+            raise self.fail(where or key, f"must be a string, not {_type_name(value)}")
+        if len(value) > MAX_STRING or "\x00" in value:
+            raise self.fail(where or key, "string too long or holds a NUL byte")
+        return value
+
+    def matching(self, data: dict[str, Any], key: str, pattern: re.Pattern[str], what: str,
+                 where: str | None = None) -> str:
+        value = self.string(data, key, where=where)
+        assert value is not None
+        if not pattern.match(value):
+            raise self.fail(where or key, f"expected {what}")
+        return value
+
+    def integer(self, data: dict[str, Any], key: str, where: str, low: int, high: int,
+                required: bool = True) -> int | None:
+        value = data.get(key)
+        if value is None:
+            if required:
+                raise self.fail(where, "missing")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"must be an integer, not {_type_name(value)}")
+        if not low <= value <= high:
+            raise self.fail(where, f"must be between {low} and {high}")
+        return value
+
+    def fraction(self, data: dict[str, Any], key: str, default: float) -> float:
+        where = f"evaluate.tolerance.{key}"
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(where, f"must be a number, not {_type_name(value)}")
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise self.fail(where, "must be a number between 0 and 1")
+        return float(value)
+
+    def string_list(self, data: dict[str, Any], key: str, where: str) -> list[str] | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value or len(value) > 100:
+            raise self.fail(where, "must be a non-empty list of at most 100 strings")
+        for i, item in enumerate(value):
+            self.string({"item": item}, "item", where=f"{where}[{i}]")
+        return value
+
+    def entry(self, data: dict[str, Any], key: str, where: str) -> EntryPoint:
+        text = self.string(data, key, where=where)
+        assert text is not None
+        match = _ENTRY_RE.match(text)
+        if not match:
+            raise self.fail(where, "expected 'file.py:function'")
+        self.relative_path(match.group(1), where)
+        return EntryPoint(match.group(1), match.group(2))
+
+    def relative_path(self, text: str, where: str) -> None:
+        """Refuse paths that could leave the recipe directory, before anything is opened."""
+        if not text or "\\" in text or "\x00" in text:
+            raise self.fail(where, "not a usable relative path")
+        pure = PurePosixPath(text)
+        if pure.is_absolute() or text.startswith("~"):
+            raise self.fail(where, "must be relative to the recipe directory")
+        if ".." in pure.parts:
+            raise self.fail(where, "leaves the recipe directory ('..' is not allowed)")
+
+    def params(self, value: Any, where: str, depth: int) -> Any:
+        """Parameters: tables, lists and scalars that survive JSON exactly."""
+        if depth > MAX_DEPTH:
+            raise self.fail(where, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key in value:
+                if not _KEY_RE.match(key):
+                    raise self.fail(f"{where}.{key}", "parameter names are letters, digits, '_'")
+            return {k: self.params(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            if len(value) > 10_000:
+                raise self.fail(where, "list longer than 10000 items")
+            return [self.params(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            if abs(value) > MAX_INT:
+                raise self.fail(where, f"integer larger than 2**53 in magnitude")
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise self.fail(where, "must be a finite number")
+            return value
+        if isinstance(value, str):
+            return self.string({"v": value}, "v", where=where)
+        raise self.fail(where, f"unsupported value of type {_type_name(value)}")
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+             dict: "table"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,243 @@
+"""What runs inside the build process: guards, seeding, the context, the entry point.
+
+The builder starts `python -m reweigh.runtime SPEC.json` with a scrubbed
+environment. This module pins the numerics, seeds every generator, installs the
+guards (no network, no writes to inputs), then calls the recipe's entry point
+with a `BuildContext`, or its evaluation entry point with an `EvalContext`.
+It talks to the builder only through JSON lines on a private pipe, so the
+training code's own output can go to the log untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from . import environment
+
+_events: Any = None
+
+
+def emit(kind: str, **fields: Any) -> None:
+    """Send one event line to the builder."""
+    if _events is not None:
+        _events.write(json.dumps({"type": kind, **fields}) + "\n")
+        _events.flush()
+
+
+class NetworkBlocked(PermissionError):
+    pass
+
+
+class InputWriteBlocked(PermissionError):
+    pass
+
+
+def install_guards(input_roots: list[str]) -> None:
+    """An audit hook that refuses network connections and writes to inputs.
+
+    It complements the network namespace (where the platform allows one): the
+    namespace makes connections impossible, the hook makes the failure say why.
+    Each refusal is also reported to the builder, which then fails the build even
+    if the training code swallowed the exception.
+    """
+    roots = tuple(os.path.realpath(r) for r in input_roots)
+    writes = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+    def inside_inputs(path: Any) -> bool:
+        if isinstance(path, int) or path is None:
+            return False
+        real = os.path.realpath(os.fsdecode(path))
+        return any(real == r or real.startswith(r + os.sep) for r in roots)
+
+    def refuse(error: type[PermissionError], message: str) -> None:
+        emit("violation", message=message)
+        raise error(message)
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
+            sock = args[0]
+            if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+                refuse(NetworkBlocked, f"the build tried to open a network connection "
+                       f"({event} to {args[-1]!r}); builds run without network")
+        elif event in ("socket.getaddrinfo", "socket.gethostbyname") and args[0]:
+            refuse(NetworkBlocked, f"the build tried to look up host {args[0]!r}; "
+                   "builds run without network")
+        elif event == "open" and len(args) >= 3:
+            path, mode, flags = args[0], args[1], args[2] or 0
+            wants_write = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                flags & writes)
+            if wants_write and inside_inputs(path):
+                refuse(InputWriteBlocked, f"the build tried to write to input {path}; "
+                       "inputs are read-only")
+        elif event in ("os.remove", "os.rename", "os.rmdir", "os.truncate", "os.chmod",
+                       "shutil.rmtree", "shutil.move") and args and inside_inputs(args[0]):
+            refuse(InputWriteBlocked, f"the build tried to change input {args[0]}; "
+                   "inputs are read-only")
+
+    sys.addaudithook(hook)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when the builder dies (PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before we asked
+        os._exit(1)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class BuildContext:
+    """What the training entry point receives."""
+
+    inputs: Mapping[str, Path]
+    params: Mapping[str, Any]
+    seed: int
+    out: Path
+    threads: int
+    checkpoint_every: int = 0
+    _metrics: dict[str, Any] = field(default_factory=dict)
+
+    def save_weights(self, tensors: Mapping[str, Any],
+                     metadata: Mapping[str, str] | None = None) -> Path:
+        """Write the build's weights (torch tensors or numpy arrays) as safetensors."""
+        from .weights import save_tensors
+
+        path = self.out / "weights.safetensors"
+        save_tensors(tensors, path, metadata)
+        emit("weights", file=path.name)
+        return path
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        self._metrics[name] = float(value)
+        emit("metric", name=name, value=float(value), step=step)
+
+    def progress(self, done: int, total: int, label: str = "") -> None:
+        emit("progress", done=done, total=total, label=label)
+
+    def checkpoint(self, step: int, state: Mapping[str, Any], final: bool = False) -> bool:
+        """Record the training state at `step` (every `checkpoint_every` steps, and the
+        final one); returns whether it was recorded."""
+        if not final and (self.checkpoint_every <= 0 or step % self.checkpoint_every):
+            return False
+        from .weights import save_state
+
+        path = self.out / "checkpoints" / f"step-{step:09d}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        digest = save_state(state, path)
+        emit("checkpoint", step=step, file=path.relative_to(self.out).as_posix(), digest=digest)
+        return True
+
+    def load_weights(self, input_name: str) -> dict[str, Any]:
+        """The weights of a store item given as an input (a base model to fine-tune)."""
+        from safetensors.torch import load_file
+
+        return load_file(str(self.inputs[input_name] / "weights.safetensors"))
+
+
+@dataclass
+class EvalContext:
+    """What the evaluation entry point receives: the weights to judge, and the inputs."""
+
+    inputs: Mapping[str, Path]
+    params: Mapping[str, Any]
+    seed: int
+    threads: int
+    weights: Mapping[str, Any]
+
+
+def load_entry(src: Path, entry: str) -> Callable[..., Any]:
+    file, function = entry.split(":")
+    path = src / file
+    name = "reweigh_recipe_" + Path(file).with_suffix("").as_posix().replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {file}")
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return getattr(module, function)
+
+
+def evaluate(spec: dict[str, Any], inputs: dict[str, Path], weights_file: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    function = load_entry(Path(spec["src"]), spec["evaluate"])
+    seed_everything(spec["seed"])
+    ctx = EvalContext(inputs, spec["params"], spec["seed"], spec["threads"],
+                      load_file(str(weights_file)))
+    result = function(ctx)
+    if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
+        raise TypeError("the evaluation entry point must return {'metrics': {...}, "
+                        "'predictions': [...]}")
+    predictions = [int(p) for p in result.get("predictions", [])]
+    metrics = {str(k): float(v) for k, v in result["metrics"].items()}
+    return {"metrics": metrics, "predictions": predictions}
+
+
+def run(spec: dict[str, Any]) -> None:
+    inputs = {name: Path(path) for name, path in spec["inputs"].items()}
+    threads = int(spec["threads"])
+    environment.apply_torch_numerics(threads)
+    emit("environment", record=environment.capture(threads, spec["network"]))
+    sys.path.insert(0, spec["src"])
+    if spec["mode"] == "build":
+        out = Path(spec["out"])
+        seed_everything(spec["seed"])
+        ctx = BuildContext(inputs, spec["params"], spec["seed"], out, threads,
+                           spec["checkpoint_every"])
+        load_entry(Path(spec["src"]), spec["entry"])(ctx)
+        if not (out / "weights.safetensors").is_file():
+            raise RuntimeError("the entry point returned without calling ctx.save_weights")
+        if spec.get("evaluate"):
+            result = evaluate(spec, inputs, out / "weights.safetensors")
+            emit("evaluation", index=0, metrics=result["metrics"])
+    else:
+        for index, weights in enumerate(spec["weights"]):
+            result = evaluate(spec, inputs, Path(weights))
+            emit("evaluation", index=index, **result)
+
+
+def main() -> None:
+    global _events
+    die_with_parent()
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    _events = os.fdopen(int(os.environ["REWEIGH_EVENT_FD"]), "w", buffering=1)
+    install_guards(list(spec["inputs"].values()))
+    try:
+        run(spec)
+    except BaseException as e:
+        traceback.print_exc()
+        emit("error", message=f"{type(e).__name__}: {e}")
+        sys.stderr.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    main()

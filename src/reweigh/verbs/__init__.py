@@ -1,0 +1,1 @@
+"""The library verbs: one module per command, each returning a report record."""

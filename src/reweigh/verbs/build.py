@@ -1,0 +1,215 @@
+"""`build`: recipe -> store item, reusing what is there; `check`: rebuild and compare.
+
+Planning (recipe, inputs, code, derivation) is separated from running so that
+`challenge` and later verbs can ask "which item would this recipe give?" without
+building. Under the derivation's lock a second builder waits, then finds the
+item the first one committed: two concurrent builds train once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import provenance
+from ..builder import log_tail, raise_for_failure, run_child, stage_source
+from ..compare import TensorDiff, compare_files
+from ..derivation import Derivation, code_files, derive, hash_code
+from ..digest import canonical_json, file_digest, path_digest, record_digest
+from ..environment import fingerprint
+from ..errors import BuildError
+from ..inputs import ResolvedInput, resolve_inputs
+from ..progress import QuietReporter, Reporter
+from ..recipe import Recipe, load_recipe
+from ..store import Store, StoreItem, remove_tree
+from ..weights import read_header
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: Recipe
+    inputs: tuple[ResolvedInput, ...]
+    code: dict[str, Path]
+    derivation: Derivation
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    identical: bool
+    rebuilt_digest: str
+    differing: tuple[TensorDiff, ...]
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    path: Path
+    name: str
+    version: str
+    derivation: str
+    weights_digest: str
+    reused: bool
+    threads: int
+    check: CheckResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "path": str(self.path), "name": self.name, "version": self.version,
+            "derivation": self.derivation, "weights_digest": self.weights_digest,
+            "reused": self.reused, "threads": self.threads}
+        if self.check is not None:
+            data["check"] = {
+                "identical": self.check.identical,
+                "rebuilt_weights_digest": self.check.rebuilt_digest,
+                "differing_tensors": [vars(d) for d in self.check.differing]}
+        return data
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def plan(recipe_dir: Path | str, store: Store) -> Plan:
+    """Everything that decides the derivation, resolved; nothing is built."""
+    recipe = load_recipe(recipe_dir)
+    inputs = resolve_inputs(recipe, store)
+    code = code_files(recipe)
+    return Plan(recipe, inputs, code, derive(recipe, inputs, hash_code(code)))
+
+
+def build(recipe_dir: Path | str, *, store: Store | None = None, threads: int | None = None,
+          check: bool = False, reporter: Reporter | None = None) -> BuildReport:
+    """Build the recipe (or reuse its item); with check, rebuild and compare bit for bit."""
+    store = store or Store()
+    return build_plan(plan(recipe_dir, store), store, threads or default_threads(), check,
+                      reporter or QuietReporter())
+
+
+def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
+               reporter: Reporter) -> BuildReport:
+    drv = the_plan.derivation
+    with store.lock(drv.digest):
+        item = store.find(drv.digest)
+        reused = item is not None
+        if item is None:
+            out, record = run_build(the_plan, store, threads, reporter, "build")
+            item = store.commit(out, drv.item_name, record)
+            remove_tree(out.parent)
+        result = check_item(the_plan, store, item, threads, reporter) if check else None
+    return BuildReport(item.path, item.name, item.version, item.derivation, item.weights_digest,
+                       reused, threads, result)
+
+
+def check_item(the_plan: Plan, store: Store, item: StoreItem, threads: int,
+               reporter: Reporter) -> CheckResult:
+    """Rebuild in a scratch directory and compare its weights with the item's, bit for bit."""
+    out, record = run_build(the_plan, store, threads, reporter, "check")
+    try:
+        rebuilt = record["weights_digest"]
+        diffs = compare_files(read_header(item.weights), read_header(out / "weights.safetensors"))
+        differing = tuple(d for d in diffs if d.status != "identical")
+        identical = rebuilt == item.weights_digest and not differing
+        store.record_check(item, "rebuild", "identical" if identical else "mismatch", {
+            "rebuilt_weights_digest": rebuilt, "threads": threads,
+            "environment_digest": record["environment_digest"],
+            "differing": [d.name for d in differing]})
+        return CheckResult(identical, rebuilt, differing)
+    finally:
+        remove_tree(out.parent)
+
+
+def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
+              purpose: str) -> tuple[Path, dict[str, Any]]:
+    """Train in a fresh directory under the store's tmp/; return the finished output folder."""
+    recipe, drv = the_plan.recipe, the_plan.derivation
+    work = store.new_build_dir(drv.digest)
+    attempt = store.begin_attempt(drv.digest, recipe.name, purpose, threads)
+    log = work / "build.log"
+    try:
+        out = work / "out"
+        out.mkdir()
+        spec = {
+            "mode": "build", "src": str(stage_source(the_plan.code, work)),
+            "entry": str(recipe.entry),
+            "evaluate": str(recipe.evaluate.entry) if recipe.evaluate else None,
+            "inputs": {i.name: str(i.path) for i in the_plan.inputs},
+            "params": recipe.params, "seed": recipe.seed, "out": str(out),
+            "threads": threads, "checkpoint_every": recipe.checkpoint_every,
+            "derivation": drv.digest,
+        }
+        what = "checking" if purpose == "check" else "building"
+        reporter.stage(f"{what} {recipe.name} {recipe.version} ({threads} threads)")
+        result = run_child(spec, work, log, reporter)
+        raise_for_failure(result, log, f"{what} {recipe.name}")
+        _verify_inputs_unchanged(the_plan, log)
+        run = {"weights_digest": file_digest(out / "weights.safetensors"),
+               "environment": result.environment, "started": result.started,
+               "finished": result.finished, "threads": threads, "attempt": attempt}
+        read_header(out / "weights.safetensors")
+        metrics = result.evaluations.get(0, {}).get("metrics", {})
+        _write_item_files(the_plan, out, run, metrics, result)
+        shutil.copyfile(log, out / "build.log")
+        store.end_attempt(attempt, "built")
+        record = {"derivation": drv.digest, "name": recipe.name, "version": recipe.version,
+                  "weights_digest": run["weights_digest"],
+                  "environment_digest": fingerprint(result.environment),
+                  "inputs": {i.name: i.digest for i in the_plan.inputs}}
+        return out, record
+    except BaseException as e:
+        kept = _keep_failed_log(store, log, drv, attempt)
+        store.end_attempt(attempt, "failed", getattr(e, "message", str(e)))
+        remove_tree(work)
+        if isinstance(e, BuildError) and kept:
+            e.hint = f"log: {kept}"
+        raise
+
+
+def _verify_inputs_unchanged(the_plan: Plan, log: Path) -> None:
+    for i in the_plan.inputs:
+        if i.kind != "item" and path_digest(i.path) != i.digest:
+            raise BuildError(f"input {i.name} changed during the build; inputs are read-only",
+                             details=log_tail(log))
+
+
+def _keep_failed_log(store: Store, log: Path, drv: Derivation, attempt: int) -> Path | None:
+    if not log.exists():
+        return None
+    logs = store.root / "logs"
+    logs.mkdir(exist_ok=True)
+    kept = logs / f"{drv.item_name}-attempt-{attempt}.log"
+    shutil.copyfile(log, kept)
+    return kept
+
+
+def _write_item_files(the_plan: Plan, out: Path, run: dict[str, Any], metrics: dict[str, float],
+                      result: Any) -> None:
+    recipe, drv = the_plan.recipe, the_plan.derivation
+    statement = provenance.statement(recipe, drv, the_plan.inputs, run)
+    (out / "provenance.json").write_text(json.dumps(statement, indent=2) + "\n")
+    (out / "derivation.json").write_bytes(canonical_json(drv.record) + b"\n")
+    (out / "metrics.json").write_text(json.dumps(
+        {"evaluation": metrics, "training": _last_values(result.metrics),
+         "history": result.metrics}, indent=2) + "\n")
+    (out / "transcript.json").write_text(json.dumps(
+        _transcript(drv, recipe.checkpoint_every, result.checkpoints), indent=2) + "\n")
+    (out / "MODEL_CARD.md").write_text(
+        provenance.model_card(recipe, drv, the_plan.inputs, run, metrics))
+
+
+def _last_values(history: list[dict[str, Any]]) -> dict[str, float]:
+    return {entry["name"]: entry["value"] for entry in history}
+
+
+def _transcript(drv: Derivation, every: int, checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
+    """Checkpoint digests, each chained to the one before it."""
+    chained, previous = [], drv.digest
+    for entry in checkpoints:
+        link = record_digest({"previous": previous, "step": entry["step"],
+                              "digest": entry["digest"]})
+        chained.append({**entry, "chain": link})
+        previous = link
+    return {"format": "reweigh.transcript/1", "derivation": drv.digest,
+            "checkpoint_every": every, "checkpoints": chained}

@@ -1,0 +1,135 @@
+"""`challenge`: is a published weights file what the recipe builds?
+
+Rebuild (or reuse) the recipe's item, compare the published file with it tensor
+by tensor, run the recipe's evaluation on both for behavioural evidence, and
+decide. The report is data; the command turns it into text and an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..builder import raise_for_failure, run_child, stage_source
+from ..compare import Behaviour, EnvRelation, TensorDiff, Verdict, behaviour_of, compare_files, \
+    decide
+from ..digest import file_digest
+from ..environment import differences, fingerprint
+from ..errors import UsageError
+from ..progress import QuietReporter, Reporter
+from ..provenance import environment_of
+from ..recipe import Tolerance
+from ..store import Store, StoreItem, remove_tree
+from ..weights import read_header
+from .build import Plan, build_plan, default_threads, plan
+
+
+@dataclass(frozen=True)
+class ChallengeReport:
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    item: Path
+    derivation: str
+    rebuilt_digest: str
+    published: Path
+    published_digest: str
+    environment: EnvRelation
+    environment_differences: tuple[str, ...]
+    tensors: tuple[TensorDiff, ...]
+    behaviour: Behaviour | None
+
+    def to_json(self) -> dict[str, Any]:
+        behaviour = None
+        if self.behaviour is not None:
+            behaviour = {**vars(self.behaviour), "metric_delta": self.behaviour.metric_delta}
+        return {
+            "verdict": self.verdict.value, "reasons": list(self.reasons),
+            "item": str(self.item), "derivation": self.derivation,
+            "rebuilt_weights_digest": self.rebuilt_digest,
+            "published": str(self.published), "published_digest": self.published_digest,
+            "environment": self.environment.value,
+            "environment_differences": list(self.environment_differences),
+            "tensors": [vars(t) for t in self.tensors],
+            "behaviour": behaviour,
+        }
+
+
+def challenge(recipe_dir: Path | str, published: Path | str, *,
+              published_provenance: Path | str | None = None, store: Store | None = None,
+              threads: int | None = None, reporter: Reporter | None = None) -> ChallengeReport:
+    store = store or Store()
+    reporter = reporter or QuietReporter()
+    threads = threads or default_threads()
+    published = Path(published)
+    if not published.is_file():
+        raise UsageError(f"{published}: no such file")
+    published_file = read_header(published)  # bad files are refused before any build
+    claimed = _claimed_environment(published_provenance)
+    the_plan = plan(recipe_dir, store)
+    built = build_plan(the_plan, store, threads, False, reporter)
+    item = store.resolve(built.path.name)
+    tensors = compare_files(read_header(item.weights), published_file)
+    relation, differing = _relation(item, claimed)
+    behaviour = None
+    needs_evidence = any(t.status != "identical" for t in tensors)
+    if needs_evidence and the_plan.recipe.evaluate and all(
+            t.status in ("identical", "changed") for t in tensors):
+        behaviour = _behaviour(the_plan, store, item, published, threads, reporter)
+    evaluation = the_plan.recipe.evaluate
+    tolerance = evaluation.tolerance if evaluation else Tolerance()
+    verdict, reasons = decide(tensors, behaviour, tolerance, relation)
+    report = ChallengeReport(verdict, tuple(reasons), item.path, item.derivation,
+                             item.weights_digest, published, file_digest(published), relation,
+                             tuple(differing), tuple(tensors), behaviour)
+    store.record_check(item, "challenge", verdict.value, {
+        "published": str(published), "published_digest": report.published_digest,
+        "environment": relation.value})
+    return report
+
+
+def _claimed_environment(path: Path | str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: cannot read the published provenance: {e}") from e
+    env = environment_of(data)
+    if env is None:
+        raise UsageError(f"{path}: predicate.runDetails.environment: missing; "
+                         "not a reweigh provenance statement")
+    return env
+
+
+def _relation(item: StoreItem, claimed: dict[str, Any] | None) -> tuple[EnvRelation, list[str]]:
+    if claimed is None:
+        return EnvRelation.UNKNOWN, []
+    local = environment_of(json.loads((item.path / "provenance.json").read_text())) or {}
+    if fingerprint(claimed) == fingerprint(local):
+        return EnvRelation.SAME, []
+    return EnvRelation.OTHER, differences(local, claimed)
+
+
+def _behaviour(the_plan: Plan, store: Store, item: StoreItem, published: Path, threads: int,
+               reporter: Reporter) -> Behaviour:
+    """Run the recipe's evaluation on both weights files in one sandboxed process."""
+    recipe = the_plan.recipe
+    assert recipe.evaluate is not None
+    work = store.new_build_dir(the_plan.derivation.digest)
+    try:
+        log = work / "evaluate.log"
+        spec = {"mode": "evaluate", "src": str(stage_source(the_plan.code, work)),
+                "evaluate": str(recipe.evaluate.entry),
+                "inputs": {i.name: str(i.path) for i in the_plan.inputs},
+                "params": recipe.params, "seed": recipe.seed, "threads": threads,
+                "weights": [str(item.weights), str(published.resolve())]}
+        reporter.stage(f"evaluating both networks with {recipe.evaluate.entry}")
+        result = run_child(spec, work, log, reporter)
+        raise_for_failure(result, log, f"evaluating {recipe.name}")
+        a, b = result.evaluations[0], result.evaluations[1]
+        return behaviour_of(a["predictions"], b["predictions"], recipe.evaluate.tolerance.metric,
+                            a["metrics"], b["metrics"])
+    finally:
+        remove_tree(work)

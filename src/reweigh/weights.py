@@ -1,0 +1,178 @@
+"""Reading and writing weights: safetensors only, never pickle.
+
+Files that come from elsewhere (a published file to challenge) are parsed here
+with a strict reader: the header is validated field by field before any byte of
+tensor data is touched, and the data is memory-mapped, so comparing two large
+files costs little more than reading them once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .digest import canonical_json, file_digest
+from .errors import WeightsError
+
+MAX_HEADER = 100 << 20
+DTYPES: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"), "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1"),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's bytes as stored, memory-mapped (for bit-exact comparison)."""
+        info = self.tensors[name]
+        data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=info.start,
+                         shape=(info.end - info.start,)) if info.end > info.start \
+            else np.zeros(0, np.uint8)
+        return data.view(DTYPES[info.dtype]).reshape(info.shape)
+
+    def values(self, name: str) -> np.ndarray:
+        """The tensor as numbers numpy can do arithmetic on (bf16 widened to f32)."""
+        info = self.tensors[name]
+        raw = self.raw(name)
+        if info.dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw
+
+
+def read_header(path: Path) -> WeightsFile:
+    """Validate a safetensors file's header; raise WeightsError naming file and field."""
+    label = str(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise WeightsError(f"{label}: not a safetensors file (shorter than 8 bytes)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER or 8 + length > size:
+                raise WeightsError(f"{label}: header: declared length {length} does not fit "
+                                   "the file")
+            raw_header = handle.read(length)
+    except OSError as e:
+        raise WeightsError(f"{label}: cannot read: {e.strerror}") from e
+    try:
+        header = json.loads(raw_header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{label}: header: not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise WeightsError(f"{label}: header: not a JSON object")
+    return _parse_header(path, header, 8 + length, size)
+
+
+def _parse_header(path: Path, header: dict[str, Any], base: int, size: int) -> WeightsFile:
+    label = str(path)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise WeightsError(f"{label}: __metadata__: must map strings to strings")
+    tensors = {}
+    spans = []
+    for name, entry in header.items():
+        info = _tensor_info(label, name, entry, base)
+        if info.end > size:
+            raise WeightsError(f"{label}: {name}: data_offsets run past the end of the file")
+        tensors[name] = info
+        spans.append((info.start, info.end, name))
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise WeightsError(f"{label}: {second}: data overlaps tensor {first}")
+    return WeightsFile(path, tensors, dict(metadata))
+
+
+def _tensor_info(label: str, name: str, entry: Any, base: int) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise WeightsError(f"{label}: {name}: not a tensor entry")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPES:
+        raise WeightsError(f"{label}: {name}: dtype: unsupported {dtype!r}")
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
+        raise WeightsError(f"{label}: {name}: shape: must be a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise WeightsError(f"{label}: {name}: data_offsets: must be [start, end] with "
+                           "0 <= start <= end")
+    expected = math.prod(shape) * DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != expected:
+        raise WeightsError(f"{label}: {name}: data_offsets: span {offsets[1] - offsets[0]} "
+                           f"bytes, but shape {shape} of {dtype} needs {expected}")
+    return TensorInfo(name, dtype, tuple(shape), base + offsets[0], base + offsets[1])
+
+
+def save_tensors(tensors: Mapping[str, Any], path: Path,
+                 metadata: Mapping[str, str] | None = None) -> None:
+    """Write torch tensors or numpy arrays as one safetensors file."""
+    import torch
+    from safetensors.torch import save_file
+
+    converted = {}
+    for name, value in tensors.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value).copy())
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"weights: {name} is a {type(value).__name__}, not a tensor")
+        converted[name] = value.detach().cpu().contiguous()
+    save_file(converted, str(path), metadata=dict(metadata or {}))
+
+
+def save_state(state: Mapping[str, Any], path: Path) -> str:
+    """Write a nested training state (tensors, arrays, numbers) as safetensors; its digest."""
+    tensors: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    _flatten("", state, tensors, extra)
+    save_tensors(tensors, path, {"reweigh.state": canonical_json(extra).decode("utf-8")})
+    return file_digest(path)
+
+
+def _flatten(prefix: str, value: Any, tensors: dict[str, Any], extra: dict[str, Any]) -> None:
+    import torch
+
+    if isinstance(value, torch.Tensor | np.ndarray):
+        tensors[prefix] = value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, tensors, extra)
+    elif isinstance(value, list | tuple) and any(
+            isinstance(v, torch.Tensor | np.ndarray | Mapping | list | tuple) for v in value):
+        for index, item in enumerate(value):
+            _flatten(f"{prefix}.{index}", item, tensors, extra)
+    elif value is None or isinstance(value, bool | int | float | str | list | tuple):
+        extra[prefix] = value
+    else:
+        raise TypeError(f"checkpoint: {prefix} is a {type(value).__name__}; "
+                        "give tensors, arrays, numbers or strings")
+
+
+def weights_digest(path: Path) -> str:
+    return file_digest(path)
