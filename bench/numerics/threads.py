@@ -14,7 +14,7 @@ noise from the shared machine spreads evenly; timings are medians.
 Run from the repository root:
 
     .venv/bin/python bench/numerics/threads.py            # full run (~8 min)
-    .venv/bin/python bench/numerics/threads.py --repeats 1 --only mlp
+    .venv/bin/python bench/numerics/threads.py --inner 1 --extra-threads "" --only mlp
 
 Results are also written to bench/numerics/results.json.
 """
@@ -54,11 +54,12 @@ def _cfg(name, env=None, **kw):
         "env": env or {},
         "model": "cnn",          # "cnn" | "mlp"
         "det": True,             # torch.use_deterministic_algorithms(True)
+        "nofill": False,         # torch.utils.deterministic.fill_uninitialized_memory = False
         "mkldnn": True,          # torch.backends.mkldnn.enabled
         "mkldnn_det": False,     # torch.backends.mkldnn.deterministic
         "mkldnn_bwd": True,      # if False: oneDNN on for forward, off for backward
-        "bwd_1thread": False,    # run backward with torch.set_num_threads(1)
-        "conv": "nn",            # "nn" (nn.Conv2d) | "im2col" (unfold + one GEMM)
+        "bwd_1thread": False,    # run loss.backward() under torch.set_num_threads(1)
+        "conv": "nn",            # "nn" | "unfold" (F.unfold + 1 GEMM) | "slices" (9 shifted views + 1 GEMM)
         "channels_last": False,
         "flush_denormal": False,
     }
@@ -66,54 +67,62 @@ def _cfg(name, env=None, **kw):
     return c
 
 
-CBWR = {"MKL_CBWR": "COMPATIBLE"}
+COMPAT = {"MKL_CBWR": "COMPATIBLE"}
+STRICT = {"MKL_CBWR": "AUTO,STRICT"}
 ISA_AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+ONEDNN_AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
 
 CONFIGS = [
-    # 1-3: baseline, flag only, the known-good
+    # 1-3: baseline, flag only, the previously "known-good" one
     _cfg("default", det=False),
     _cfg("det"),
-    _cfg("det+CBWR=COMPAT+mkldnn_off", CBWR, mkldnn=False),
-    # 4: oneDNN on, its deterministic attribute
-    _cfg("det+CBWR=COMPAT+mkldnn_on", CBWR),
-    _cfg("det+CBWR=COMPAT+mkldnn.deterministic", CBWR, mkldnn_det=True),
-    # 5: strict CNR modes, oneDNN on / off
-    _cfg("det+CBWR=AVX2,STRICT+mkldnn_on", {"MKL_CBWR": "AVX2,STRICT"}),
-    _cfg("det+CBWR=AVX512,STRICT+mkldnn_on", {"MKL_CBWR": "AVX512,STRICT"}),
-    _cfg("det+CBWR=AUTO,STRICT+mkldnn_on", {"MKL_CBWR": "AUTO,STRICT"}),
-    _cfg("det+CBWR=AVX2,STRICT+mkldnn_off", {"MKL_CBWR": "AVX2,STRICT"}, mkldnn=False),
-    _cfg("det+CBWR=AVX512,STRICT+mkldnn_off", {"MKL_CBWR": "AVX512,STRICT"}, mkldnn=False),
-    _cfg("det+CBWR=AUTO,STRICT+mkldnn_off", {"MKL_CBWR": "AUTO,STRICT"}, mkldnn=False),
+    _cfg("det+COMPAT+mkldnn_off", COMPAT, mkldnn=False),
+    # 4: oneDNN on, with and without its deterministic attribute
+    _cfg("det+COMPAT", COMPAT),
+    _cfg("det+COMPAT+mkldnn.deterministic", COMPAT, mkldnn_det=True),
+    # 5: strict CNR, oneDNN on / off
+    _cfg("det+AVX2,STRICT", {"MKL_CBWR": "AVX2,STRICT"}),
+    _cfg("det+AVX512,STRICT", {"MKL_CBWR": "AVX512,STRICT"}),
+    _cfg("det+AUTO,STRICT", STRICT),
+    _cfg("det+AUTO,STRICT+mkldnn.deterministic", STRICT, mkldnn_det=True),
+    _cfg("det+AVX2,STRICT+mkldnn_off", {"MKL_CBWR": "AVX2,STRICT"}, mkldnn=False),
+    _cfg("det+AVX512,STRICT+mkldnn_off", {"MKL_CBWR": "AVX512,STRICT"}, mkldnn=False),
+    _cfg("det+AUTO,STRICT+mkldnn_off", STRICT, mkldnn=False),
     _cfg("det+mkldnn_off (no CBWR)", mkldnn=False),
-    # 6: ISA pinned everywhere (oneDNN + ATen) with CBWR, oneDNN on
-    _cfg("det+CBWR=COMPAT+ISA=avx2+mkldnn_on", {**CBWR, **ISA_AVX2}),
-    _cfg("det+CBWR=COMPAT+ISA=avx2+mkldnn.det", {**CBWR, **ISA_AVX2}, mkldnn_det=True),
-    _cfg("det+CBWR=COMPAT+ISA=avx2+mkldnn_off", {**CBWR, **ISA_AVX2}, mkldnn=False),
-    # 7: explicit im2col conv (unfold + a single GEMM per conv)
-    _cfg("det+CBWR=COMPAT+im2col", CBWR, conv="im2col"),
-    _cfg("det+CBWR=COMPAT+im2col+mkldnn_off", CBWR, conv="im2col", mkldnn=False),
-    _cfg("det+im2col (no CBWR)", conv="im2col"),
-    _cfg("det+CBWR=AUTO,STRICT+im2col", {"MKL_CBWR": "AUTO,STRICT"}, conv="im2col"),
+    # 6: ISA pinned (oneDNN and/or ATen) with CBWR, oneDNN on
+    _cfg("det+COMPAT+ISA=avx2", {**COMPAT, **ISA_AVX2}),
+    _cfg("det+AUTO,STRICT+ISA=avx2", {**STRICT, **ISA_AVX2}),
+    _cfg("det+AUTO,STRICT+ONEDNN_ISA=avx2", {**STRICT, **ONEDNN_AVX2}),
+    _cfg("det+AUTO,STRICT+ATEN=avx2+mkldnn_off", {**STRICT, "ATEN_CPU_CAPABILITY": "avx2"}, mkldnn=False),
+    # 7: explicit im2col conv: one GEMM per conv (fixed reduction order given the GEMM)
+    _cfg("det+COMPAT+unfold", COMPAT, conv="unfold"),
+    _cfg("det+AUTO,STRICT+unfold", STRICT, conv="unfold"),
+    _cfg("det+AUTO,STRICT+unfold+mkldnn_off", STRICT, conv="unfold", mkldnn=False),
+    _cfg("det+unfold (no CBWR)", conv="unfold"),
+    _cfg("det+AUTO,STRICT+slices", STRICT, conv="slices"),
+    _cfg("det+AUTO,STRICT+slices+nofill", STRICT, conv="slices", nofill=True),
     # 8: other ideas
-    _cfg("det+CBWR=COMPAT+mkldnn_fwd_only", CBWR, mkldnn_bwd=False),
-    _cfg("det+CBWR=COMPAT+channels_last", CBWR, channels_last=True),
-    _cfg("det+CBWR=COMPAT+bwd_1thread", CBWR, bwd_1thread=True),
-    _cfg("det+CBWR=COMPAT+im2col+flush_denormal", CBWR, conv="im2col", flush_denormal=True),
-    _cfg("det+CBWR=COMPAT+mkldnn_off+flush_denormal", CBWR, mkldnn=False, flush_denormal=True),
+    _cfg("det+AUTO,STRICT+mkldnn_fwd_only", STRICT, mkldnn_bwd=False),
+    _cfg("det+AUTO,STRICT+channels_last", STRICT, channels_last=True),
+    _cfg("det+AUTO,STRICT+bwd_1thread", STRICT, bwd_1thread=True),
+    _cfg("det+AUTO,STRICT+mkldnn_off+nofill", STRICT, mkldnn=False, nofill=True),
+    _cfg("det+AUTO,STRICT+mkldnn_off+flush_denormal", STRICT, mkldnn=False, flush_denormal=True),
+    _cfg("det+AUTO,STRICT+ONEDNN_ISA=avx2+nofill", {**STRICT, **ONEDNN_AVX2}, nofill=True),
     # pure MLP 64->128->10 (Linear layers only)
     _cfg("mlp:default", model="mlp", det=False),
     _cfg("mlp:det", model="mlp"),
-    _cfg("mlp:det+CBWR=COMPAT", CBWR, model="mlp"),
-    _cfg("mlp:det+CBWR=AUTO,STRICT", {"MKL_CBWR": "AUTO,STRICT"}, model="mlp"),
-    _cfg("mlp:det+mkldnn_off", model="mlp", mkldnn=False),
+    _cfg("mlp:det+COMPAT", COMPAT, model="mlp"),
+    _cfg("mlp:det+AUTO,STRICT", STRICT, model="mlp"),
+    _cfg("mlp:det+mkldnn_off (no CBWR)", model="mlp", mkldnn=False),
+    _cfg("mlp:det+AUTO,STRICT+nofill", STRICT, model="mlp", nofill=True),
 ]
 
 
 # --------------------------------------------------------------------------
 # Worker: runs in a fresh interpreter, env already set by the parent
 # --------------------------------------------------------------------------
-def _mkl_cbwr_branch(torch):
-    """Ask MKL which CNR branch is really in effect (None if not reachable)."""
+def _mkl_cnr_mode(torch):
+    """Ask MKL which CNR mode is really in effect (None if not reachable)."""
     try:
         import ctypes
 
@@ -121,37 +130,22 @@ def _mkl_cbwr_branch(torch):
         f = lib.mkl_serv_cbwr_get
         f.restype = ctypes.c_int
         f.argtypes = [ctypes.c_int]
-        v = f(1)  # MKL_CBWR_BRANCH
+        v = f(-1)  # MKL_CBWR_ALL: branch | STRICT bit
         name = MKL_BRANCH_NAMES.get(v & 0xFFFF, str(v & 0xFFFF))
         return name + (",STRICT" if v & 0x10000 else "")
     except Exception:  # pragma: no cover - diagnostic only
         return None
 
 
-def worker(cfg: dict, threads: int) -> dict:
-    import hashlib
-    import random
-
-    import numpy as np
-    import torch
+def build_model(cfg: dict):
     import torch.nn as nn
     import torch.nn.functional as F
-    from sklearn.datasets import load_digits
 
-    torch.set_num_threads(threads)
-    if cfg["det"]:
-        torch.use_deterministic_algorithms(True)
-    torch.backends.mkldnn.enabled = cfg["mkldnn"]
-    if cfg["mkldnn_det"]:
-        torch.backends.mkldnn.deterministic = True
-    if cfg["flush_denormal"]:
-        torch.set_flush_denormal(True)
+    class UnfoldConv2d(nn.Conv2d):
+        """nn.Conv2d parameters/initialisation; forward = F.unfold + one GEMM.
 
-    class Im2colConv2d(nn.Conv2d):
-        """Same parameters/initialisation as nn.Conv2d; forward is unfold + one GEMM.
-
-        The (N*H*W, C*k*k) x (C*k*k, O) product makes every reduction (forward,
-        grad-input, grad-weight over N*H*W) a single MKL sgemm.
+        (N*H*W, C*k*k) x (C*k*k, O): forward, grad-input and grad-weight (the
+        reduction over N*H*W) are each a single MKL sgemm.
         """
 
         def forward(self, x):
@@ -162,32 +156,56 @@ def worker(cfg: dict, threads: int) -> dict:
             out = F.linear(cols, self.weight.reshape(self.out_channels, -1), self.bias)
             return out.reshape(n, h, w, self.out_channels).permute(0, 3, 1, 2)
 
-    digits = load_digits()
-    n_all = len(digits.target)
-    X = (digits.images.astype(np.float32) / 16.0).reshape(n_all, 1, 8, 8)
-    y = digits.target.astype(np.int64)
+    class SlicesConv2d(nn.Conv2d):
+        """Same GEMM as UnfoldConv2d, but the columns are built from k*k shifted
+        views of the padded input (no per-sample im2col/col2im loops)."""
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            k, p = self.kernel_size[0], self.padding[0]
+            xp = F.pad(x, (p, p, p, p))
+            cols = torch_stack([xp[:, :, i:i + h, j:j + w] for i in range(k) for j in range(k)], 4)
+            cols = cols.permute(0, 2, 3, 1, 4).reshape(n * h * w, c * k * k)  # (c, ki, kj) order
+            out = F.linear(cols, self.weight.reshape(self.out_channels, -1), self.bias)
+            return out.reshape(n, h, w, self.out_channels).permute(0, 3, 1, 2)
+
+    import torch
+    torch_stack = torch.stack
+
+    if cfg["model"] == "mlp":
+        return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    Conv = {"nn": nn.Conv2d, "unfold": UnfoldConv2d, "slices": SlicesConv2d}[cfg["conv"]]
+    return nn.Sequential(
+        Conv(1, 16, 3, padding=1), nn.ReLU(),
+        Conv(16, 32, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+
+
+def train_once(cfg: dict, threads: int, X, y):
+    """One full training run from the seed; returns (loop seconds, accuracy, sha256)."""
+    import hashlib
+    import random
+
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    n_all = len(y)
     perm = np.random.default_rng(SEED).permutation(n_all)
     n_train = int(0.8 * n_all)
     tr, te = perm[:n_train], perm[n_train:]
     Xtr, ytr = torch.from_numpy(X[tr]), torch.from_numpy(y[tr])
     Xte, yte = torch.from_numpy(X[te]), torch.from_numpy(y[te])
+    if cfg["model"] == "mlp":
+        Xtr, Xte = Xtr.reshape(len(Xtr), 64), Xte.reshape(len(Xte), 64)
 
     random.seed(SEED)
     np.random.seed(SEED)
     torch.manual_seed(SEED)
-
-    if cfg["model"] == "cnn":
-        Conv = Im2colConv2d if cfg["conv"] == "im2col" else nn.Conv2d
-        model = nn.Sequential(
-            Conv(1, 16, 3, padding=1), nn.ReLU(),
-            Conv(16, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
-            nn.Linear(64, 10),
-        )
-    else:
-        Xtr, Xte = Xtr.reshape(len(Xtr), 64), Xte.reshape(len(Xte), 64)
-        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    model = build_model(cfg)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
         Xtr = Xtr.contiguous(memory_format=torch.channels_last)
@@ -198,6 +216,8 @@ def worker(cfg: dict, threads: int) -> dict:
     g = torch.Generator().manual_seed(SEED)
     n = len(Xtr)
     mk = torch.backends.mkldnn
+    split_mkldnn = not cfg["mkldnn_bwd"]
+    bwd1 = cfg["bwd_1thread"]
 
     model.train()
     t0 = time.perf_counter()
@@ -207,15 +227,15 @@ def worker(cfg: dict, threads: int) -> dict:
             idx = order[i:i + BATCH]
             xb, yb = Xtr[idx], ytr[idx]
             opt.zero_grad(set_to_none=True)
-            if not cfg["mkldnn_bwd"]:
+            if split_mkldnn:
                 mk.enabled = True
             loss = loss_fn(model(xb), yb)
-            if not cfg["mkldnn_bwd"]:
+            if split_mkldnn:
                 mk.enabled = False
-            if cfg["bwd_1thread"]:
+            if bwd1:
                 torch.set_num_threads(1)
             loss.backward()
-            if cfg["bwd_1thread"]:
+            if bwd1:
                 torch.set_num_threads(threads)
             opt.step()
     elapsed = time.perf_counter() - t0
@@ -223,18 +243,37 @@ def worker(cfg: dict, threads: int) -> dict:
     model.eval()
     with torch.no_grad():
         acc = (model(Xte).argmax(1) == yte).float().mean().item()
-
     h = hashlib.sha256()
     sd = model.state_dict()
     for name in sorted(sd):
         h.update(sd[name].detach().cpu().contiguous().numpy().tobytes())
+    return elapsed, acc, h.hexdigest()
+
+
+def worker(cfg: dict, threads: int, data_path: str, inner: int) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    if cfg["det"]:
+        torch.use_deterministic_algorithms(True)
+    if cfg["nofill"]:
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.backends.mkldnn.enabled = cfg["mkldnn"]
+    if cfg["mkldnn_det"]:
+        torch.backends.mkldnn.deterministic = True
+    if cfg["flush_denormal"]:
+        torch.set_flush_denormal(True)
+
+    d = np.load(data_path)
+    runs = [train_once(cfg, threads, d["X"], d["y"]) for _ in range(inner)]
     return {
-        "digest": h.hexdigest(),
-        "time": elapsed,
-        "acc": acc,
+        "times": [r[0] for r in runs],
+        "accs": [r[1] for r in runs],
+        "digests": [r[2] for r in runs],
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "mkl_cbwr": _mkl_cbwr_branch(torch),
+        "mkl_cnr": _mkl_cnr_mode(torch),
         "torch": torch.__version__,
     }
 
@@ -250,20 +289,37 @@ def child_env(cfg: dict, threads: int) -> dict:
     return env
 
 
-def run_one(cfg: dict, threads: int) -> dict:
-    payload = json.dumps({"cfg": cfg, "threads": threads})
+def run_one(cfg: dict, threads: int, data_path: str, inner: int) -> dict:
+    payload = json.dumps({"cfg": cfg, "threads": threads, "data": data_path, "inner": inner})
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker", payload],
-        env=child_env(cfg, threads), capture_output=True, text=True, timeout=600,
+        env=child_env(cfg, threads), capture_output=True, text=True, timeout=900,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed for {cfg['name']} t={threads}:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def load_data(path: str) -> None:
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    n = len(digits.target)
+    X = (digits.images.astype(np.float32) / 16.0).reshape(n, 1, 8, 8)
+    y = digits.target.astype(np.int64)
+    np.savez(path, X=X, y=y)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=3, help="timing rounds (median taken)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="fresh-subprocess rounds per (config, threads), interleaved over configs")
+    ap.add_argument("--inner", type=int, default=3,
+                    help="training runs per subprocess (timings: median over rounds*inner)")
+    ap.add_argument("--extra-threads", default="3,4",
+                    help="also check digests at these thread counts (1 run each, oversubscribed "
+                         "on a 2-core box) for configs invariant at 1 vs 2; '' to skip")
     ap.add_argument("--only", default=None, help="comma-separated substrings of config names")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json"))
@@ -271,7 +327,7 @@ def main() -> None:
 
     if args.worker is not None:
         job = json.loads(args.worker)
-        print(json.dumps(worker(job["cfg"], job["threads"])))
+        print(json.dumps(worker(job["cfg"], job["threads"], job["data"], job["inner"])))
         return
 
     configs = CONFIGS
@@ -279,57 +335,75 @@ def main() -> None:
         keys = [k.strip() for k in args.only.split(",")]
         configs = [c for c in CONFIGS if c["name"] in ("default", "mlp:default")
                    or any(k in c["name"] for k in keys)]
+    extra = [int(t) for t in args.extra_threads.split(",") if t.strip()]
+
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="reweigh-numerics-")
+    data_path = os.path.join(tmp, "digits.npz")
+    load_data(data_path)
 
     results: dict[str, dict[int, list[dict]]] = {c["name"]: {1: [], 2: []} for c in configs}
     t_start = time.perf_counter()
-    for r in range(args.repeats):
+    try:
+        for r in range(args.rounds):
+            for c in configs:
+                # alternate the order of 1t/2t between rounds to cancel drift
+                for t in ((1, 2) if r % 2 == 0 else (2, 1)):
+                    results[c["name"]][t].append(run_one(c, t, data_path, args.inner))
+                print(f"  [{time.perf_counter() - t_start:5.0f}s] round {r + 1} {c['name']}", file=sys.stderr)
+
+        rows = []
         for c in configs:
-            # alternate the order of 1t/2t between rounds to cancel drift
-            for t in ((1, 2) if r % 2 == 0 else (2, 1)):
-                results[c["name"]][t].append(run_one(c, t))
-        print(f"round {r + 1}/{args.repeats} done, {time.perf_counter() - t_start:.0f}s", file=sys.stderr)
+            res = results[c["name"]]
+            d = {t: {dg for x in res[t] for dg in x["digests"]} for t in (1, 2)}
+            times = {t: [v for x in res[t] for v in x["times"]] for t in (1, 2)}
+            row = {
+                "name": c["name"],
+                "model": c["model"],
+                "invariant": len(d[1]) == 1 and d[1] == d[2],
+                "run_to_run": len(d[1]) == 1 and len(d[2]) == 1,
+                "digest1": sorted(d[1])[0][:12], "digest2": sorted(d[2])[0][:12],
+                "t1": statistics.median(times[1]), "t2": statistics.median(times[2]),
+                "t1_all": [round(v, 3) for v in times[1]], "t2_all": [round(v, 3) for v in times[2]],
+                "acc": res[2][0]["accs"][0], "acc_1t": res[1][0]["accs"][0],
+                "cpu_capability": res[2][0]["cpu_capability"], "mkl_cnr": res[2][0]["mkl_cnr"],
+                "extra": {}, "cfg": c,
+            }
+            if row["invariant"]:
+                for t in extra:
+                    x = run_one(c, t, data_path, 1)
+                    row["extra"][t] = x["digests"][0] == sorted(d[1])[0]
+                print(f"  [{time.perf_counter() - t_start:5.0f}s] extra threads {c['name']}", file=sys.stderr)
+            rows.append(row)
+    finally:
+        import shutil
 
-    rows = []
-    for c in configs:
-        res = results[c["name"]]
-        d1 = {x["digest"] for x in res[1]}
-        d2 = {x["digest"] for x in res[2]}
-        rows.append({
-            "name": c["name"],
-            "model": c["model"],
-            "invariant": len(d1) == 1 and d1 == d2,
-            "run_to_run": len(d1) == 1 and len(d2) == 1,
-            "digest1": sorted(d1)[0][:12], "digest2": sorted(d2)[0][:12],
-            "t1": statistics.median(x["time"] for x in res[1]),
-            "t2": statistics.median(x["time"] for x in res[2]),
-            "t1_all": [round(x["time"], 3) for x in res[1]],
-            "t2_all": [round(x["time"], 3) for x in res[2]],
-            "acc": res[2][0]["acc"],
-            "acc_1t": res[1][0]["acc"],
-            "cpu_capability": res[2][0]["cpu_capability"],
-            "mkl_cbwr": res[2][0]["mkl_cbwr"],
-            "cfg": c,
-        })
+        shutil.rmtree(tmp, ignore_errors=True)
+
     base = {r["model"]: r["t2"] for r in rows if r["name"] in ("default", "mlp:default")}
-
     first = results[configs[0]["name"]][1][0]
-    print(f"\ntorch {first['torch']}, {os.cpu_count()} CPUs, repeats={args.repeats}, "
-          f"epochs={EPOCHS}, total {time.perf_counter() - t_start:.0f}s")
-    print("ratio = median 2-thread time / default config's median 2-thread time (same model)\n")
-    hdr = (f"{'config':44s} {'1t==2t':6s} {'r2r':4s} {'t1 [s]':>7s} {'t2 [s]':>7s} "
-           f"{'ratio':>6s} {'acc':>6s} {'ATen':7s} {'MKL CNR':18s} digest1/digest2")
+    print(f"\ntorch {first['torch']}, {os.cpu_count()} CPUs, rounds={args.rounds} x inner={args.inner} "
+          f"runs per (config, threads), epochs={EPOCHS}, total {time.perf_counter() - t_start:.0f}s")
+    print("1t==2t: sha256 of final weights identical across all 1- and 2-thread runs; "
+          "r2r: each thread count reproducible run-to-run;")
+    print(f"more: digest also identical at {extra} threads (checked only if 1t==2t); "
+          "ratio: median 2-thread time / default's median 2-thread time (same model)\n")
+    hdr = (f"{'config':42s} {'1t==2t':6s} {'r2r':3s} {'more':5s} {'t1 [s]':>6s} {'t2 [s]':>6s} "
+           f"{'ratio':>5s} {'acc':>6s} {'ATen':6s} {'MKL CNR':17s} digest(1t)/digest(2t)")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        ratio = r["t2"] / base[r["model"]] if r["model"] in base else float("nan")
-        r["ratio"] = ratio
+        r["ratio"] = r["t2"] / base[r["model"]] if r["model"] in base else float("nan")
         dg = r["digest1"] if r["digest1"] == r["digest2"] else f"{r['digest1']}/{r['digest2']}"
-        print(f"{r['name']:44s} {'YES' if r['invariant'] else 'no':6s} "
-              f"{'ok' if r['run_to_run'] else 'NO':4s} {r['t1']:7.3f} {r['t2']:7.3f} "
-              f"{ratio:6.2f} {r['acc']:6.4f} {r['cpu_capability']:7s} {str(r['mkl_cbwr']):18s} {dg}")
+        more = "".join("+" if ok else "-" for ok in r["extra"].values()) or "."
+        print(f"{r['name']:42s} {'YES' if r['invariant'] else 'no':6s} "
+              f"{'ok' if r['run_to_run'] else 'NO':3s} {more:5s} {r['t1']:6.3f} {r['t2']:6.3f} "
+              f"{r['ratio']:5.2f} {r['acc']:6.4f} {r['cpu_capability']:6s} {str(r['mkl_cnr']):17s} {dg}")
 
     with open(args.json, "w") as f:
-        json.dump({"torch": first["torch"], "repeats": args.repeats, "rows": rows}, f, indent=1)
+        json.dump({"torch": first["torch"], "rounds": args.rounds, "inner": args.inner,
+                   "extra_threads": extra, "rows": rows}, f, indent=1)
     print(f"\nwrote {args.json}")
 
 

@@ -121,6 +121,10 @@ def load_recipe(path: Path | str) -> Recipe:
         raise RecipeError(label, "(file)", "not UTF-8 text") from e
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(label, "(syntax)", str(e)) from e
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise RecipeError(label, "(syntax)", str(e)) from e
+    except RecursionError as e:
+        raise RecipeError(label, "(syntax)", "arrays or tables nested too deeply") from e
     return parse_recipe(data, directory.resolve(), label)
 
 
@@ -164,7 +168,7 @@ def _inputs(v: _Validator, table: dict[str, Any]) -> list[InputSpec]:
     specs = []
     for name, entry in table.items():
         where = f"inputs.{name}"
-        if not _KEY_RE.match(name):
+        if not _KEY_RE.fullmatch(name):
             raise RecipeError(v.label, where, "input names are letters, digits, '_' and '-'")
         if not isinstance(entry, dict):
             raise RecipeError(v.label, where, "must be a table")
@@ -180,17 +184,18 @@ def _input(v: _Validator, name: str, entry: dict[str, Any], where: str) -> Input
     kind = kinds[0]
     source = v.string(entry, kind, where=f"{where}.{kind}")
     digest = v.string(entry, "digest", required=False, where=f"{where}.digest")
-    if digest is not None and not is_digest(digest):
+    # is_digest uses re.match, whose '$' also matches before a final newline
+    if digest is not None and (not is_digest(digest) or digest.endswith("\n")):
         raise RecipeError(v.label, f"{where}.digest", "expected sha256:<64 lowercase hex digits>")
     resource = None
     if kind == "path":
         v.relative_path(source, f"{where}.path")
     elif kind == "package":
-        if not _PACKAGE_RE.match(source):
+        if not _PACKAGE_RE.fullmatch(source):
             raise RecipeError(v.label, f"{where}.package", "not a package name")
         resource = _package_resource(v, entry, where)
     elif kind == "url":
-        if not _URL_RE.match(source):
+        if not _URL_RE.fullmatch(source):
             raise RecipeError(v.label, f"{where}.url", "expected an http:// or https:// URL")
         if digest is None:
             raise RecipeError(v.label, f"{where}.digest", "a URL input needs a digest")
@@ -207,7 +212,7 @@ def _package_resource(v: _Validator, entry: dict[str, Any], where: str) -> str:
     if has[0] == "resource":
         v.relative_path(text, f"{where}.resource")
         return text
-    if not _KEY_RE.match(text):
+    if not _KEY_RE.fullmatch(text):
         raise RecipeError(v.label, f"{where}.dataset", "not a data set name")
     return f"dataset:{text}"
 
@@ -272,7 +277,7 @@ class _Validator:
                  where: str | None = None) -> str:
         value = self.string(data, key, where=where)
         assert value is not None
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise self.fail(where or key, f"expected {what}")
         return value
 
@@ -294,7 +299,7 @@ class _Validator:
         value = data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(where, f"must be a number, not {_type_name(value)}")
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        if not 0.0 <= value <= 1.0:  # refuses nan and inf too, and never float()s a huge int
             raise self.fail(where, "must be a number between 0 and 1")
         return float(value)
 
@@ -311,7 +316,7 @@ class _Validator:
     def entry(self, data: dict[str, Any], key: str, where: str) -> EntryPoint:
         text = self.string(data, key, where=where)
         assert text is not None
-        match = _ENTRY_RE.match(text)
+        match = _ENTRY_RE.fullmatch(text)
         if not match:
             raise self.fail(where, "expected 'file.py:function'")
         self.relative_path(match.group(1), where)
@@ -333,7 +338,7 @@ class _Validator:
             raise self.fail(where, f"nested deeper than {MAX_DEPTH} levels")
         if isinstance(value, dict):
             for key in value:
-                if not _KEY_RE.match(key):
+                if not _KEY_RE.fullmatch(key):
                     raise self.fail(f"{where}.{key}", "parameter names are letters, digits, '_'")
             return {k: self.params(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
         if isinstance(value, list):

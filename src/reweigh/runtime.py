@@ -73,8 +73,8 @@ def install_guards(input_roots: list[str]) -> None:
                 refuse(NetworkBlocked, f"the build tried to open a network connection "
                        f"({event} to {args[-1]!r}); builds run without network")
         elif event in ("socket.getaddrinfo", "socket.gethostbyname") and args[0]:
-            refuse(NetworkBlocked, f"the build tried to look up host {args[0]!r}; "
-                   "builds run without network")
+            refuse(NetworkBlocked, f"the build tried to open a network connection "
+                   f"(looking up {args[0]!r}); builds run without network")
         elif event == "open" and len(args) >= 3:
             path, mode, flags = args[0], args[1], args[2] or 0
             wants_write = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
@@ -233,6 +233,7 @@ def main() -> None:
     except BaseException as e:
         traceback.print_exc()
         emit("error", message=f"{type(e).__name__}: {e}")
+        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
     sys.stdout.flush()

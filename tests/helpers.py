@@ -1,0 +1,74 @@
+"""Test helpers: the real command, small recipes written on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+MINIMAL_TRAIN = """
+import numpy as np
+
+def train(ctx):
+    ctx.save_weights({"w": np.arange(4, dtype=np.float32) * ctx.params.get("scale", 1.0)})
+"""
+
+
+def run_reweigh(*args: object, store: Path | None = None, timeout: float = 600,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `reweigh` command line."""
+    command = [sys.executable, "-m", "reweigh.cli.main", *map(str, args)]
+    if store is not None:
+        command += ["--store", str(store)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def run_json(*args: object, store: Path) -> dict:
+    result = run_reweigh(*args, "--json", store=store)
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(result.stdout)
+
+
+def write_recipe(directory: Path, train: str = MINIMAL_TRAIN, *, params: str = "",
+                 inputs: str = "", build: str = "", extra: str = "",
+                 files: dict[str, str] | None = None) -> Path:
+    """A small real recipe: recipe.toml, train.py and any extra files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "train.py").write_text(textwrap.dedent(train))
+    for name, text in (files or {}).items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    (directory / "recipe.toml").write_text(textwrap.dedent(f"""\
+        name = "test-recipe"
+        version = "0.1"
+        seed = 1
+
+        [license]
+        code = "MIT"
+        data = "CC0-1.0"
+        weights = "CC0-1.0"
+
+        [build]
+        entry = "train.py:train"
+        {build}
+
+        [params]
+        {params}
+
+        {inputs}
+        {extra}
+        """))
+    return directory
+
+
+def store_is_empty(store: Path) -> bool:
+    """No item and no input was written (the directories may exist, empty)."""
+    return not any((store / sub).iterdir() for sub in ("items", "inputs")
+                   if (store / sub).exists())

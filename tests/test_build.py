@@ -1,0 +1,111 @@
+"""Building: determinism across builds and thread counts, reuse, new derivations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reweigh import build
+from reweigh.store import Store
+
+from .helpers import EXAMPLES, run_json, run_reweigh, write_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("example", ["digits-logreg", "digits-cnn"])
+def test_each_example_builds_to_one_digest_with_one_thread_and_with_two(
+        example: str, tmp_path: Path) -> None:
+    one = run_json("build", EXAMPLES / example, "--threads", "1", store=tmp_path / "a")
+    two = run_json("build", EXAMPLES / example, "--threads", "2", store=tmp_path / "b")
+    assert not one["reused"] and not two["reused"]
+    assert one["derivation"] == two["derivation"]
+    assert one["weights_digest"] == two["weights_digest"]
+    metrics = json.loads((Path(one["path"]) / "metrics.json").read_text())
+    assert metrics["evaluation"]["accuracy"] >= 0.95
+
+
+def test_check_rebuilds_and_says_the_weights_are_bit_identical(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = run_json("build", EXAMPLES / "digits-cnn", "--threads", "1", store=store)
+    checked = run_reweigh("build", EXAMPLES / "digits-cnn", "--check", "--threads", "2",
+                          store=store)
+    assert checked.returncode == 0, checked.stderr
+    assert "bit-identical" in checked.stdout
+    assert checked.stdout.strip().splitlines()[-1] == first["path"]
+    checks = Store(store).checks(Store(store).resolve(first["path"]))
+    assert [(c["kind"], c["result"]) for c in checks] == [("rebuild", "identical")]
+
+
+def test_a_second_build_reuses_the_item(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r")
+    first = build(recipe, store=Store(tmp_path / "store"))
+    second = build(recipe, store=Store(tmp_path / "store"))
+    assert not first.reused and second.reused
+    assert second.path == first.path and second.weights_digest == first.weights_digest
+
+
+def test_changing_a_parameter_gives_a_new_derivation_and_a_new_item(tmp_path: Path) -> None:
+    recipe = tmp_path / "logreg"
+    shutil.copytree(EXAMPLES / "digits-logreg", recipe)
+    store = tmp_path / "store"
+    first = run_json("build", recipe, store=store)
+    text = (recipe / "recipe.toml").read_text()
+    (recipe / "recipe.toml").write_text(text.replace("C = 1.0", "C = 0.5"))
+    second = run_json("build", recipe, store=store)
+    assert not second["reused"]
+    assert second["derivation"] != first["derivation"]
+    assert second["weights_digest"] != first["weights_digest"]
+    assert len(run_json("list", store=store)) == 2
+
+
+def test_build_prints_the_store_path_last_and_json_has_the_contract_keys(
+        tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r")
+    store = tmp_path / "store"
+    text = run_reweigh("build", recipe, store=store)
+    assert text.returncode == 0, text.stderr
+    last = Path(text.stdout.strip().splitlines()[-1])
+    assert last.is_dir() and (last / "weights.safetensors").is_file()
+    data = run_json("build", recipe, store=store)
+    assert {"path", "derivation", "weights_digest", "reused"} <= data.keys()
+    assert data["path"] == str(last) and data["reused"] is True
+    assert data["weights_digest"].startswith("sha256:") and len(data["weights_digest"]) == 71
+
+
+def test_an_item_holds_weights_provenance_metrics_card_transcript_and_log(
+        tmp_path: Path) -> None:
+    data = run_json("build", EXAMPLES / "digits-logreg", store=tmp_path / "store")
+    item = Path(data["path"])
+    for name in ("weights.safetensors", "provenance.json", "metrics.json", "MODEL_CARD.md",
+                 "build.log", "transcript.json", "derivation.json"):
+        assert (item / name).is_file(), name
+    statement = json.loads((item / "provenance.json").read_text())
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    assert statement["subject"][0]["digest"]["sha256"] == data["weights_digest"][7:]
+    env = statement["predicate"]["runDetails"]["environment"]
+    for key in ("python", "packages", "blas", "cpu_model", "isa", "threads", "numerics"):
+        assert env[key], key
+    assert env["packages"]["torch"] and env["packages"]["scikit-learn"]
+    card = (item / "MODEL_CARD.md").read_text()
+    assert card.startswith("---\nlicense: \"CC0-1.0\"")
+    assert data["weights_digest"] in card and "accuracy" in card
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    digits = next(d for d in deps if d["name"] == "input:digits")
+    assert digits["annotations"]["package"] == "scikit-learn"
+    assert digits["annotations"]["version"]
+
+
+def test_the_cnn_transcript_chains_its_checkpoints(tmp_path: Path) -> None:
+    data = run_json("build", EXAMPLES / "digits-cnn", store=tmp_path / "store")
+    transcript = json.loads((Path(data["path"]) / "transcript.json").read_text())
+    steps = [c["step"] for c in transcript["checkpoints"]]
+    assert steps == [5, 10, 15]
+    links = [c["chain"] for c in transcript["checkpoints"]]
+    assert len(set(links)) == 3
+    for entry in transcript["checkpoints"]:
+        assert (Path(data["path"]) / entry["file"]).is_file()

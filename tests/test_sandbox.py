@@ -1,0 +1,147 @@
+"""The build sandbox: no network, read-only inputs, failures that leave nothing behind."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reweigh.builder import network_isolation
+from reweigh.store import Store
+
+from .helpers import run_reweigh, store_is_empty, write_recipe
+
+
+class _CountingHandler(http.server.BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self) -> None:
+        type(self).hits += 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[int, type[_CountingHandler]]]:
+    handler = type("Handler", (_CountingHandler,), {"hits": 0})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1], handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_build_that_opens_a_connection_fails_with_a_clear_message(
+        tmp_path: Path, store: Path, server: tuple[int, type[_CountingHandler]]) -> None:
+    port, handler = server
+    recipe = write_recipe(tmp_path / "r", f"""
+        import urllib.request
+
+        def train(ctx):
+            urllib.request.urlopen("http://127.0.0.1:{port}/", timeout=5).read()
+        """)
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "network connection" in last and "without network" in last
+    assert handler.hits == 0
+    assert not any((store / "items").iterdir())
+
+
+def test_a_build_that_swallows_the_network_error_still_fails(
+        tmp_path: Path, store: Path, server: tuple[int, type[_CountingHandler]]) -> None:
+    port, handler = server
+    recipe = write_recipe(tmp_path / "r", f"""
+        import socket
+        import numpy as np
+
+        def train(ctx):
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=5)
+            except Exception:
+                pass
+            ctx.save_weights({{"w": np.zeros(2, dtype=np.float32)}})
+        """)
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 1
+    assert "network" in result.stderr.strip().splitlines()[-1]
+    assert handler.hits == 0
+    assert not any((store / "items").iterdir())
+
+
+def test_a_process_started_by_the_build_has_no_network_either(
+        tmp_path: Path, store: Path, server: tuple[int, type[_CountingHandler]]) -> None:
+    _, label = network_isolation()
+    if "namespace" not in label:
+        pytest.skip("this platform gives no network namespace; provenance records audit-hook")
+    port, handler = server
+    recipe = write_recipe(tmp_path / "r", f"""
+        import subprocess, sys
+        import numpy as np
+
+        def train(ctx):
+            probe = "import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/', timeout=3)"
+            code = subprocess.run([sys.executable, "-c", probe]).returncode
+            ctx.log_metric("grandchild_exit", code)
+            ctx.save_weights({{"w": np.zeros(2, dtype=np.float32)}})
+        """)
+    result = run_reweigh("build", recipe, "--json", store=store)
+    assert result.returncode == 0, result.stderr
+    item = Path(json.loads(result.stdout)["path"])
+    assert json.loads((item / "metrics.json").read_text())["training"]["grandchild_exit"] != 0
+    assert handler.hits == 0
+    provenance = json.loads((item / "provenance.json").read_text())
+    assert "namespace" in provenance["predicate"]["runDetails"]["environment"][
+        "network_isolation"]
+
+
+def test_a_build_that_writes_to_its_input_fails_and_the_input_is_unchanged(
+        tmp_path: Path, store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", """
+        def train(ctx):
+            with open(ctx.inputs["notes"], "w") as handle:
+                handle.write("changed")
+        """, inputs='[inputs.notes]\npath = "notes.txt"', files={"notes.txt": "original"})
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 1
+    assert "inputs are read-only" in result.stderr.strip().splitlines()[-1]
+    kept = list((store / "inputs").rglob("notes.txt"))
+    assert [p.read_text() for p in kept] == ["original"]
+    assert not any((store / "items").iterdir())
+
+
+def test_a_failing_build_leaves_no_item_and_prints_the_log_tail(
+        tmp_path: Path, store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", """
+        def train(ctx):
+            print("training starts")
+            raise ValueError("the loss went to NaN")
+        """)
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 1
+    assert "training starts" in result.stderr and "Traceback" in result.stderr  # the log tail
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("reweigh: building test-recipe failed: ValueError: the loss went")
+    log = Path(last.split("log: ", 1)[1].rstrip(")"))
+    assert "the loss went to NaN" in log.read_text()
+    assert not any((store / "items").iterdir())
+    assert not any((store / "tmp").iterdir())
+    attempts = Store(store).attempts()
+    assert [a["status"] for a in attempts] == ["failed"]
+
+
+def test_an_entry_point_that_saves_no_weights_fails(tmp_path: Path, store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", "def train(ctx):\n    pass\n")
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 1
+    assert "save_weights" in result.stderr.strip().splitlines()[-1]
+    assert store_is_empty(store) or not any((store / "items").iterdir())
