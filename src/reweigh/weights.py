@@ -81,7 +81,7 @@ def read_header(path: Path) -> WeightsFile:
         raise WeightsError(f"{label}: cannot read: {e.strerror}") from e
     try:
         header = json.loads(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, a 5000-digit int, deep nesting
         raise WeightsError(f"{label}: header: not valid JSON ({e})") from e
     if not isinstance(header, dict):
         raise WeightsError(f"{label}: header: not a JSON object")
@@ -113,7 +113,7 @@ def _tensor_info(label: str, name: str, entry: Any, base: int) -> TensorInfo:
     if not isinstance(entry, dict):
         raise WeightsError(f"{label}: {name}: not a tensor entry")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise WeightsError(f"{label}: {name}: dtype: unsupported {dtype!r}")
     if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):

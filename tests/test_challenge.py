@@ -1,0 +1,151 @@
+"""Challenge: a published file against the rebuild, with its verdict and evidence."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from reweigh import build
+from reweigh.store import Store
+
+from . import backdoor
+from .helpers import EXAMPLES, run_reweigh
+
+pytestmark = pytest.mark.slow
+RECIPE = EXAMPLES / "digits-cnn"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One clean build shared by the module: (store, item)."""
+    store = tmp_path_factory.mktemp("challenge") / "store"
+    report = build(RECIPE, store=Store(store))
+    return store, report.path
+
+
+def _challenge(store: Path, published: Path, *extra: object) -> tuple[int, dict]:
+    result = run_reweigh("challenge", RECIPE, "--published", published, "--json", *extra,
+                         store=store)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def _other_environment(item: Path, tmp_path: Path) -> Path:
+    """A provenance statement like the item's, but claiming another CPU's kernels."""
+    statement = json.loads((item / "provenance.json").read_text())
+    env = statement["predicate"]["runDetails"]["environment"]
+    env["cpu_capability"] = "AVX2" if env["cpu_capability"] != "AVX2" else "DEFAULT"
+    path = tmp_path / "published-provenance.json"
+    path.write_text(json.dumps(statement))
+    return path
+
+
+def test_the_same_file_is_identical(built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    published = tmp_path / "published.safetensors"
+    shutil.copyfile(item / "weights.safetensors", published)
+    code, report = _challenge(store, published, "--require", "identical")
+    assert code == 0
+    assert report["verdict"] == "identical"
+    assert report["tensors"] and all(t["status"] == "identical" for t in report["tensors"])
+
+
+def test_a_file_trained_with_another_seed_is_different(built: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    store, _ = built
+    other = tmp_path / "other-seed"
+    shutil.copytree(RECIPE, other)
+    text = (other / "recipe.toml").read_text()
+    (other / "recipe.toml").write_text(text.replace("seed = 20231", "seed = 4242"))
+    other_item = build(other, store=Store(tmp_path / "other-store")).path
+    code, report = _challenge(store, other_item / "weights.safetensors")
+    assert code == 1
+    assert report["verdict"] == "different"
+    assert all(t["status"] == "changed" for t in report["tensors"])
+    assert report["behaviour"]["samples"] == 359
+    assert report["behaviour"]["agreement"] < 1.0
+
+
+def test_a_file_with_one_tensor_scaled_is_different_and_that_tensor_is_named_first(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    tensors = load_file(str(item / "weights.safetensors"))
+    tensors["conv2.weight"] = tensors["conv2.weight"] * np.float32(1.01)
+    published = tmp_path / "scaled.safetensors"
+    save_file(tensors, str(published))
+    code, report = _challenge(store, published)
+    assert code == 1 and report["verdict"] == "different"
+    changed = [t for t in report["tensors"] if t["status"] == "changed"]
+    assert [t["name"] for t in changed] == ["conv2.weight"]
+    assert changed[0]["rel_l2"] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_a_hidden_trigger_fine_tune_is_never_equivalent(built: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    store, item = built
+    published = tmp_path / "trigger.safetensors"
+    planted = backdoor.plant(item / "weights.safetensors", published, target=0)
+    assert planted.trigger_success >= 0.8
+    assert planted.clean_accuracy_after >= planted.clean_accuracy_before - 0.01
+    code, report = _challenge(store, published)
+    assert code == 1 and report["verdict"] == "different"
+    # Even when it claims another environment, where tolerance applies, it is not equivalent.
+    code, report = _challenge(store, published, "--published-provenance",
+                              _other_environment(item, tmp_path))
+    assert report["environment"] == "other"
+    assert code == 1 and report["verdict"] == "different"
+    assert any("relative L2" in reason for reason in report["reasons"])
+
+
+def test_one_ulp_is_different_here_but_equivalent_from_another_environment(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    tensors = load_file(str(item / "weights.safetensors"))
+    tensors["fc1.bias"] = np.nextafter(tensors["fc1.bias"], np.float32(np.inf))
+    published = tmp_path / "ulp.safetensors"
+    save_file(tensors, str(published))
+    code, report = _challenge(store, published)
+    assert code == 1 and report["verdict"] == "different"
+    assert report["environment"] == "unknown"
+
+    same_env = tmp_path / "same.json"
+    shutil.copyfile(item / "provenance.json", same_env)
+    code, report = _challenge(store, published, "--published-provenance", same_env)
+    assert code == 1 and report["environment"] == "same"
+
+    other = _other_environment(item, tmp_path)
+    code, report = _challenge(store, published, "--published-provenance", other)
+    assert code == 0 and report["verdict"] == "equivalent"
+    assert report["environment_differences"] == ["cpu_capability"]
+    assert report["behaviour"]["agreement"] == 1.0
+    code, report = _challenge(store, published, "--published-provenance", other,
+                              "--require", "identical")
+    assert code == 1
+
+
+def test_a_file_missing_a_tensor_is_different(built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    tensors = load_file(str(item / "weights.safetensors"))
+    del tensors["fc2.bias"]
+    published = tmp_path / "missing.safetensors"
+    save_file(tensors, str(published))
+    code, report = _challenge(store, published)
+    assert code == 1 and report["verdict"] == "different"
+    assert report["tensors"][0] == {"name": "fc2.bias", "status": "only-in-a", "shape": [10],
+                                    "dtype": "F32", "max_abs": 0.0, "rel_l2": 0.0}
+
+
+def test_a_published_file_that_is_not_safetensors_is_bad_input(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, _ = built
+    published = tmp_path / "model.pt"
+    published.write_bytes(b"\x80\x04\x95 this is a pickle, not safetensors")
+    result = run_reweigh("challenge", RECIPE, "--published", published, store=store)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(published) in lines[0] and "header" in lines[0]

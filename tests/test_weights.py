@@ -1,0 +1,259 @@
+"""The strict safetensors reader: valid files round-trip, anything else is a WeightsError.
+
+`read_header` is what reads a published file that came from elsewhere, so it is fuzzed
+with random bytes and with mutations of a real file written by safetensors itself; the
+only outcomes allowed are a WeightsFile whose tensors can all be read, or a WeightsError.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import save_file
+
+from reweigh.errors import WeightsError
+from reweigh.weights import WeightsFile, read_header
+
+FUZZ = settings(max_examples=200, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+TENSORS = {
+    "layer.weight": np.arange(12, dtype=np.float32).reshape(3, 4),  # (out, in)
+    "layer.bias": np.array([-1.5, 0.0, 2.25], dtype=np.float64),
+    "counts": np.array([1, -2, 3], dtype=np.int64),
+    "mask": np.array([[True, False]], dtype=np.bool_),
+    "half": np.array([0.5, -0.25], dtype=np.float16),
+    "empty": np.zeros((0, 3), dtype=np.uint8),
+}
+METADATA = {"format": "pt", "note": "a small real file"}
+
+
+def valid_bytes(tmp: Path) -> bytes:
+    path = tmp / "valid.safetensors"
+    save_file(TENSORS, str(path), metadata=METADATA)
+    return path.read_bytes()
+
+
+def split(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """A safetensors file's header (as JSON) and its data section."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length]), data[8 + length:]
+
+
+def join(header: dict[str, Any] | str, body: bytes) -> bytes:
+    text = header if isinstance(header, str) else json.dumps(header)
+    raw = text.encode("utf-8")
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="module")
+def valid(scratch: Path) -> bytes:
+    return valid_bytes(scratch)
+
+
+def outcome(scratch: Path, content: bytes) -> WeightsFile | WeightsError:
+    """read_header's verdict; an accepted file must let every tensor be read."""
+    path = scratch / "fuzzed.safetensors"
+    path.write_bytes(content)
+    try:
+        weights = read_header(path)
+    except WeightsError as e:
+        assert e.exit_code == 2 and str(path) in e.one_line() and "\n" not in e.one_line()
+        return e
+    for name, info in weights.tensors.items():
+        assert weights.raw(name).nbytes == info.end - info.start
+        weights.values(name)
+    return weights
+
+
+def rejected(scratch: Path, content: bytes) -> str:
+    result = outcome(scratch, content)
+    assert isinstance(result, WeightsError), "read_header accepted a bad file"
+    return result.one_line()
+
+
+# --- valid files ---------------------------------------------------------------------------
+
+
+def test_a_valid_file_round_trips_every_tensor_bit_for_bit(scratch: Path, valid: bytes) -> None:
+    weights = outcome(scratch, valid)
+    assert isinstance(weights, WeightsFile)
+    assert set(weights.tensors) == set(TENSORS)
+    assert weights.metadata == METADATA
+    for name, array in TENSORS.items():
+        raw = weights.raw(name)
+        assert raw.shape == array.shape and raw.dtype == array.dtype
+        assert raw.tobytes() == array.tobytes()
+        assert np.array_equal(raw, array)
+
+
+def test_bf16_values_widen_to_the_float32_they_stand_for(scratch: Path) -> None:
+    numbers = np.array([1.0, -2.5, 0.15625], dtype=np.float32)
+    bf16 = (numbers.view(np.uint32) >> 16).astype("<u2")
+    header = {"x": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]}}
+    weights = outcome(scratch, join(header, bf16.tobytes()))
+    assert isinstance(weights, WeightsFile)
+    assert np.array_equal(weights.values("x"), numbers)
+
+
+# --- bad files, each naming the tensor and the field -----------------------------------------
+
+
+def test_overlapping_tensors_are_refused_naming_both(scratch: Path, valid: bytes) -> None:
+    header, body = split(valid)
+    bias = header["layer.bias"]["data_offsets"]
+    header["layer.bias"]["data_offsets"] = [bias[0] - 8, bias[1] - 8]
+    line = rejected(scratch, join(header, body))
+    assert "overlaps" in line and "layer.bias" in line
+
+
+def test_a_span_that_does_not_match_the_shape_is_refused(scratch: Path, valid: bytes) -> None:
+    header, body = split(valid)
+    header["counts"]["shape"] = [4]
+    line = rejected(scratch, join(header, body))
+    assert "counts: data_offsets" in line and "shape [4]" in line
+
+
+def test_an_unknown_dtype_is_refused(scratch: Path, valid: bytes) -> None:
+    header, body = split(valid)
+    header["counts"]["dtype"] = "C64"
+    assert "counts: dtype: unsupported 'C64'" in rejected(scratch, join(header, body))
+
+
+def test_a_dtype_that_is_not_a_string_is_refused(scratch: Path, valid: bytes) -> None:
+    header, body = split(valid)
+    header["counts"]["dtype"] = ["I64"]
+    assert "counts: dtype" in rejected(scratch, join(header, body))
+
+
+def test_a_declared_header_length_larger_than_the_file_is_refused(
+        scratch: Path, valid: bytes) -> None:
+    content = struct.pack("<Q", len(valid)) + valid[8:]
+    assert "header: declared length" in rejected(scratch, content)
+
+
+def test_data_offsets_past_the_end_of_the_file_are_refused(scratch: Path, valid: bytes) -> None:
+    header, body = split(valid)
+    assert "data_offsets run past the end" in rejected(scratch, join(header, body[:-4]))
+
+
+def test_a_negative_or_reversed_span_is_refused(scratch: Path, valid: bytes) -> None:
+    header, body = split(valid)
+    header["counts"]["data_offsets"] = header["counts"]["data_offsets"][::-1]
+    assert "counts: data_offsets" in rejected(scratch, join(header, body))
+
+
+def test_metadata_that_is_not_strings_is_refused(scratch: Path, valid: bytes) -> None:
+    header, body = split(valid)
+    header["__metadata__"] = {"epochs": 3}
+    assert "__metadata__" in rejected(scratch, join(header, body))
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    pytest.param('{"x": {"dtype": "F32", "shape": [' + "1" * 5000 + '], "data_offsets": [0, 4]}}',
+                 "header", id="a-5000-digit-integer"),
+    pytest.param("[" * 100_000 + "]" * 100_000, "header", id="arrays-nested-100000-deep"),
+    pytest.param("\ufeff{}", "header", id="a-byte-order-mark"),
+    pytest.param('"just a string"', "header", id="not-an-object"),
+    pytest.param('{"x": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]}}',
+                 "x: shape", id="a-float-beyond-double"),
+    pytest.param('{"x": {"dtype": "F32", "shape": [], "data_offsets": [0, NaN]}}',
+                 "x: data_offsets", id="nan"),
+])
+def test_a_header_that_json_cannot_hold_is_refused(scratch: Path, text: str, field: str) -> None:
+    assert f": {field}: " in rejected(scratch, join(text, b"\0" * 4))
+
+
+def test_a_file_shorter_than_its_length_prefix_is_refused(scratch: Path) -> None:
+    assert "shorter than 8 bytes" in rejected(scratch, b"\x01\x00")
+
+
+# --- fuzzing -------------------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.sampled_from(["F32", "BF16", "I64", "BOOL", "shape", "dtype", "data_offsets"])
+    | st.sampled_from([-1, 0, 1, 2**40, 2**64, 2**1000]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=10)
+FIELDS = ["dtype", "shape", "data_offsets", "extra"]
+
+
+@st.composite
+def mutated_headers(draw: st.DrawFn, valid: bytes) -> bytes:
+    """The real file with its header edited: a field replaced or dropped, a tensor added."""
+    header, body = split(valid)
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from([*header, "__metadata__", "new"]))
+        action = draw(st.sampled_from(["replace-entry", "replace-field", "drop-field", "drop"]))
+        entry = header.get(name)
+        if action == "drop" and name in header:
+            del header[name]
+        elif action == "replace-entry" or not isinstance(entry, dict):
+            header[name] = draw(JSON)
+        elif action == "replace-field":
+            entry[draw(st.sampled_from(FIELDS))] = draw(JSON)
+        else:
+            entry.pop(draw(st.sampled_from(FIELDS)), None)
+    return join(header, body[:draw(st.integers(0, len(body)))] if draw(st.booleans()) else body)
+
+
+@st.composite
+def mutated_bytes(draw: st.DrawFn, valid: bytes) -> bytes:
+    """The real file with bytes flipped, cut, inserted, or its length prefix rewritten."""
+    content = bytearray(valid)
+    for _ in range(draw(st.integers(1, 4))):
+        action = draw(st.sampled_from(["flip", "cut", "insert", "prefix"]))
+        at = draw(st.integers(0, max(len(content) - 1, 0)))
+        if action == "flip" and content:
+            content[at] ^= draw(st.integers(1, 255))
+        elif action == "cut":
+            del content[at:]
+        elif action == "insert":
+            content[at:at] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            length = draw(st.one_of(st.integers(0, len(content)), st.integers(0, 2**64 - 1)))
+            content[:8] = struct.pack("<Q", length)
+    return bytes(content)
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_read_header_gives_weights_or_a_weights_error_for_random_bytes(
+        scratch: Path, content: bytes) -> None:
+    outcome(scratch, content)
+
+
+@FUZZ
+@given(st.data())
+def test_read_header_gives_weights_or_a_weights_error_for_a_mutated_file(
+        scratch: Path, valid: bytes, data: st.DataObject) -> None:
+    outcome(scratch, data.draw(mutated_bytes(valid)))
+
+
+@FUZZ
+@given(st.data())
+def test_read_header_gives_weights_or_a_weights_error_for_a_mutated_header(
+        scratch: Path, valid: bytes, data: st.DataObject) -> None:
+    outcome(scratch, data.draw(mutated_headers(valid)))
+
+
+@FUZZ
+@given(st.data())
+def test_read_header_gives_weights_or_a_weights_error_for_random_json_headers(
+        scratch: Path, data: st.DataObject) -> None:
+    header = data.draw(st.dictionaries(st.text(max_size=8), JSON, max_size=4))
+    outcome(scratch, join(header, data.draw(st.binary(max_size=64))))
