@@ -70,5 +70,5 @@ def write_recipe(directory: Path, train: str = MINIMAL_TRAIN, *, params: str = "
 
 def store_is_empty(store: Path) -> bool:
     """No item and no input was written (the directories may exist, empty)."""
-    return not any((store / sub).iterdir() for sub in ("items", "inputs")
+    return not any(any((store / sub).iterdir()) for sub in ("items", "inputs")
                    if (store / sub).exists())

@@ -1,0 +1,163 @@
+"""Inputs: recipe files and folders, package data sets, URLs, store items; all by digest."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from reweigh.inputs import resolve_inputs
+from reweigh.recipe import load_recipe
+from reweigh.store import Store
+
+from .helpers import run_json, run_reweigh, store_is_empty, write_recipe
+
+PAYLOAD = b"x,y\n" + b"".join(f"{i},{i % 3}\n".encode() for i in range(500))
+PAYLOAD_DIGEST = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+READ_INPUT = """
+import numpy as np
+
+def train(ctx):
+    data = (ctx.inputs["table"]).read_bytes()
+    ctx.save_weights({"w": np.frombuffer(data[:64], dtype=np.uint8).astype(np.float32)})
+"""
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    requests: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).requests.append(self.path)
+        body = PAYLOAD if self.path == "/table.csv" else None
+        self.send_response(200 if body else 404)
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, type[_Files]]]:
+    handler = type("Handler", (_Files,), {"requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _url_recipe(directory: Path, url: str, digest: str) -> Path:
+    return write_recipe(directory, READ_INPUT,
+                        inputs=f'[inputs.table]\nurl = "{url}"\ndigest = "{digest}"')
+
+
+def test_a_url_input_is_downloaded_once_verified_and_kept(
+        tmp_path: Path, store: Path, http_server: tuple[str, type[_Files]]) -> None:
+    base, handler = http_server
+    recipe = _url_recipe(tmp_path / "r", f"{base}/table.csv", PAYLOAD_DIGEST)
+    first = run_json("build", recipe, store=store)
+    kept = list((store / "inputs").rglob("table.csv"))
+    assert len(kept) == 1 and kept[0].read_bytes() == PAYLOAD
+    # A second recipe with the same input: no second download.
+    other = _url_recipe(tmp_path / "r2", f"{base}/table.csv", PAYLOAD_DIGEST)
+    (other / "recipe.toml").write_text((other / "recipe.toml").read_text().replace(
+        "seed = 1", "seed = 2"))
+    run_json("build", other, store=store)
+    assert handler.requests == ["/table.csv"]
+    shown = run_json("show", first["path"], store=store)
+    assert shown["inputs"] == {"table": PAYLOAD_DIGEST}
+
+
+def test_a_url_input_with_the_wrong_digest_is_refused_and_nothing_is_kept(
+        tmp_path: Path, store: Path, http_server: tuple[str, type[_Files]]) -> None:
+    base, _ = http_server
+    wrong = "sha256:" + "0" * 64
+    result = run_reweigh("build", _url_recipe(tmp_path / "r", f"{base}/table.csv", wrong),
+                         store=store)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "inputs.table.url: digest mismatch" in lines[0] and PAYLOAD_DIGEST in lines[0]
+    assert store_is_empty(store) and not any((store / "tmp").iterdir())
+
+
+def test_a_url_that_fails_is_bad_input(tmp_path: Path, store: Path,
+                                       http_server: tuple[str, type[_Files]]) -> None:
+    base, _ = http_server
+    result = run_reweigh("build", _url_recipe(tmp_path / "r", f"{base}/missing",
+                                              PAYLOAD_DIGEST), store=store)
+    assert result.returncode == 2
+    assert "HTTP 404" in result.stderr.strip().splitlines()[-1]
+    assert store_is_empty(store)
+
+
+@pytest.mark.parametrize("dataset,first_file", [
+    ("digits", "digits.csv.gz"), ("iris", "iris.csv"), ("wine", "wine_data.csv"),
+    ("breast_cancer", "breast_cancer.csv")])
+def test_scikit_learn_data_sets_resolve_with_package_version_and_digest(
+        tmp_path: Path, dataset: str, first_file: str) -> None:
+    import sklearn
+
+    recipe = write_recipe(tmp_path / "r",
+                          inputs=f'[inputs.data]\npackage = "scikit-learn"\n'
+                                 f'dataset = "{dataset}"')
+    (resolved,) = resolve_inputs(load_recipe(recipe), Store(tmp_path / "store"))
+    assert resolved.origin["package"] == "scikit-learn"
+    assert resolved.origin["version"] == sklearn.__version__
+    assert (resolved.path / first_file).is_file()
+    assert resolved.digest.startswith("sha256:")
+    source = Path(sklearn.__file__).parent / "datasets" / "data" / first_file
+    assert (resolved.path / first_file).read_bytes() == source.read_bytes()
+
+
+def test_a_pinned_package_digest_that_does_not_match_is_refused(tmp_path: Path,
+                                                               store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", inputs='[inputs.data]\npackage = "scikit-learn"\n'
+                          f'dataset = "iris"\ndigest = "sha256:{"a" * 64}"')
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 2
+    assert "inputs.data: digest mismatch" in result.stderr
+    assert store_is_empty(store)
+
+
+def test_a_folder_input_is_hashed_as_a_tree_and_changes_the_derivation(
+        tmp_path: Path, store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", """
+        import numpy as np
+
+        def train(ctx):
+            names = sorted(p.name for p in ctx.inputs["corpus"].iterdir())
+            ctx.save_weights({"w": np.array([len(names)], dtype=np.float32)})
+        """, inputs='[inputs.corpus]\npath = "corpus"',
+        files={"corpus/a.txt": "alpha", "corpus/b/c.txt": "gamma"})
+    first = run_json("build", recipe, store=store)
+    (recipe / "corpus" / "b" / "c.txt").write_text("changed")
+    second = run_json("build", recipe, store=store)
+    assert first["derivation"] != second["derivation"]
+    assert first["weights_digest"] == second["weights_digest"]  # same count of files
+
+
+def test_a_store_item_is_an_input_for_fine_tuning(tmp_path: Path, store: Path) -> None:
+    base = run_json("build", write_recipe(tmp_path / "base"), store=store)
+    tuned = write_recipe(tmp_path / "tuned", """
+        def train(ctx):
+            base = ctx.load_weights("base")
+            ctx.save_weights({"w": base["w"] + 1})
+        """, inputs=f'[inputs.base]\nitem = "{base["weights_digest"]}"')
+    text = (tuned / "recipe.toml").read_text().replace('"test-recipe"', '"tuned"')
+    (tuned / "recipe.toml").write_text(text)
+    result = run_json("build", tuned, store=store)
+    statement = json.loads((Path(result["path"]) / "provenance.json").read_text())
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    base_dep = next(d for d in deps if d["name"] == "input:base")
+    assert base_dep["annotations"]["kind"] == "item"
+    assert base_dep["digest"]["sha256"] == base["weights_digest"][7:]
+    assert "base_model:" in (Path(result["path"]) / "MODEL_CARD.md").read_text()
