@@ -339,17 +339,8 @@ def _store_is_empty(store: Path) -> bool:
                for sub in ("items", "inputs", "tmp"))
 
 
-# Planning resolves (and keeps) the inputs before it lists the code files, so a recipe whose
-# code files are wrong leaves its verified inputs in the store; reordering `plan` in
-# verbs/build.py (code_files before resolve_inputs) fixes it and turns these into passes.
-PLAN_ORDER = pytest.mark.xfail(strict=True, reason="verbs/build.py: plan() keeps the inputs "
-                               "before it checks the code files")
-LATE = {"build-entry-not-among-the-code-files": PLAN_ORDER,
-        "build-code-file-links-outside": PLAN_ORDER}
-
-
 @pytest.mark.parametrize(("case_id", "field"), [
-    pytest.param(c, f, id=c, marks=[LATE[c]] if c in LATE else []) for c, _, f in BAD])
+    pytest.param(c, f, id=c) for c, _, f in BAD])
 def test_a_bad_recipe_is_refused_with_exit_2_and_one_line_naming_file_and_field(
         cli_runs: dict[str, Future[Run]], case_id: str, field: str) -> None:
     recipe_file, store, result = cli_runs[case_id].result()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .verbs.build import BuildReport, build  # noqa: E402
-from .verbs.challenge import ChallengeReport, challenge  # noqa: E402
-from .verbs.store import list_items, path, show, verify_store  # noqa: E402
+from .verbs.build import BuildReport, build
+from .verbs.challenge import ChallengeReport, challenge
+from .verbs.store import list_items, path, show, verify_store
 
 __all__ = ["BuildReport", "ChallengeReport", "__version__", "build", "challenge",
            "list_items", "path", "show", "verify_store"]

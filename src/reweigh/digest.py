@@ -50,7 +50,8 @@ def tree_files(root: Path) -> list[Path]:
         dirnames.sort()
         for name in (*dirnames, *filenames):
             if (Path(dirpath) / name).is_symlink():
-                raise InputError(f"{Path(dirpath) / name}: symbolic links are not allowed in inputs")
+                raise InputError(f"{Path(dirpath) / name}: symbolic links are not allowed "
+                                 "in inputs")
         found.extend(Path(dirpath) / name for name in sorted(filenames))
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
@@ -66,7 +67,7 @@ def path_digest(path: Path) -> str:
 
 
 def is_digest(text: object) -> bool:
-    return isinstance(text, str) and bool(_DIGEST_RE.match(text))
+    return isinstance(text, str) and bool(_DIGEST_RE.fullmatch(text))
 
 
 def parse_digest(text: str, what: str = "digest") -> str:

@@ -48,9 +48,35 @@ class ResolvedInput:
 
 
 def resolve_inputs(recipe: Recipe, store: Store) -> tuple[ResolvedInput, ...]:
+    """Resolve and verify every input, then keep them: a bad input leaves nothing behind."""
     resolvers = {"path": _from_recipe, "package": _from_package, "url": _from_url,
                  "item": _from_item}
-    return tuple(resolvers[spec.kind](recipe, spec, store) for spec in recipe.inputs)
+    staging = store.new_staging_dir()
+    try:
+        pending = [resolvers[spec.kind](recipe, spec, store, staging) for spec in recipe.inputs]
+        return tuple(_keep(store, p) for p in pending)
+    finally:
+        remove_tree(staging)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A verified input: already in the store (`path`), or staged to enter it (`staged`)."""
+
+    name: str
+    kind: str
+    digest: str
+    origin: dict[str, Any] = field(hash=False)
+    path: Path | None = None
+    staged: Path | None = None
+
+
+def _keep(store: Store, pending: _Pending) -> ResolvedInput:
+    path = pending.path or store.input_path(pending.digest)
+    if path is None:
+        assert pending.staged is not None
+        path = store.add_input(pending.staged, pending.digest, pending.kind, pending.origin)
+    return ResolvedInput(pending.name, pending.kind, pending.digest, path, pending.origin)
 
 
 def _label(recipe: Recipe, spec: InputSpec) -> str:
@@ -62,28 +88,21 @@ def _check_pinned(recipe: Recipe, spec: InputSpec, actual: str) -> None:
         raise DigestMismatch(_label(recipe, spec), spec.digest, actual)
 
 
-def _keep(store: Store, source: Path, digest: str, kind: str, origin: dict[str, Any],
-          what: str) -> Path:
-    """Copy source into the store unless that content is already there; verify the copy."""
-    known = store.input_path(digest)
-    if known is not None:
-        return known
-    staging = store.new_staging_dir()
-    try:
-        staged = staging / source.name
-        if source.is_dir():
-            shutil.copytree(source, staged, symlinks=True)
-        else:
-            shutil.copyfile(source, staged)
-        copied = path_digest(staged)
-        if copied != digest:  # the source changed while we copied it
-            raise DigestMismatch(what, digest, copied)
-        return store.add_input(staged, digest, kind, origin)
-    finally:
-        remove_tree(staging)
+def _stage_copy(source: Path, staging: Path, digest: str, what: str) -> Path:
+    """Copy source into the staging area and check the copy still has `digest`."""
+    staged = staging / f"{len(list(staging.iterdir()))}" / source.name
+    staged.parent.mkdir()
+    if source.is_dir():
+        shutil.copytree(source, staged, symlinks=True)
+    else:
+        shutil.copyfile(source, staged)
+    copied = path_digest(staged)
+    if copied != digest:  # the source changed while we copied it
+        raise DigestMismatch(what, digest, copied)
+    return staged
 
 
-def _from_recipe(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput:
+def _from_recipe(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -> _Pending:
     label = _label(recipe, spec)
     source = recipe.directory / spec.source
     if not source.exists():
@@ -96,15 +115,16 @@ def _from_recipe(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput
         raise InputError(f"{label}.path: {e.message}") from e
     _check_pinned(recipe, spec, digest)
     origin = {"path": spec.source}
-    return ResolvedInput(spec.name, "path", digest,
-                         _keep(store, source, digest, "path", origin, label), origin)
+    known = store.input_path(digest)
+    staged = None if known else _stage_copy(source, staging, digest, label)
+    return _Pending(spec.name, "path", digest, origin, known, staged)
 
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _from_package(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput:
+def _from_package(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -> _Pending:
     label = _label(recipe, spec)
     try:
         dist = importlib.metadata.distribution(spec.source)
@@ -112,25 +132,19 @@ def _from_package(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInpu
         raise InputError(f"{label}.package: {spec.source} is not installed") from e
     assert spec.resource is not None
     files = _package_files(dist, spec, label)
-    staging = store.new_staging_dir()
-    try:
-        base = Path(spec.resource.removeprefix("dataset:")).name
-        folder = staging / f"{_normalise(spec.source)}-{base}"
-        folder.mkdir()
-        for relative in files:
-            located = Path(str(dist.locate_file(relative)))
-            if not located.is_file():
-                raise InputError(f"{label}: {relative} is missing from {spec.source}")
-            shutil.copyfile(located, folder / Path(relative).name)
-        digest = path_digest(folder)
-        _check_pinned(recipe, spec, digest)
-        origin = {"package": dist.metadata["Name"], "version": dist.version,
-                  "resource": spec.resource, "files": list(files)}
-        known = store.input_path(digest)
-        path = known or store.add_input(folder, digest, "package", origin)
-    finally:
-        remove_tree(staging)
-    return ResolvedInput(spec.name, "package", digest, path, origin)
+    base = Path(spec.resource.removeprefix("dataset:")).name
+    folder = staging / f"{len(list(staging.iterdir()))}" / f"{_normalise(spec.source)}-{base}"
+    folder.mkdir(parents=True)
+    for relative in files:
+        located = Path(str(dist.locate_file(relative)))
+        if not located.is_file():
+            raise InputError(f"{label}: {relative} is missing from {spec.source}")
+        shutil.copyfile(located, folder / Path(relative).name)
+    digest = path_digest(folder)
+    _check_pinned(recipe, spec, digest)
+    origin = {"package": dist.metadata["Name"], "version": dist.version,
+              "resource": spec.resource, "files": list(files)}
+    return _Pending(spec.name, "package", digest, origin, store.input_path(digest), folder)
 
 
 def _package_files(dist: importlib.metadata.Distribution, spec: InputSpec,
@@ -150,24 +164,20 @@ def _package_files(dist: importlib.metadata.Distribution, spec: InputSpec,
     return (spec.resource,)
 
 
-def _from_url(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput:
+def _from_url(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -> _Pending:
     label = _label(recipe, spec)
     assert spec.digest is not None
     origin = {"url": spec.source}
     known = store.input_path(spec.digest)
     if known is not None:
-        return ResolvedInput(spec.name, "url", spec.digest, known, origin)
-    staging = store.new_staging_dir()
-    try:
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", spec.source.rstrip("/").rsplit("/", 1)[-1])
-        target = staging / (name.lstrip(".") or "download")
-        actual = _download(spec.source, target, label)
-        if actual != spec.digest:
-            raise DigestMismatch(f"{label}.url", spec.digest, actual)
-        path = store.add_input(target, actual, "url", origin)
-    finally:
-        remove_tree(staging)
-    return ResolvedInput(spec.name, "url", spec.digest, path, origin)
+        return _Pending(spec.name, "url", spec.digest, origin, known)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", spec.source.rstrip("/").rsplit("/", 1)[-1])
+    target = staging / f"{len(list(staging.iterdir()))}" / (name.lstrip(".") or "download")
+    target.parent.mkdir()
+    actual = _download(spec.source, target, label)
+    if actual != spec.digest:
+        raise DigestMismatch(f"{label}.url", spec.digest, actual)
+    return _Pending(spec.name, "url", actual, origin, staged=target)
 
 
 def _download(url: str, target: Path, label: str) -> str:
@@ -190,7 +200,7 @@ def _download(url: str, target: Path, label: str) -> str:
     return f"{ALGORITHM}:{hasher.hexdigest()}"
 
 
-def _from_item(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput:
+def _from_item(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -> _Pending:
     label = _label(recipe, spec)
     try:
         item = store.resolve(spec.source)
@@ -199,4 +209,4 @@ def _from_item(recipe: Recipe, spec: InputSpec, store: Store) -> ResolvedInput:
     _check_pinned(recipe, spec, item.weights_digest)
     origin = {"item": item.path.name, "derivation": item.derivation, "name": item.name,
               "version": item.version}
-    return ResolvedInput(spec.name, "item", item.weights_digest, item.path, origin)
+    return _Pending(spec.name, "item", item.weights_digest, origin, item.path)

@@ -121,8 +121,8 @@ def load_recipe(path: Path | str) -> Recipe:
         raise RecipeError(label, "(file)", "not UTF-8 text") from e
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(label, "(syntax)", str(e)) from e
-    except ValueError as e:  # an integer of more digits than Python converts
-        raise RecipeError(label, "(syntax)", str(e)) from e
+    except ValueError as e:  # an integer of more digits than Python converts (4300)
+        raise RecipeError(label, "(syntax)", "an integer with too many digits") from e
     except RecursionError as e:
         raise RecipeError(label, "(syntax)", "arrays or tables nested too deeply") from e
     return parse_recipe(data, directory.resolve(), label)
@@ -140,7 +140,8 @@ def parse_recipe(data: dict[str, Any], directory: Path, label: str) -> Recipe:
     evaluate = v.table(data, "evaluate", required=False)
     return Recipe(
         directory=directory,
-        name=v.matching(data, "name", _NAME_RE, "a lowercase name of letters, digits, '.', '_', '-'"),
+        name=v.matching(data, "name", _NAME_RE,
+                        "a lowercase name of letters, digits, '.', '_', '-'"),
         version=v.matching(data, "version", _VERSION_RE, "a version such as 1.0.0"),
         description=v.string(data, "description", required=False) or "",
         seed=v.integer(data, "seed", "seed", 0, MAX_SEED),
@@ -345,11 +346,14 @@ class _Validator:
             if len(value) > 10_000:
                 raise self.fail(where, "list longer than 10000 items")
             return [self.params(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return self.scalar(value, where)
+
+    def scalar(self, value: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
         if isinstance(value, int):
             if abs(value) > MAX_INT:
-                raise self.fail(where, f"integer larger than 2**53 in magnitude")
+                raise self.fail(where, "integer larger than 2**53 in magnitude")
             return value
         if isinstance(value, float):
             if not math.isfinite(value):

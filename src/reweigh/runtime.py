@@ -37,6 +37,10 @@ def emit(kind: str, **fields: Any) -> None:
         _events.flush()
 
 
+CHANGING_EVENTS = frozenset({"os.remove", "os.rename", "os.rmdir", "os.truncate", "os.chmod",
+                             "shutil.rmtree", "shutil.move"})
+
+
 class NetworkBlocked(PermissionError):
     pass
 
@@ -45,49 +49,52 @@ class InputWriteBlocked(PermissionError):
     pass
 
 
-def install_guards(input_roots: list[str]) -> None:
-    """An audit hook that refuses network connections and writes to inputs.
+class Guard:
+    """An audit hook that refuses network connections and changes to inputs.
 
     It complements the network namespace (where the platform allows one): the
     namespace makes connections impossible, the hook makes the failure say why.
     Each refusal is also reported to the builder, which then fails the build even
     if the training code swallowed the exception.
     """
-    roots = tuple(os.path.realpath(r) for r in input_roots)
-    writes = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
-    def inside_inputs(path: Any) -> bool:
+    WRITES = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+    def __init__(self, input_roots: list[str]) -> None:
+        self.roots = tuple(os.path.realpath(r) for r in input_roots)
+
+    def inside_inputs(self, path: Any) -> bool:
         if isinstance(path, int) or path is None:
             return False
         real = os.path.realpath(os.fsdecode(path))
-        return any(real == r or real.startswith(r + os.sep) for r in roots)
+        return any(real == r or real.startswith(r + os.sep) for r in self.roots)
 
-    def refuse(error: type[PermissionError], message: str) -> None:
-        emit("violation", message=message)
-        raise error(message)
+    def write_target(self, event: str, args: tuple[Any, ...]) -> Any:
+        """The path an event would change, or None when it changes nothing."""
+        if event == "open" and len(args) >= 3:
+            mode, flags = args[1], args[2] or 0
+            if (isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & self.WRITES:
+                return args[0]
+        elif event in CHANGING_EVENTS and args:
+            return args[0]
+        return None
 
-    def hook(event: str, args: tuple[Any, ...]) -> None:
+    def __call__(self, event: str, args: tuple[Any, ...]) -> None:
         if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
-            sock = args[0]
-            if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
-                refuse(NetworkBlocked, f"the build tried to open a network connection "
-                       f"({event} to {args[-1]!r}); builds run without network")
+            if getattr(args[0], "family", None) in (socket.AF_INET, socket.AF_INET6):
+                _refuse(NetworkBlocked, f"the build tried to open a network connection "
+                        f"({event} to {args[-1]!r}); builds run without network")
         elif event in ("socket.getaddrinfo", "socket.gethostbyname") and args[0]:
-            refuse(NetworkBlocked, f"the build tried to open a network connection "
-                   f"(looking up {args[0]!r}); builds run without network")
-        elif event == "open" and len(args) >= 3:
-            path, mode, flags = args[0], args[1], args[2] or 0
-            wants_write = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                flags & writes)
-            if wants_write and inside_inputs(path):
-                refuse(InputWriteBlocked, f"the build tried to write to input {path}; "
-                       "inputs are read-only")
-        elif event in ("os.remove", "os.rename", "os.rmdir", "os.truncate", "os.chmod",
-                       "shutil.rmtree", "shutil.move") and args and inside_inputs(args[0]):
-            refuse(InputWriteBlocked, f"the build tried to change input {args[0]}; "
-                   "inputs are read-only")
+            _refuse(NetworkBlocked, f"the build tried to open a network connection "
+                    f"(looking up {args[0]!r}); builds run without network")
+        elif self.inside_inputs(target := self.write_target(event, args)):
+            _refuse(InputWriteBlocked, f"the build tried to change input {target}; "
+                    "inputs are read-only")
 
-    sys.addaudithook(hook)
+
+def _refuse(error: type[PermissionError], message: str) -> None:
+    emit("violation", message=message)
+    raise error(message)
 
 
 def die_with_parent() -> None:
@@ -227,7 +234,7 @@ def main() -> None:
     die_with_parent()
     spec = json.loads(Path(sys.argv[1]).read_text())
     _events = os.fdopen(int(os.environ["REWEIGH_EVENT_FD"]), "w", buffering=1)
-    install_guards(list(spec["inputs"].values()))
+    sys.addaudithook(Guard(list(spec["inputs"].values())))
     try:
         run(spec)
     except BaseException as e:

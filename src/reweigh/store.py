@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .digest import file_digest, path_digest, short
-from .errors import StoreError, UsageError
+from .errors import UsageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (

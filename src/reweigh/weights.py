@@ -8,6 +8,7 @@ files costs little more than reading them once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
@@ -103,7 +104,7 @@ def _parse_header(path: Path, header: dict[str, Any], base: int, size: int) -> W
         tensors[name] = info
         spans.append((info.start, info.end, name))
     spans.sort()
-    for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
             raise WeightsError(f"{label}: {second}: data overlaps tensor {first}")
     return WeightsFile(path, tensors, dict(metadata))

@@ -75,8 +75,8 @@ def default_threads() -> int:
 def plan(recipe_dir: Path | str, store: Store) -> Plan:
     """Everything that decides the derivation, resolved; nothing is built."""
     recipe = load_recipe(recipe_dir)
+    code = code_files(recipe)  # refuse bad code files before any input enters the store
     inputs = resolve_inputs(recipe, store)
-    code = code_files(recipe)
     return Plan(recipe, inputs, code, derive(recipe, inputs, hash_code(code)))
 
 

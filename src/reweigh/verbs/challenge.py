@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from ..builder import raise_for_failure, run_child, stage_source
-from ..compare import Behaviour, EnvRelation, TensorDiff, Verdict, behaviour_of, compare_files, \
-    decide
+from ..compare import (
+    Behaviour,
+    EnvRelation,
+    TensorDiff,
+    Verdict,
+    behaviour_of,
+    compare_files,
+    decide,
+)
 from ..digest import file_digest
 from ..environment import differences, fingerprint
 from ..errors import UsageError

@@ -1,0 +1,69 @@
+"""Determinism overhead and reuse time, measured side by side in one run.
+
+- overhead: wall time of `reweigh build examples/digits-cnn` (fresh store, so it
+  trains) against the same training as a plain PyTorch script with default
+  settings (bench/plain_digits_cnn.py), both as fresh processes, alternating,
+  median of N runs. Budget: <= 1.10x.
+- reuse: wall time of a second `reweigh build` of the built recipe (a fresh
+  process, as a user runs it). Budget: < 0.5 s.
+
+Usage: python bench/overhead.py [--runs N] [--threads T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "examples" / "digits-cnn"
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    reweigh = [sys.executable, "-m", "reweigh.cli.main"]
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
+        # Resolve the digits input once, to hand the plain script the very same bytes.
+        first_store = tmp / "store-0"
+        subprocess.run([*reweigh, "build", str(RECIPE), "--store", str(first_store),
+                        "--threads", str(args.threads)], check=True, stdout=subprocess.DEVNULL)
+        digits = next((first_store / "inputs").glob("*/scikit-learn-digits"))
+        plain, built = [], []
+        for run in range(args.runs):
+            plain.append(timed([sys.executable, str(ROOT / "bench" / "plain_digits_cnn.py"),
+                                str(digits), str(tmp / f"plain-{run}.safetensors")]))
+            built.append(timed([*reweigh, "build", str(RECIPE), "--store",
+                                str(tmp / f"store-{run + 1}"), "--threads",
+                                str(args.threads)]))
+        reuse = [timed([*reweigh, "build", str(RECIPE), "--store", str(first_store)])
+                 for _ in range(5)]
+    p, b = statistics.median(plain), statistics.median(built)
+    print(f"digits-cnn, {args.threads} threads, median of {args.runs} runs each")
+    print(f"  plain PyTorch script (default settings): {p:7.2f} s   runs {_fmt(plain)}")
+    print(f"  reweigh build (sandboxed, deterministic): {b:7.2f} s   runs {_fmt(built)}")
+    print(f"  overhead ratio reweigh/plain: {b / p:.3f}x   (budget <= 1.10x)")
+    print(f"reuse: reweigh build of a built recipe: median {statistics.median(reuse):.3f} s "
+          f"(runs {_fmt(reuse)}; budget < 0.5 s)")
+
+
+def _fmt(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+if __name__ == "__main__":
+    main()
