@@ -109,3 +109,24 @@ def test_the_cnn_transcript_chains_its_checkpoints(tmp_path: Path) -> None:
     assert len(set(links)) == 3
     for entry in transcript["checkpoints"]:
         assert (Path(data["path"]) / entry["file"]).is_file()
+
+
+def test_check_catches_a_recipe_that_is_not_deterministic_and_names_the_tensor(
+        tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", """
+        import os
+        import numpy as np
+
+        def train(ctx):
+            noise = np.frombuffer(os.urandom(16), dtype=np.float32)  # not seeded: a bug
+            ctx.save_weights({"stable": np.ones(4, dtype=np.float32), "noisy": noise})
+        """)
+    store = tmp_path / "store"
+    run_json("build", recipe, store=store)
+    result = run_reweigh("build", recipe, "--check", store=store)
+    assert result.returncode == 1
+    assert "MISMATCH" in result.stdout
+    assert "    noisy: changed" in result.stdout and "stable" not in result.stdout
+    data = run_json("build", recipe, "--check", store=store)
+    assert data["check"]["identical"] is False
+    assert [d["name"] for d in data["check"]["differing_tensors"]] == ["noisy"]
