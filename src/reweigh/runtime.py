@@ -41,6 +41,11 @@ CHANGING_EVENTS = frozenset({"os.remove", "os.rename", "os.rmdir", "os.truncate"
                              "shutil.rmtree", "shutil.move"})
 
 
+class ReplayDone(BaseException):
+    """Raised at the end of a replayed segment; a BaseException so that training code's
+    `except Exception` cannot swallow it."""
+
+
 class NetworkBlocked(PermissionError):
     pass
 
@@ -127,6 +132,7 @@ class BuildContext:
     out: Path
     threads: int
     checkpoint_every: int = 0
+    replay: dict[str, Any] | None = None  # {"start": file or None, "stop": step}: a segment
     _metrics: dict[str, Any] = field(default_factory=dict)
 
     def save_weights(self, tensors: Mapping[str, Any],
@@ -148,7 +154,8 @@ class BuildContext:
 
     def checkpoint(self, step: int, state: Mapping[str, Any], final: bool = False) -> bool:
         """Record the training state at `step` (every `checkpoint_every` steps, and the
-        final one); returns whether it was recorded."""
+        final one); returns whether it was recorded. When replaying a segment, the
+        checkpoint at the segment's last step ends the run."""
         if not final and (self.checkpoint_every <= 0 or step % self.checkpoint_every):
             return False
         from .weights import save_state
@@ -157,7 +164,18 @@ class BuildContext:
         path.parent.mkdir(exist_ok=True)
         digest = save_state(state, path)
         emit("checkpoint", step=step, file=path.relative_to(self.out).as_posix(), digest=digest)
+        if self.replay is not None and step >= self.replay["stop"]:
+            raise ReplayDone(step)
         return True
+
+    def resume(self) -> Any:
+        """The training state to start from: None in a build from scratch, the state of a
+        checkpoint when a verifier replays the segment that starts there."""
+        if self.replay is None or self.replay.get("start") is None:
+            return None
+        from .weights import load_state
+
+        return load_state(Path(self.replay["start"]))
 
     def load_weights(self, input_name: str) -> dict[str, Any]:
         """The weights of a store item given as an input (a base model to fine-tune)."""
@@ -216,8 +234,13 @@ def run(spec: dict[str, Any]) -> None:
         out = Path(spec["out"])
         seed_everything(spec["seed"])
         ctx = BuildContext(inputs, spec["params"], spec["seed"], out, threads,
-                           spec["checkpoint_every"])
-        load_entry(Path(spec["src"]), spec["entry"])(ctx)
+                           spec["checkpoint_every"], spec.get("replay"))
+        try:
+            load_entry(Path(spec["src"]), spec["entry"])(ctx)
+        except ReplayDone:
+            return
+        if ctx.replay is not None:
+            raise RuntimeError(f"the replay never reached step {ctx.replay['stop']}")
         if not (out / "weights.safetensors").is_file():
             raise RuntimeError("the entry point returned without calling ctx.save_weights")
         if spec.get("evaluate"):

@@ -148,31 +148,66 @@ def save_tensors(tensors: Mapping[str, Any], path: Path,
 
 
 def save_state(state: Mapping[str, Any], path: Path) -> str:
-    """Write a nested training state (tensors, arrays, numbers) as safetensors; its digest."""
+    """Write a nested training state as safetensors; return the file's digest.
+
+    Tensors and arrays become entries named `t0`, `t1`, ... in the order met; the
+    nesting (dicts with any scalar keys, lists, tuples, numbers, strings) is kept as
+    a JSON skeleton in the metadata, so `load_state` rebuilds exactly what was saved
+    (an optimizer's integer-keyed state included) without pickle.
+    """
     tensors: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    _flatten("", state, tensors, extra)
-    save_tensors(tensors, path, {"reweigh.state": canonical_json(extra).decode("utf-8")})
+    skeleton = _skeleton(state, tensors, "state")
+    save_tensors(tensors, path, {"reweigh.state": canonical_json(skeleton).decode("utf-8")})
     return file_digest(path)
 
 
-def _flatten(prefix: str, value: Any, tensors: dict[str, Any], extra: dict[str, Any]) -> None:
+def load_state(path: Path) -> Any:
+    """The nested state `save_state` wrote (torch tensors where tensors were)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if "reweigh.state" not in metadata:
+            raise WeightsError(f"{path}: __metadata__: no reweigh.state; not a checkpoint")
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    return _rebuild(json.loads(metadata["reweigh.state"]), tensors)
+
+
+def _skeleton(value: Any, tensors: dict[str, Any], where: str) -> Any:
     import torch
 
     if isinstance(value, torch.Tensor | np.ndarray):
-        tensors[prefix] = value
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, tensors, extra)
-    elif isinstance(value, list | tuple) and any(
-            isinstance(v, torch.Tensor | np.ndarray | Mapping | list | tuple) for v in value):
-        for index, item in enumerate(value):
-            _flatten(f"{prefix}.{index}", item, tensors, extra)
-    elif value is None or isinstance(value, bool | int | float | str | list | tuple):
-        extra[prefix] = value
-    else:
-        raise TypeError(f"checkpoint: {prefix} is a {type(value).__name__}; "
-                        "give tensors, arrays, numbers or strings")
+        name = f"t{len(tensors)}"
+        tensors[name] = value
+        return {"tensor": name}
+    if isinstance(value, Mapping):
+        return {"dict": [[_key(k, where), _skeleton(v, tensors, f"{where}.{k}")]
+                         for k, v in value.items()]}
+    if isinstance(value, list | tuple):
+        kind = "list" if isinstance(value, list) else "tuple"
+        return {kind: [_skeleton(v, tensors, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if value is None or isinstance(value, bool | int | float | str):
+        return {"value": value}
+    raise TypeError(f"checkpoint: {where} is a {type(value).__name__}; "
+                    "give tensors, arrays, numbers, strings, lists or dicts")
+
+
+def _key(key: Any, where: str) -> Any:
+    if key is None or isinstance(key, bool | int | float | str):
+        return key
+    raise TypeError(f"checkpoint: {where} has a key of type {type(key).__name__}")
+
+
+def _rebuild(node: dict[str, Any], tensors: dict[str, Any]) -> Any:
+    (kind, body), = node.items()
+    if kind == "tensor":
+        return tensors[body]
+    if kind == "dict":
+        return {key: _rebuild(value, tensors) for key, value in body}
+    if kind in ("list", "tuple"):
+        items = [_rebuild(value, tensors) for value in body]
+        return items if kind == "list" else tuple(items)
+    return body
 
 
 def weights_digest(path: Path) -> str:
