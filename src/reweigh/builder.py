@@ -17,7 +17,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ class ChildResult:
     error: str | None = None
     started: float = 0.0
     finished: float = 0.0
+    stopped: bool = False  # ended early on purpose (`watch` or `stop_after_seconds`)
 
 
 @functools.cache
@@ -88,8 +91,16 @@ def child_env(work: Path, threads: int, event_fd: int) -> dict[str, str]:
     }
 
 
-def run_child(spec: dict[str, Any], work: Path, log: Path, reporter: Reporter) -> ChildResult:
-    """Run the runtime on `spec`; stream its events; its stdout and stderr go to `log`."""
+def run_child(spec: dict[str, Any], work: Path, log: Path, reporter: Reporter, *,
+              watch: Callable[[dict[str, Any]], bool] | None = None,
+              stop_after_seconds: float | None = None,
+              module: str = "reweigh.runtime") -> ChildResult:
+    """Run the runtime on `spec`; stream its events; its stdout and stderr go to `log`.
+
+    `watch` sees every event and may return True to stop the child; `stop_after_seconds`
+    kills it after that long whatever it is doing; either sets `stopped`. `module` runs
+    in place of the runtime (the estimate's probe wraps it). Builds use none of them.
+    """
     prefix, network = network_isolation()
     spec = {**spec, "network": network}
     spec_file = work / "spec.json"
@@ -98,23 +109,54 @@ def run_child(spec: dict[str, Any], work: Path, log: Path, reporter: Reporter) -
     result = ChildResult(started=time.time())
     with open(log, "ab") as log_handle:
         process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "reweigh.runtime", str(spec_file)],
+            [*prefix, sys.executable, "-m", module, str(spec_file)],
             cwd=work, env=child_env(work, spec["threads"], write_fd), stdin=subprocess.DEVNULL,
             stdout=log_handle, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
             preexec_fn=_die_with_parent)
         os.close(write_fd)
+        timer = _stop_timer(process, result, stop_after_seconds)
         try:
             with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as events:
                 for line in events:
                     _dispatch(line, result, reporter)
+                    if watch is not None and _watched(watch, line):
+                        result.stopped = True
+                        process.kill()
+                        break
             result.returncode = process.wait()
         finally:
+            if timer is not None:
+                timer.cancel()
             if process.poll() is None:
                 process.kill()
                 process.wait()
             reporter.finish()
     result.finished = time.time()
     return result
+
+
+def _stop_timer(process: subprocess.Popen[bytes], result: ChildResult,
+                seconds: float | None) -> threading.Timer | None:
+    if seconds is None:
+        return None
+
+    def stop() -> None:
+        if process.poll() is None:
+            result.stopped = True
+            process.kill()
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _watched(watch: Callable[[dict[str, Any]], bool], line: str) -> bool:
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(event, dict) and bool(watch(event))
 
 
 def _die_with_parent() -> None:

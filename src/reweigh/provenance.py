@@ -16,6 +16,10 @@ from . import __version__
 from .derivation import Derivation
 from .environment import fingerprint
 from .inputs import ResolvedInput
+from .policy.estimate import DEFAULT_MAX_CORE_HOURS
+from .policy.evidence import RecipeFacts, StoreRecord, build_cost, from_recipe
+from .policy.policies import judge_all, markdown
+from .policy.report import Settings
 from .recipe import Recipe
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -134,5 +138,18 @@ def model_card(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...
         "## Rebuild", "",
         f"`reweigh build {recipe.name}/ --check` rebuilds these weights from source; the same "
         "derivation on the same environment gives a bit-identical `weights.safetensors`.", "",
+        *policy_section(recipe, drv, inputs, run),
     ]
     return "\n".join(front + body)
+
+
+def policy_section(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...],
+                   run: dict[str, Any]) -> list[str]:
+    """The policies' verdicts from what this build knows (see `policy.policies`)."""
+    facts = RecipeFacts(recipe, inputs, tuple(drv.record["code"]))
+    evidence = from_recipe(facts, store=StoreRecord(item=drv.item_name, builds=1, environments=1),
+                           cost=build_cost(run), weights_digest=run["weights_digest"])
+    reports = judge_all(evidence, Settings(DEFAULT_MAX_CORE_HOURS))
+    return markdown(reports, "Judged when these weights were built, from the recipe, its "
+                    "inputs and this build's measured cost. `reweigh check` judges again with "
+                    "what the store learns later (rebuilds, challenges).")

@@ -2,7 +2,7 @@
 
 Layout under the root (`$REWEIGH_STORE`, else `$XDG_DATA_HOME/reweigh/store`):
 
-    index.sqlite            items, their files, inputs, build attempts and checks
+    index.sqlite            items, their files, inputs, build attempts, checks, imports
     items/<hash>-<name>-<version>/   one build output, read-only once committed
     inputs/<hex>/<name>     inputs by content digest (downloads, recipe files, package data)
     tmp/                    builds in progress; moved into items/ with one rename
@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE TABLE IF NOT EXISTS checks (
   id INTEGER PRIMARY KEY AUTOINCREMENT, item TEXT NOT NULL, kind TEXT NOT NULL,
   result TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS imports (
+  item TEXT PRIMARY KEY, source_name TEXT NOT NULL, source_digest TEXT NOT NULL,
+  format TEXT NOT NULL, license TEXT, origin TEXT, no_training_data INTEGER NOT NULL,
+  at REAL NOT NULL);
 """
 
 
@@ -216,6 +220,35 @@ class Store:
             rows = db.execute("SELECT kind, result, detail, at FROM checks WHERE item = ? "
                               "ORDER BY id", (item.path.name,)).fetchall()
         return [{"kind": k, "result": r, "detail": json.loads(d), "at": a} for k, r, d, a in rows]
+
+    # --- imported items (weights brought in without a recipe) -------------------------
+    IMPORT_FIELDS = ("source_name", "source_digest", "format", "license", "origin",
+                     "no_training_data")
+
+    def record_import(self, item_name: str, record: dict[str, Any]) -> None:
+        """Index an import before its item is committed, so an item never lacks its row."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (item_name, *(record[k] for k in self.IMPORT_FIELDS), time.time()))
+
+    def import_record(self, item: StoreItem) -> dict[str, Any] | None:
+        """How an imported item came in; None for items built from a recipe."""
+        with self._db() as db:
+            row = db.execute(f"SELECT {', '.join(self.IMPORT_FIELDS)} FROM imports "
+                             "WHERE item = ?", (item.path.name,)).fetchone()
+        if row is None:
+            return None
+        record = dict(zip(self.IMPORT_FIELDS, row, strict=True))
+        record["no_training_data"] = bool(record["no_training_data"])
+        return record
+
+    def find_weights(self, digest: str) -> StoreItem | None:
+        """The item holding a weights file with this digest, or imported from one."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM items WHERE weights_digest = ? OR path IN "
+                             "(SELECT item FROM imports WHERE source_digest = ?) "
+                             "ORDER BY created_at DESC", (digest, digest)).fetchone()
+        return self._item(row) if row else None
 
     # --- committing ------------------------------------------------------------------
     def commit(self, built: Path, item_name: str, record: dict[str, Any]) -> StoreItem:

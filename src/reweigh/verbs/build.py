@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import provenance
+from .. import provenance, transcript
 from ..builder import log_tail, raise_for_failure, run_child, stage_source
 from ..compare import TensorDiff, compare_files
 from ..derivation import Derivation, code_files, derive, hash_code
-from ..digest import canonical_json, file_digest, path_digest, record_digest
+from ..digest import canonical_json, file_digest, path_digest
 from ..environment import fingerprint
 from ..errors import BuildError
 from ..inputs import ResolvedInput, resolve_inputs
@@ -204,12 +204,5 @@ def _last_values(history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _transcript(drv: Derivation, every: int, checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
-    """Checkpoint digests, each chained to the one before it."""
-    chained, previous = [], drv.digest
-    for entry in checkpoints:
-        link = record_digest({"previous": previous, "step": entry["step"],
-                              "digest": entry["digest"]})
-        chained.append({**entry, "chain": link})
-        previous = link
-    return {"format": "reweigh.transcript/1", "derivation": drv.digest,
-            "checkpoint_every": every, "checkpoints": chained}
+    return {"format": transcript.FORMAT, "derivation": drv.digest, "checkpoint_every": every,
+            "checkpoints": transcript.chain(drv.digest, checkpoints)}

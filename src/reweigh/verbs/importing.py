@@ -1,0 +1,226 @@
+"""`import`: bring an opaque weights file, with no recipe, into the store.
+
+So that it can be checked against the policies, compared with other networks and
+installed like any item, while nobody mistakes it for something built from source: its
+provenance says it was imported (in-toto Statement with a SLSA predicate whose build
+type is the import itself), the store's index keeps an import row, and `check` explains
+from that row why it is not built from source.
+
+Formats: safetensors (validated field by field, kept byte for byte), or a PyTorch
+`.pt`/`.pth`/`.bin` file, loaded only with `torch.load(..., weights_only=True)`, which
+refuses any pickled object that is not tensors and plain containers, then converted
+to safetensors. Nothing is ever unpickled otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..digest import file_digest, record_digest, short
+from ..errors import UsageError, WeightsError
+from ..policy import licenses
+from ..provenance import PREDICATE_TYPE, STATEMENT_TYPE
+from ..store import Store, StoreItem, remove_tree
+from ..weights import read_header, save_tensors
+
+IMPORT_BUILD_TYPE = "urn:reweigh:build-type:import:v1"
+IMPORTER_ID = "urn:reweigh:importer:local"
+SAFETENSORS = "safetensors"
+PYTORCH = "pytorch (torch.load weights_only=True)"
+# The same rules as a recipe's name and version (recipe.py), so items look alike.
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    path: Path
+    name: str
+    version: str
+    weights_digest: str
+    source: Path
+    source_digest: str
+    format: str
+    tensors: int
+    skipped: tuple[str, ...]  # non-tensor entries of a PyTorch file, left out
+    reused: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "name": self.name, "version": self.version,
+                "weights_digest": self.weights_digest, "source": str(self.source),
+                "source_digest": self.source_digest, "format": self.format,
+                "tensors": self.tensors, "skipped": list(self.skipped), "reused": self.reused}
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What the importer says about the file; recorded, never verified."""
+
+    license: str | None = None
+    origin: str | None = None
+    no_training_data: bool = False
+
+
+def import_weights(file: Path | str, *, name: str, version: str = "imported",
+                   license: str | None = None, origin: str | None = None,
+                   no_training_data: bool = False, store: Store | None = None) -> ImportReport:
+    """Import `file` as a store item named `name`; reuse the item if it is already there."""
+    source = Path(file)
+    claims = Claims(license, origin, no_training_data)
+    _validate(source, name, version, claims)
+    store = store or Store()
+    source_digest = file_digest(source)
+    record = {"format": "reweigh.import/1", "name": name, "version": version,
+              "source_digest": source_digest, "license": license, "origin": origin,
+              "no_training_data": no_training_data}
+    identity = record_digest(record)
+    item_name = f"{short(identity)}-{name}-{version}"
+    with store.lock(identity):
+        item = store.find(identity)
+        if item is not None:
+            return _report(item, source, True)
+        staged = store.new_build_dir(identity)
+        try:
+            out = staged / "out"
+            out.mkdir()
+            fmt, skipped = _convert(source, out / "weights.safetensors")
+            weights_digest = file_digest(out / "weights.safetensors")
+            _write_files(out, weights_digest, {**record, "source": source.name, "format": fmt,
+                                               "skipped": list(skipped)})
+            store.record_import(item_name, {
+                "source_name": source.name, "source_digest": source_digest, "format": fmt,
+                "license": license, "origin": origin, "no_training_data": int(no_training_data)})
+            item = store.commit(out, item_name, {
+                "derivation": identity, "name": name, "version": version,
+                "weights_digest": weights_digest, "environment_digest": None, "inputs": {}})
+        finally:
+            remove_tree(staged)
+    return _report(item, source, False)
+
+
+def _validate(source: Path, name: str, version: str, claims: Claims) -> None:
+    if not source.is_file():
+        raise UsageError(f"{source}: no such file")
+    if not _NAME_RE.fullmatch(name):
+        raise UsageError(f"--name: {name!r}: expected a lowercase name of letters, digits, "
+                         "'.', '_', '-'")
+    if not _VERSION_RE.fullmatch(version):
+        raise UsageError(f"--version: {version!r}: expected a version such as 1.0.0")
+    if claims.license is not None:
+        try:
+            licenses.parse(claims.license)
+        except licenses.LicenceExpressionError as e:
+            raise UsageError(f"--license: {claims.license!r}: {e}") from e
+    if claims.origin is not None and not re.fullmatch(r"https?://\S{1,2000}", claims.origin):
+        raise UsageError(f"--origin: {claims.origin!r}: expected an http:// or https:// URL")
+
+
+def _report(item: StoreItem, source: Path, reused: bool) -> ImportReport:
+    statement = json.loads((item.path / "provenance.json").read_text())
+    parameters = statement["predicate"]["buildDefinition"]["externalParameters"]
+    return ImportReport(item.path, item.name, item.version, item.weights_digest, source,
+                        parameters["source_digest"], parameters["format"],
+                        len(read_header(item.weights).tensors),
+                        tuple(parameters.get("skipped", [])), reused)
+
+
+def _convert(source: Path, target: Path) -> tuple[str, tuple[str, ...]]:
+    """Copy a safetensors file as is, or convert a PyTorch file loaded weights-only."""
+    try:
+        read_header(source)
+    except WeightsError as not_safetensors:
+        with open(source, "rb") as handle:
+            magic = handle.read(4)
+        if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+            raise UsageError(f"{source}: neither a safetensors file nor a PyTorch file "
+                             f"({not_safetensors.message})") from not_safetensors
+        return _from_pytorch(source, target)
+    shutil.copyfile(source, target)
+    return SAFETENSORS, ()
+
+
+def _from_pytorch(source: Path, target: Path) -> tuple[str, tuple[str, ...]]:
+    import pickle
+
+    import torch
+
+    try:  # weights_only: tensors and plain containers only, never arbitrary objects
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise WeightsError(f"{source}: refused by torch.load(weights_only=True): "
+                           f"{_why(e)}; reweigh never unpickles anything else") from e
+    tensors: dict[str, Any] = {}
+    skipped: list[str] = []
+    _flatten("", state, tensors, skipped)
+    if not tensors:
+        raise WeightsError(f"{source}: holds no tensors")
+    # clone: safetensors refuses tensors that share storage (tied weights)
+    save_tensors({k: v.detach().clone() for k, v in tensors.items()}, target)
+    return PYTORCH, tuple(skipped)
+
+
+def _why(error: Exception) -> str:
+    """The line of torch's message that names the refused object, not its general advice."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [type(error).__name__])[0]
+
+
+def _flatten(prefix: str, value: Any, tensors: dict[str, Any], skipped: list[str]) -> None:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        tensors[prefix or "tensor"] = value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, tensors, skipped)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _flatten(f"{prefix}.{index}" if prefix else str(index), item, tensors, skipped)
+    else:
+        skipped.append(prefix or "(top level)")
+
+
+def _write_files(out: Path, weights_digest: str, parameters: dict[str, Any]) -> None:
+    """provenance.json (in-toto + SLSA, build type: import), metrics.json, MODEL_CARD.md."""
+    statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": "weights.safetensors",
+                     "digest": {"sha256": weights_digest.split(":", 1)[1]}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": IMPORT_BUILD_TYPE, "externalParameters": parameters,
+                "internalParameters": {}, "resolvedDependencies": [
+                    {"name": f"imported:{parameters['source']}",
+                     "digest": {"sha256": parameters["source_digest"].split(":", 1)[1]},
+                     **({"uri": parameters["origin"]} if parameters["origin"] else {})}]},
+            "runDetails": {"builder": {"id": IMPORTER_ID, "version": {"reweigh": __version__}},
+                           "metadata": {}, "environment": {}},
+        },
+    }
+    (out / "provenance.json").write_text(json.dumps(statement, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps({"evaluation": {}}, indent=2) + "\n")
+    (out / "MODEL_CARD.md").write_text(_card(parameters, weights_digest))
+
+
+def _card(parameters: dict[str, Any], weights_digest: str) -> str:
+    licence = parameters["license"] or "unknown"
+    return "\n".join([
+        "---", f"license: {json.dumps(licence)}", "library_name: reweigh",
+        f"tags: {json.dumps(['reweigh', 'imported'])}", "---",
+        f"# {parameters['name']} {parameters['version']} (imported)", "",
+        f"Imported with `reweigh import` from `{parameters['source']}` ({parameters['format']})"
+        f"{', which came from ' + parameters['origin'] if parameters['origin'] else ''}.",
+        "It was not built from source: no recipe, training code or training data comes with it,"
+        " so it cannot be rebuilt or verified. `reweigh check` says what each policy makes of it.",
+        "", f"- weights: `{weights_digest}`", f"- source file: `{parameters['source_digest']}`",
+        f"- licence (as stated by the importer): {licence}",
+        f"- training data: {'not published' if parameters['no_training_data'] else 'not stated'}",
+        ""])
