@@ -71,6 +71,16 @@ def stage_source(code: dict[str, Path], work: Path) -> Path:
     return src
 
 
+def child_spec(record: dict[str, Any], src: Path, inputs: dict[str, Path], threads: int,
+               **extra: Any) -> dict[str, Any]:
+    """What the runtime needs, taken from a derivation record: one place for build,
+    evaluation and replay alike."""
+    return {"mode": "build", "src": str(src), "entry": record["entry"],
+            "evaluate": record["evaluate"], "params": record["params"], "seed": record["seed"],
+            "checkpoint_every": record["checkpoint_every"], "threads": threads,
+            "inputs": {name: str(path) for name, path in inputs.items()}, **extra}
+
+
 def child_env(work: Path, threads: int, event_fd: int) -> dict[str, str]:
     home, tmp = work / "home", work / "tmp"
     home.mkdir(exist_ok=True)

@@ -164,7 +164,8 @@ class BuildContext:
         path.parent.mkdir(exist_ok=True)
         digest = save_state(state, path)
         emit("checkpoint", step=step, file=path.relative_to(self.out).as_posix(), digest=digest)
-        if self.replay is not None and step >= self.replay["stop"]:
+        stop = self.replay.get("stop") if self.replay else None
+        if stop is not None and step >= stop:
             raise ReplayDone(step)
         return True
 
@@ -239,7 +240,7 @@ def run(spec: dict[str, Any]) -> None:
             load_entry(Path(spec["src"]), spec["entry"])(ctx)
         except ReplayDone:
             return
-        if ctx.replay is not None:
+        if ctx.replay is not None and ctx.replay.get("stop") is not None:
             raise RuntimeError(f"the replay never reached step {ctx.replay['stop']}")
         if not (out / "weights.safetensors").is_file():
             raise RuntimeError("the entry point returned without calling ctx.save_weights")

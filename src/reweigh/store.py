@@ -300,6 +300,16 @@ class Store:
                         target.relative_to(self.root).as_posix(), time.time()))
         return target
 
+    def keep_log(self, log: Path, name: str) -> Path | None:
+        """Keep a failed run's log under logs/, where the error message can point."""
+        if not log.exists():
+            return None
+        logs = self.root / "logs"
+        logs.mkdir(exist_ok=True)
+        kept = logs / f"{name}.log"
+        shutil.copyfile(log, kept)
+        return kept
+
     def new_staging_dir(self) -> Path:
         path = self.root / "tmp" / f"stage-{os.getpid()}-{time.time_ns()}"
         path.mkdir()

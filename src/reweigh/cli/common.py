@@ -20,14 +20,22 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def positive_int(text: str) -> int:
+def _bounded_int(text: str, low: int, high: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= value <= 4096:
-        raise argparse.ArgumentTypeError(f"{value} is not between 1 and 4096")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _bounded_int(text, 1, 4096)
+
+
+def non_negative_int(text: str) -> int:
+    return _bounded_int(text, 0, 1_000_000)
 
 
 def open_store(args: argparse.Namespace) -> Store:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import provenance, transcript
-from ..builder import log_tail, raise_for_failure, run_child, stage_source
+from ..builder import child_spec, log_tail, raise_for_failure, run_child, stage_source
 from ..compare import TensorDiff, compare_files
 from ..derivation import Derivation, code_files, derive, hash_code
 from ..digest import canonical_json, file_digest, path_digest
@@ -35,6 +35,10 @@ class Plan:
     inputs: tuple[ResolvedInput, ...]
     code: dict[str, Path]
     derivation: Derivation
+
+    @property
+    def input_paths(self) -> dict[str, Path]:
+        return {i.name: i.path for i in self.inputs}
 
 
 @dataclass(frozen=True)
@@ -131,15 +135,8 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
     try:
         out = work / "out"
         out.mkdir()
-        spec = {
-            "mode": "build", "src": str(stage_source(the_plan.code, work)),
-            "entry": str(recipe.entry),
-            "evaluate": str(recipe.evaluate.entry) if recipe.evaluate else None,
-            "inputs": {i.name: str(i.path) for i in the_plan.inputs},
-            "params": recipe.params, "seed": recipe.seed, "out": str(out),
-            "threads": threads, "checkpoint_every": recipe.checkpoint_every,
-            "derivation": drv.digest,
-        }
+        spec = child_spec(drv.record, stage_source(the_plan.code, work), the_plan.input_paths,
+                          threads, out=str(out))
         what = "checking" if purpose == "check" else "building"
         reporter.stage(f"{what} {recipe.name} {recipe.version} ({threads} threads)")
         result = run_child(spec, work, log, reporter)
@@ -152,6 +149,8 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         metrics = result.evaluations.get(0, {}).get("metrics", {})
         _write_item_files(the_plan, out, run, metrics, result)
         shutil.copyfile(log, out / "build.log")
+        shutil.copytree(work / "src", out / "source")  # what a verifier replays
+        shutil.copyfile(recipe.file, out / "source" / "recipe.toml")
         store.end_attempt(attempt, "built")
         record = {"derivation": drv.digest, "name": recipe.name, "version": recipe.version,
                   "weights_digest": run["weights_digest"],
@@ -159,7 +158,7 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
                   "inputs": {i.name: i.digest for i in the_plan.inputs}}
         return out, record
     except BaseException as e:
-        kept = _keep_failed_log(store, log, drv, attempt)
+        kept = store.keep_log(log, f"{drv.item_name}-attempt-{attempt}")
         store.end_attempt(attempt, "failed", getattr(e, "message", str(e)))
         remove_tree(work)
         if isinstance(e, BuildError) and kept:
@@ -172,16 +171,6 @@ def _verify_inputs_unchanged(the_plan: Plan, log: Path) -> None:
         if i.kind != "item" and path_digest(i.path) != i.digest:
             raise BuildError(f"input {i.name} changed during the build; inputs are read-only",
                              details=log_tail(log))
-
-
-def _keep_failed_log(store: Store, log: Path, drv: Derivation, attempt: int) -> Path | None:
-    if not log.exists():
-        return None
-    logs = store.root / "logs"
-    logs.mkdir(exist_ok=True)
-    kept = logs / f"{drv.item_name}-attempt-{attempt}.log"
-    shutil.copyfile(log, kept)
-    return kept
 
 
 def _write_item_files(the_plan: Plan, out: Path, run: dict[str, Any], metrics: dict[str, float],

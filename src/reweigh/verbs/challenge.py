@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..builder import raise_for_failure, run_child, stage_source
+from ..builder import child_spec, raise_for_failure, run_child, stage_source
 from ..compare import (
     Behaviour,
     EnvRelation,
@@ -127,11 +127,9 @@ def _behaviour(the_plan: Plan, store: Store, item: StoreItem, published: Path, t
     work = store.new_build_dir(the_plan.derivation.digest)
     try:
         log = work / "evaluate.log"
-        spec = {"mode": "evaluate", "src": str(stage_source(the_plan.code, work)),
-                "evaluate": str(recipe.evaluate.entry),
-                "inputs": {i.name: str(i.path) for i in the_plan.inputs},
-                "params": recipe.params, "seed": recipe.seed, "threads": threads,
-                "weights": [str(item.weights), str(published.resolve())]}
+        spec = child_spec(the_plan.derivation.record, stage_source(the_plan.code, work),
+                          the_plan.input_paths, threads, mode="evaluate",
+                          weights=[str(item.weights), str(published.resolve())])
         reporter.stage(f"evaluating both networks with {recipe.evaluate.entry}")
         result = run_child(spec, work, log, reporter)
         raise_for_failure(result, log, f"evaluating {recipe.name}")

@@ -1,0 +1,57 @@
+"""reweigh verify ITEM-or-FILE --transcript T --spot K [--seed S] [--recipe R] [--json]."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..progress import reporter_for
+from ..verbs.verify import VerifyReport, verify
+from .common import (
+    add_json_option,
+    add_store_option,
+    colour,
+    non_negative_int,
+    open_store,
+    positive_int,
+    print_json,
+)
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser("verify", help="replay random segments of a training "
+                                 "transcript, and always the last one")
+    parser.add_argument("target", help="a store item, or a weights file (with --recipe)")
+    parser.add_argument("--transcript", required=True, help="transcript.json; its checkpoint "
+                        "files lie beside it")
+    parser.add_argument("--spot", type=non_negative_int, required=True,
+                        help="how many random segments to replay besides the last")
+    parser.add_argument("--seed", type=int, default=None, help="seed for choosing segments")
+    parser.add_argument("--recipe", default=None, help="the recipe, when TARGET is a file")
+    parser.add_argument("--threads", type=positive_int, default=None)
+    add_store_option(parser)
+    add_json_option(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = verify(args.target, args.transcript, spot=args.spot, seed=args.seed,
+                    recipe=args.recipe, store=open_store(args), threads=args.threads,
+                    reporter=reporter_for(args.json))
+    if args.json:
+        print_json(report.to_json())
+    else:
+        render(report)
+    return 0 if report.holds else 1
+
+
+def render(report: VerifyReport) -> None:
+    print(f"transcript {report.transcript}: {report.segments_total} segments, seed {report.seed}")
+    for problem in report.problems:
+        print(f"  chain: {problem}")
+    for r in report.results:
+        mark = colour("holds", "32") if r.holds else colour("FAILS", "31")
+        print(f"  segment {r.index:3} steps {r.start_step:>6}..{r.stop_step:<6} {mark}"
+              f"  {r.seconds:6.1f} s  {r.note}")
+    print(f"replayed {report.compute_fraction:.1%} of training")
+    verdict = "holds" if report.holds else "fails"
+    print(f"verdict: {colour(verdict, '32' if report.holds else '31')}")
