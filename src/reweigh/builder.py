@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,12 +127,7 @@ def run_child(spec: dict[str, Any], work: Path, log: Path, reporter: Reporter, *
         timer = _stop_timer(process, result, stop_after_seconds)
         try:
             with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as events:
-                for line in events:
-                    _dispatch(line, result, reporter)
-                    if watch is not None and _watched(watch, line):
-                        result.stopped = True
-                        process.kill()
-                        break
+                _follow(events, process, result, reporter, watch)
             result.returncode = process.wait()
         finally:
             if timer is not None:
@@ -159,6 +154,17 @@ def _stop_timer(process: subprocess.Popen[bytes], result: ChildResult,
     timer.daemon = True
     timer.start()
     return timer
+
+
+def _follow(events: Iterable[str], process: subprocess.Popen[bytes], result: ChildResult,
+            reporter: Reporter, watch: Callable[[dict[str, Any]], bool] | None) -> None:
+    """Dispatch each event line; stop the child as soon as `watch` asks."""
+    for line in events:
+        _dispatch(line, result, reporter)
+        if watch is not None and _watched(watch, line):
+            result.stopped = True
+            process.kill()
+            return
 
 
 def _watched(watch: Callable[[dict[str, Any]], bool], line: str) -> bool:

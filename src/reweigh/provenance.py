@@ -147,8 +147,10 @@ def policy_section(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput,
                    run: dict[str, Any]) -> list[str]:
     """The policies' verdicts from what this build knows (see `policy.policies`)."""
     facts = RecipeFacts(recipe, inputs, tuple(drv.record["code"]))
-    evidence = from_recipe(facts, store=StoreRecord(item=drv.item_name, builds=1, environments=1),
-                           cost=build_cost(run), weights_digest=run["weights_digest"])
+    store = StoreRecord(item=drv.item_name, builds=1,
+                        environments=(fingerprint(run["environment"]),))
+    evidence = from_recipe(facts, store=store, cost=build_cost(run),
+                           weights_digest=run["weights_digest"])
     reports = judge_all(evidence, Settings(DEFAULT_MAX_CORE_HOURS))
     return markdown(reports, "Judged when these weights were built, from the recipe, its "
                     "inputs and this build's measured cost. `reweigh check` judges again with "

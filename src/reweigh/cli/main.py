@@ -14,9 +14,9 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import ReweighError
-from . import build, challenge, check, estimate, import_, list, path, show, store
+from . import build, challenge, check, estimate, import_, list, path, show, store, verify
 
-COMMANDS = (build, challenge, list, show, path, store, check, estimate, import_)
+COMMANDS = (build, challenge, list, show, path, store, verify, check, estimate, import_)
 INTERNAL_ERROR = 70
 
 

@@ -63,10 +63,17 @@ def reproducibility_line(evidence: Evidence) -> Line:
         return Line("rebuilds", Status.INFO, "not built in this store yet")
     text = (f"built {record.builds} time(s); rebuilt bit-identically "
             f"{record.rebuilds_identical} time(s), differently {record.rebuilds_different} "
-            f"time(s); {record.environments} environment(s) gave these exact weights")
+            f"time(s); {_environments(record.environments)} gave these exact weights")
     if record.challenges:
         text += f"; challenged {len(record.challenges)} time(s): {', '.join(record.challenges)}"
     return Line("rebuilds", Status.INFO, text)
+
+
+def _environments(fingerprints: tuple[str, ...]) -> str:
+    if not fingerprints:
+        return "no recorded environment"
+    named = ", ".join(f"{f[:19]}..." for f in fingerprints)
+    return f"{len(fingerprints)} environment(s) ({named})"
 
 
 def evaluate(evidence: Evidence, settings: Settings) -> PolicyReport:

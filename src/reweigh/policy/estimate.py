@@ -113,16 +113,24 @@ class CostEstimate:
                                       "hours": self.reference_hours()}}
 
 
+@dataclass(frozen=True)
+class _Timing:
+    wall: float
+    startup: float | None = None
+    per_step: float | None = None
+    measured: int = 0
+
+
 def extrapolate(seen: Observation) -> CostEstimate:
     """The whole build's cost from what the estimate run saw."""
     observed = seen.ended - seen.started
     if seen.finished:
-        return _with_flops(seen, Bound.MEASURED, observed, None, None, 0,
-                           "the whole build ran within the estimate's time")
+        return _estimate(seen, Bound.MEASURED, _Timing(observed),
+                         "the whole build ran within the estimate's time")
     if not seen.samples:
-        return _with_flops(seen, Bound.LOWER_BOUND, observed, None, None, 0,
-                           "the training reported no progress (ctx.progress) before it was "
-                           "stopped: the build takes at least this long")
+        return _estimate(seen, Bound.LOWER_BOUND, _Timing(observed),
+                         "the training reported no progress (ctx.progress) before it was "
+                         "stopped: the build takes at least this long")
     first = seen.samples[0]
     clock = seen.samples[1] if seen.flop_units and len(seen.samples) > 1 else first
     later = [s for s in seen.samples if s.done > clock.done]
@@ -132,23 +140,23 @@ def extrapolate(seen: Observation) -> CostEstimate:
         last = later[-1]
         per_step = (last.at - clock.at) / (last.done - clock.done)
         wall = startup + max(total - first.done, 0) * per_step
-        return _with_flops(seen, Bound.EXTRAPOLATED, wall, startup, per_step,
-                           last.done - clock.done, "steps are assumed to cost the same "
-                           "throughout; the evaluation after training is not included")
+        return _estimate(seen, Bound.EXTRAPOLATED,
+                         _Timing(wall, startup, per_step, last.done - clock.done),
+                         "steps are assumed to cost the same throughout; the evaluation "
+                         "after training is not included")
     # No step completed after the clock started: each takes at least the time waited.
     per_step = seen.ended - clock.at
     wall = (clock.at - seen.started) + max(total - clock.done, 0) * per_step
-    return _with_flops(seen, Bound.LOWER_BOUND, wall, startup, per_step, 0,
-                       f"no step finished within {per_step:.1f} s of the clock starting: "
-                       "each step takes at least that long")
+    return _estimate(seen, Bound.LOWER_BOUND, _Timing(wall, startup, per_step),
+                     f"no step finished within {per_step:.1f} s of the clock starting: "
+                     "each step takes at least that long")
 
 
-def _with_flops(seen: Observation, bound: Bound, wall: float, startup: float | None,
-                per_step: float | None, measured: int, note: str) -> CostEstimate:
+def _estimate(seen: Observation, bound: Bound, timing: _Timing, note: str) -> CostEstimate:
     total = seen.samples[-1].total if seen.samples else None
-    flops, how = _flops(seen, total, wall)
-    return CostEstimate(bound, seen.threads, wall, startup, per_step, total, measured,
-                        seen.ended - seen.started, flops, how, note)
+    flops, how = _flops(seen, total, timing.wall)
+    return CostEstimate(bound, seen.threads, timing.wall, timing.startup, timing.per_step,
+                        total, timing.measured, seen.ended - seen.started, flops, how, note)
 
 
 def _flops(seen: Observation, total: int | None, wall: float) -> tuple[float, str]:

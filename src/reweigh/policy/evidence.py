@@ -54,7 +54,8 @@ class StoreRecord:
     builds: int = 0  # successful build attempts of this derivation
     rebuilds_identical: int = 0  # `build --check` rebuilds that matched bit for bit
     rebuilds_different: int = 0
-    environments: int = 0  # distinct environments that produced these exact weights
+    environments: tuple[str, ...] = ()  # fingerprints of environments that gave these
+    # exact weights (the item's own build and every identical rebuild)
     challenges: tuple[str, ...] = ()  # verdicts of `challenge` against the item
 
 

@@ -40,7 +40,7 @@ def store_record(store: Store, item: StoreItem) -> StoreRecord:
     return StoreRecord(
         item=item.path.name, builds=len(builds), rebuilds_identical=len(same),
         rebuilds_different=len(rebuilds) - len(same),
-        environments=len(environments - {None}),
+        environments=tuple(sorted(e for e in environments if e)),
         challenges=tuple(c["result"] for c in checks if c["kind"] == "challenge"))
 
 
@@ -61,11 +61,11 @@ def item_evidence(store: Store, item: StoreItem) -> Evidence:
     imported = store.import_record(item)
     if imported is not None:
         return _imported(item, imported)
-    statement = _read_json(item.path / "provenance.json")
-    recipe = statement["predicate"]["buildDefinition"]["externalParameters"]["recipe"]
-    dependencies = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    definition = _read_json(item.path / "provenance.json").get("predicate", {}).get(
+        "buildDefinition", {})
+    dependencies = definition.get("resolvedDependencies", [])
     derivation = _read_json(item.path / "derivation.json")
-    licence = recipe.get("license", {})
+    licence = definition.get("externalParameters", {}).get("recipe", {}).get("license", {})
     sources = tuple(_source(d) for d in dependencies if d["name"].startswith("input:")
                     and d.get("annotations", {}).get("kind") in DATA_KINDS)
     status, note = data_status(licence.get("data"), sources)
@@ -127,5 +127,9 @@ def file_evidence(store: Store, path: Path) -> Evidence:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
+    """An item's JSON file; a missing or damaged one reads as empty (the store verifies)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

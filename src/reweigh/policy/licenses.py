@@ -1,4 +1,4 @@
-"""SPDX licence expressions: a real parser, and a table of which licences are free.
+"""Which licences are free, who says so, and how an SPDX expression is judged.
 
 A policy verdict is only as good as its licence facts, so each entry of the table says
 who decided it: the SPDX License List's `isOsiApproved` / `isFsfLibre` flags, the Open
@@ -6,10 +6,10 @@ Knowledge Foundation's list of Open Definition conformant licences (for data and
 content), and Debian's reading of the DFSG. A licence outside the table is *unknown*,
 never guessed free; a `LicenseRef-` is a licence outside the SPDX list, also unknown.
 
-Expressions follow SPDX 2.3 Annex D: `WITH` binds tighter than `AND`, which binds
-tighter than `OR`; operators are upper case; identifiers match case-insensitively;
-`NONE` and `NOASSERTION` stand alone. `A OR B` is free if either side is (the user may
-pick), `A AND B` only if both are. Parsing and judging are pure.
+Expressions are parsed by `spdx` (a recursive-descent parser of SPDX 2.3 Annex D),
+never guessed from the text. `A OR B` is free if either side is (the user may pick),
+`A AND B` only if both are, `A WITH exception` as free as `A` (SPDX exceptions only add
+permissions). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -184,16 +184,16 @@ class Finding:
     why: str
 
 
+Test = Callable[[LicenceFacts], tuple[Freedom, str]]
+
+
 @dataclass(frozen=True)
 class Standard:
     """A yardstick for licences: the test that decides, and the words for its verdicts."""
 
-    test: Callable[[LicenceFacts], tuple[Freedom, str]]
+    test: Test
     yes: str
     no: str
-
-    def word(self, freedom: Freedom) -> str:
-        return {Freedom.FREE: self.yes, Freedom.NON_FREE: self.no}.get(freedom, "unknown")
 
 
 @dataclass(frozen=True)
@@ -257,11 +257,8 @@ def judge(text: str, standard: Standard = FREE) -> Judgement:
     return Judgement(str(expression), freedom, tuple(findings), standard.yes, standard.no)
 
 
-Test = Callable[[LicenceFacts], tuple[Freedom, str]]
-
-
 def _judge(expression: Expression, test: Test, findings: list[Finding]) -> Freedom:
-    if isinstance(expression, AnyOf | AllOf):
+    if isinstance(expression, (AnyOf, AllOf)):
         results = [_judge(term, test, findings) for term in expression.terms]
         pick = max if isinstance(expression, AnyOf) else min
         return pick(results, key=lambda f: f.value)
@@ -270,7 +267,7 @@ def _judge(expression: Expression, test: Test, findings: list[Finding]) -> Freed
     return finding.freedom
 
 
-def _leaf(expression: Expression, test: Test) -> Finding:
+def _leaf(expression: Licence | WithException | Special, test: Test) -> Finding:
     if isinstance(expression, Special):
         if expression.value == "NONE":
             return Finding("NONE", Freedom.NON_FREE, "no licence: nothing is granted")

@@ -91,7 +91,7 @@ def class_one(e: Evidence) -> list[Line]:
 def evaluate(evidence: Evidence, settings: Settings) -> PolicyReport:
     groups = (class_three(evidence), class_two(evidence), class_one(evidence))
     lines = tuple(line for group in groups for line in group)
-    verdict, reasons = Verdict.MOF_UNCLASSIFIED, ()
+    verdict, reasons = Verdict.MOF_UNCLASSIFIED, tuple[str, ...]()
     for (grade, name), group in zip(CLASSES, groups, strict=True):
         problems = failing(group)
         if problems:

@@ -5,7 +5,9 @@ item, the recompute cost: measured from the item's build when there is one, else
 estimated by running the first seconds of the build), then applies the chosen
 policies, which are pure functions of that evidence. The report is data; the command
 renders it. A licence expression that does not parse is bad input (exit 2), not a
-verdict; an input that cannot be had is evidence (the data is unavailable).
+verdict; an input that cannot be had is evidence (the data is unavailable). Checking a
+recipe resolves its inputs into the store as a build would (that is how their
+availability is shown); it never adds an item, an attempt or a check row.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..builder import raise_for_failure, run_child, stage_source
+from ..builder import child_spec, raise_for_failure, run_child, stage_source
 from ..errors import UsageError
 from ..policy.estimate import (
     DEFAULT_MAX_CORE_HOURS,
@@ -97,15 +97,8 @@ def estimate_plan(the_plan: Plan, threads: int, seconds: float,
     try:
         out = work / "out"
         out.mkdir()
-        spec = {
-            "mode": "build", "src": str(stage_source(the_plan.code, work)),
-            "entry": str(recipe.entry),
-            "evaluate": str(recipe.evaluate.entry) if recipe.evaluate else None,
-            "inputs": {i.name: str(i.path) for i in the_plan.inputs},
-            "params": recipe.params, "seed": recipe.seed, "out": str(out),
-            "threads": threads, "checkpoint_every": recipe.checkpoint_every,
-            "derivation": the_plan.derivation.digest,
-        }
+        spec = child_spec(the_plan.derivation.record, stage_source(the_plan.code, work),
+                          the_plan.input_paths, threads, out=str(out))
         reporter.stage(f"estimating {recipe.name} {recipe.version}: timing its first "
                        f"{seconds:g} s of training ({threads} threads)")
         watch = _Watch(seconds)

@@ -1,0 +1,186 @@
+"""`reweigh estimate`: time the first seconds of the real build, extrapolate to the whole.
+
+The estimate of examples/digits-cnn is compared with a real build measured in the same
+test. connect4-zero's smoke variant is not compared: that example does not exist yet.
+Small recipes written on the fly check the FLOP count, the Guix budget and that nothing
+of an estimate run enters the store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reweigh import build, estimate
+from reweigh.policy.estimate import (
+    DEFAULT_MAX_CORE_HOURS,
+    Bound,
+    Observation,
+    Sample,
+    extrapolate,
+)
+from reweigh.store import Store
+
+from .helpers import EXAMPLES, run_reweigh, store_is_empty, write_recipe
+
+STEPS_TRAIN = """
+import time
+
+import torch
+
+
+def train(ctx):
+    w = torch.ones(128, 32)
+    x = torch.ones(64, 128)
+    total = ctx.params["steps"]
+    for step in range(1, total + 1):
+        y = x @ w  # (64, 32): 2 * 64 * 128 * 32 FLOPs
+        time.sleep(ctx.params["sleep"])
+        ctx.progress(step, total)
+    ctx.save_weights({"w": w + y.mean()})
+"""
+MATMUL_FLOPS = 2 * 64 * 128 * 32
+
+
+def steps_recipe(directory: Path, steps: int, sleep: float) -> Path:
+    recipe = write_recipe(directory, STEPS_TRAIN, params=f"steps = {steps}\nsleep = {sleep}")
+    toml = recipe / "recipe.toml"
+    toml.write_text(toml.read_text().replace('data = "CC0-1.0"', 'data = "NONE"'))
+    return recipe
+
+
+@pytest.mark.slow
+def test_the_estimate_of_digits_cnn_is_within_a_factor_of_two_of_its_real_build(
+        tmp_path: Path) -> None:
+    """One thread for both: the machine may be shared, and two OpenMP threads on a busy
+    2-core machine make each step ten or twenty times slower, by fits and starts."""
+    store = Store(tmp_path / "store")
+    built = build(EXAMPLES / "digits-cnn", store=store, threads=1)
+    attempt = [a for a in store.attempts(built.derivation) if a["status"] == "built"][-1]
+    real = attempt["ended_at"] - attempt["started_at"]
+    report = estimate(EXAMPLES / "digits-cnn", store=store, threads=1, seconds=2.0)
+    cost = report.estimate
+    assert cost.bound in (Bound.EXTRAPOLATED, Bound.MEASURED)
+    assert cost.total_steps == 345 and cost.wall_seconds is not None
+    ratio = cost.wall_seconds / real
+    print(f"\ndigits-cnn: real build {real:.2f} s, estimate {cost.wall_seconds:.2f} s "
+          f"({cost.bound.value}, {cost.measured_steps} steps timed, start-up "
+          f"{cost.startup_seconds:.2f} s, {cost.seconds_per_step} s/step), ratio {ratio:.2f}")
+    assert 0.5 <= ratio <= 2.0
+    assert cost.flops is not None and "FlopCounterMode" in cost.flops_how
+    assert [i.path for i in store.items()] == [built.path]  # the estimate added no item
+
+
+@pytest.mark.skip(reason="connect4-zero does not exist yet; its smoke variant is to be "
+                         "compared the same way once it ships")
+def test_the_estimate_of_connect4_zero_smoke_is_within_a_factor_of_two() -> None:
+    raise AssertionError("unreachable")
+
+
+def test_flops_are_counted_with_flop_counter_mode_over_one_step(tmp_path: Path) -> None:
+    recipe = steps_recipe(tmp_path / "r", steps=400, sleep=0.01)
+    result = run_reweigh("estimate", recipe, "--json", "--seconds", "0.5", "--threads", "1",
+                         store=tmp_path / "store")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bound"] == "extrapolated"
+    assert report["flops"] == MATMUL_FLOPS * 400
+    assert report["flops_method"].startswith("counted: torch.utils.flop_counter.FlopCounterMode")
+    assert 0.005 < report["seconds_per_step"] < 0.1
+    assert report["core_hours"] == pytest.approx(report["wall_seconds"] / 3600)
+    assert report["reference_machine"]["cores"] == 8
+    assert report["max_core_hours"] == DEFAULT_MAX_CORE_HOURS == 7 * 24 * 8
+    assert report["within_threshold"] is True
+
+
+def test_nothing_of_an_estimate_run_enters_the_store(tmp_path: Path) -> None:
+    recipe = steps_recipe(tmp_path / "r", steps=400, sleep=0.01)
+    store = tmp_path / "store"
+    result = run_reweigh("estimate", recipe, "--seconds", "0.5", store=store)
+    assert result.returncode == 0, result.stderr
+    assert "extrapolated" in result.stdout and "Guix budget        within" in result.stdout
+    assert store_is_empty(store)
+    assert Store(store).attempts() == []
+
+
+def test_a_recipe_that_would_train_for_years_exceeds_the_guix_budget(tmp_path: Path) -> None:
+    recipe = steps_recipe(tmp_path / "r", steps=10**9, sleep=0.05)
+    result = run_reweigh("check", recipe, "--policy", "guix", "--json", "--estimate-seconds",
+                         "0.5", "--threads", "1", store=tmp_path / "store")
+    assert result.returncode == 1, result.stderr
+    guix = json.loads(result.stdout)["policies"][0]
+    assert guix["verdict"] == "not packageable"
+    cost = next(e for e in guix["evidence"] if e["component"] == "recompute cost")
+    assert cost["status"] == "too costly"
+    assert "estimated:" in cost["text"] and "> limit 1344 core-hours" in cost["text"]
+    assert guix["reasons"] == [f"recompute cost: too costly: {cost['text']}"]
+
+
+def test_the_budget_is_the_users_to_set(tmp_path: Path) -> None:
+    recipe = steps_recipe(tmp_path / "r", steps=100, sleep=0.01)
+    result = run_reweigh("check", recipe, "--policy", "guix", "--json", "--max-core-hours",
+                         "1e-7", store=tmp_path / "store")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["max_core_hours"] == 1e-7
+    assert report["policies"][0]["verdict"] == "not packageable"
+
+
+@pytest.mark.parametrize("args", [["--seconds", "0"], ["--seconds", "nan"],
+                                  ["--max-core-hours", "-1"]])
+def test_bad_options_exit_2(tmp_path: Path, args: list[str]) -> None:
+    recipe = steps_recipe(tmp_path / "r", steps=10, sleep=0.0)
+    result = run_reweigh("estimate", recipe, *args, store=tmp_path / "store")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_a_missing_recipe_exits_2_naming_the_file(tmp_path: Path) -> None:
+    result = run_reweigh("estimate", tmp_path / "none", store=tmp_path / "store")
+    assert result.returncode == 2
+    assert "recipe.toml: (file): no recipe.toml here" in result.stderr
+
+
+# --- extrapolation is arithmetic on the observation ---------------------------------------
+
+
+def test_a_finished_run_is_measured_not_extrapolated() -> None:
+    seen = Observation(started=0.0, ended=4.0, finished=True, threads=2,
+                       samples=(Sample(3.0, 1, 1),))
+    cost = extrapolate(seen)
+    assert cost.bound is Bound.MEASURED and cost.wall_seconds == 4.0
+    assert cost.core_hours == pytest.approx(8.0 / 3600)
+
+
+def test_start_up_is_measured_once_and_steps_are_extrapolated() -> None:
+    samples = tuple(Sample(2.0 + 0.5 * i, i + 1, 101) for i in range(5))
+    cost = extrapolate(Observation(0.0, 4.5, False, 1, samples))
+    assert cost.bound is Bound.EXTRAPOLATED
+    assert cost.startup_seconds == 2.0 and cost.seconds_per_step == pytest.approx(0.5)
+    assert cost.wall_seconds == pytest.approx(2.0 + 100 * 0.5)
+
+
+def test_the_clock_starts_after_the_slow_flop_counted_step() -> None:
+    samples = (Sample(2.0, 1, 11), Sample(7.0, 2, 11), Sample(8.0, 3, 11), Sample(9.0, 4, 11))
+    cost = extrapolate(Observation(0.0, 9.0, False, 1, samples, flops=100.0, flop_units=1))
+    assert cost.seconds_per_step == pytest.approx(1.0)  # not (9 - 2) / 3
+    assert cost.flops == pytest.approx(100.0 * 11)
+
+
+def test_no_progress_at_all_gives_a_lower_bound() -> None:
+    cost = extrapolate(Observation(0.0, 130.0, False, 2, ()))
+    assert cost.bound is Bound.LOWER_BOUND and cost.wall_seconds == 130.0
+    assert "no progress" in cost.note
+
+
+def test_one_step_that_never_ends_gives_a_lower_bound_per_step() -> None:
+    cost = extrapolate(Observation(0.0, 30.0, False, 1, (Sample(10.0, 1, 1001),)))
+    assert cost.bound is Bound.LOWER_BOUND
+    assert cost.wall_seconds == pytest.approx(10.0 + 1000 * 20.0)
+
+
+def test_flops_fall_back_to_a_stated_heuristic_without_torch_operations() -> None:
+    cost = extrapolate(Observation(0.0, 10.0, True, 2, (Sample(9.0, 1, 1),)))
+    assert cost.flops == pytest.approx(10.0 * 2 * 1e10)
+    assert cost.flops_how.startswith("heuristic: core-seconds")
