@@ -15,10 +15,12 @@ and leaves out those that must not (thread count, host name, timings).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,18 @@ from .digest import record_digest
 
 # Environment variables the build process starts with (read by MKL/oneDNN/ATen at load time).
 PINNED_ENV: dict[str, str] = {
-    "MKL_CBWR": "COMPATIBLE",  # MKL: same results whatever the thread count and CPU branch
+    # MKL's strict conditional numerical reproducibility: GEMM results that do not depend
+    # on the thread count (COMPATIBLE alone did not give that here; bench/numerics/).
+    "MKL_CBWR": "AUTO,STRICT",
     "KMP_DETERMINISTIC_REDUCTION": "1",  # OpenMP reductions in a fixed order
 }
 # Torch switches the build process sets right after importing torch.
 PINNED_TORCH: dict[str, Any] = {
     "use_deterministic_algorithms": True,
-    "backends.mkldnn.enabled": False,
+    # oneDNN's convolution weight gradients are reduced across threads in an order that
+    # depends on the thread count; running the backward pass on one thread fixes that
+    # order at a measured cost far below switching oneDNN off (bench/numerics/).
+    "backward_threads": 1,
 }
 ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
              "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve")
@@ -54,7 +61,25 @@ def apply_torch_numerics(threads: int) -> None:
 
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(PINNED_TORCH["use_deterministic_algorithms"])
-    torch.backends.mkldnn.enabled = PINNED_TORCH["backends.mkldnn.enabled"]
+    backward_threads = PINNED_TORCH["backward_threads"]
+    if backward_threads != threads:
+        torch.autograd.backward = _on_threads(torch, torch.autograd.backward, backward_threads)
+        torch.autograd.grad = _on_threads(torch, torch.autograd.grad, backward_threads)
+
+
+def _on_threads(torch: Any, function: Callable[..., Any], count: int) -> Callable[..., Any]:
+    """`function` run with `count` intra-op threads, the thread count restored after."""
+
+    @functools.wraps(function)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        before = torch.get_num_threads()
+        torch.set_num_threads(count)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapped
 
 
 def numerics_record() -> dict[str, Any]:
