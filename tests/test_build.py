@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,12 +17,23 @@ from .helpers import EXAMPLES, run_json, run_reweigh, write_recipe
 pytestmark = pytest.mark.slow
 
 
+def test_more_threads_than_cores_are_capped_at_the_cores(tmp_path: Path) -> None:
+    from reweigh.verbs.build import threads_for
+
+    cores = len(os.sched_getaffinity(0))
+    assert threads_for(None) == cores and threads_for(1) == 1
+    data = run_json("build", write_recipe(tmp_path / "r"), "--threads", str(4 * cores),
+                    store=tmp_path / "store")
+    assert data["threads"] == cores
+
+
 @pytest.mark.parametrize("example", ["digits-logreg", "digits-cnn"])
 def test_each_example_builds_to_one_digest_with_one_thread_and_with_two(
         example: str, tmp_path: Path) -> None:
     one = run_json("build", EXAMPLES / example, "--threads", "1", store=tmp_path / "a")
     two = run_json("build", EXAMPLES / example, "--threads", "2", store=tmp_path / "b")
     assert not one["reused"] and not two["reused"]
+    assert (one["threads"], two["threads"]) == (1, 2)
     assert one["derivation"] == two["derivation"]
     assert one["weights_digest"] == two["weights_digest"]
     metrics = json.loads((Path(one["path"]) / "metrics.json").read_text())

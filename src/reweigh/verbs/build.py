@@ -72,8 +72,14 @@ class BuildReport:
         return data
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def threads_for(requested: int | None) -> int:
+    """The intra-op thread count a build runs with: the request, at most the usable cores.
+
+    More threads than cores only adds contention, and it is outside the range where
+    thread-count invariance was measured (bench/numerics/README.md).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(requested or cores or 1, cores or 1)
 
 
 def plan(recipe_dir: Path | str, store: Store) -> Plan:
@@ -88,7 +94,7 @@ def build(recipe_dir: Path | str, *, store: Store | None = None, threads: int | 
           check: bool = False, reporter: Reporter | None = None) -> BuildReport:
     """Build the recipe (or reuse its item); with check, rebuild and compare bit for bit."""
     store = store or Store()
-    return build_plan(plan(recipe_dir, store), store, threads or default_threads(), check,
+    return build_plan(plan(recipe_dir, store), store, threads_for(threads), check,
                       reporter or QuietReporter())
 
 

@@ -30,7 +30,7 @@ from ..provenance import environment_of
 from ..recipe import Tolerance
 from ..store import Store, StoreItem, remove_tree
 from ..weights import read_header
-from .build import Plan, build_plan, default_threads, plan
+from .build import Plan, build_plan, plan, threads_for
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
               threads: int | None = None, reporter: Reporter | None = None) -> ChallengeReport:
     store = store or Store()
     reporter = reporter or QuietReporter()
-    threads = threads or default_threads()
+    threads = threads_for(threads)
     published = Path(published)
     if not published.is_file():
         raise UsageError(f"{published}: no such file")

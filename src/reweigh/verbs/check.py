@@ -28,7 +28,7 @@ from ..progress import QuietReporter, Reporter
 from ..recipe import RECIPE_FILE, Recipe, load_recipe
 from ..store import Store
 from ..weights import read_header
-from .build import default_threads, plan
+from .build import plan, threads_for
 from .estimate import DEFAULT_SECONDS, estimate_plan
 
 
@@ -73,7 +73,7 @@ def check(target: Path | str, *, policies: tuple[str, ...] = tuple(POLICIES),
     if not max_core_hours > 0:
         raise UsageError(f"--max-core-hours: {max_core_hours} is not a positive number")
     store = store or Store()
-    options = Options("guix" in policies, threads or default_threads(), estimate_seconds,
+    options = Options("guix" in policies, threads_for(threads), estimate_seconds,
                       reporter or QuietReporter())
     evidence = gather_evidence(Path(target), store, options)
     settings = Settings(max_core_hours)

@@ -26,7 +26,7 @@ from ..policy.estimate import (
 )
 from ..progress import QuietReporter, Reporter
 from ..store import Store, remove_tree
-from .build import Plan, default_threads, plan
+from .build import Plan, plan, threads_for
 
 DEFAULT_SECONDS = 5.0
 STARTUP_ALLOWANCE = 120.0  # seconds the build may take to reach its first progress event
@@ -84,7 +84,7 @@ def estimate(recipe_dir: Path | str, *, store: Store | None = None, threads: int
         raise UsageError(f"--seconds: {seconds} is not between 0 and 3600")
     store = store or Store()
     the_plan = plan(recipe_dir, store)
-    cost = estimate_plan(the_plan, threads or default_threads(), seconds,
+    cost = estimate_plan(the_plan, threads_for(threads), seconds,
                          reporter or QuietReporter())
     return EstimateReport(the_plan.recipe.name, the_plan.recipe.version,
                           the_plan.derivation.digest, cost, max_core_hours)

@@ -26,7 +26,7 @@ from ..digest import file_digest
 from ..errors import BuildError, UsageError
 from ..progress import QuietReporter, Reporter
 from ..store import Store, remove_tree
-from .build import default_threads, plan
+from .build import plan, threads_for
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int, seed: int |
            threads: int | None = None, reporter: Reporter | None = None) -> VerifyReport:
     store = store or Store()
     reporter = reporter or QuietReporter()
-    threads = threads or default_threads()
+    threads = threads_for(threads)
     seed = secrets.randbelow(2**31) if seed is None else seed
     transcript = Path(transcript)
     parsed = _load(transcript)
