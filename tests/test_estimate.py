@@ -67,16 +67,11 @@ def test_the_estimate_of_digits_cnn_is_within_a_factor_of_two_of_its_real_build(
     ratio = cost.wall_seconds / real
     print(f"\ndigits-cnn: real build {real:.2f} s, estimate {cost.wall_seconds:.2f} s "
           f"({cost.bound.value}, {cost.measured_steps} steps timed, start-up "
-          f"{cost.startup_seconds:.2f} s, {cost.seconds_per_step} s/step), ratio {ratio:.2f}")
+          f"{cost.startup_seconds} s, {cost.seconds_per_step} s/step), ratio {ratio:.2f}")
     assert 0.5 <= ratio <= 2.0
     assert cost.flops is not None and "FlopCounterMode" in cost.flops_how
     assert [i.path for i in store.items()] == [built.path]  # the estimate added no item
 
-
-@pytest.mark.skip(reason="connect4-zero does not exist yet; its smoke variant is to be "
-                         "compared the same way once it ships")
-def test_the_estimate_of_connect4_zero_smoke_is_within_a_factor_of_two() -> None:
-    raise AssertionError("unreachable")
 
 
 def test_flops_are_counted_with_flop_counter_mode_over_one_step(tmp_path: Path) -> None:
