@@ -1,0 +1,132 @@
+"""verify: replaying transcript segments catches tampered weights and forged checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from reweigh import build
+from reweigh.digest import file_digest
+from reweigh.store import Store
+from reweigh.transcript import chain
+
+from .helpers import EXAMPLES, run_reweigh, write_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """digits-cnn, checkpointed every 5 epochs: segments 0..5, 5..10, 10..15."""
+    store = tmp_path_factory.mktemp("verify") / "store"
+    return store, build(EXAMPLES / "digits-cnn", store=Store(store)).path
+
+
+def _verify(store: Path, *args: object) -> tuple[int, dict]:
+    result = run_reweigh("verify", *args, "--json", store=store)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def _published(item: Path, folder: Path) -> Path:
+    """A copy of the item's weights, transcript and checkpoints, as a publisher ships them."""
+    shutil.copytree(item, folder, ignore=shutil.ignore_patterns("source"))
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+def _rewrite_transcript(folder: Path) -> None:
+    """Recompute every digest and chain link, as a careful forger would."""
+    path = folder / "transcript.json"
+    data = json.loads(path.read_text())
+    entries = [{"step": c["step"], "file": c["file"], "digest": file_digest(folder / c["file"])}
+               for c in data["checkpoints"]]
+    data["checkpoints"] = chain(data["derivation"], entries)
+    path.write_text(json.dumps(data))
+
+
+def test_an_honest_transcript_holds_when_every_segment_is_replayed(
+        built: tuple[Path, Path]) -> None:
+    store, item = built
+    code, report = _verify(store, item, "--transcript", item / "transcript.json", "--spot", "2")
+    assert code == 0 and report["holds"]
+    assert [(s["start_step"], s["stop_step"]) for s in report["segments"]] == [
+        (0, 5), (5, 10), (10, 15)]
+    assert report["compute_fraction"] == pytest.approx(1.0)
+
+
+def test_weights_fine_tuned_after_training_fail_the_last_segment(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    tensors = load_file(str(folder / "weights.safetensors"))
+    tensors["fc2.bias"] = tensors["fc2.bias"] + np.float32(0.01)
+    save_file(tensors, str(folder / "weights.safetensors"))
+    code, report = _verify(store, folder / "weights.safetensors", "--recipe",
+                           EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
+                           "--spot", "0")
+    assert code == 1 and not report["holds"]
+    (last,) = report["segments"]
+    assert last["stop_step"] == 15 and not last["holds"]
+    assert "final weights" in last["note"]
+
+
+def test_a_replaced_middle_checkpoint_is_caught_when_its_segments_are_replayed(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    middle = folder / "checkpoints" / "step-000000010.safetensors"
+    other = _published(build(_other_seed(tmp_path), store=Store(tmp_path / "s2")).path,
+                       tmp_path / "other")
+    shutil.copyfile(other / "checkpoints" / "step-000000010.safetensors", middle)
+    _rewrite_transcript(folder)
+    code, report = _verify(store, folder / "weights.safetensors", "--recipe",
+                           EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
+                           "--spot", "2")
+    assert code == 1 and report["chain_ok"]
+    holds = {(s["start_step"], s["stop_step"]): s["holds"] for s in report["segments"]}
+    assert holds == {(0, 5): True, (5, 10): False, (10, 15): False}
+
+
+def _other_seed(tmp_path: Path) -> Path:
+    recipe = tmp_path / "other-seed"
+    shutil.copytree(EXAMPLES / "digits-cnn", recipe)
+    text = (recipe / "recipe.toml").read_text()
+    (recipe / "recipe.toml").write_text(text.replace("seed = 20231", "seed = 99"))
+    return recipe
+
+
+def test_a_transcript_that_does_not_chain_fails_before_any_replay(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    data = json.loads((folder / "transcript.json").read_text())
+    data["checkpoints"][0]["step"] = 4  # the link no longer follows
+    (folder / "transcript.json").write_text(json.dumps(data))
+    checkpoint = folder / "checkpoints" / "step-000000010.safetensors"
+    raw = bytearray(checkpoint.read_bytes())
+    raw[-1] ^= 0x01
+    checkpoint.write_bytes(bytes(raw))
+    code, report = _verify(store, folder / "weights.safetensors", "--recipe",
+                           EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
+                           "--spot", "2")
+    assert code == 1 and not report["chain_ok"] and report["segments"] == []
+    assert any("step 10" in p and "recorded digest" in p for p in report["problems"])
+    assert any("step 4" in p and "chain link" in p for p in report["problems"])
+
+
+def test_a_transcript_of_another_recipe_is_refused(built: tuple[Path, Path],
+                                                   tmp_path: Path) -> None:
+    store, item = built
+    other = build(write_recipe(tmp_path / "r"), store=Store(store)).path
+    result = run_reweigh("verify", other, "--transcript", item / "transcript.json", "--spot",
+                         "1", store=store)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "transcript.json: derivation: the transcript is of" in line
