@@ -4,6 +4,8 @@
   trains) against the same training as a plain PyTorch script with default
   settings (bench/plain_digits_cnn.py), both as fresh processes, alternating,
   median of N runs. Budget: <= 1.10x.
+  A third column runs the plain script with reweigh's pinned numerics only, to
+  split the overhead into determinism and sandbox/bookkeeping.
 - reuse: wall time of a second `reweigh build` of the built recipe (a fresh
   process, as a user runs it). Budget: < 0.5 s.
 
@@ -43,18 +45,22 @@ def main() -> None:
         subprocess.run([*reweigh, "build", str(RECIPE), "--store", str(first_store),
                         "--threads", str(args.threads)], check=True, stdout=subprocess.DEVNULL)
         digits = next((first_store / "inputs").glob("*/scikit-learn-digits"))
-        plain, built = [], []
+        plain, pinned, built = [], [], []
+        script = [sys.executable, str(ROOT / "bench" / "plain_digits_cnn.py"), str(digits)]
         for run in range(args.runs):
-            plain.append(timed([sys.executable, str(ROOT / "bench" / "plain_digits_cnn.py"),
-                                str(digits), str(tmp / f"plain-{run}.safetensors")]))
+            plain.append(timed([*script, str(tmp / f"plain-{run}.safetensors")]))
+            pinned.append(timed([*script, str(tmp / f"pinned-{run}.safetensors"), "--pinned"]))
             built.append(timed([*reweigh, "build", str(RECIPE), "--store",
                                 str(tmp / f"store-{run + 1}"), "--threads",
                                 str(args.threads)]))
         reuse = [timed([*reweigh, "build", str(RECIPE), "--store", str(first_store)])
                  for _ in range(5)]
     p, b = statistics.median(plain), statistics.median(built)
+    q = statistics.median(pinned)
     print(f"digits-cnn, {args.threads} threads, median of {args.runs} runs each")
     print(f"  plain PyTorch script (default settings): {p:7.2f} s   runs {_fmt(plain)}")
+    print(f"  plain script, reweigh's numerics pinned: {q:7.2f} s   runs {_fmt(pinned)}"
+          f"   ({q / p:.3f}x)")
     print(f"  reweigh build (sandboxed, deterministic): {b:7.2f} s   runs {_fmt(built)}")
     print(f"  overhead ratio reweigh/plain: {b / p:.3f}x   (budget <= 1.10x)")
     print(f"reuse: reweigh build of a built recipe: median {statistics.median(reuse):.3f} s "

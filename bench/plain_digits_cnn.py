@@ -4,6 +4,10 @@ The baseline for bench/overhead.py. It calls the example's own `train` function
 with a bare stand-in for the build context, so the training is the same code
 (same data, batches, optimiser, epochs), but runs with none of the builder's
 sandbox, seeding, guards or pinned numerics: PyTorch as it comes.
+
+With `--pinned` it applies reweigh's pinned numerics (and nothing else of the
+builder), which splits the overhead into what determinism costs and what the
+sandbox and the bookkeeping cost.
 """
 
 from __future__ import annotations
@@ -15,12 +19,22 @@ from types import SimpleNamespace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits-cnn"
 sys.path.insert(0, str(EXAMPLE))
+PINNED = "--pinned" in sys.argv
+if PINNED:  # before torch is imported: MKL reads its settings once
+    import os
 
+    from reweigh import environment
+
+    os.environ.update(environment.build_env(int(os.environ.get("THREADS", "2"))))
+
+import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from train import train  # noqa: E402
 
 
 def main(digits_folder: Path, out: Path) -> None:
+    if PINNED:
+        environment.apply_torch_numerics(torch.get_num_threads())
     recipe = tomllib.loads((EXAMPLE / "recipe.toml").read_text())
     ctx = SimpleNamespace(
         inputs={"digits": digits_folder}, params=recipe["params"], seed=recipe["seed"],
@@ -31,4 +45,5 @@ def main(digits_folder: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    arguments = [a for a in sys.argv[1:] if a != "--pinned"]
+    main(Path(arguments[0]), Path(arguments[1]))

@@ -1,21 +1,34 @@
 """reweigh: trained weights you can rebuild, check and replace.
 
-The public API mirrors the command line: `build`, `challenge`, `list_items`,
+The public API mirrors the command line: `build`, `challenge`, `verify`, `list_items`,
 `show`, `path`, `verify_store`, `check`, `estimate`, `import_weights` (the `import`
 command). Each returns a report record and prints nothing.
+
+The verbs are imported on first use, so that the build process, which imports
+`reweigh.runtime`, does not pay for the whole library before training starts.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .verbs.build import BuildReport, build
-from .verbs.challenge import ChallengeReport, challenge
-from .verbs.check import CheckReport, check
-from .verbs.estimate import EstimateReport, estimate
-from .verbs.importing import ImportReport, import_weights
-from .verbs.store import list_items, path, show, verify_store
+_VERBS = {
+    "build": "build", "BuildReport": "build",
+    "challenge": "challenge", "ChallengeReport": "challenge",
+    "verify": "verify", "VerifyReport": "verify",
+    "check": "check", "CheckReport": "check",
+    "estimate": "estimate", "EstimateReport": "estimate",
+    "import_weights": "importing", "ImportReport": "importing",
+    "list_items": "store", "path": "store", "show": "store", "verify_store": "store",
+}
 
-__all__ = ["BuildReport", "ChallengeReport", "CheckReport", "EstimateReport", "ImportReport",
-           "__version__", "build", "challenge", "check", "estimate", "import_weights",
-           "list_items", "path", "show", "verify_store"]
+__all__ = ["__version__", *_VERBS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _VERBS:
+        raise AttributeError(f"module 'reweigh' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".verbs.{_VERBS[name]}", __name__), name)

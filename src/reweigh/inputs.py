@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .digest import ALGORITHM, path_digest
 from .errors import DigestMismatch, InputError, ReweighError
 from .recipe import InputSpec, Recipe
@@ -182,6 +180,8 @@ def _from_url(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -> _
 
 def _download(url: str, target: Path, label: str) -> str:
     """Stream url into target, hashing as it goes; return the digest."""
+    import httpx  # only URL inputs need an HTTP client
+
     hasher = hashlib.sha256()
     size = 0
     try:
