@@ -28,9 +28,8 @@ from .digest import record_digest
 
 # Environment variables the build process starts with (read by MKL/oneDNN/ATen at load time).
 PINNED_ENV: dict[str, str] = {
-    # MKL's strict conditional numerical reproducibility: GEMM results that do not depend
-    # on the thread count (COMPATIBLE alone did not give that here; bench/numerics/).
-    "MKL_CBWR": "AUTO,STRICT",
+    # MKL_CBWR stays unset on purpose: COMPATIBLE gave thread-dependent bits in the forward
+    # GEMMs here, and STRICT failed at 8 threads (bench/numerics/README.md).
     "KMP_DETERMINISTIC_REDUCTION": "1",  # OpenMP reductions in a fixed order
 }
 # Torch switches the build process sets right after importing torch.
@@ -40,6 +39,8 @@ PINNED_TORCH: dict[str, Any] = {
     # depends on the thread count; running the backward pass on one thread fixes that
     # order at a measured cost far below switching oneDNN off (bench/numerics/).
     "backward_threads": 1,
+    # The NaN fill of uninitialised memory never changed a digest and costs time.
+    "fill_uninitialized_memory": False,
 }
 ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
              "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve")
@@ -61,6 +62,8 @@ def apply_torch_numerics(threads: int) -> None:
 
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(PINNED_TORCH["use_deterministic_algorithms"])
+    torch.utils.deterministic.fill_uninitialized_memory = PINNED_TORCH[
+        "fill_uninitialized_memory"]
     backward_threads = PINNED_TORCH["backward_threads"]
     if backward_threads != threads:
         torch.autograd.backward = _on_threads(torch, torch.autograd.backward, backward_threads)
@@ -83,7 +86,7 @@ def _on_threads(torch: Any, function: Callable[..., Any], count: int) -> Callabl
 
 
 def numerics_record() -> dict[str, Any]:
-    env = {key: os.environ.get(key) for key in (*PINNED_ENV, "ATEN_CPU_CAPABILITY")}
+    env = {key: os.environ.get(key) for key in (*PINNED_ENV, "MKL_CBWR", "ATEN_CPU_CAPABILITY")}
     return {"env": env, "torch": dict(PINNED_TORCH)}
 
 
