@@ -23,5 +23,5 @@ def split(count: int, seed: int, held_out: float) -> tuple[np.ndarray, np.ndarra
     """Train and held-out indices; the held-out set depends only on `seed`, not on the
     training seed, so every build of this recipe is judged on the same images."""
     order = np.random.default_rng(seed).permutation(count)
-    cut = int(round(count * (1.0 - held_out)))
+    cut = round(count * (1.0 - held_out))
     return np.sort(order[:cut]), np.sort(order[cut:])

@@ -16,5 +16,5 @@ def load_digits(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def split(count: int, seed: int, held_out: float) -> tuple[np.ndarray, np.ndarray]:
     """Train and held-out indices, fixed by `seed` alone."""
     order = np.random.default_rng(seed).permutation(count)
-    cut = int(round(count * (1.0 - held_out)))
+    cut = round(count * (1.0 - held_out))
     return np.sort(order[:cut]), np.sort(order[cut:])
