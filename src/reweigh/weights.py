@@ -210,5 +210,16 @@ def _rebuild(node: dict[str, Any], tensors: dict[str, Any]) -> Any:
     return body
 
 
-def weights_digest(path: Path) -> str:
-    return file_digest(path)
+def sniff_format(path: Path) -> str:
+    """"safetensors" or "pytorch" (a zip archive or a pickle, to be loaded weights-only);
+    anything else is bad input. Reads only the header and the first bytes."""
+    try:
+        read_header(path)
+        return "safetensors"
+    except WeightsError as not_safetensors:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80":
+            return "pytorch"
+        raise WeightsError(f"{path}: neither a safetensors file nor a PyTorch file "
+                           f"({not_safetensors.message})") from not_safetensors

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..derivation import code_files
-from ..errors import InputError, RecipeError, ReweighError, UsageError
+from ..errors import InputError, RecipeError, UsageError, WeightsError
 from ..policy import gather, licenses
 from ..policy.estimate import DEFAULT_MAX_CORE_HOURS, REFERENCE, Bound, CostEstimate
 from ..policy.evidence import Cost, Evidence, RecipeFacts, from_recipe
@@ -27,7 +27,7 @@ from ..policy.report import PolicyReport, Settings
 from ..progress import QuietReporter, Reporter
 from ..recipe import RECIPE_FILE, Recipe, load_recipe
 from ..store import Store
-from ..weights import read_header
+from ..weights import sniff_format
 from .build import plan, threads_for
 from .estimate import DEFAULT_SECONDS, estimate_plan
 
@@ -144,10 +144,7 @@ def cost_of(estimate: CostEstimate) -> Cost:
 def _refuse_unreadable(path: Path) -> None:
     """A file must at least be a weights file: safetensors, or a PyTorch archive/pickle."""
     try:
-        read_header(path)
-    except ReweighError as e:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-        if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
-            raise UsageError(f"{path}: not a recipe, a safetensors file or a PyTorch "
-                             f"file ({e.message})") from e
+        sniff_format(path)
+    except WeightsError as e:
+        raise UsageError(f"{path}: not a recipe, a safetensors file or a PyTorch "
+                         f"file ({e.message})") from e

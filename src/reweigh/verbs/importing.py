@@ -27,7 +27,7 @@ from ..errors import UsageError, WeightsError
 from ..policy import licenses
 from ..provenance import PREDICATE_TYPE, STATEMENT_TYPE
 from ..store import Store, StoreItem, remove_tree
-from ..weights import read_header, save_tensors
+from ..weights import read_header, save_tensors, sniff_format
 
 IMPORT_BUILD_TYPE = "urn:reweigh:build-type:import:v1"
 IMPORTER_ID = "urn:reweigh:importer:local"
@@ -132,14 +132,7 @@ def _report(item: StoreItem, source: Path, reused: bool) -> ImportReport:
 
 def _convert(source: Path, target: Path) -> tuple[str, tuple[str, ...]]:
     """Copy a safetensors file as is, or convert a PyTorch file loaded weights-only."""
-    try:
-        read_header(source)
-    except WeightsError as not_safetensors:
-        with open(source, "rb") as handle:
-            magic = handle.read(4)
-        if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
-            raise UsageError(f"{source}: neither a safetensors file nor a PyTorch file "
-                             f"({not_safetensors.message})") from not_safetensors
+    if sniff_format(source) == "pytorch":
         return _from_pytorch(source, target)
     shutil.copyfile(source, target)
     return SAFETENSORS, ()
