@@ -52,7 +52,8 @@ def code_files(recipe: Recipe) -> dict[str, Path]:
     root = recipe.directory
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if (not path.is_file() or rel == RECIPE_FILE or "__pycache__" in path.parts
+        if (not path.is_file() or rel in (RECIPE_FILE, recipe.file_name)
+                or "__pycache__" in path.parts
                 or any(part.startswith(".") for part in path.relative_to(root).parts)):
             continue
         if any(fnmatch.fnmatchcase(rel, pattern) for pattern in recipe.code):

@@ -1,6 +1,8 @@
 """recipe.toml -> Recipe: parsing and validation, nothing else.
 
-A recipe is a directory holding `recipe.toml` and the training code beside it.
+A recipe is a directory holding `recipe.toml` and the training code beside it. Other
+`.toml` files in the same directory are variants of it (a quick `smoke.toml`, say):
+given by path, they are read instead of `recipe.toml` and share its code.
 This module turns the TOML into a frozen `Recipe` and refuses anything odd with a
 `RecipeError` naming the file, the field and the reason. It does not touch the
 inputs or the code files (see `inputs` and `derivation`): parsing stays pure
@@ -96,23 +98,30 @@ class Recipe:
     params: dict[str, Any] = field(hash=False)
     evaluate: Evaluation | None = None
     checkpoint_every: int = 0  # 0: the recipe decides when to call ctx.checkpoint
+    file_name: str = RECIPE_FILE  # the variant read, beside the code
 
     @property
     def file(self) -> Path:
-        return self.directory / RECIPE_FILE
+        return self.directory / self.file_name
 
     def input(self, name: str) -> InputSpec:
         return next(spec for spec in self.inputs if spec.name == name)
 
 
+def is_recipe_path(path: Path) -> bool:
+    """A recipe directory, or a recipe file (recipe.toml or a variant) given by path."""
+    return (path.is_dir() and (path / RECIPE_FILE).is_file()) or \
+        (path.suffix == ".toml" and path.is_file())
+
+
 def load_recipe(path: Path | str) -> Recipe:
-    """Read a recipe directory (or its recipe.toml) into a validated Recipe."""
+    """Read a recipe directory (its recipe.toml) or a recipe file into a validated Recipe."""
     path = Path(path)
-    directory = path.parent if path.name == RECIPE_FILE else path
-    file = directory / RECIPE_FILE
+    file = path if path.suffix == ".toml" and not path.is_dir() else path / RECIPE_FILE
+    directory = file.parent
     label = str(file)
     if not file.is_file():
-        raise RecipeError(label, "(file)", "no recipe.toml here")
+        raise RecipeError(label, "(file)", f"no {file.name} here")
     if file.stat().st_size > MAX_RECIPE_BYTES:
         raise RecipeError(label, "(file)", f"larger than {MAX_RECIPE_BYTES} bytes")
     try:
@@ -125,10 +134,11 @@ def load_recipe(path: Path | str) -> Recipe:
         raise RecipeError(label, "(syntax)", "an integer with too many digits") from e
     except RecursionError as e:
         raise RecipeError(label, "(syntax)", "arrays or tables nested too deeply") from e
-    return parse_recipe(data, directory.resolve(), label)
+    return parse_recipe(data, directory.resolve(), label, file.name)
 
 
-def parse_recipe(data: dict[str, Any], directory: Path, label: str) -> Recipe:
+def parse_recipe(data: dict[str, Any], directory: Path, label: str,
+                 file_name: str = RECIPE_FILE) -> Recipe:
     """Validate parsed TOML; pure apart from `directory`, which is only stored."""
     v = _Validator(label)
     v.no_unknown(data, TOP_FIELDS, "")
@@ -153,6 +163,7 @@ def parse_recipe(data: dict[str, Any], directory: Path, label: str) -> Recipe:
         evaluate=_evaluation(v, evaluate) if evaluate else None,
         checkpoint_every=v.integer(build, "checkpoint_every", "build.checkpoint_every", 0,
                                    10**9, required=False) or 0,
+        file_name=file_name,
     )
 
 

@@ -11,6 +11,7 @@ training code's own output can go to the log untouched.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import json
 import os
@@ -19,7 +20,7 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -134,6 +135,30 @@ class BuildContext:
     checkpoint_every: int = 0
     replay: dict[str, Any] | None = None  # {"start": file or None, "stop": step}: a segment
     _metrics: dict[str, Any] = field(default_factory=dict)
+    _pool: Any = None
+
+    def map(self, function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """`function(item)` for every item, spread over up to `threads` worker processes,
+        results in item order. Each call runs on one intra-op thread wherever it runs, so
+        the number of workers cannot change a result. `function` must be defined in a
+        recipe module imported by name (not in the entry point's file), so that workers
+        can import it; items and results travel between processes of this build only."""
+        items = list(items)
+        if self.threads <= 1 or len(items) <= 1:
+            return [_on_one_thread(function, item) for item in items]
+        if self._pool is None:
+            import multiprocessing
+
+            roots = [str(p) for p in self.inputs.values()]
+            self._pool = multiprocessing.get_context("spawn").Pool(
+                self.threads, initializer=_start_worker, initargs=(roots,))
+        return self._pool.map(functools.partial(_on_one_thread, function), items, chunksize=1)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
     def save_weights(self, tensors: Mapping[str, Any],
                      metadata: Mapping[str, str] | None = None) -> Path:
@@ -183,6 +208,24 @@ class BuildContext:
         from safetensors.torch import load_file
 
         return load_file(str(self.inputs[input_name] / "weights.safetensors"))
+
+
+def _on_one_thread(function: Callable[[Any], Any], item: Any) -> Any:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return function(item)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _start_worker(input_roots: list[str]) -> None:
+    """A `ctx.map` worker: the build process's numerics and guards, and it dies with it."""
+    die_with_parent()
+    environment.apply_torch_numerics(1)
+    sys.addaudithook(Guard(input_roots))
 
 
 @dataclass
@@ -240,6 +283,8 @@ def run(spec: dict[str, Any]) -> None:
             load_entry(Path(spec["src"]), spec["entry"])(ctx)
         except ReplayDone:
             return
+        finally:
+            ctx.close()
         if ctx.replay is not None and ctx.replay.get("stop") is not None:
             raise RuntimeError(f"the replay never reached step {ctx.replay['stop']}")
         if not (out / "weights.safetensors").is_file():

@@ -25,7 +25,7 @@ from ..policy.licenses import SOURCES
 from ..policy.policies import POLICIES, judge_all
 from ..policy.report import PolicyReport, Settings
 from ..progress import QuietReporter, Reporter
-from ..recipe import RECIPE_FILE, Recipe, load_recipe
+from ..recipe import Recipe, is_recipe_path, load_recipe
 from ..store import Store
 from ..weights import sniff_format
 from .build import plan, threads_for
@@ -81,8 +81,7 @@ def check(target: Path | str, *, policies: tuple[str, ...] = tuple(POLICIES),
 
 
 def gather_evidence(target: Path, store: Store, options: Options) -> Evidence:
-    if (target.is_dir() and (target / RECIPE_FILE).is_file()) or \
-            (target.name == RECIPE_FILE and target.is_file()):
+    if is_recipe_path(target):
         return recipe_evidence(target, store, options)
     if target.is_file():
         _refuse_unreadable(target)
