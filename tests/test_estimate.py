@@ -1,7 +1,7 @@
 """`reweigh estimate`: time the first seconds of the real build, extrapolate to the whole.
 
-The estimate of examples/digits-cnn is compared with a real build measured in the same
-test. connect4-zero's smoke variant is not compared: that example does not exist yet.
+The estimates of examples/digits-cnn and of connect4-zero's smoke variant are compared
+with real builds measured in the same test.
 Small recipes written on the fly check the FLOP count, the Guix budget and that nothing
 of an estimate run enters the store.
 """
@@ -71,6 +71,25 @@ def test_the_estimate_of_digits_cnn_is_within_a_factor_of_two_of_its_real_build(
     assert 0.5 <= ratio <= 2.0
     assert cost.flops is not None and "FlopCounterMode" in cost.flops_how
     assert [i.path for i in store.items()] == [built.path]  # the estimate added no item
+
+
+@pytest.mark.slow
+def test_the_estimate_of_connect4_zero_smoke_is_within_a_factor_of_two_of_its_real_build(
+        tmp_path: Path) -> None:
+    """Self-play reports progress once a generation: the estimate times the first
+    generations and extrapolates to the rest."""
+    store = Store(tmp_path / "store")
+    smoke = EXAMPLES / "connect4-zero" / "smoke.toml"
+    built = build(smoke, store=store, threads=1)
+    attempt = [a for a in store.attempts(built.derivation) if a["status"] == "built"][-1]
+    real = attempt["ended_at"] - attempt["started_at"]
+    cost = estimate(smoke, store=store, threads=1, seconds=1.0).estimate
+    assert cost.bound is Bound.EXTRAPOLATED, cost.note
+    assert cost.total_steps == 4 and cost.measured_steps < 4
+    ratio = cost.wall_seconds / real
+    print(f"\nconnect4-zero smoke: real build {real:.2f} s, estimate {cost.wall_seconds:.2f} s "
+          f"({cost.measured_steps} generations timed), ratio {ratio:.2f}")
+    assert 0.5 <= ratio <= 2.0
 
 
 

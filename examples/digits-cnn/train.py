@@ -1,8 +1,9 @@
-"""Train DigitsCNN with Adam on the training split; checkpoint once per epoch.
+"""Train DigitsCNN with Adam on the training split, checkpointing every few batches.
 
-The checkpoint holds the whole training state (model, optimiser, both random
-generators, the epoch), and training resumes from one when the builder hands it
-back (`ctx.resume()`), so a verifier can replay any segment of training alone.
+A step is one batch. The checkpoint holds the whole training state (model, optimiser,
+both random generators, this epoch's shuffle and the position in it), and training
+resumes from one when the builder hands it back (`ctx.resume()`), so a verifier can
+replay any few batches of training alone.
 """
 
 from __future__ import annotations
@@ -23,29 +24,31 @@ def train(ctx) -> None:
     model = DigitsCNN(p["channels"], p["hidden"])
     optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
     order = torch.Generator().manual_seed(ctx.seed)
-    first = 1
+    batches = math.ceil(len(y) / p["batch_size"])
+    total = p["epochs"] * batches
+    first, permutation, running = 1, None, 0.0
     if (state := ctx.resume()) is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         order.set_state(state["data_order"])
         torch.set_rng_state(state["torch_rng"])
-        first = state["epoch"] + 1
-    batches = math.ceil(len(y) / p["batch_size"])
-    total = p["epochs"] * batches
-    for epoch in range(first, p["epochs"] + 1):
-        permutation = torch.randperm(len(y), generator=order)
-        running = 0.0
-        for b in range(batches):
-            index = permutation[b * p["batch_size"]:(b + 1) * p["batch_size"]]
-            loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            running += loss.item()
-            ctx.progress((epoch - 1) * batches + b + 1, total, f"epoch {epoch} loss {loss:.3f}")
-        ctx.log_metric("train_loss", running / batches, step=epoch)
-        ctx.checkpoint(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "data_order": order.get_state(),
-                               "torch_rng": torch.get_rng_state(), "epoch": epoch},
-                       final=epoch == p["epochs"])
+        first, permutation, running = state["step"] + 1, state["permutation"], state["running"]
+    for step in range(first, total + 1):
+        epoch, b = divmod(step - 1, batches)
+        if b == 0:
+            permutation, running = torch.randperm(len(y), generator=order), 0.0
+        index = permutation[b * p["batch_size"]:(b + 1) * p["batch_size"]]
+        loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+        ctx.progress(step, total, f"epoch {epoch + 1} loss {loss:.3f}")
+        if b == batches - 1:
+            ctx.log_metric("train_loss", running / batches, step=epoch + 1)
+        ctx.checkpoint(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "data_order": order.get_state(),
+                              "torch_rng": torch.get_rng_state(), "permutation": permutation,
+                              "running": running, "step": step},
+                       final=step == total)
     ctx.save_weights(model.state_dict())

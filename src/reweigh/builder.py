@@ -38,7 +38,8 @@ class ChildResult:
     returncode: int = 0
     environment: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # step, file, digest, at
+    segments_began: list[float] = field(default_factory=list)  # when each replay started
     evaluations: dict[int, dict[str, Any]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     error: str | None = None
@@ -192,7 +193,10 @@ def _dispatch(line: str, result: ChildResult, reporter: Reporter) -> None:
     elif kind == "metric":
         result.metrics.append({k: event.get(k) for k in ("name", "value", "step")})
     elif kind == "checkpoint":
-        result.checkpoints.append({k: event[k] for k in ("step", "file", "digest")})
+        result.checkpoints.append({**{k: event[k] for k in ("step", "file", "digest")},
+                                   "at": time.monotonic()})
+    elif kind == "segment":
+        result.segments_began.append(time.monotonic())
     elif kind == "evaluation":
         result.evaluations[int(event["index"])] = {
             "metrics": event.get("metrics", {}), "predictions": event.get("predictions", [])}

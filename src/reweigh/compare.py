@@ -11,8 +11,10 @@ across environments, and then to weights *and* behaviour together.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -110,6 +112,26 @@ def _distances(va: np.ndarray, vb: np.ndarray) -> tuple[float, float, float]:
         diff_sq += float(np.dot(delta, delta))
         ref_sq += float(np.dot(ca, ca))
     return max_abs, diff_sq, ref_sq
+
+
+def value_drift(a: Any, b: Any) -> float:
+    """How far two JSON values of the same structure (checkpoint skeletons) are apart:
+    the largest relative difference of their floats, 0 when equal, infinite when their
+    structure or any non-float value differs."""
+    if isinstance(a, float) and isinstance(b, float):
+        if a == b:
+            return 0.0
+        scale = max(abs(a), abs(b))
+        return abs(a - b) / scale if math.isfinite(scale) else math.inf
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return math.inf
+        return max((value_drift(a[k], b[k]) for k in a), default=0.0)
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return math.inf
+        return max((value_drift(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
+    return 0.0 if type(a) is type(b) and a == b else math.inf
 
 
 def behaviour_of(predictions_a: list[int], predictions_b: list[int], metric: str,

@@ -44,7 +44,9 @@ PINNED_TORCH: dict[str, Any] = {
 }
 ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
              "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve")
-PACKAGES = ("torch", "numpy", "scikit-learn", "safetensors", "reweigh")
+# pillow decodes the images of adapted recipes (reweigh adapt), so its version is recorded
+PACKAGES = ("torch", "numpy", "scikit-learn", "safetensors", "pillow", "reweigh")
+PASSED_THROUGH = ("ATEN_CPU_CAPABILITY",)
 FINGERPRINT_FIELDS = ("python", "packages", "blas", "cpu_arch", "isa", "cpu_capability",
                       "numerics")
 
@@ -52,8 +54,11 @@ FINGERPRINT_FIELDS = ("python", "packages", "blas", "cpu_arch", "isa", "cpu_capa
 def build_env(threads: int) -> dict[str, str]:
     """Thread counts and pinned numerics for the child's environment."""
     count = str(threads)
+    # A kernel set chosen by the user (to build as a machine without AVX-512 would, say)
+    # passes through; the environment record then names it, so it is never hidden.
+    chosen = {key: os.environ[key] for key in PASSED_THROUGH if os.environ.get(key)}
     return {**PINNED_ENV, "OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count,
-            "OPENBLAS_NUM_THREADS": count}
+            "OPENBLAS_NUM_THREADS": count, **chosen}
 
 
 def apply_torch_numerics(threads: int) -> None:

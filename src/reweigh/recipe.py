@@ -76,6 +76,7 @@ class Tolerance:
     agreement: float = 0.995
     metric: str = "accuracy"
     metric_delta: float = 0.005
+    segment_rel_l2: float | None = None  # one replayed segment's drift (verify); None: derived
 
 
 @dataclass(frozen=True)
@@ -232,8 +233,8 @@ def _package_resource(v: _Validator, entry: dict[str, Any], where: str) -> str:
 def _evaluation(v: _Validator, table: dict[str, Any]) -> Evaluation:
     v.no_unknown(table, {"entry", "tolerance"}, "evaluate")
     tol = v.table(table, "tolerance", required=False, where="evaluate.tolerance")
-    v.no_unknown(tol, {"weights_rel_l2", "agreement", "metric", "metric_delta"},
-                 "evaluate.tolerance")
+    v.no_unknown(tol, {"weights_rel_l2", "agreement", "metric", "metric_delta",
+                       "segment_rel_l2"}, "evaluate.tolerance")
     default = Tolerance()
     return Evaluation(
         entry=v.entry(table, "entry", "evaluate.entry"),
@@ -243,6 +244,8 @@ def _evaluation(v: _Validator, table: dict[str, Any]) -> Evaluation:
             metric=v.string(tol, "metric", required=False, where="evaluate.tolerance.metric")
             or default.metric,
             metric_delta=v.fraction(tol, "metric_delta", default.metric_delta),
+            segment_rel_l2=v.fraction(tol, "segment_rel_l2", -1.0) if "segment_rel_l2" in tol
+            else None,
         ),
     )
 

@@ -275,27 +275,37 @@ def run(spec: dict[str, Any]) -> None:
     emit("environment", record=environment.capture(threads, spec["network"]))
     sys.path.insert(0, spec["src"])
     if spec["mode"] == "build":
+        train = load_entry(Path(spec["src"]), spec["entry"])
         out = Path(spec["out"])
-        seed_everything(spec["seed"])
-        ctx = BuildContext(inputs, spec["params"], spec["seed"], out, threads,
-                           spec["checkpoint_every"], spec.get("replay"))
-        try:
-            load_entry(Path(spec["src"]), spec["entry"])(ctx)
-        except ReplayDone:
-            return
-        finally:
-            ctx.close()
-        if ctx.replay is not None and ctx.replay.get("stop") is not None:
-            raise RuntimeError(f"the replay never reached step {ctx.replay['stop']}")
-        if not (out / "weights.safetensors").is_file():
-            raise RuntimeError("the entry point returned without calling ctx.save_weights")
-        if spec.get("evaluate"):
+        for replay in spec.get("replays") or [None]:
+            _train(spec, train, inputs, out, replay)
+        if spec.get("evaluate") and not spec.get("replays"):
             result = evaluate(spec, inputs, out / "weights.safetensors")
             emit("evaluation", index=0, metrics=result["metrics"])
     else:
         for index, weights in enumerate(spec["weights"]):
             result = evaluate(spec, inputs, Path(weights))
             emit("evaluation", index=index, **result)
+
+
+def _train(spec: dict[str, Any], train: Callable[[BuildContext], Any],
+           inputs: dict[str, Path], out: Path, replay: dict[str, Any] | None) -> None:
+    """The whole training, or one replayed segment of it (from a fresh seeding, as in a
+    process of its own: a segment may only depend on the checkpoint it starts from)."""
+    seed_everything(spec["seed"])
+    ctx = BuildContext(inputs, spec["params"], spec["seed"], out, int(spec["threads"]),
+                       spec["checkpoint_every"], replay)
+    emit("segment", start=(replay or {}).get("start"), stop=(replay or {}).get("stop"))
+    try:
+        train(ctx)
+    except ReplayDone:
+        return
+    finally:
+        ctx.close()
+    if replay is not None and replay.get("stop") is not None:
+        raise RuntimeError(f"the replay never reached step {replay['stop']}")
+    if not (out / "weights.safetensors").is_file():
+        raise RuntimeError("the entry point returned without calling ctx.save_weights")
 
 
 def main() -> None:

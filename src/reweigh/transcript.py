@@ -33,6 +33,7 @@ class Transcript:
     derivation: str
     checkpoint_every: int
     checkpoints: tuple[Checkpoint, ...]
+    environment: dict[str, Any] | None = None  # where it was recorded; None: not said
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,11 @@ def parse(data: Any, label: str) -> Transcript:
     if steps != sorted(set(steps)) or steps[0] <= 0:
         raise UsageError(f"{label}: checkpoints: steps must be positive and increasing")
     every = data.get("checkpoint_every", 0)
+    environment = data.get("environment")
+    if environment is not None and not isinstance(environment, dict):
+        raise UsageError(f"{label}: environment: expected an environment record (an object)")
     return Transcript(data["derivation"], every if isinstance(every, int) else 0,
-                      tuple(checkpoints))
+                      tuple(checkpoints), environment)
 
 
 def broken_links(transcript: Transcript) -> list[int]:

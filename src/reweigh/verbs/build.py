@@ -189,7 +189,8 @@ def _write_item_files(the_plan: Plan, out: Path, run: dict[str, Any], metrics: d
         {"evaluation": metrics, "training": _last_values(result.metrics),
          "history": result.metrics}, indent=2) + "\n")
     (out / "transcript.json").write_text(json.dumps(
-        _transcript(drv, recipe.checkpoint_every, result.checkpoints), indent=2) + "\n")
+        _transcript(drv, recipe.checkpoint_every, result.checkpoints, result.environment),
+        indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(
         provenance.model_card(recipe, drv, the_plan.inputs, run, metrics))
 
@@ -198,6 +199,8 @@ def _last_values(history: list[dict[str, Any]]) -> dict[str, float]:
     return {entry["name"]: entry["value"] for entry in history}
 
 
-def _transcript(drv: Derivation, every: int, checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
+def _transcript(drv: Derivation, every: int, checkpoints: list[dict[str, Any]],
+                environment: dict[str, Any]) -> dict[str, Any]:
+    entries = [{k: c[k] for k in ("step", "file", "digest")} for c in checkpoints]
     return {"format": transcript.FORMAT, "derivation": drv.digest, "checkpoint_every": every,
-            "checkpoints": transcript.chain(drv.digest, checkpoints)}
+            "environment": environment, "checkpoints": transcript.chain(drv.digest, entries)}

@@ -2,30 +2,39 @@
 
 Before any replay, every checkpoint file must have its recorded digest and the
 chain must hold; a transcript of another derivation is refused. Then K random
-segments and always the last are replayed from their published starting state,
-in a sandboxed build process, and each replayed end state is compared with the
-next published checkpoint (bit for bit: this verifier and the transcript must
-share an environment; across environments the check is not done yet). The last
-segment runs training to its end, so its weights must also equal the weights
-being verified: fine-tuning after training is caught there.
+segments and always the last are replayed from their published starting states,
+one after the other in a single sandboxed build process (its start-up is paid once),
+and each replayed end state is compared with the next published checkpoint. On the
+environment the transcript was recorded on (or when it names none) the comparison is
+bit for bit. On another environment, floating-point results legitimately drift a
+little, so each segment may drift by the recipe's per-segment tolerance: the drift of
+one segment, not of the whole training, which is far smaller and so leaves a forger
+far less room. The last segment runs training to its end, so its weights must also be
+the weights being verified: fine-tuning after training is caught there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import secrets
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import transcript as tr
-from ..builder import child_spec, raise_for_failure, run_child, stage_source
+from ..builder import ChildResult, child_spec, raise_for_failure, run_child, stage_source
+from ..compare import EnvRelation, compare_files, value_drift
 from ..derivation import Derivation
 from ..digest import file_digest
+from ..environment import fingerprint
 from ..errors import BuildError, UsageError
 from ..progress import QuietReporter, Reporter
+from ..recipe import Recipe, Tolerance, load_recipe
 from ..store import Store, remove_tree
+from ..weights import read_header
 from .build import plan, threads_for
 
 
@@ -39,6 +48,7 @@ class SegmentResult:
     holds: bool
     seconds: float
     note: str = ""
+    drift: float | None = None  # worst relative L2 of a state tensor (another environment)
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class VerifyReport:
     problems: tuple[str, ...]
     results: tuple[SegmentResult, ...]
     compute_fraction: float  # replayed training steps / all training steps
+    environment: str = "same"  # same | unknown | other: where the transcript was recorded
+    tolerance: float = 0.0  # the per-segment drift allowed on another environment
 
     @property
     def holds(self) -> bool:
@@ -63,7 +75,8 @@ class VerifyReport:
                 "transcript": str(self.transcript), "segments_total": self.segments_total,
                 "seed": self.seed, "chain_ok": self.chain_ok, "problems": list(self.problems),
                 "segments": [vars(r) for r in self.results],
-                "compute_fraction": self.compute_fraction}
+                "compute_fraction": self.compute_fraction, "environment": self.environment,
+                "tolerance": self.tolerance}
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class _Subject:
     derivation: Derivation
     source: dict[str, Path]
     inputs: dict[str, Path]
+    tolerance: Tolerance
 
 
 def verify(target: Path | str, transcript: Path | str, *, spot: int, seed: int | None = None,
@@ -95,12 +109,31 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int, seed: int |
         return VerifyReport(Path(target), parsed.derivation, transcript, len(all_segments), seed,
                             False, tuple(problems), (), 0.0)
     chosen = tr.choose(all_segments, spot, seed)
-    results = tuple(_replay(subject, segment, transcript.parent, store, threads, reporter)
-                    for segment in chosen)
     total = parsed.checkpoints[-1].step
+    tolerance = segment_tolerance(subject.tolerance, total, max(s.steps for s in chosen))
+    with _replayed(subject, chosen, transcript.parent, store, threads, reporter) as replay:
+        relation = _relation(parsed.environment, replay.result.environment)
+        allowed = tolerance if relation is EnvRelation.OTHER else 0.0
+        results = tuple(_judge(subject, segment, transcript.parent, replay, allowed)
+                        for segment in chosen)
     fraction = sum(s.steps for s in chosen) / total
     return VerifyReport(Path(target), parsed.derivation, transcript, len(all_segments), seed,
-                        True, (), results, fraction)
+                        True, (), results, fraction, relation.value, allowed)
+
+
+def segment_tolerance(tolerance: Tolerance, total_steps: int, segment_steps: int) -> float:
+    """The drift one segment may show on another environment: the recipe's own
+    `segment_rel_l2`, else its end-to-end `weights_rel_l2` scaled down as drift that
+    accumulates like a random walk would be (by the square root of the step share)."""
+    if tolerance.segment_rel_l2 is not None:
+        return tolerance.segment_rel_l2
+    return tolerance.weights_rel_l2 * math.sqrt(segment_steps / total_steps)
+
+
+def _relation(recorded: dict[str, Any] | None, local: dict[str, Any]) -> EnvRelation:
+    if not recorded:
+        return EnvRelation.UNKNOWN
+    return EnvRelation.SAME if fingerprint(recorded) == fingerprint(local) else EnvRelation.OTHER
 
 
 def _load(path: Path) -> tr.Transcript:
@@ -116,7 +149,8 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
         if not target.is_file():
             raise UsageError(f"{target}: no such weights file")
         the_plan = plan(recipe, store)
-        return _Subject(target, the_plan.derivation, the_plan.code, the_plan.input_paths)
+        return _Subject(target, the_plan.derivation, the_plan.code, the_plan.input_paths,
+                        _tolerance(the_plan.recipe))
     if target.is_file():
         raise UsageError(f"{target}: a weights file needs --recipe to say how it was built")
     item = store.resolve(str(target))
@@ -130,7 +164,12 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
         if found is None:
             raise UsageError(f"input {name} ({entry['digest']}) is not in the store")
         inputs[name] = found
-    return _Subject(item.weights, Derivation(item.derivation, record), code, inputs)
+    return _Subject(item.weights, Derivation(item.derivation, record), code, inputs,
+                    _tolerance(load_recipe(source / "recipe.toml")))
+
+
+def _tolerance(recipe: Recipe) -> Tolerance:
+    return recipe.evaluate.tolerance if recipe.evaluate else Tolerance()
 
 
 def _chain_problems(parsed: tr.Transcript, folder: Path) -> list[str]:
@@ -146,37 +185,87 @@ def _chain_problems(parsed: tr.Transcript, folder: Path) -> list[str]:
     return problems
 
 
-def _replay(subject: _Subject, segment: tr.Segment, folder: Path, store: Store, threads: int,
-            reporter: Reporter) -> SegmentResult:
-    start_step = segment.start.step if segment.start else 0
-    reporter.stage(f"replaying steps {start_step}..{segment.stop.step}"
-                   + (" (the last segment)" if segment.last else ""))
+@dataclass
+class _Replay:
+    out: Path
+    result: ChildResult
+    began: dict[int, float]  # segment stop step -> when its replay started
+
+
+@contextlib.contextmanager
+def _replayed(subject: _Subject, chosen: list[tr.Segment], folder: Path, store: Store,
+              threads: int, reporter: Reporter) -> Iterator[_Replay]:
+    """Replay the chosen segments in one sandboxed process; its output lives as long
+    as the caller judges it."""
+    reporter.stage(f"replaying {len(chosen)} segments: "
+                   + ", ".join(f"{(s.start.step if s.start else 0)}..{s.stop.step}"
+                               for s in chosen))
     work = store.new_build_dir(subject.derivation.digest)
-    began = time.monotonic()
     try:
         out = work / "out"
         out.mkdir()
-        replay = {"start": str(folder / segment.start.file) if segment.start else None,
-                  "stop": None if segment.last else segment.stop.step}
+        replays = [{"start": str(folder / s.start.file) if s.start else None,
+                    "stop": None if s.last else s.stop.step} for s in chosen]
         record = {**subject.derivation.record, "evaluate": None}
         spec = child_spec(record, stage_source(subject.source, work), subject.inputs, threads,
-                          out=str(out), replay=replay)
+                          out=str(out), replays=replays)
         log = work / "replay.log"
         result = run_child(spec, work, log, reporter)
         try:
-            raise_for_failure(result, log, f"replaying segment {segment.index}")
+            raise_for_failure(result, log, "replaying segments")
         except BuildError as e:
-            kept = store.keep_log(log, f"{subject.derivation.item_name}-replay-{segment.index}")
+            kept = store.keep_log(log, f"{subject.derivation.item_name}-replay")
             e.hint = f"log: {kept}"
             raise
-        replayed = next((c["digest"] for c in result.checkpoints
-                         if c["step"] == segment.stop.step), None)
-        holds, note = replayed == segment.stop.digest, ""
-        if segment.last and holds:
-            weights = out / "weights.safetensors"
-            holds = weights.is_file() and file_digest(weights) == file_digest(subject.weights)
-            note = "" if holds else "the final weights are not what training produces"
-        return SegmentResult(segment.index, start_step, segment.stop.step, segment.stop.digest,
-                             replayed, holds, time.monotonic() - began, note)
+        began = {s.stop.step: at for s, at in zip(chosen, result.segments_began, strict=False)}
+        yield _Replay(out, result, began)
     finally:
         remove_tree(work)
+
+
+def _judge(subject: _Subject, segment: tr.Segment, folder: Path, replay: _Replay,
+           allowed: float) -> SegmentResult:
+    made = next((c for c in replay.result.checkpoints if c["step"] == segment.stop.step), None)
+    start_step = segment.start.step if segment.start else 0
+    seconds = (made["at"] - replay.began[segment.stop.step]) if made else 0.0
+    if made is None:
+        return SegmentResult(segment.index, start_step, segment.stop.step, segment.stop.digest,
+                             None, False, seconds, "the replay made no checkpoint there")
+    holds, note, drift = made["digest"] == segment.stop.digest, "", None
+    if not holds and allowed > 0:
+        drift = _drift(replay.out / made["file"], folder / segment.stop.file)
+        holds = drift <= allowed
+        note = f"drift {drift:.2e} {'within' if holds else 'beyond'} {allowed:.2e}"
+    if segment.last and holds:
+        weights = replay.out / "weights.safetensors"
+        holds = weights.is_file() and _same_weights(weights, subject.weights, allowed)
+        note = note if holds else "the final weights are not what training produces"
+    return SegmentResult(segment.index, start_step, segment.stop.step, segment.stop.digest,
+                         made["digest"], holds, seconds, note, drift)
+
+
+def _drift(replayed: Path, published: Path) -> float:
+    """The worst relative L2 distance over the two states' tensors; infinite when their
+    structure (the non-tensor values, the tensor names, shapes and types) differs."""
+    a, b = read_header(replayed), read_header(published)
+    if a.metadata.keys() != b.metadata.keys():
+        return math.inf
+    values = max((value_drift(_json(a.metadata[k]), _json(b.metadata[k])) for k in a.metadata),
+                 default=0.0)
+    diffs = compare_files(a, b)
+    if any(d.status not in ("identical", "changed") for d in diffs):
+        return math.inf
+    return max([values, *(d.rel_l2 for d in diffs)])
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _same_weights(replayed: Path, published: Path, allowed: float) -> bool:
+    if file_digest(replayed) == file_digest(published):
+        return True
+    return allowed > 0 and _drift(replayed, published) <= allowed

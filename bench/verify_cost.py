@@ -1,0 +1,57 @@
+"""What checking a transcript costs against rebuilding: `verify --spot K` with K = 5% of
+the segments, beside a full `build --check`, in one run. Budget: <= 10%.
+
+For each recipe: build it once into a fresh store (not timed), then time, as fresh
+processes the way a user runs them, `reweigh build RECIPE --check` (a whole second
+training run, compared bit for bit) and `reweigh verify ITEM --transcript ... --spot K`
+(K random segments plus the last, in one sandboxed process).
+
+Usage: python bench/verify_cost.py [RECIPE ...]   (default: digits-cnn and connect4-zero)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = [ROOT / "examples" / "digits-cnn", ROOT / "examples" / "connect4-zero"]
+
+
+def reweigh(*args: str) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "reweigh.cli.main", *args],
+                          capture_output=True, text=True, check=False)
+    if done.returncode not in (0, 1):
+        raise SystemExit(done.stderr)
+    return time.perf_counter() - started, done.stdout
+
+
+def main() -> None:
+    recipes = [Path(a) for a in sys.argv[1:]] or DEFAULT
+    for recipe in recipes:
+        with tempfile.TemporaryDirectory() as scratch:
+            store = str(Path(scratch) / "store")
+            _, out = reweigh("build", str(recipe), "--json", "--store", store)
+            item = Path(json.loads(out)["path"])
+            segments = len(json.loads((item / "transcript.json").read_text())["checkpoints"])
+            spot = max(1, math.ceil(0.05 * segments))
+            check, _ = reweigh("build", str(recipe), "--check", "--store", store)
+            spent, out = reweigh("verify", str(item), "--transcript",
+                                 str(item / "transcript.json"), "--spot", str(spot),
+                                 "--seed", "1", "--json", "--store", store)
+            report = json.loads(out)
+        print(f"{recipe.name}: {segments} segments, --spot {spot} (+ the last)")
+        print(f"  build --check: {check:7.1f} s")
+        print(f"  verify:        {spent:7.1f} s  ({spent / check:.1%} of build --check; "
+              f"replayed {report['compute_fraction']:.1%} of the training steps; "
+              f"verdict {report['verdict']})   budget <= 10%")
+
+
+if __name__ == "__main__":
+    main()
