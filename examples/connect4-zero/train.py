@@ -35,14 +35,18 @@ def train(ctx) -> None:
         window = [{k: np.asarray(v) for k, v in g.items()} for g in state["window"]]
         first = state["generation"] + 1
     for generation in range(first, p["generations"] + 1):
+        # progress in half-generations: self-play, then training
+        halves = 2 * p["generations"]
         games = ctx.map(selfplay.play_shard, _shard_tasks(ctx, model, generation))
+        plies = np.concatenate([g["plies"] for g in games])
+        ctx.progress(2 * generation - 1, halves,
+                     f"generation {generation}: played {len(plies)} games")
         window = [*window, _merge(games)][-p["window"]:]
         loss = _fit(model, optimizer, window, order, p)
-        plies = np.concatenate([g["plies"] for g in games])
         ctx.log_metric("loss", loss, step=generation)
         ctx.log_metric("mean_game_plies", float(plies.mean()), step=generation)
-        ctx.progress(generation, p["generations"],
-                     f"generation {generation} loss {loss:.3f} plies {plies.mean():.1f}")
+        ctx.progress(2 * generation, halves,
+                     f"generation {generation}: loss {loss:.3f}, {plies.mean():.1f} plies a game")
         ctx.checkpoint(generation, {"model": model.state_dict(),
                                     "optimizer": optimizer.state_dict(),
                                     "data_order": order.get_state(),
