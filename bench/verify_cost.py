@@ -6,11 +6,14 @@ processes the way a user runs them, `reweigh build RECIPE --check` (a whole seco
 training run, compared bit for bit) and `reweigh verify ITEM --transcript ... --spot K`
 (K random segments plus the last, in one sandboxed process).
 
-Usage: python bench/verify_cost.py [RECIPE ...]   (default: digits-cnn and connect4-zero)
+Usage: python bench/verify_cost.py [--store DIR] [RECIPE ...]
+(default: digits-cnn and connect4-zero; with --store, a recipe already built there is
+not built again)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -33,10 +36,13 @@ def reweigh(*args: str) -> tuple[float, str]:
 
 
 def main() -> None:
-    recipes = [Path(a) for a in sys.argv[1:]] or DEFAULT
-    for recipe in recipes:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", help="a store to build in and keep (default: a fresh one)")
+    parser.add_argument("recipes", nargs="*", type=Path, default=DEFAULT)
+    args = parser.parse_args()
+    for recipe in args.recipes:
         with tempfile.TemporaryDirectory() as scratch:
-            store = str(Path(scratch) / "store")
+            store = args.store or str(Path(scratch) / "store")
             _, out = reweigh("build", str(recipe), "--json", "--store", store)
             item = Path(json.loads(out)["path"])
             segments = len(json.loads((item / "transcript.json").read_text())["checkpoints"])
