@@ -72,6 +72,20 @@ def masked_softmax(logits: np.ndarray, legal: list[int]) -> np.ndarray:
     return chosen / chosen.sum()
 
 
+def pack(planes: np.ndarray) -> np.ndarray:
+    """(N, 3, 6, 7) planes as (N, 11) bytes: the two stone planes, a bit per cell (the
+    third plane is all ones). Self-play keeps its games this way: checkpoints carry the
+    replay window, and bits are a sixth of the size."""
+    return np.packbits(planes[:, :2].reshape(len(planes), -1), axis=1)
+
+
+def unpack(packed: np.ndarray) -> np.ndarray:
+    stones = np.unpackbits(packed, axis=1, count=2 * ROWS * COLS)
+    planes = np.ones((len(packed), PLANES, ROWS, COLS), dtype=np.uint8)
+    planes[:, :2] = stones.reshape(len(packed), 2, ROWS, COLS)
+    return planes
+
+
 def load_model(weights: dict, shape: dict) -> Connect4Net:
     """A network from a weights mapping (numpy arrays or tensors)."""
     model = Connect4Net(**shape)

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from board import COLS, Position
+from board import Position
 from mcts import Node, best_move, expand_roots, sampled_move, search
-from net import Evaluator, encode, load_model
+from net import Evaluator, encode, load_model, pack
 
 
 def play_shard(task: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -34,7 +34,7 @@ def play_shard(task: dict[str, Any]) -> dict[str, np.ndarray]:
         for g in live:
             root = roots[g]
             counts = root.visit_counts()
-            history[g].append((root.position, counts / counts.sum()))
+            history[g].append((root.position, counts))
             explore = root.position.ply < s["temperature_plies"]
             column = sampled_move(root, rngs[g]) if explore else best_move(root)
             roots[g] = root.after(column)
@@ -44,20 +44,16 @@ def play_shard(task: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def _samples(history: list[list[tuple[Position, np.ndarray]]],
              final: list[float | None]) -> dict[str, np.ndarray]:
-    positions, policies, values = [], [], []
+    """Positions (packed planes), the search's visit counts (the policy target) and the
+    result for the player to move (the value target), compactly: see `net.pack`."""
+    positions, visits, values = [], [], []
     for moves, result in zip(history, final, strict=True):
         assert result is not None
         # the result is for the player to move at the end; alternate back through the game
-        for back, (position, policy) in enumerate(reversed(moves)):
+        for back, (position, counts) in enumerate(reversed(moves)):
             positions.append(position)
-            policies.append(policy)
+            visits.append(counts)
             values.append(result if back % 2 == 1 else -result)
-    return {"planes": encode(positions), "policy": np.array(policies, dtype=np.float32),
-            "value": np.array(values, dtype=np.float32),
+    return {"planes": pack(encode(positions)), "visits": np.array(visits, dtype=np.uint16),
+            "value": np.array(values, dtype=np.int8),
             "plies": np.array([len(m) for m in history], dtype=np.int64)}
-
-
-def empty_samples() -> dict[str, np.ndarray]:
-    return {"planes": np.zeros((0, 3, 6, COLS), np.uint8),
-            "policy": np.zeros((0, COLS), np.float32), "value": np.zeros(0, np.float32),
-            "plies": np.zeros(0, np.int64)}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import selfplay
 import torch
-from net import Connect4Net, shape_of
+from net import Connect4Net, shape_of, unpack
 
 
 def train(ctx) -> None:
@@ -72,9 +72,10 @@ def _merge(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def _fit(model: Connect4Net, optimizer: torch.optim.Optimizer, window: list[dict[str, Any]],
          order: torch.Generator, p: dict[str, Any]) -> float:
     """`train_steps` minibatches from the window, each position mirrored at random."""
-    planes = torch.from_numpy(np.concatenate([g["planes"] for g in window])).float()
-    policy = torch.from_numpy(np.concatenate([g["policy"] for g in window]))
-    value = torch.from_numpy(np.concatenate([g["value"] for g in window]))
+    planes = torch.from_numpy(unpack(np.concatenate([g["planes"] for g in window]))).float()
+    visits = torch.from_numpy(np.concatenate([g["visits"] for g in window]).astype(np.float32))
+    policy = visits / visits.sum(dim=1, keepdim=True)
+    value = torch.from_numpy(np.concatenate([g["value"] for g in window]).astype(np.float32))
     model.train()
     total = 0.0
     for _ in range(p["train_steps"]):
