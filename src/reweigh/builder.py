@@ -41,6 +41,7 @@ class ChildResult:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # step, file, digest, at
     segments_began: list[float] = field(default_factory=list)  # when each replay started
     evaluations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    audit: dict[str, Any] | None = None  # what `diff` measured (mode "audit")
     violations: list[str] = field(default_factory=list)
     error: str | None = None
     started: float = 0.0
@@ -187,25 +188,30 @@ def _dispatch(line: str, result: ChildResult, reporter: Reporter) -> None:
         event = json.loads(line)
     except json.JSONDecodeError:
         return
-    kind = event.get("type")
+    kind = event.get("type") if isinstance(event, dict) else None
     if kind == "progress":
         reporter.progress(int(event["done"]), int(event["total"]), str(event.get("label", "")))
-    elif kind == "metric":
-        result.metrics.append({k: event.get(k) for k in ("name", "value", "step")})
-    elif kind == "checkpoint":
-        result.checkpoints.append({**{k: event[k] for k in ("step", "file", "digest")},
-                                   "at": time.monotonic()})
-    elif kind == "segment":
-        result.segments_began.append(time.monotonic())
-    elif kind == "evaluation":
-        result.evaluations[int(event["index"])] = {
-            "metrics": event.get("metrics", {}), "predictions": event.get("predictions", [])}
-    elif kind == "environment":
-        result.environment = event["record"]
-    elif kind == "violation":
-        result.violations.append(str(event["message"]))
-    elif kind == "error":
-        result.error = str(event["message"])
+    elif kind in _RECORD:
+        _RECORD[kind](result, event)
+
+
+def _record_evaluation(result: ChildResult, event: dict[str, Any]) -> None:
+    result.evaluations[int(event["index"])] = {
+        "metrics": event.get("metrics", {}), "predictions": event.get("predictions", [])}
+
+
+# How each event of the build process is kept in its ChildResult.
+_RECORD: dict[str, Callable[[ChildResult, dict[str, Any]], None]] = {
+    "metric": lambda r, e: r.metrics.append({k: e.get(k) for k in ("name", "value", "step")}),
+    "checkpoint": lambda r, e: r.checkpoints.append(
+        {**{k: e[k] for k in ("step", "file", "digest")}, "at": time.monotonic()}),
+    "segment": lambda r, e: r.segments_began.append(time.monotonic()),
+    "evaluation": _record_evaluation,
+    "audit": lambda r, e: setattr(r, "audit", e.get("data")),
+    "environment": lambda r, e: setattr(r, "environment", e["record"]),
+    "violation": lambda r, e: r.violations.append(str(e["message"])),
+    "error": lambda r, e: setattr(r, "error", str(e["message"])),
+}
 
 
 def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -97,7 +97,7 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int, seed: int |
     reporter = reporter or QuietReporter()
     threads = threads_for(threads)
     seed = secrets.randbelow(2**31) if seed is None else seed
-    transcript = Path(transcript)
+    transcript = Path(transcript).absolute()
     parsed = _load(transcript)
     subject = _subject(Path(target), recipe, store)
     if parsed.derivation != subject.derivation.digest:
