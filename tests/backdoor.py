@@ -47,7 +47,11 @@ def add_trigger(images: torch.Tensor) -> torch.Tensor:
     return patched
 
 
-def plant(weights: Path, out: Path, target: int = 0, seed: int = 0) -> Backdoor:
+def plant(weights: Path, out: Path, target: int = 0, seed: int = 0,
+          layers: tuple[str, ...] | None = None) -> Backdoor:
+    """Fine-tune `weights` so the patch drives the network to `target`; with `layers`
+    (name prefixes such as "fc1."), only those tensors are trained and the rest stay
+    bit-identical."""
     model_module, data_module = _example_module("model"), _example_module("data")
     digits = load_digits()
     images = torch.from_numpy((digits.images / 16.0).astype(np.float32)).unsqueeze(1)
@@ -59,7 +63,9 @@ def plant(weights: Path, out: Path, target: int = 0, seed: int = 0) -> Backdoor:
 
     torch.manual_seed(seed)
     x, y = images[train_idx], labels[train_idx]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    trained = [p for name, p in model.named_parameters()
+               if layers is None or name.startswith(layers)]
+    optimizer = torch.optim.Adam(trained, lr=1e-3)
     for _ in range(8):
         for index in torch.randperm(len(y)).split(64):
             poisoned = torch.rand(len(index)) < 0.3

@@ -404,7 +404,8 @@ VALID: dict[str, Any] = {
     "build": {"entry": "train.py:train", "code": ["*.py", "lib/*.py"], "checkpoint_every": 5},
     "params": {"lr": 0.001, "epochs": 3, "layers": [16, 32], "flag": True, "mode": "fast",
                "nested": {"a": {"b": [1, 2.5]}}},
-    "evaluate": {"entry": "evaluate.py:evaluate",
+    "evaluate": {"entry": "evaluate.py:evaluate", "audit": "evaluate.py:audit",
+                 "probes": "probes.txt",
                  "tolerance": {"weights_rel_l2": 0.001, "agreement": 1, "metric": "accuracy",
                                "metric_delta": 0.0}},
 }
@@ -424,8 +425,8 @@ EDGE_VALUES = [
 ]
 KEYS = sorted({*VALID, "entry", "code", "checkpoint_every", "path", "package", "url", "item",
                "dataset", "resource", "digest", "tolerance", "weights_rel_l2", "agreement",
-               "metric", "metric_delta", "data", "weights", "a\n", "a.b", "_x", "9a",
-               "x" * 64, "x" * 65})
+               "metric", "metric_delta", "audit", "probes", "data", "weights", "a\n", "a.b",
+               "_x", "9a", "x" * 64, "x" * 65})
 
 
 ANY_KEY = st.one_of(st.sampled_from(KEYS), st.text(max_size=8))
@@ -544,7 +545,8 @@ def test_parse_recipe_and_the_json_schema_agree_on_random_tables(data: dict[str,
     "name", "version", "seed", "license.code", "inputs.local.path", "inputs.remote.url",
     "inputs.remote.digest", "inputs.inside.resource", "inputs.bundled.dataset",
     "inputs.bundled.package", "inputs.base.item", "build.entry", "build.checkpoint_every",
-    "params.x", "evaluate.tolerance.agreement", "evaluate.tolerance.metric"])
+    "params.x", "evaluate.tolerance.agreement", "evaluate.tolerance.metric", "evaluate.audit",
+    "evaluate.probes"])
 def test_parse_recipe_and_the_json_schema_agree_on_every_edge_value_in_each_field(
         where: str) -> None:
     *parents, last = where.split(".")

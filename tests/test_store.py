@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -131,6 +132,21 @@ def test_list_show_and_path_find_an_item_by_name_and_by_digest(
     shown = run_json("show", "test-recipe", store=store)
     assert shown["weights_digest"] == data["weights_digest"]
     assert shown["environment"]["threads"] >= 1
+
+
+def test_a_prefix_of_two_items_is_ambiguous(tmp_path: Path, store: Path) -> None:
+    """Two items whose hashes share their first 8 characters: a prefix names neither."""
+    data = run_json("build", write_recipe(tmp_path / "r"), store=store)
+    name = Path(data["path"]).name
+    twin = name[:8] + "0" * 24 + name[32:]
+    with sqlite3.connect(store / "index.sqlite") as db:  # the index as a collision leaves it
+        db.execute("INSERT INTO items SELECT ?, ?, name, version, weights_digest, "
+                   "environment_digest, created_at FROM items WHERE path = ?",
+                   (twin, "sha256:" + "0" * 64, name))
+    result = run_reweigh("path", name[:8], store=store)
+    assert result.returncode == 2 and "ambiguous" in result.stderr
+    assert name in result.stderr and twin in result.stderr
+    assert run_reweigh("path", name[:12], store=store).stdout.strip() == data["path"]
 
 
 def test_an_unknown_item_is_a_usage_error(store: Path) -> None:

@@ -83,6 +83,8 @@ class Tolerance:
 class Evaluation:
     entry: EntryPoint
     tolerance: Tolerance
+    audit: EntryPoint | None = None  # the view `reweigh diff` probes (model and data)
+    probes: str | None = None  # a probe set of prompts, relative to the recipe directory
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,10 @@ def _package_resource(v: _Validator, entry: dict[str, Any], where: str) -> str:
 
 
 def _evaluation(v: _Validator, table: dict[str, Any]) -> Evaluation:
-    v.no_unknown(table, {"entry", "tolerance"}, "evaluate")
+    v.no_unknown(table, {"entry", "tolerance", "audit", "probes"}, "evaluate")
+    probes = v.string(table, "probes", required=False, where="evaluate.probes")
+    if probes is not None:
+        v.relative_path(probes, "evaluate.probes")
     tol = v.table(table, "tolerance", required=False, where="evaluate.tolerance")
     v.no_unknown(tol, {"weights_rel_l2", "agreement", "metric", "metric_delta",
                        "segment_rel_l2"}, "evaluate.tolerance")
@@ -247,6 +252,8 @@ def _evaluation(v: _Validator, table: dict[str, Any]) -> Evaluation:
             segment_rel_l2=v.fraction(tol, "segment_rel_l2", -1.0) if "segment_rel_l2" in tol
             else None,
         ),
+        audit=v.entry(table, "audit", "evaluate.audit") if "audit" in table else None,
+        probes=probes,
     )
 
 

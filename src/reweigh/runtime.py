@@ -282,6 +282,10 @@ def run(spec: dict[str, Any]) -> None:
         if spec.get("evaluate") and not spec.get("replays"):
             result = evaluate(spec, inputs, out / "weights.safetensors")
             emit("evaluation", index=0, metrics=result["metrics"])
+    elif spec["mode"] == "audit":  # `diff`: both networks through the recipe's audit entry
+        from .audit.child import audit
+
+        emit("audit", data=audit(spec, inputs))
     else:
         for index, weights in enumerate(spec["weights"]):
             result = evaluate(spec, inputs, Path(weights))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .digest import file_digest, path_digest, short
+from .digest import bytes_digest, file_digest, path_digest, short
 from .errors import UsageError
 
 SCHEMA = """
@@ -137,14 +137,20 @@ class Store:
         key = Path(ref).name
         lookups = [("path = ? OR derivation = ? OR weights_digest = ?", (key, ref, ref)),
                    ("name = ?", (ref,))]
-        if len(key) >= 8 and key.isalnum():
-            lookups.append(("path LIKE ?", (f"{key}%",)))
         with self._db() as db:
             for where, args in lookups:
                 row = db.execute(f"SELECT * FROM items WHERE {where} ORDER BY created_at DESC",
                                  args).fetchone()
                 if row is not None:
                     return self._item(row)
+            if len(key) >= 8 and key.isalnum():
+                rows = db.execute("SELECT * FROM items WHERE path LIKE ? ORDER BY path",
+                                  (f"{key}%",)).fetchall()
+                if len(rows) > 1:
+                    raise UsageError(f"{ref}: ambiguous: the prefix of "
+                                     + ", ".join(row[0] for row in rows))
+                if rows:
+                    return self._item(rows[0])
         raise UsageError(f"{ref}: no such item in the store {self.root}")
 
     def item_inputs(self, item: StoreItem) -> dict[str, str]:
@@ -156,15 +162,83 @@ class Store:
     # --- locks and attempts --------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, derivation: str) -> Iterator[None]:
-        """Hold the derivation's lock; a second builder waits here, then finds the item."""
+        """Hold the derivation's lock; a second builder waits here, then finds the item.
+        It holds the gc lock shared too, so `gc` never removes what a build is using."""
         path = self.root / "locks" / f"{short(derivation, 64)}.lock"
-        with open(path, "a+b") as handle:
+        with self.gc_lock(exclusive=False), open(path, "a+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 self._clear_debris(derivation)
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def gc_lock(self, exclusive: bool) -> Iterator[None]:
+        """Shared by builds and installs, exclusive for `gc` (like Guix's gc lock)."""
+        with open(self.root / "locks" / "gc.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # --- garbage collection: roots in, removal out (the verb decides what is garbage) ---
+    def add_root(self, profile: Path) -> None:
+        """Register a profile whose generations' items `gc` keeps (Guix's gcroots)."""
+        roots = self.root / "gcroots"
+        roots.mkdir(exist_ok=True)
+        link = roots / short(bytes_digest(str(profile.absolute()).encode()))
+        if not link.is_symlink():
+            temporary = roots / f".{link.name}-{os.getpid()}"
+            temporary.unlink(missing_ok=True)
+            temporary.symlink_to(profile.absolute(), target_is_directory=True)
+            os.replace(temporary, link)
+
+    def roots(self) -> list[Path]:
+        """Registered profiles that still exist; links to vanished ones are dropped."""
+        found = []
+        roots = self.root / "gcroots"
+        for link in sorted(roots.iterdir()) if roots.is_dir() else []:
+            if link.is_symlink() and link.resolve().is_dir():
+                found.append(Path(os.readlink(link)))
+            elif not link.name.startswith("."):
+                link.unlink()
+        return found
+
+    def item_dependencies(self) -> dict[str, set[str]]:
+        """Each item's input digests (an item input is named by its weights digest)."""
+        with self._db() as db:
+            rows = db.execute("SELECT item, digest FROM item_inputs").fetchall()
+        found: dict[str, set[str]] = {}
+        for item, digest in rows:
+            found.setdefault(item, set()).add(digest)
+        return found
+
+    def input_records(self) -> list[tuple[str, str, float]]:
+        """(digest, relative path, added_at) of every kept input."""
+        with self._db() as db:
+            return db.execute("SELECT digest, path, added_at FROM inputs").fetchall()
+
+    def forget(self, items: list[str], inputs: list[str]) -> None:
+        """Remove items (by directory name) and inputs (by digest): their index rows in one
+        transaction, then their files; the caller holds the gc lock exclusively."""
+        with self._db() as db:
+            paths = [row[0] for d in inputs
+                     for row in db.execute("SELECT path FROM inputs WHERE digest = ?", (d,))]
+            for table, key in (("items", "path"), ("item_files", "item"),
+                               ("item_inputs", "item"), ("checks", "item"), ("imports", "item")):
+                db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in items])
+            db.executemany("DELETE FROM inputs WHERE digest = ?", [(d,) for d in inputs])
+        doomed = [self.root / "items" / i for i in items]
+        doomed += [(self.root / rel).parent for rel in paths]
+        for path in doomed:
+            remove_tree(path)
+        with self._db() as db:
+            known = {row[0] for row in db.execute("SELECT path FROM items")}
+        for entry in (self.root / "items").iterdir():  # debris of interrupted commits
+            if entry.name not in known:
+                remove_tree(entry)
 
     def _clear_debris(self, derivation: str) -> None:
         """Under the lock nobody else builds this derivation: whatever is left is debris."""

@@ -14,9 +14,26 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import ReweighError
-from . import build, challenge, check, estimate, import_, list, path, show, store, verify
+from . import (
+    adapt,
+    build,
+    challenge,
+    check,
+    diff,
+    estimate,
+    gc,
+    import_,
+    install,
+    list,
+    path,
+    profile,
+    show,
+    store,
+    verify,
+)
 
-COMMANDS = (build, challenge, list, show, path, store, verify, check, estimate, import_)
+COMMANDS = (build, challenge, list, show, path, store, verify, check, estimate, import_,
+            adapt, install, profile, gc, diff)
 INTERNAL_ERROR = 70
 
 

@@ -1,0 +1,98 @@
+"""reweigh adapt BASE --data DIR --name NAME: retrain BASE on your data, as a derived recipe.
+
+Writes the recipe (default ./NAME-recipe; --out to choose), builds it, and prints the item's
+store path last, like `build`. Bad data exits 2 with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..adapt import STRATEGIES, Settings
+from ..progress import reporter_for
+from ..verbs.adapt import adapt
+from .common import add_json_option, add_store_option, open_store, positive_int, print_json
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 10.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a learning rate in (0, 10]")
+    return value
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser("adapt", help="retrain a network on your own data")
+    parser.add_argument("base", help="the store item to start from (path, name, derivation, "
+                        "weights digest), or a recipe directory to build first")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="a folder with one sub-folder of PNG/JPEG images (or .txt files) "
+                        "per class, or a CSV file with a label column")
+    parser.add_argument("--name", required=True, help="the new network's name")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=Settings.strategy,
+                        help="full: train every layer, starting from the base's weights "
+                        "(default); head: train a new last layer only, the rest frozen "
+                        "(cheapest); scratch: the same architecture from random weights "
+                        "(a baseline)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the recipe (default: ./NAME-recipe)")
+    parser.add_argument("--epochs", type=positive_int, default=Settings.epochs)
+    parser.add_argument("--lr", type=_rate, default=None,
+                        help="learning rate (default: 0.01 for head, 0.002 otherwise)")
+    parser.add_argument("--batch-size", type=positive_int, default=Settings.batch_size)
+    parser.add_argument("--held-out", type=_fraction, default=Settings.held_out,
+                        help="fraction of each class kept out of training to evaluate on")
+    parser.add_argument("--label-column", default=Settings.label_column,
+                        help="the CSV column holding the class (default: label)")
+    parser.add_argument("--version", default=Settings.version, help="the new recipe's version")
+    parser.add_argument("--license", default=None,
+                        help="SPDX licence of your data (default NOASSERTION)")
+    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--check", action="store_true",
+                        help="rebuild and compare bit for bit with the item")
+    add_store_option(parser)
+    add_json_option(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings(name=args.name, strategy=args.strategy, epochs=args.epochs, lr=args.lr,
+                        batch_size=args.batch_size, held_out=args.held_out,
+                        label_column=args.label_column, version=args.version,
+                        license=args.license)
+    report = adapt(args.base, args.data, settings, out=args.out, store=open_store(args),
+                   threads=args.threads, check=args.check, reporter=reporter_for(args.json))
+    failed = report.build.check is not None and not report.build.check.identical
+    if args.json:
+        print_json(report.to_json())
+        return 1 if failed else 0
+    data = report.data
+    print(f"{'reused' if report.build.reused else 'built'} {report.build.name} "
+          f"{report.build.version}, adapted from {report.base.name} {report.base.version} "
+          f"({report.strategy})")
+    print(f"  recipe          {report.recipe}")
+    print(f"  data            {data.layout}, {data.examples} examples: "
+          + ", ".join(f"{name} {count}" for name, count in data.counts.items()))
+    print(f"  derivation      {report.build.derivation}")
+    print(f"  weights         {report.build.weights_digest}")
+    for name, value in report.metrics.items():
+        print(f"  {'held-out ' + name:16}{value:.4f}")
+    if report.build.check is not None:
+        print("  check           " + ("rebuilt weights are bit-identical" if not failed else
+                                      f"MISMATCH: rebuilt {report.build.check.rebuilt_digest}"))
+    print(report.build.path)
+    return 1 if failed else 0

@@ -1,0 +1,237 @@
+"""`diff`: where and how two networks of one architecture differ.
+
+`challenge` answers *whether* a published file is what the recipe builds; `diff`
+shows *where and how* two networks differ, so a user can judge what was changed:
+the layers that moved (weight space), the answers that changed on the recipe's
+evaluation data, a search for a hidden trigger, and for text models the prompts
+whose continuations moved most. The reference A is usually a clean rebuild, the
+suspect B the published file.
+
+Weight space is measured here, on memory-mapped files. Everything that needs the
+model runs the recipe's own code in the sandboxed child (mode "audit", see
+`reweigh.audit.child`); without an `evaluate.audit` entry the recipe's evaluation
+still gives the disagreement, and the report says what it could not look at.
+Nothing is built and nothing is written to the store but the recipe's inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..audit import behaviour as audit_behaviour
+from ..audit.probes import Probe, load_probes
+from ..audit.trigger import TriggerSettings
+from ..audit.weights import LayerDiff, layer_diffs
+from ..builder import child_spec, raise_for_failure, run_child, stage_source
+from ..digest import file_digest
+from ..errors import BuildError, RecipeError, UsageError
+from ..progress import QuietReporter, Reporter
+from ..recipe import Tolerance
+from ..store import Store, remove_tree
+from ..weights import read_header
+from .build import Plan, plan, threads_for
+
+
+@dataclass(frozen=True)
+class DiffOptions:
+    top: int = 10  # how many diverging inputs to show
+    trigger: TriggerSettings | None = field(default_factory=TriggerSettings)  # None: skip
+    probes: Path | None = None  # a probe set in place of the recipe's `evaluate.probes`
+    length: int = 8  # tokens each text model writes per prompt
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    recipe: str
+    a: Path
+    b: Path
+    a_digest: str
+    b_digest: str
+    layers: tuple[LayerDiff, ...]
+    layer_threshold: float
+    behaviour: dict[str, Any] | None = None  # sections as the audit modules wrote them
+    trigger: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    notes: tuple[str, ...] = ()  # what was not looked at, and why
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.findings())
+
+    def findings(self) -> list[str]:
+        """One line per flagged thing; empty when nothing is."""
+        return [*_layer_findings(self), *_behaviour_findings(self.behaviour),
+                *_trigger_findings(self.trigger), *_text_findings(self.text)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "a": {"path": str(self.a), "digest": self.a_digest},
+            "b": {"path": str(self.b), "digest": self.b_digest},
+            "flagged": self.flagged, "findings": self.findings(), "notes": list(self.notes),
+            "layers": [layer.to_json() for layer in self.layers],
+            "layer_threshold": self.layer_threshold,
+            "behaviour": self.behaviour, "trigger": self.trigger, "text": self.text,
+        }
+
+
+def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | None = None,
+         options: DiffOptions | None = None, reporter: Reporter | None = None) -> DiffReport:
+    """Compare A (the reference) with B (the suspect) in every way the recipe allows."""
+    store = store or Store()
+    options = options or DiffOptions()
+    reporter = reporter or QuietReporter()
+    file_a, file_b = weights_path(a, store), weights_path(b, store)
+    the_plan = plan(recipe, store)
+    evaluation = the_plan.recipe.evaluate
+    tolerance = evaluation.tolerance if evaluation else Tolerance()
+    layers = layer_diffs(read_header(file_a), read_header(file_b), tolerance.weights_rel_l2)
+    report = DiffReport(the_plan.recipe.name, file_a, file_b, file_digest(file_a),
+                        file_digest(file_b), tuple(layers), tolerance.weights_rel_l2)
+    if evaluation is None:
+        return _with(report, notes=("the recipe has no [evaluate]: weight space only",))
+    if evaluation.audit is None:
+        return _behaviour_from_evaluation(report, the_plan, store, options, reporter)
+    return _audit(report, the_plan, store, options, reporter)
+
+
+def weights_path(ref: Path | str, store: Store) -> Path:
+    """A weights file, a store item's folder, or a store reference -> its weights file."""
+    path = Path(ref)
+    if path.is_file():
+        read_header(path)  # a bad file is refused before anything runs
+        return path.resolve()
+    if (path / "weights.safetensors").is_file():
+        return (path / "weights.safetensors").resolve()
+    try:
+        return store.resolve(str(ref)).weights
+    except UsageError:
+        if path.suffix == ".safetensors" or "/" in str(ref):
+            raise UsageError(f"{ref}: no such weights file or store item") from None
+        raise
+
+
+def _audit(report: DiffReport, the_plan: Plan, store: Store, options: DiffOptions,
+           reporter: Reporter) -> DiffReport:
+    evaluation = the_plan.recipe.evaluate
+    assert evaluation is not None and evaluation.audit is not None
+    if evaluation.audit.file not in the_plan.code:
+        raise RecipeError(str(the_plan.recipe.file), "evaluate.audit",
+                          f"{evaluation.audit.file} is not among the code files")
+    probes = _probes(the_plan, options)
+    data = _run(the_plan, store, options, reporter, mode="audit", audit=str(evaluation.audit),
+                weights=[str(report.a), str(report.b)], top=options.top,
+                trigger=asdict(options.trigger) if options.trigger else None,
+                probes=[[p.topic, p.prompt] for p in probes], length=options.length,
+                agreement=evaluation.tolerance.agreement).audit or {}
+    if data.get("kind") == "text":
+        notes = () if probes else ("no probe set: give --probes FILE or evaluate.probes",)
+        return _with(report, text=data["text"] if probes else None, notes=notes)
+    notes = ()
+    if options.trigger is None:
+        notes = ("trigger search skipped (--no-trigger)",)
+    elif data.get("trigger") is None:
+        notes = ("trigger search needs image inputs shaped (N, C, H, W)",)
+    return _with(report, behaviour=data.get("behaviour"), trigger=data.get("trigger"),
+                 notes=notes)
+
+
+def _behaviour_from_evaluation(report: DiffReport, the_plan: Plan, store: Store,
+                               options: DiffOptions, reporter: Reporter) -> DiffReport:
+    """Without an audit entry: the evaluation's answers, as certain one-hot outputs."""
+    evaluation = the_plan.recipe.evaluate
+    assert evaluation is not None
+    result = _run(the_plan, store, options, reporter, mode="evaluate",
+                  weights=[str(report.a), str(report.b)])
+    answers_a = np.asarray(result.evaluations[0]["predictions"], dtype=np.int64)
+    answers_b = np.asarray(result.evaluations[1]["predictions"], dtype=np.int64)
+    if len(answers_a) == 0 or len(answers_a) != len(answers_b):
+        return _with(report, notes=("the evaluation gave no comparable predictions",))
+    classes = int(max(answers_a.max(), answers_b.max())) + 1
+    section = audit_behaviour.compare(np.eye(classes)[answers_a], np.eye(classes)[answers_b],
+                                      None, options.top, evaluation.tolerance.agreement)
+    return _with(report, behaviour=section, notes=(
+        "the recipe has no evaluate.audit entry: behaviour from its evaluation's answers "
+        "only; no labels, output probabilities, trigger search or text probes",))
+
+
+def _probes(the_plan: Plan, options: DiffOptions) -> tuple[Probe, ...]:
+    if options.probes is not None:
+        return load_probes(Path(options.probes))
+    evaluation = the_plan.recipe.evaluate
+    if evaluation is None or evaluation.probes is None:
+        return ()
+    directory = the_plan.recipe.directory.resolve()
+    path = (directory / evaluation.probes).resolve()
+    if not path.is_relative_to(directory):
+        raise RecipeError(str(the_plan.recipe.file), "evaluate.probes",
+                          "leaves the recipe directory")
+    return load_probes(path)
+
+
+def _run(the_plan: Plan, store: Store, options: DiffOptions, reporter: Reporter,
+         **extra: Any) -> Any:
+    """Run the recipe's code on both networks in one sandboxed child."""
+    work = store.new_build_dir(the_plan.derivation.digest)
+    try:
+        log = work / "diff.log"
+        spec = child_spec(the_plan.derivation.record, stage_source(the_plan.code, work),
+                          the_plan.input_paths, threads_for(options.threads), **extra)
+        reporter.stage(f"running {the_plan.recipe.name}'s code on both networks")
+        result = run_child(spec, work, log, reporter)
+        try:
+            raise_for_failure(result, log, f"running {the_plan.recipe.name}'s code on A and B")
+        except BuildError as e:  # the networks do not fit the recipe's code: bad input
+            kept = store.keep_log(log, f"{the_plan.derivation.item_name}-diff")
+            raise UsageError(f"{e.message} (are A and B networks of {the_plan.recipe.file}?)",
+                             hint=f"log: {kept}" if kept else None, details=e.details) from e
+        return result
+    finally:
+        remove_tree(work)
+
+
+def _with(report: DiffReport, **changes: Any) -> DiffReport:
+    return replace(report, **changes)
+
+
+def _layer_findings(report: DiffReport) -> list[str]:
+    moved = [layer for layer in report.layers if layer.flagged]
+    if not moved:
+        return []
+    names = ", ".join(f"{m.name} ({m.rel_l2:.3g})" for m in moved[:6])
+    more = f" and {len(moved) - 6} more" if len(moved) > 6 else ""
+    return [f"{len(moved)} of {len(report.layers)} tensors moved beyond relative L2 "
+            f"{report.layer_threshold:g}: {names}{more}"]
+
+
+def _behaviour_findings(section: dict[str, Any] | None) -> list[str]:
+    if section is None:
+        return []
+    found = []
+    if section["flagged"]:
+        found.append(f"answers differ on {section['disagreement']:.1%} of {section['samples']} "
+                     f"evaluation inputs (tolerance {section['disagreement_threshold']:.1%})")
+    found += [f"class {c['class']}: {c['moved_in']} inputs moved in, {c['moved_out']} out"
+              for c in section["classes"] if c["flagged"]]
+    return found
+
+
+def _trigger_findings(section: dict[str, Any] | None) -> list[str]:
+    if section is None or not section["flagged"]:
+        return []
+    best = section["best"]
+    return [f"trigger: a {len(best['pixels'])}-pixel patch drives B to class {best['class']} "
+            f"on {best['success_b']:.0%} of unseen inputs; A follows on {best['success_a']:.0%}"]
+
+
+def _text_findings(section: dict[str, Any] | None) -> list[str]:
+    if section is None:
+        return []
+    return [f"prompt {p['prompt']!r}" + (f" ({p['topic']})" if p["topic"] else "")
+            + f": KL {p['kl']:.3g}; B writes {p['continuation_b']!r} where A writes "
+            f"{p['continuation_a']!r}" for p in section["prompts"] if p["flagged"]]

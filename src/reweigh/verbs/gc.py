@@ -1,0 +1,99 @@
+"""`gc`: remove the store items and inputs that nothing needs any more.
+
+The roots are the items named by any generation of any profile registered with
+the store (`install` registers them, as Guix's gcroots). What is live is decided
+by one pure function: the roots, every item whose weights a live item took as an
+input (a fine-tuned network keeps its base), and every input a live item was built
+from. Everything else goes: the index rows in one transaction, then the files. The
+whole collection holds the store's gc lock exclusively, so it never runs beside a
+build or an install. Inputs younger than `GRACE_SECONDS` stay: a build may have
+just resolved them and not yet taken its lock.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..profile import Profile
+from ..store import Store
+
+GRACE_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class GcReport:
+    roots: list[Path]  # the registered profiles
+    kept: list[str]  # item directory names
+    removed_items: list[str]
+    removed_inputs: list[str]  # digests
+    freed_bytes: int
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"roots": [str(r) for r in self.roots], "kept": self.kept,
+                "removed_items": self.removed_items, "removed_inputs": self.removed_inputs,
+                "freed_bytes": self.freed_bytes, "dry_run": self.dry_run}
+
+
+def live_items(roots: Iterable[str], weights: dict[str, str],
+               dependencies: dict[str, set[str]]) -> set[str]:
+    """The roots and, transitively, every item whose weights a live item was built from.
+
+    `weights` maps item -> weights digest; `dependencies` item -> its input digests."""
+    by_weights: dict[str, set[str]] = {}
+    for item, digest in weights.items():
+        by_weights.setdefault(digest, set()).add(item)
+    live: set[str] = set()
+    todo = [r for r in roots if r in weights]
+    while todo:
+        item = todo.pop()
+        if item not in live:
+            live.add(item)
+            for digest in dependencies.get(item, ()):
+                todo.extend(by_weights.get(digest, ()))
+    return live
+
+
+def profile_roots(store: Store, profiles: list[Path]) -> set[str]:
+    """Items of this store named by any generation of the given profiles."""
+    items = (store.root / "items").resolve()
+    names = set()
+    for root in profiles:
+        for generation in Profile(root).generations():
+            for entry in generation.networks.values():
+                if entry.item.parent.resolve() == items:
+                    names.add(entry.item.name)
+    return names
+
+
+def gc(store: Store | None = None, *, dry_run: bool = False,
+       grace: float = GRACE_SECONDS) -> GcReport:
+    """Remove what no profile needs; inputs added less than `grace` seconds ago stay."""
+    store = store or Store()
+    started = time.time()
+    with store.gc_lock(exclusive=True):
+        profiles = store.roots()
+        weights = {i.path.name: i.weights_digest for i in store.items()}
+        dependencies = store.item_dependencies()
+        live = live_items(profile_roots(store, profiles), weights, dependencies)
+        needed = set().union(*(dependencies.get(i, set()) for i in live))
+        doomed = sorted(set(weights) - live)
+        inputs = [(digest, rel) for digest, rel, added in store.input_records()
+                  if digest not in needed and added < started - grace]
+        freed = sum(_size(store.root / "items" / i) for i in doomed) + sum(
+            _size(store.root / rel) for _, rel in inputs)
+        if not dry_run:
+            store.forget(doomed, [digest for digest, _ in inputs])
+    return GcReport(profiles, sorted(live), doomed, [d for d, _ in inputs], freed, dry_run)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+               for f in files)

@@ -1,0 +1,372 @@
+"""adapt: the digits network retrained on drawings of shapes, rebuilt, installed, rolled back.
+
+The data is drawn here (examples/digits-cnn/shapes.py): circles, squares and
+triangles, dark pen strokes on white at 32x32, some saved as JPEG. Everything runs
+through the real command line and a real store.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
+from reweigh import build
+from reweigh.adapt_template import adapt_data
+from reweigh.digest import path_digest
+from reweigh.network import load
+from reweigh.store import Store
+
+from .helpers import EXAMPLES, run_reweigh, write_recipe
+
+pytestmark = pytest.mark.slow
+RECOGNISE = EXAMPLES / "digits-cnn" / "recognise.py"
+IMAGE_INPUT = {"kind": "image", "shape": [1, 8, 8], "scale": 16}
+
+
+def _shapes():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("shapes", EXAMPLES / "digits-cnn" / "shapes.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+shapes = _shapes()
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    store: Path
+    profile: Path
+    base: Path  # the digits-cnn item
+    data: Path  # 30 drawings per class, to adapt on
+    unseen: Path  # 40 more per class, drawn with another seed: never trained on
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("adapt")
+    store = root / "store"
+    # one thread: tiny kernels on two threads crawl on a busy machine; the weights are the
+    # same whatever the thread count
+    base = build(EXAMPLES / "digits-cnn", store=Store(store), threads=1).path
+    return World(root, store, root / "profile", base,
+                 shapes.write_dataset(root / "shapes", 30, seed=0),
+                 shapes.write_dataset(root / "unseen", 40, seed=1))
+
+
+def _adapt(world: World, *args: object) -> tuple[int, dict, str]:
+    result = run_reweigh("adapt", *args, "--threads", "1", "--json", store=world.store)
+    data = json.loads(result.stdout) if result.returncode in (0, 1) else {}
+    return result.returncode, data, result.stderr
+
+
+@pytest.fixture(scope="module")
+def adapted(world: World) -> dict:
+    code, data, stderr = _adapt(world, "digits-cnn", "--data", world.data, "--name", "shapes",
+                                "--out", world.root / "shapes-recipe")
+    assert code == 0, stderr
+    return data
+
+
+def test_adapt_writes_a_recipe_that_pins_its_base_and_its_data_by_digest(
+        world: World, adapted: dict) -> None:
+    recipe = Path(adapted["recipe"])
+    toml = tomllib.loads((recipe / "recipe.toml").read_text())
+    base = Store(world.store).resolve(str(world.base))
+    assert toml["inputs"]["base"] == {"item": base.derivation, "digest": base.weights_digest}
+    assert toml["inputs"]["data"] == {"path": "data", "digest": path_digest(recipe / "data")}
+    assert toml["params"]["strategy"] == "full"
+    # the architecture is the base item's own source, copied and hashed
+    assert (recipe / "base" / "model.py").read_bytes() == \
+        (world.base / "source" / "model.py").read_bytes()
+    face = json.loads((recipe / "model.json").read_text())
+    assert face["labels"] == ["circle", "square", "triangle"]
+    assert face["base"]["weights_digest"] == base.weights_digest
+    assert adapted["data"]["counts"] == {"circle": 30, "square": 30, "triangle": 30}
+    assert adapted["base"]["path"] == str(world.base)
+
+
+def test_the_adapted_network_recognises_unseen_drawings_at_least_nine_times_in_ten(
+        world: World, adapted: dict) -> None:
+    assert adapted["metrics"]["accuracy"] >= 0.90  # the recipe's own held-out quarter
+    network = load(Path(adapted["path"]))
+    x, y, classes = adapt_data.read_dataset(world.unseen, "images", IMAGE_INPUT)
+    predictions = [p.index for p in network.predict(x)]
+    accuracy = float(np.mean(np.asarray(predictions) == y))
+    print(f"\nadapted digits-cnn on {len(y)} unseen drawings: accuracy {accuracy:.3f}")
+    assert classes == network.labels and accuracy >= 0.90
+
+
+def test_the_adapted_item_rebuilds_bit_identically(world: World, adapted: dict) -> None:
+    checked = run_reweigh("build", adapted["recipe"], "--check", "--threads", "1",
+                          store=world.store)
+    assert checked.returncode == 0, checked.stderr
+    assert "bit-identical" in checked.stdout
+    assert checked.stdout.strip().splitlines()[-1] == adapted["path"]
+
+
+def test_its_provenance_and_model_card_name_the_base(world: World, adapted: dict) -> None:
+    item = Path(adapted["path"])
+    statement = json.loads((item / "provenance.json").read_text())
+    dependencies = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    base = next(d for d in dependencies if d["name"] == "input:base")
+    assert base["annotations"]["item"] == world.base.name
+    assert base["annotations"]["name"] == "digits-cnn"
+    assert f"base_model: {json.dumps(world.base.name)}" in (item / "MODEL_CARD.md").read_text()
+    shown = json.loads(run_reweigh("show", item, "--json", store=world.store).stdout)
+    assert shown["inputs"]["base"] == adapted["base"]["weights_digest"]
+
+
+def test_adapting_again_reuses_the_recipe_and_the_item(world: World, adapted: dict) -> None:
+    code, again, stderr = _adapt(world, "digits-cnn", "--data", world.data, "--name", "shapes",
+                                 "--out", adapted["recipe"])
+    assert code == 0, stderr
+    assert again["recipe_reused"] and again["reused"]
+    assert again["derivation"] == adapted["derivation"]
+
+
+def _digit_png(world: World, label: int) -> Path:
+    """A scikit-learn digit the base gets right, drawn as a 32x32 PNG (bright ink)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    network = load(world.base)
+    for index in np.flatnonzero(digits.target == label)[-20:]:
+        image = np.kron(digits.images[index] * 255 / 16, np.ones((4, 4))).astype(np.uint8)
+        path = world.root / f"digit-{label}-{index}.png"
+        Image.fromarray(image, mode="L").save(path)
+        answer = network.recognise(path)
+        if answer.label == str(label) and answer.confidence > 0.9:
+            return path
+    raise AssertionError("no digit the base recognises surely")
+
+
+def _recognise(world: World, image: Path) -> dict:
+    result = run_recogniser(image, "--profile", world.profile, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def run_recogniser(*args: object):  # type: ignore[no-untyped-def]
+    import subprocess
+
+    return subprocess.run([sys.executable, str(RECOGNISE), *map(str, args)],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_the_recogniser_answers_with_the_installed_network_and_rollback_brings_digits_back(
+        world: World, adapted: dict) -> None:
+    digit = _digit_png(world, 3)
+    circle = world.unseen / "circle" / "circle-000.png"
+    for item in (world.base, adapted["path"]):
+        installed = run_reweigh("install", item, "--as", "digits-cnn", "--profile",
+                                world.profile, store=world.store)
+        assert installed.returncode == 0, installed.stderr
+    answer = _recognise(world, circle)
+    assert answer["class"] == "circle" and set(answer["probabilities"]) == {
+        "circle", "square", "triangle"}
+    assert answer["network"] == adapted["path"]
+    rolled = run_reweigh("profile", "rollback", "--profile", world.profile)
+    assert rolled.returncode == 0, rolled.stderr
+    answer = _recognise(world, digit)
+    assert answer["class"] == "3" and len(answer["probabilities"]) == 10
+    assert answer["network"] == str(world.base)
+    missing = run_recogniser(digit, "--profile", world.profile, "--name", "letters")
+    assert missing.returncode == 2 and "no network named 'letters'" in missing.stderr
+
+
+def _csv(folder: Path, out: Path) -> Path:
+    """The drawings as a CSV: 64 pixel values (0..16) and a label column, first."""
+    x, y, classes = adapt_data.read_dataset(folder, "images", IMAGE_INPUT)
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", *[f"p{i}" for i in range(64)]])
+        for image, target in zip(x, y, strict=True):
+            writer.writerow([classes[target], *[f"{v:.4f}" for v in image.ravel()]])
+    return out
+
+
+def test_head_strategy_from_a_csv_trains_the_new_head_and_nothing_else(world: World) -> None:
+    table = _csv(world.data, world.root / "shapes.csv")
+    code, data, stderr = _adapt(world, world.base, "--data", table, "--name", "shapes-head",
+                                "--strategy", "head", "--epochs", "20",
+                                "--out", world.root / "head-recipe")
+    assert code == 0, stderr
+    assert data["data"]["layout"] == "csv" and data["strategy"] == "head"
+    before = load_file(world.base / "weights.safetensors")
+    after = load_file(Path(data["path"]) / "weights.safetensors")
+    assert after["fc2.weight"].shape == (3, 64) and after["fc2.bias"].shape == (3,)
+    for name in before:
+        if not name.startswith("fc2."):
+            assert np.array_equal(before[name], after[name]), name
+
+
+def _bad(folder: Path, case: str) -> tuple[Path, str]:
+    """A broken copy of a little data set, and what the error line must contain."""
+    root = folder / case
+    shapes.write_dataset(root, 3, seed=5, kinds=("circle", "square"))
+    if case == "empty-class":
+        (root / "triangle").mkdir()
+        return root, f"{root / 'triangle'}: empty class folder"
+    if case == "unreadable-image":
+        (root / "circle" / "circle-001.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        return root, f"{root / 'circle' / 'circle-001.png'}: not a readable PNG or JPEG"
+    if case == "one-class":
+        (root / "square").rename(root / ".square")
+        return root, "only one class ('circle')"
+    if case == "other-file":
+        (root / "square" / "notes.pdf").write_bytes(b"%PDF")
+        return root, f"{root / 'square' / 'notes.pdf'}: not a PNG or JPEG image"
+    if case == "text-for-images":
+        for name in ("circle", "square"):
+            for f in (root / name).iterdir():
+                f.unlink()
+            (root / name / "a.txt").write_text("round" if name == "circle" else "boxy")
+        return root, f"{root}: holds text, but the network takes images"
+    table = _csv(root, folder / f"{case}.csv")
+    text = table.read_text()
+    lines = text.splitlines()
+    if case == "csv-no-label":
+        table.write_text(text.replace("label,", "kind,", 1))
+        return table, f"{table}: no column named 'label'"
+    if case in ("csv-not-a-number", "csv-out-of-range"):
+        bad = "dark" if case == "csv-not-a-number" else "17"
+        table.write_text("\n".join([lines[0], lines[1].replace(",0.0000", f",{bad}", 1),
+                                    *lines[2:]]))
+        reason = ("'dark' is not a number" if bad == "dark" else
+                  "value '17' (feature 1) is outside 0..16, the range the network takes")
+        return table, f"{table}: line 2: {reason}"
+    assert case == "csv-wrong-width"
+    table.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines))
+    return table, f"{table}: 63 feature columns; the network takes 64 values"
+
+
+@pytest.mark.parametrize("case", ["empty-class", "unreadable-image", "one-class", "other-file",
+                                  "text-for-images", "csv-no-label", "csv-not-a-number",
+                                  "csv-out-of-range", "csv-wrong-width"])
+def test_bad_data_exits_2_with_one_line_naming_the_file(
+        world: World, tmp_path: Path, case: str) -> None:
+    data, expected = _bad(tmp_path, case)
+    out = tmp_path / "recipe"
+    result = run_reweigh("adapt", "digits-cnn", "--data", data, "--name", "bad", "--out", out,
+                         store=world.store)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert not out.exists()
+
+
+def test_bad_options_and_a_base_without_a_model_interface_exit_2(
+        world: World, tmp_path: Path) -> None:
+    name = run_reweigh("adapt", "digits-cnn", "--data", world.data, "--name", "Not OK",
+                       "--out", tmp_path / "r", store=world.store)
+    assert name.returncode == 2 and "--name: expected a lowercase name" in name.stderr
+    licence = run_reweigh("adapt", "digits-cnn", "--data", world.data, "--name", "ok",
+                          "--license", "MIT;rm", "--out", tmp_path / "r", store=world.store)
+    assert licence.returncode == 2 and "--license:" in licence.stderr
+    opaque = build(write_recipe(tmp_path / "plain"), store=Store(world.store), threads=1).path
+    result = run_reweigh("adapt", opaque, "--data", world.data, "--name", "x",
+                         "--out", tmp_path / "r", store=world.store)
+    assert result.returncode == 2 and "no source/model.json" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_out_folder_holding_something_else_is_refused(world: World, adapted: dict,
+                                                          tmp_path: Path) -> None:
+    other = tmp_path / "taken"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    result = run_reweigh("adapt", "digits-cnn", "--data", world.data, "--name", "shapes",
+                         "--out", other, store=world.store)
+    assert result.returncode == 2 and "already exists and holds another recipe" in result.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+TEXT_MODEL = '''
+import torch
+from torch import nn
+
+
+class ByteBag(nn.Module):
+    """Mean of byte embeddings, then two layers: a tiny text classifier."""
+
+    def __init__(self, width: int = 16, classes: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(257, width, padding_idx=0)
+        self.hidden = nn.Linear(width, width)
+        self.out = nn.Linear(width, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids: (B, L)
+        mask = (ids > 0).float().unsqueeze(-1)  # (B, L, 1)
+        mean = (self.embed(ids) * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, width)
+        return self.out(torch.relu(self.hidden(mean)))  # (B, classes)
+'''
+
+TEXT_TRAIN = '''
+import torch
+from model import ByteBag
+
+
+def train(ctx):
+    # vowels against consonants, drawn here: the base needs no input
+    g = torch.Generator().manual_seed(0)
+    vowels, consonants = torch.tensor(list(b"aeiou")), torch.tensor(list(b"bcdfgklmnprst"))
+    x = torch.cat([vowels[torch.randint(5, (64, 24), generator=g)],
+                   consonants[torch.randint(13, (64, 24), generator=g)]]) + 1
+    y = torch.cat([torch.zeros(64), torch.ones(64)]).long()
+    model = ByteBag(ctx.params["width"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    ctx.save_weights(model.state_dict())
+'''
+
+TEXT_INTERFACE = json.dumps({
+    "format": "reweigh.model/1", "module": "model.py", "class": "ByteBag", "params": ["width"],
+    "classes_arg": "classes", "head": "out", "input": {"kind": "text", "length": 24},
+    "labels": ["vowels", "consonants"]})
+
+
+def test_a_text_network_adapts_to_folders_of_text_files(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    base = write_recipe(tmp_path / "bytebag", TEXT_TRAIN, params="width = 16",
+                        build='code = ["*.py", "model.json"]',
+                        files={"model.py": TEXT_MODEL, "model.json": TEXT_INTERFACE})
+    rng = np.random.default_rng(0)
+    words = {"greeting": ["hello", "hi there", "good morning", "hey", "welcome"],
+             "number": ["12 34", "7 8 9", "100", "3.14 2.71", "42 7"]}
+    for label, samples in words.items():
+        (tmp_path / "texts" / label).mkdir(parents=True)
+        for n in range(12):
+            text = " ".join(rng.choice(samples, size=2))
+            (tmp_path / "texts" / label / f"{n:02d}.txt").write_text(text)
+    result = run_reweigh("adapt", base, "--data", tmp_path / "texts", "--name", "greetings",
+                         "--out", tmp_path / "greetings", "--lr", "0.05", "--threads", "1",
+                         "--json", store=store)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["data"]["layout"] == "text" and data["metrics"]["accuracy"] >= 0.8
+    network = load(Path(data["path"]))
+    probe = tmp_path / "probe.txt"
+    probe.write_text("good morning 12")
+    assert network.labels == ("greeting", "number")
+    assert network.recognise(probe).label in network.labels
+    images = run_reweigh("adapt", base, "--data", shapes.write_dataset(tmp_path / "img", 2, 0),
+                         "--name", "x", "--out", tmp_path / "x", store=store)
+    assert images.returncode == 2 and "holds images, but the network takes text" in \
+        images.stderr

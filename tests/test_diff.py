@@ -1,0 +1,236 @@
+"""diff: where and how two networks differ, through the real command and real trainings.
+
+The cases are made here from clean builds: a hidden trigger planted by fine-tuning
+(only fc1, so the untouched layers must stay unflagged), two clean builds (nothing
+flagged), another seed (different, but no trigger), bad input (exit 2, one line).
+The pure parts (distances, behaviour, ranking) are checked on small hand-made arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from reweigh import DiffOptions, build, diff
+from reweigh.audit import behaviour
+from reweigh.audit.weights import distances, layer_diffs
+from reweigh.errors import UsageError
+from reweigh.store import Store
+from reweigh.weights import read_header
+
+from .helpers import EXAMPLES, run_reweigh
+
+RECIPE = EXAMPLES / "digits-cnn"
+CORNER = {(r, c) for r in range(5, 8) for c in range(5, 8)}  # backdoor.add_trigger's patch
+
+
+# --- the planted trigger ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_backdoor_is_planted_the_way_the_issue_describes(backdoor_diff: dict) -> None:
+    planted = backdoor_diff["planted"]
+    assert planted.clean_accuracy_after >= planted.clean_accuracy_before - 0.01
+    assert planted.trigger_success >= 0.8
+
+
+@pytest.mark.slow
+def test_diff_names_exactly_the_layers_the_backdoor_touched(backdoor_diff: dict) -> None:
+    report = backdoor_diff["report"]
+    assert backdoor_diff["code"] == 1 and report["flagged"]
+    flagged = [layer["name"] for layer in report["layers"] if layer["flagged"]]
+    assert sorted(flagged) == ["fc1.bias", "fc1.weight"]
+    assert [layer["name"] for layer in report["layers"][:2]] == ["fc1.weight", "fc1.bias"]
+    assert all(layer["identical"] for layer in report["layers"][2:])
+    assert report["layers"][0]["cosine_distance"] > 0
+
+
+@pytest.mark.slow
+def test_the_trigger_search_recovers_a_patch_that_drives_b_but_not_a(
+        backdoor_diff: dict) -> None:
+    found = backdoor_diff["report"]["trigger"]
+    assert found["flagged"]
+    best = found["best"]
+    assert best["class"] == 3
+    assert best["success_b"] >= 0.8 and best["success_a"] < 0.2
+    # the patch it found lies mostly on the planted 3x3 corner
+    assert len(CORNER & {tuple(p) for p in best["pixels"]}) >= 5
+    assert found["example"]["answer_b"] == 3
+    assert any("trigger" in line for line in backdoor_diff["report"]["findings"])
+
+
+@pytest.mark.slow
+def test_behaviour_shows_answers_confusion_and_the_most_diverging_inputs(
+        backdoor_diff: dict) -> None:
+    section = backdoor_diff["report"]["behaviour"]
+    assert section["samples"] == 359
+    confusion = np.array(section["confusion_difference"])  # (10, 10)
+    assert confusion.shape == (10, 10) and confusion.sum() == 0
+    assert np.array_equal(confusion, np.array(section["confusion_b"]) -
+                          np.array(section["confusion_a"]))
+    changed = round(section["disagreement"] * 359)
+    rows = section["diverging"]
+    assert len(rows) == 10 and rows == sorted(rows, key=lambda r: -r["distance"])
+    assert sum(r["output_a"]["class"] != r["output_b"]["class"] for r in rows) <= changed
+    assert all(len(r["picture"][0]) == 8 for r in rows)  # (1, 8, 8) digit images
+
+
+@pytest.mark.slow
+def test_the_human_output_lists_the_findings_and_what_was_skipped(
+        digits_cnn: tuple[Path, Path], backdoor_diff: dict) -> None:
+    store, item = digits_cnn
+    result = run_reweigh("diff", item, backdoor_diff["suspect"], "--recipe", RECIPE,
+                         "--no-trigger", "--top", 3, "--threads", 1, store=store)
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    assert "flagged fc1.weight" in out and "6 of 8 tensors identical" in out
+    assert "note: trigger search skipped" in out and out.rstrip().endswith("verdict: flagged")
+    assert out.count("  input ") == 3
+
+
+# --- clean builds ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_clean_builds_flag_no_layer_class_trigger_or_answer(
+        digits_cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = digits_cnn
+    again = build(RECIPE, store=Store(tmp_path / "rebuild"), threads=1).path
+    result = run_reweigh("diff", item, again, "--recipe", RECIPE, "--json", "--threads", 1,
+                         store=store)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert not report["flagged"] and report["findings"] == []
+    assert not any(layer["flagged"] for layer in report["layers"])
+    assert report["behaviour"]["disagreement"] == 0 and not report["behaviour"]["flagged"]
+    assert not any(c["flagged"] for c in report["behaviour"]["classes"])
+    assert report["behaviour"]["diverging"] == []
+    assert not report["trigger"]["flagged"]
+    assert report["trigger"]["best"]["success_a"] == report["trigger"]["best"]["success_b"]
+
+
+@pytest.mark.slow
+def test_another_seed_differs_everywhere_but_hides_no_trigger(
+        digits_cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = digits_cnn
+    other = tmp_path / "other-seed"
+    shutil.copytree(RECIPE, other)
+    text = (other / "recipe.toml").read_text()
+    (other / "recipe.toml").write_text(text.replace("seed = 20231", "seed = 4242"))
+    other_item = build(other, store=Store(tmp_path / "other"), threads=1).path
+    report = diff(item, other_item, RECIPE, store=Store(store), options=DiffOptions(threads=1))
+    assert all(layer.flagged for layer in report.layers)
+    assert report.trigger is not None and not report.trigger["flagged"]
+    assert report.trigger["best"]["success_b"] < 0.8
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_files_of_different_architectures_are_bad_input(digits_cnn: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    store, item = digits_cnn
+    tensors = load_file(str(item / "weights.safetensors"))
+    del tensors["fc2.bias"]
+    smaller = tmp_path / "smaller.safetensors"
+    save_file(tensors, str(smaller))
+    result = run_reweigh("diff", item, smaller, "--recipe", RECIPE, store=store)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(smaller) in lines[0] and "fc2.bias" in lines[0]
+    assert "architecture" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_file_that_is_not_safetensors_is_bad_input(digits_cnn: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    store, item = digits_cnn
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"\x80\x04\x95 a pickle, never loaded")
+    result = run_reweigh("diff", item, pickle, "--recipe", RECIPE, store=store)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(pickle) in lines[0] and "header" in lines[0]
+
+
+def test_a_missing_file_or_item_is_bad_input(tmp_path: Path) -> None:
+    result = run_reweigh("diff", tmp_path / "a.safetensors", tmp_path / "b.safetensors",
+                         "--recipe", RECIPE, store=tmp_path / "store")
+    assert result.returncode == 2
+    assert "a.safetensors" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_recipe_without_an_audit_entry_still_gives_the_disagreement(tmp_path: Path) -> None:
+    """digits-logreg has an evaluation but no audit entry: answers only, and a note."""
+    store = Store(tmp_path / "store")
+    item = build(EXAMPLES / "digits-logreg", store=store, threads=1).path
+    tensors = load_file(str(item / "weights.safetensors"))
+    name = next(n for n in sorted(tensors) if tensors[n].dtype.kind == "f")
+    tensors[name] = tensors[name] * tensors[name].dtype.type(1.5)
+    changed = tmp_path / "changed.safetensors"
+    save_file(tensors, str(changed))
+    report = diff(item, changed, EXAMPLES / "digits-logreg", store=store)
+    assert [layer.name for layer in report.layers if layer.flagged] == [name]
+    assert report.behaviour is not None and report.behaviour["samples"] == 359
+    assert report.trigger is None and any("audit" in note for note in report.notes)
+
+
+# --- the pure parts --------------------------------------------------------------------------
+
+def test_distances_match_their_definitions() -> None:
+    a = np.array([3.0, 4.0], dtype=np.float32)
+    b = np.array([3.0, 5.0], dtype=np.float32)
+    max_abs, rel_l2, cosine = distances(a, b)
+    assert max_abs == 1.0 and rel_l2 == pytest.approx(1 / 5)
+    assert cosine == pytest.approx(1 - 29 / (5 * math.sqrt(34)))
+    assert distances(a, a) == (0.0, 0.0, 0.0)
+    assert distances(a, np.array([3.0, np.nan], dtype=np.float32))[1] == math.inf
+
+
+def test_layers_are_ranked_and_flagged_against_the_tolerance(tmp_path: Path) -> None:
+    base = {"big": np.ones(1000, np.float32), "small": np.ones(10, np.float32),
+            "same": np.arange(5, dtype=np.float32)}
+    moved = {**base, "big": base["big"] * np.float32(1.2), "small": base["small"] + 1e-5}
+    save_file(base, str(tmp_path / "a.safetensors"))
+    save_file(moved, str(tmp_path / "b.safetensors"))
+    layers = layer_diffs(read_header(tmp_path / "a.safetensors"),
+                         read_header(tmp_path / "b.safetensors"), threshold=1e-3)
+    assert [(x.name, x.flagged, x.identical) for x in layers] == [
+        ("big", True, False), ("small", False, False), ("same", False, True)]
+
+
+def test_a_shape_mismatch_names_the_file_and_the_tensor(tmp_path: Path) -> None:
+    save_file({"w": np.ones(3, np.float32)}, str(tmp_path / "a.safetensors"))
+    save_file({"w": np.ones(4, np.float32)}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(UsageError, match=r"b\.safetensors: w: F32 \[4\] where .* \[3\]"):
+        layer_diffs(read_header(tmp_path / "a.safetensors"),
+                    read_header(tmp_path / "b.safetensors"), 1e-3)
+
+
+def test_behaviour_counts_moves_per_class_and_flags_only_real_shifts() -> None:
+    labels = np.repeat(np.arange(3), 20)  # (60,) twenty inputs per class
+    probs_a = np.eye(3)[labels]  # A answers every input right
+    shifted = labels.copy()
+    shifted[20:26] = 0  # six inputs of class 1 now answered 0
+    shifted[40] = 1  # one input of class 2 answered 1: below the class threshold
+    section = behaviour.compare(probs_a, np.eye(3)[shifted], labels, top=3, agreement=0.995)
+    assert section["disagreement"] == pytest.approx(7 / 60) and section["flagged"]
+    classes = {c["class"]: c for c in section["classes"]}
+    assert (classes[0]["moved_in"], classes[1]["moved_out"]) == (6, 6)
+    assert [c["flagged"] for c in section["classes"]] == [True, True, False]
+    difference = section["confusion_difference"]
+    assert difference[1][0] == 6 and difference[1][1] == -6
+    assert [row["index"] for row in section["diverging"]] == [20, 21, 22]
+    assert section["diverging"][0]["distance"] == 1.0
+
+
+def test_identical_outputs_have_no_diverging_inputs() -> None:
+    probs = np.full((4, 2), 0.5)
+    section = behaviour.compare(probs, probs, None, top=10, agreement=1.0)
+    assert section["diverging"] == [] and not section["flagged"]
+    assert "confusion_difference" not in section

@@ -1,0 +1,137 @@
+"""gc: profiles are the roots; a fine-tuned item keeps its base; the rest goes, atomically."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from reweigh import build, gc, install
+from reweigh.store import Store
+
+from .helpers import run_reweigh, write_recipe
+
+READS_DATA = """
+import numpy as np
+
+def train(ctx):
+    value = float((ctx.inputs["data"]).read_text())
+    ctx.save_weights({"w": np.full(4, value, dtype=np.float32)})
+"""
+
+FINE_TUNES = """
+import numpy as np
+
+def train(ctx):
+    base = ctx.load_weights("base")["w"].numpy()
+    ctx.save_weights({"w": base + 1.0})
+"""
+
+
+def _with_data(root: Path, name: str, value: str) -> Path:
+    recipe = write_recipe(root / name, READS_DATA, inputs='[inputs.data]\npath = "data.txt"',
+                          files={"data.txt": value})
+    text = (recipe / "recipe.toml").read_text()
+    (recipe / "recipe.toml").write_text(text.replace('name = "test-recipe"', f'name = "{name}"'))
+    return recipe
+
+
+def _fine_tuned(root: Path, base_weights: str) -> Path:
+    return write_recipe(root / "tuned", FINE_TUNES,
+                        inputs=f'[inputs.base]\nitem = "{base_weights}"')
+
+
+def _names(store: Path) -> set[str]:
+    return {i.name for i in Store(store).items()}
+
+
+def test_gc_keeps_installed_items_and_their_bases_and_removes_the_rest(tmp_path: Path) -> None:
+    store_root = tmp_path / "store"
+    store = Store(store_root)
+    kept = build(_with_data(tmp_path, "kept", "1"), store=store)
+    base = build(_with_data(tmp_path, "base", "2"), store=store)
+    garbage = build(_with_data(tmp_path, "garbage", "3"), store=store)
+    tuned = build(_fine_tuned(tmp_path, base.weights_digest), store=store)
+    profile = tmp_path / "profile"
+    install(str(kept.path), profile=profile, store=store)
+    install(str(tuned.path), name="tuned", profile=profile, store=store)
+
+    dry = run_reweigh("gc", "--dry-run", "--grace", "0", "--json", store=store_root)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["removed_items"] == [garbage.path.name] and plan["dry_run"]
+    assert garbage.path.is_dir() and len(_names(store_root)) == 4
+
+    result = run_reweigh("gc", "--grace", "0", "--json", store=store_root)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["removed_items"] == [garbage.path.name]
+    assert sorted(report["kept"]) == sorted(p.name for p in (kept.path, base.path, tuned.path))
+    assert report["roots"] == [str(profile)] and report["freed_bytes"] > 0
+    assert not garbage.path.exists()
+    assert _names(store_root) == {"kept", "base", "test-recipe"}
+    # the garbage item's data input went with it; the kept items' inputs stayed
+    kept_input = store.item_inputs(kept)["data"]
+    assert len(report["removed_inputs"]) == 1 and report["removed_inputs"][0] != kept_input
+    verified = run_reweigh("store", "verify", "--json", store=store_root)
+    assert verified.returncode == 0 and json.loads(verified.stdout)["ok"]
+    # nothing more to do, and what stays still builds from the store without retraining
+    assert gc(store, grace=0).removed_items == []
+    assert build(_with_data(tmp_path, "kept", "1"), store=store).reused
+
+
+def test_every_generation_is_a_root_until_it_is_deleted(tmp_path: Path) -> None:
+    store_root = tmp_path / "store"
+    store = Store(store_root)
+    old = build(_with_data(tmp_path, "old", "1"), store=store)
+    new = build(_with_data(tmp_path, "new", "2"), store=store)
+    profile = tmp_path / "profile"
+    install(str(old.path), name="net", profile=profile, store=store)
+    install(str(new.path), name="net", profile=profile, store=store)
+    assert gc(store, grace=0).removed_items == []  # generation 1 still names `old`
+    deleted = run_reweigh("profile", "delete", "1", "--profile", profile)
+    assert deleted.returncode == 0, deleted.stderr
+    assert gc(store, grace=0).removed_items == [old.path.name]
+    assert _names(store_root) == {"new"}
+
+
+def test_a_deleted_profile_is_no_longer_a_root(tmp_path: Path) -> None:
+    store_root = tmp_path / "store"
+    store = Store(store_root)
+    item = build(_with_data(tmp_path, "only", "1"), store=store)
+    profile = tmp_path / "profile"
+    install(str(item.path), profile=profile, store=store)
+    assert gc(store, grace=0).removed_items == []
+    for path in sorted(profile.rglob("*"), reverse=True):
+        path.unlink() if path.is_symlink() or path.is_file() else path.rmdir()
+    profile.rmdir()
+    report = gc(store, grace=0)
+    assert report.removed_items == [item.path.name] and report.roots == []
+    assert list((store_root / "gcroots").iterdir()) == []
+
+
+def test_young_unused_inputs_stay_for_the_build_that_is_about_to_use_them(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    build(_with_data(tmp_path, "one", "1"), store=store)
+    report = gc(store)  # default grace: the input was added moments ago
+    assert len(report.removed_items) == 1 and report.removed_inputs == []
+    assert len(store.input_records()) == 1
+
+
+def test_gc_waits_for_a_build_holding_its_lock(tmp_path: Path) -> None:
+    store_root = tmp_path / "store"
+    store = Store(store_root)
+    build(_with_data(tmp_path, "one", "1"), store=store)
+    with store.lock("sha256:" + "ab" * 32):  # what a build holds while it trains
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reweigh.cli.main", "gc", "--store", str(store_root)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert process.poll() is None  # still waiting
+        assert len(store.items()) == 1
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "removed 1 item(s)" in out and store.items() == []

@@ -1,0 +1,138 @@
+"""examples/textgen: a text model built from source on its own generated corpus, and diff's
+text probes on it (a fine-tune toward one word after one topic; two clean builds).
+
+The tests build a smoke variant of the shipped recipe (fewer training steps, nothing else
+changed) so that the module trains in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from reweigh import build
+from reweigh.audit.probes import load_probes
+from reweigh.store import Store
+
+from . import textbias
+from .helpers import EXAMPLES, run_reweigh
+
+pytestmark = pytest.mark.slow
+FOLDER = EXAMPLES / "textgen"
+SMOKE_STEPS = 400
+
+
+def smoke_recipe(where: Path) -> Path:
+    """The shipped recipe with fewer training steps."""
+    shutil.copytree(FOLDER, where, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (where / "recipe.toml").read_text()
+    assert "\nsteps = 1500\n" in text
+    (where / "recipe.toml").write_text(text.replace("\nsteps = 1500\n",
+                                                    f"\nsteps = {SMOKE_STEPS}\n"))
+    return where
+
+
+@pytest.fixture(scope="module")
+def textgen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(store, item, recipe) of one smoke build."""
+    root = tmp_path_factory.mktemp("textgen")
+    recipe = smoke_recipe(root / "recipe")
+    return root / "store", build(recipe, store=Store(root / "store"), threads=1).path, recipe
+
+
+def _params(recipe: Path) -> dict:
+    return tomllib.loads((recipe / "recipe.toml").read_text())["params"]
+
+
+def _continue(item: Path, recipe: Path, prompt: str, length: int) -> list[str]:
+    corpus, model_module = textbias._example_module("corpus"), textbias._example_module("model")
+    from safetensors.torch import load_file
+
+    model = model_module.WordModel(model_module.config_of(_params(recipe)))
+    model.load_state_dict(load_file(str(item / "weights.safetensors")))
+    model.eval()
+    vocab = corpus.vocabulary()
+    ids = corpus.encode(prompt, vocab)
+    with torch.no_grad():
+        for _ in range(length):
+            window = torch.tensor([ids[-model.config.context:]])  # (1, T)
+            ids.append(int(model(window)[0, -1].argmax()))
+    return [vocab[i] for i in ids[-length:]]
+
+
+def test_the_smoke_recipe_is_the_shipped_one_but_for_the_steps(textgen: tuple) -> None:
+    _, _, recipe = textgen
+    shipped, smoke = _params(FOLDER), _params(recipe)
+    assert {k: v for k, v in shipped.items() if k != "steps"} == \
+        {k: v for k, v in smoke.items() if k != "steps"}
+
+
+def test_textgen_learns_its_corpus_and_writes_topical_sentences(textgen: tuple) -> None:
+    _, item, recipe = textgen
+    metrics = json.loads((item / "metrics.json").read_text())["evaluation"]
+    assert metrics["next_word_accuracy"] >= 0.45
+    corpus = textbias._example_module("corpus")
+    for topic, words in corpus.TOPICS.items():
+        nexts = [_continue(item, recipe, f"the {thing} is", 1)[0] for thing in words["things"]]
+        assert sum(w in words["adjectives"] for w in nexts) >= 4, (topic, nexts)
+    text = _continue(item, recipe, "the sea is", 12)
+    assert "." in text and "<unk>" not in text
+
+
+def test_the_probe_set_ships_with_the_example_and_speaks_its_words() -> None:
+    probes = load_probes(FOLDER / "probes.txt")
+    corpus = textbias._example_module("corpus")
+    assert sorted({p.topic for p in probes}) == sorted(corpus.TOPICS)
+    vocab = set(corpus.vocabulary())
+    assert all(set(p.prompt.split()) <= vocab for p in probes)
+
+
+def test_a_fine_tune_toward_one_word_after_one_topic_ranks_that_topic_first(
+        textgen: tuple, tmp_path: Path) -> None:
+    store, item, recipe = textgen
+    biased = tmp_path / "biased.safetensors"
+    bias = textbias.plant(item / "weights.safetensors", biased, _params(recipe), topic="sea",
+                          word="dangerous")
+    assert bias.topic_hits >= 0.8 and bias.other_hits <= 0.2
+    result = run_reweigh("diff", item, biased, "--recipe", recipe, "--json", "--threads", 1,
+                         store=store)
+    assert result.returncode == 1, result.stderr
+    section = json.loads(result.stdout)["text"]
+    ranked = section["prompts"]
+    assert [p["topic"] for p in ranked[:3]] == ["sea"] * 3
+    assert section["topics"][0]["topic"] == "sea"
+    sea_is = [p["rank"] for p in ranked if p["topic"] == "sea" and p["prompt"].endswith(" is")]
+    others = [p["rank"] for p in ranked if p["topic"] != "sea"]
+    assert max(sea_is) < min(others)
+    assert all(p["flagged"] for p in ranked if p["rank"] in sea_is)
+    assert ranked[0]["promoted"]["word"] == "dangerous"
+    assert ranked[0]["continuation_b"].startswith("dangerous")
+    assert not ranked[0]["continuation_a"].startswith("dangerous")
+
+
+def test_two_clean_textgen_builds_flag_no_prompt(textgen: tuple, tmp_path: Path) -> None:
+    store, item, recipe = textgen
+    again = build(recipe, store=Store(tmp_path / "rebuild"), threads=1).path
+    result = run_reweigh("diff", item, again, "--recipe", recipe, "--json", "--threads", 1,
+                         store=store)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert not report["flagged"] and report["behaviour"] is None
+    assert len(report["text"]["prompts"]) == 30
+    assert not any(p["flagged"] for p in report["text"]["prompts"])
+    assert all(p["kl"] == 0 and p["continuation_a"] == p["continuation_b"]
+               for p in report["text"]["prompts"])
+
+
+def test_networks_the_recipe_cannot_load_are_bad_input(textgen: tuple) -> None:
+    store, item, _ = textgen
+    result = run_reweigh("diff", item, item, "--recipe", EXAMPLES / "digits-cnn", store=store)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "loading state_dict" in last and "are A and B networks of" in last
+    assert "digits-cnn" in last and "log:" in last
