@@ -130,7 +130,7 @@ def test_digits_cnn_unbuilt_is_a_free_model_with_an_estimated_cost(
     assert [p["verdict"] for p in report["policies"]] == [
         "free model", "Open Source AI", "Class II (Open Tooling)", "packageable"]
     assert line(report, "mof", "intermediate parameters (I)")["text"].startswith(
-        "every 5th checkpoint is kept when built")
+        "every 10th checkpoint is kept when built")
     cost = line(report, "guix", "recompute cost")
     assert cost["status"] == "ok"
     assert "estimated:" in cost["text"] or "measured: an estimate run" in cost["text"]
