@@ -145,3 +145,26 @@ def test_an_entry_point_that_saves_no_weights_fails(tmp_path: Path, store: Path)
     assert result.returncode == 1
     assert "save_weights" in result.stderr.strip().splitlines()[-1]
     assert store_is_empty(store)
+
+
+def test_an_input_touched_during_the_build_fails_it_and_leaves_no_item(
+        tmp_path: Path, store: Path) -> None:
+    """`os.utime` is no write the guard sees; the builder's check of the inputs' stat
+    after training still notices that the input changed."""
+    recipe = write_recipe(tmp_path / "r", TOUCH_TRAIN, inputs=(
+        '[inputs.data]\npath = "data.txt"'), files={"data.txt": "some data\n"})
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 1, result.stderr
+    assert "an input changed during the build" in result.stderr
+    assert not any((store / "items").iterdir())
+
+
+TOUCH_TRAIN = """
+import os
+
+import numpy as np
+
+def train(ctx):
+    os.utime(ctx.inputs["data"], (0, 0))
+    ctx.save_weights({"w": np.zeros(2, dtype=np.float32)})
+"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from reweigh import build
+from reweigh.compare import value_drift
 from reweigh.digest import file_digest
 from reweigh.store import Store
 from reweigh.transcript import chain
@@ -163,3 +165,16 @@ def test_on_another_environment_segments_may_drift_within_the_recipes_tolerance(
 
 def _item_of(store: Path) -> Path:
     return Store(store).resolve("digits-cnn").path
+
+
+def test_value_drift_allows_floats_to_move_and_nothing_else() -> None:
+    state = {"dict": [["step", {"value": 40}], ["running", {"value": 2.0}]]}
+    moved = {"dict": [["step", {"value": 40}], ["running", {"value": 2.0 + 2e-6}]]}
+    assert value_drift(state, state) == 0.0
+    assert value_drift(state, moved) == pytest.approx(1e-6, rel=1e-3)
+    other_step = {"dict": [["step", {"value": 41}], ["running", {"value": 2.0}]]}
+    assert value_drift(state, other_step) == math.inf
+    assert value_drift(state, {"dict": [["step", {"value": 40}]]}) == math.inf
+    assert value_drift({"value": 1}, {"value": 1.0}) == math.inf  # an int is not a float
+    assert value_drift({"value": float("nan")}, {"value": 1.0}) == math.inf
+    assert value_drift({"value": 1.0}, {"value": float("nan")}) == math.inf

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from board import Position
 from mcts import Node, best_move, expand_roots, sampled_move, search
 from net import Evaluator, encode, load_model, pack
@@ -18,7 +17,6 @@ from net import Evaluator, encode, load_model, pack
 
 def play_shard(task: dict[str, Any]) -> dict[str, np.ndarray]:
     """Play task["games"] games; return their positions with search and result targets."""
-    torch.set_num_threads(1)
     evaluate = Evaluator(load_model(task["weights"], task["shape"]))
     s = task["search"]
     rngs = [np.random.default_rng([*task["seed"], game]) for game in range(task["games"])]

@@ -121,8 +121,9 @@ def value_drift(a: Any, b: Any) -> float:
     if isinstance(a, float) and isinstance(b, float):
         if a == b:
             return 0.0
-        scale = max(abs(a), abs(b))
-        return abs(a - b) / scale if math.isfinite(scale) else math.inf
+        if not (math.isfinite(a) and math.isfinite(b)):
+            return math.inf
+        return abs(a - b) / max(abs(a), abs(b))
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
             return math.inf

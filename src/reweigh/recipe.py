@@ -249,8 +249,8 @@ def _evaluation(v: _Validator, table: dict[str, Any]) -> Evaluation:
             metric=v.string(tol, "metric", required=False, where="evaluate.tolerance.metric")
             or default.metric,
             metric_delta=v.fraction(tol, "metric_delta", default.metric_delta),
-            segment_rel_l2=v.fraction(tol, "segment_rel_l2", -1.0) if "segment_rel_l2" in tol
-            else None,
+            segment_rel_l2=v.fraction(tol, "segment_rel_l2", 0.0) if "segment_rel_l2" in tol
+            else None,  # absent: verify derives it from weights_rel_l2
         ),
         audit=v.entry(table, "audit", "evaluate.audit") if "audit" in table else None,
         probes=probes,

@@ -245,8 +245,9 @@ def _judge(subject: _Subject, segment: tr.Segment, folder: Path, replay: _Replay
 
 
 def _drift(replayed: Path, published: Path) -> float:
-    """The worst relative L2 distance over the two states' tensors; infinite when their
-    structure (the non-tensor values, the tensor names, shapes and types) differs."""
+    """The worst relative difference over the two states: each tensor's relative L2
+    distance and each float of the JSON skeleton's; infinite when anything else differs
+    (the skeleton's structure or non-float values, tensor names, shapes or types)."""
     a, b = read_header(replayed), read_header(published)
     if a.metadata.keys() != b.metadata.keys():
         return math.inf
