@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
+import threading
 from pathlib import Path
+
+import pytest
 
 from reweigh import build, gc, install
 from reweigh.store import Store
@@ -121,17 +121,23 @@ def test_young_unused_inputs_stay_for_the_build_that_is_about_to_use_them(
     assert len(store.input_records()) == 1
 
 
-def test_gc_waits_for_a_build_holding_its_lock(tmp_path: Path) -> None:
+@pytest.mark.parametrize("holding", ["derivation lock", "shared gc lock"])
+def test_gc_waits_for_a_build_holding_its_lock(tmp_path: Path, holding: str) -> None:
+    """A build holds the gc lock shared from planning (its inputs are found) to the end;
+    gc, in another thread here (a flock through another open file blocks there too),
+    must wait until it is let go."""
     store_root = tmp_path / "store"
     store = Store(store_root)
     build(_with_data(tmp_path, "one", "1"), store=store)
-    with store.lock("sha256:" + "ab" * 32):  # what a build holds while it trains
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reweigh.cli.main", "gc", "--store", str(store_root)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        assert process.poll() is None  # still waiting
+    held = (store.lock("sha256:" + "ab" * 32) if holding == "derivation lock"
+            else store.gc_lock(exclusive=False))
+    reports: list = []
+    with held:
+        collector = threading.Thread(target=lambda: reports.append(gc(Store(store_root))))
+        collector.start()
+        collector.join(1.0)
+        assert collector.is_alive()  # still waiting
         assert len(store.items()) == 1
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 0, err
-    assert "removed 1 item(s)" in out and store.items() == []
+    collector.join(120)
+    assert not collector.is_alive() and len(reports[0].removed_items) == 1
+    assert store.items() == []

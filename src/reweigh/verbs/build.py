@@ -94,8 +94,9 @@ def build(recipe_dir: Path | str, *, store: Store | None = None, threads: int | 
           check: bool = False, reporter: Reporter | None = None) -> BuildReport:
     """Build the recipe (or reuse its item); with check, rebuild and compare bit for bit."""
     store = store or Store()
-    return build_plan(plan(recipe_dir, store), store, threads_for(threads), check,
-                      reporter or QuietReporter())
+    with store.gc_lock(exclusive=False):  # gc waits: what plan() found stays
+        return build_plan(plan(recipe_dir, store), store, threads_for(threads), check,
+                          reporter or QuietReporter())
 
 
 def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,

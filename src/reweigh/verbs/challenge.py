@@ -74,26 +74,27 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
         raise UsageError(f"{published}: no such file")
     published_file = read_header(published)  # bad files are refused before any build
     claimed = _claimed_environment(published_provenance)
-    the_plan = plan(recipe_dir, store)
-    built = build_plan(the_plan, store, threads, False, reporter)
-    item = store.resolve(built.path.name)
-    tensors = compare_files(read_header(item.weights), published_file)
-    relation, differing = _relation(item, claimed)
-    behaviour = None
-    needs_evidence = any(t.status != "identical" for t in tensors)
-    if needs_evidence and the_plan.recipe.evaluate and all(
-            t.status in ("identical", "changed") for t in tensors):
-        behaviour = _behaviour(the_plan, store, item, published, threads, reporter)
-    evaluation = the_plan.recipe.evaluate
-    tolerance = evaluation.tolerance if evaluation else Tolerance()
-    verdict, reasons = decide(tensors, behaviour, tolerance, relation)
-    report = ChallengeReport(verdict, tuple(reasons), item.path, item.derivation,
-                             item.weights_digest, published, file_digest(published), relation,
-                             tuple(differing), tuple(tensors), behaviour)
-    store.record_check(item, "challenge", verdict.value, {
-        "published": str(published), "published_digest": report.published_digest,
-        "environment": relation.value})
-    return report
+    with store.gc_lock(exclusive=False):  # gc waits: what plan() found stays
+        the_plan = plan(recipe_dir, store)
+        built = build_plan(the_plan, store, threads, False, reporter)
+        item = store.resolve(built.path.name)
+        tensors = compare_files(read_header(item.weights), published_file)
+        relation, differing = _relation(item, claimed)
+        behaviour = None
+        needs_evidence = any(t.status != "identical" for t in tensors)
+        if needs_evidence and the_plan.recipe.evaluate and all(
+                t.status in ("identical", "changed") for t in tensors):
+            behaviour = _behaviour(the_plan, store, item, published, threads, reporter)
+        evaluation = the_plan.recipe.evaluate
+        tolerance = evaluation.tolerance if evaluation else Tolerance()
+        verdict, reasons = decide(tensors, behaviour, tolerance, relation)
+        report = ChallengeReport(verdict, tuple(reasons), item.path, item.derivation,
+                                 item.weights_digest, published, file_digest(published), relation,
+                                 tuple(differing), tuple(tensors), behaviour)
+        store.record_check(item, "challenge", verdict.value, {
+            "published": str(published), "published_digest": report.published_digest,
+            "environment": relation.value})
+        return report
 
 
 def _claimed_environment(path: Path | str | None) -> dict[str, Any] | None:

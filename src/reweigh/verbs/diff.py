@@ -86,18 +86,19 @@ def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | Non
     store = store or Store()
     options = options or DiffOptions()
     reporter = reporter or QuietReporter()
-    file_a, file_b = weights_path(a, store), weights_path(b, store)
-    the_plan = plan(recipe, store)
-    evaluation = the_plan.recipe.evaluate
-    tolerance = evaluation.tolerance if evaluation else Tolerance()
-    layers = layer_diffs(read_header(file_a), read_header(file_b), tolerance.weights_rel_l2)
-    report = DiffReport(the_plan.recipe.name, file_a, file_b, file_digest(file_a),
-                        file_digest(file_b), tuple(layers), tolerance.weights_rel_l2)
-    if evaluation is None:
-        return _with(report, notes=("the recipe has no [evaluate]: weight space only",))
-    if evaluation.audit is None:
-        return _behaviour_from_evaluation(report, the_plan, store, options, reporter)
-    return _audit(report, the_plan, store, options, reporter)
+    with store.gc_lock(exclusive=False):  # gc waits: what plan() found stays
+        file_a, file_b = weights_path(a, store), weights_path(b, store)
+        the_plan = plan(recipe, store)
+        evaluation = the_plan.recipe.evaluate
+        tolerance = evaluation.tolerance if evaluation else Tolerance()
+        layers = layer_diffs(read_header(file_a), read_header(file_b), tolerance.weights_rel_l2)
+        report = DiffReport(the_plan.recipe.name, file_a, file_b, file_digest(file_a),
+                            file_digest(file_b), tuple(layers), tolerance.weights_rel_l2)
+        if evaluation is None:
+            return _with(report, notes=("the recipe has no [evaluate]: weight space only",))
+        if evaluation.audit is None:
+            return _behaviour_from_evaluation(report, the_plan, store, options, reporter)
+        return _audit(report, the_plan, store, options, reporter)
 
 
 def weights_path(ref: Path | str, store: Store) -> Path:
