@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .adapt_template import adapt_data
 from .adapt_template.adapt_data import MAX_CLASSES, label_problem
 from .errors import UsageError
 
@@ -190,8 +191,6 @@ class Network:
 
     def prepare(self, path: Path) -> Any:
         """A file (image or text) as one input array, converted as in training."""
-        from .adapt_template import adapt_data
-
         try:
             return adapt_data.read_example(path, self.interface.to_json()["input"])
         except adapt_data.BadData as e:

@@ -87,9 +87,8 @@ def total_variation(probs_a: np.ndarray, probs_b: np.ndarray) -> np.ndarray:
     return 0.5 * np.abs(probs_a - probs_b).sum(axis=1)
 
 
-def most_diverging(probs_a: np.ndarray, probs_b: np.ndarray, top: int) -> list[int]:
-    """Indices of the `top` inputs whose outputs moved most; ties by index, zeros left out."""
-    distance = total_variation(probs_a, probs_b)
+def most_diverging(distance: np.ndarray, top: int) -> list[int]:
+    """Indices of the `top` largest distances; ties by index, zeros left out."""
     order = np.lexsort((np.arange(len(distance)), -distance))
     return [int(i) for i in order[:top] if distance[i] > 0]
 
@@ -98,7 +97,7 @@ def diverging(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray | Non
               top: int) -> list[dict[str, Any]]:
     distance = total_variation(probs_a, probs_b)
     rows = []
-    for i in most_diverging(probs_a, probs_b, top):
+    for i in most_diverging(distance, top):
         rows.append({"index": i, "label": int(labels[i]) if labels is not None else None,
                      "output_a": _output(probs_a[i]), "output_b": _output(probs_b[i]),
                      "distance": float(distance[i])})

@@ -14,20 +14,18 @@ from ..policy.policies import POLICIES
 from ..policy.report import PolicyReport, Status
 from ..progress import reporter_for
 from ..verbs.check import CheckReport, check
-from .common import add_json_option, add_store_option, colour, open_store, positive_int, print_json
+from .common import (
+    add_json_option,
+    add_store_option,
+    colour,
+    open_store,
+    positive_float,
+    positive_int,
+    print_json,
+)
 
 TONES = {"good": "32", "partial": "33", "bad": "31"}
 STATUS_COLOURS = {Status.OK: "32", Status.INFO: "36", Status.UNKNOWN: "33"}
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

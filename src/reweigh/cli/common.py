@@ -38,6 +38,22 @@ def non_negative_int(text: str) -> int:
     return _bounded_int(text, 0, 1_000_000)
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def add_profile_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="profile directory (default: $REWEIGH_PROFILE or "
+                        "~/.reweigh-profile)")
+
+
 def open_store(args: argparse.Namespace) -> Store:
     return Store(args.store)
 

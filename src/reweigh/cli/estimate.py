@@ -11,8 +11,14 @@ import argparse
 from ..policy.estimate import DEFAULT_MAX_CORE_HOURS, REFERENCE
 from ..progress import reporter_for
 from ..verbs.estimate import DEFAULT_SECONDS, EstimateReport, estimate
-from .check import positive_float
-from .common import add_json_option, add_store_option, open_store, positive_int, print_json
+from .common import (
+    add_json_option,
+    add_store_option,
+    open_store,
+    positive_float,
+    positive_int,
+    print_json,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -7,16 +7,9 @@ the item a gc root. Programs then find the network by NAME (`reweigh.profile`).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..verbs.profile import install
-from .common import add_json_option, add_store_option, open_store, print_json
-
-
-def add_profile_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="profile directory (default: $REWEIGH_PROFILE or "
-                        "~/.reweigh-profile)")
+from .common import add_json_option, add_profile_option, add_store_option, open_store, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

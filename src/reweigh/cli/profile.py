@@ -19,8 +19,7 @@ from ..verbs.profile import (
     switch_generation,
     uninstall,
 )
-from .common import add_json_option, non_negative_int, print_json
-from .install import add_profile_option
+from .common import add_json_option, add_profile_option, non_negative_int, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -95,7 +95,7 @@ def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | Non
         report = DiffReport(the_plan.recipe.name, file_a, file_b, file_digest(file_a),
                             file_digest(file_b), tuple(layers), tolerance.weights_rel_l2)
         if evaluation is None:
-            return _with(report, notes=("the recipe has no [evaluate]: weight space only",))
+            return replace(report, notes=("the recipe has no [evaluate]: weight space only",))
         if evaluation.audit is None:
             return _behaviour_from_evaluation(report, the_plan, store, options, reporter)
         return _audit(report, the_plan, store, options, reporter)
@@ -132,13 +132,13 @@ def _audit(report: DiffReport, the_plan: Plan, store: Store, options: DiffOption
                 agreement=evaluation.tolerance.agreement).audit or {}
     if data.get("kind") == "text":
         notes = () if probes else ("no probe set: give --probes FILE or evaluate.probes",)
-        return _with(report, text=data["text"] if probes else None, notes=notes)
+        return replace(report, text=data["text"] if probes else None, notes=notes)
     notes = ()
     if options.trigger is None:
         notes = ("trigger search skipped (--no-trigger)",)
     elif data.get("trigger") is None:
         notes = ("trigger search needs image inputs shaped (N, C, H, W)",)
-    return _with(report, behaviour=data.get("behaviour"), trigger=data.get("trigger"),
+    return replace(report, behaviour=data.get("behaviour"), trigger=data.get("trigger"),
                  notes=notes)
 
 
@@ -152,11 +152,11 @@ def _behaviour_from_evaluation(report: DiffReport, the_plan: Plan, store: Store,
     answers_a = np.asarray(result.evaluations[0]["predictions"], dtype=np.int64)
     answers_b = np.asarray(result.evaluations[1]["predictions"], dtype=np.int64)
     if len(answers_a) == 0 or len(answers_a) != len(answers_b):
-        return _with(report, notes=("the evaluation gave no comparable predictions",))
+        return replace(report, notes=("the evaluation gave no comparable predictions",))
     classes = int(max(answers_a.max(), answers_b.max())) + 1
     section = audit_behaviour.compare(np.eye(classes)[answers_a], np.eye(classes)[answers_b],
                                       None, options.top, evaluation.tolerance.agreement)
-    return _with(report, behaviour=section, notes=(
+    return replace(report, behaviour=section, notes=(
         "the recipe has no evaluate.audit entry: behaviour from its evaluation's answers "
         "only; no labels, output probabilities, trigger search or text probes",))
 
@@ -194,10 +194,6 @@ def _run(the_plan: Plan, store: Store, options: DiffOptions, reporter: Reporter,
         return result
     finally:
         remove_tree(work)
-
-
-def _with(report: DiffReport, **changes: Any) -> DiffReport:
-    return replace(report, **changes)
 
 
 def _layer_findings(report: DiffReport) -> list[str]:

@@ -45,10 +45,10 @@ def install(ref: str, *, name: str | None = None, profile: Path | str | None = N
         name = check_name(item.name if name is None else name)
         current = the_profile.current()
         replaced = current.networks.get(name) if current else None
-        generation = the_profile.install(name, entry_of(item, store))
+        entry = entry_of(item, store)
+        generation = the_profile.install(name, entry)
         store.add_root(the_profile.root)
-    return InstallReport(the_profile.root, generation.number, name, entry_of(item, store),
-                         replaced)
+    return InstallReport(the_profile.root, generation.number, name, entry, replaced)
 
 
 def uninstall(name: str, profile: Path | str | None = None) -> Generation:
