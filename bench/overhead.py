@@ -5,7 +5,10 @@
   settings (bench/plain_digits_cnn.py), both as fresh processes, alternating,
   median of N runs. Budget: <= 1.10x.
   A third column runs the plain script with reweigh's pinned numerics only, to
-  split the overhead into determinism and sandbox/bookkeeping.
+  split the overhead into determinism and sandbox/bookkeeping. A fourth ends the
+  plain script with `os._exit`, as reweigh's build process ends (skipping the
+  interpreter's teardown): against it, the ratio shows what reweigh's own work costs,
+  apart from what the fast exit saves.
 - reuse: wall time of a second `reweigh build` of the built recipe (a fresh
   process, as a user runs it). Budget: < 0.5 s.
 
@@ -27,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "digits-cnn"
 
 
-CPU: dict[str, list[float]] = {"plain": [], "pinned": [], "built": []}
+CPU: dict[str, list[float]] = {"plain": [], "pinned": [], "fast": [], "built": []}
 
 
 def timed(command: list[str], cpu: list[float] | None = None) -> float:
@@ -56,29 +59,35 @@ def main() -> None:
         subprocess.run([*reweigh, "build", str(RECIPE), "--store", str(first_store),
                         "--threads", str(args.threads)], check=True, stdout=subprocess.DEVNULL)
         digits = next((first_store / "inputs").glob("*/scikit-learn-digits"))
-        plain, pinned, built = [], [], []
+        plain, pinned, fast, built = [], [], [], []
         script = [sys.executable, str(ROOT / "bench" / "plain_digits_cnn.py"), str(digits)]
         for run in range(args.runs):
             plain.append(timed([*script, str(tmp / f"plain-{run}.safetensors")], CPU["plain"]))
             pinned.append(timed([*script, str(tmp / f"pinned-{run}.safetensors"), "--pinned"],
                                 CPU["pinned"]))
+            fast.append(timed([*script, str(tmp / f"fast-{run}.safetensors"), "--fast-exit"],
+                              CPU["fast"]))
             built.append(timed([*reweigh, "build", str(RECIPE), "--store",
                                 str(tmp / f"store-{run + 1}"), "--threads",
                                 str(args.threads)], CPU["built"]))
         reuse = [timed([*reweigh, "build", str(RECIPE), "--store", str(first_store)])
                  for _ in range(5)]
     p, b = statistics.median(plain), statistics.median(built)
-    q = statistics.median(pinned)
+    q, f = statistics.median(pinned), statistics.median(fast)
     print(f"digits-cnn, {args.threads} threads, median of {args.runs} runs each")
     print(f"  plain PyTorch script (default settings): {p:7.2f} s   runs {_fmt(plain)}")
     print(f"  plain script, reweigh's numerics pinned: {q:7.2f} s   runs {_fmt(pinned)}"
           f"   ({q / p:.3f}x)")
+    print(f"  plain script, ending with os._exit:      {f:7.2f} s   runs {_fmt(fast)}"
+          f"   ({f / p:.3f}x)")
     print(f"  reweigh build (sandboxed, deterministic): {b:7.2f} s   runs {_fmt(built)}")
     print(f"  overhead ratio reweigh/plain: {b / p:.3f}x   (budget <= 1.10x)")
+    print(f"  reweigh/plain ending with os._exit: {b / f:.3f}x   (reweigh's own work)")
     cpu = {k: statistics.median(v) for k, v in CPU.items()}
     print(f"  CPU seconds (user + system), medians: plain {cpu['plain']:.2f}, pinned "
           f"{cpu['pinned']:.2f} ({cpu['pinned'] / cpu['plain']:.3f}x), reweigh "
-          f"{cpu['built']:.2f} ({cpu['built'] / cpu['plain']:.3f}x)")
+          f"{cpu['built']:.2f} ({cpu['built'] / cpu['plain']:.3f}x; "
+          f"{cpu['built'] / cpu['fast']:.3f}x of the plain script ending with os._exit)")
     print(f"reuse: reweigh build of a built recipe: median {statistics.median(reuse):.3f} s "
           f"(runs {_fmt(reuse)}; budget < 0.5 s)")
 

@@ -168,3 +168,32 @@ def train(ctx):
     os.utime(ctx.inputs["data"], (0, 0))
     ctx.save_weights({"w": np.zeros(2, dtype=np.float32)})
 """
+
+
+def test_files_a_recipe_leaves_open_are_complete_in_the_item(tmp_path: Path,
+                                                             store: Path) -> None:
+    """The build process skips the interpreter's teardown (about a second with torch
+    loaded); what the teardown would have written must still reach the item: the buffer
+    of a file a recipe module keeps open, and what an exit handler writes."""
+    recipe = write_recipe(tmp_path / "r", LEAKY_TRAIN)
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 0, result.stderr
+    item = Path(result.stdout.strip().splitlines()[-1])
+    assert (item / "notes.txt").read_text() == "written, never closed\n"
+    assert (item / "bye.txt").read_text() == "written at exit"
+
+
+LEAKY_TRAIN = """
+import atexit
+
+import numpy as np
+
+NOTES = None
+
+def train(ctx):
+    global NOTES
+    NOTES = open(ctx.out / "notes.txt", "w")
+    NOTES.write("written, never closed\\n")  # stays in the buffer
+    atexit.register((ctx.out / "bye.txt").write_text, "written at exit")
+    ctx.save_weights({"w": np.zeros(2, dtype=np.float32)})
+"""

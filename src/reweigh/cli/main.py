@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
@@ -14,26 +15,14 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import ReweighError
-from . import (
-    adapt,
-    build,
-    challenge,
-    check,
-    diff,
-    estimate,
-    gc,
-    import_,
-    install,
-    list,
-    path,
-    profile,
-    show,
-    store,
-    verify,
-)
 
-COMMANDS = (build, challenge, list, show, path, store, verify, check, estimate, import_,
-            adapt, install, profile, gc, diff)
+# Command name -> module under reweigh.cli. Only the command being run is imported (with
+# its verb and what that needs): `reweigh build` must not pay for numpy because `adapt`
+# exists. Help and unknown commands import them all.
+COMMANDS = {"build": "build", "challenge": "challenge", "list": "list", "show": "show",
+            "path": "path", "store": "store", "verify": "verify", "check": "check",
+            "estimate": "estimate", "import": "import_", "adapt": "adapt",
+            "install": "install", "profile": "profile", "gc": "gc", "diff": "diff"}
 INTERNAL_ERROR = 70
 
 
@@ -45,18 +34,24 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: with only its command registered when it names one."""
     parser = Parser(prog="reweigh", description="Trained weights you can rebuild, check "
                     "and replace.")
     parser.add_argument("--version", action="version", version=f"reweigh {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in COMMANDS:
-        command.register(commands)
+    for name in _commands_for(sys.argv[1:] if argv is None else argv):
+        importlib.import_module(f"{__package__}.{COMMANDS[name]}").register(commands)
     return parser
 
 
+def _commands_for(argv: list[str]) -> list[str]:
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return [first] if first in COMMANDS else list(COMMANDS)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    args = make_parser(argv).parse_args(argv)
     try:
         return int(args.run(args))
     except ReweighError as e:
