@@ -19,7 +19,8 @@ from safetensors.numpy import load_file, save_file
 
 from reweigh import DiffOptions, build, diff
 from reweigh.audit import behaviour
-from reweigh.audit.weights import distances, layer_diffs
+from reweigh.audit.weights import layer_diffs
+from reweigh.compare import distances
 from reweigh.errors import UsageError
 from reweigh.store import Store
 from reweigh.weights import read_header

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from reweigh import build
@@ -161,6 +162,25 @@ def test_on_another_environment_segments_may_drift_within_the_recipes_tolerance(
     assert all(d <= report["tolerance"] for d in drifts)
     code, report = _verify_fine_tuned(store, folder)
     assert code == 1 and not report["segments"][-1]["holds"]
+    # The slack across environments does not hide a forged checkpoint: one whose floats
+    # were all moved by 0.1% (50 times the allowed drift, far less than another seed's).
+    forged = _published(Path(json.loads(avx2.stdout)["path"]), tmp_path / "forged")
+    _scale_floats(forged / "checkpoints" / "step-000000170.safetensors", 1.001)
+    _rewrite_transcript(forged)
+    code, report = _verify(store, forged / "weights.safetensors", "--recipe",
+                           EXAMPLES / "digits-cnn", "--transcript", forged / "transcript.json",
+                           "--spot", "34")
+    assert code == 1 and report["chain_ok"] and report["environment"] == "other"
+    failed = [(s["start_step"], s["stop_step"]) for s in report["segments"] if not s["holds"]]
+    assert failed == [(160, 170), (170, 180)]
+
+
+def _scale_floats(checkpoint: Path, factor: float) -> None:
+    with safe_open(str(checkpoint), "numpy") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(checkpoint))
+    save_file({name: np.asarray(t * t.dtype.type(factor)) if t.dtype.kind == "f" else t
+               for name, t in tensors.items()}, str(checkpoint), metadata=metadata)
 
 
 def _item_of(store: Path) -> Path:

@@ -21,7 +21,7 @@ import numpy as np
 from .recipe import Tolerance
 from .weights import WeightsFile
 
-CHUNK = 1 << 22  # elements per step, so huge tensors never load whole
+CHUNK = 1 << 20  # elements per step: 8 MB of float64 per operand, whatever the tensor size
 
 
 class Verdict(Enum):
@@ -88,30 +88,59 @@ def _compare_tensor(a: WeightsFile, b: WeightsFile, name: str) -> TensorDiff:
         return TensorDiff(name, "shape-differs", ia.shape, f"{ia.shape} vs {ib.shape}")
     if ia.dtype != ib.dtype:
         return TensorDiff(name, "dtype-differs", ia.shape, f"{ia.dtype} vs {ib.dtype}")
-    raw_a, raw_b = a.raw(name).reshape(-1), b.raw(name).reshape(-1)
-    if np.array_equal(raw_a.view(np.uint8), raw_b.view(np.uint8)):
+    measured = tensor_distances(a, b, name)
+    if measured is None:
         return TensorDiff(name, "identical", ia.shape, ia.dtype)
-    va, vb = a.values(name).reshape(-1), b.values(name).reshape(-1)
-    max_abs, diff_sq, ref_sq = _distances(va, vb)
-    rel = float(np.sqrt(diff_sq) / np.sqrt(ref_sq)) if ref_sq > 0 else float(np.sqrt(diff_sq) > 0)
-    if not np.isfinite(rel):
-        rel = float("inf")
-    return TensorDiff(name, "changed", ia.shape, ia.dtype, max_abs, rel)
+    max_abs, rel_l2, _ = measured
+    return TensorDiff(name, "changed", ia.shape, ia.dtype, max_abs, rel_l2)
 
 
-def _distances(va: np.ndarray, vb: np.ndarray) -> tuple[float, float, float]:
-    """Max |a-b|, sum (a-b)^2 and sum a^2, in float64, a chunk at a time."""
-    max_abs, diff_sq, ref_sq = 0.0, 0.0, 0.0
+def tensor_distances(a: WeightsFile, b: WeightsFile,
+                     name: str) -> tuple[float, float, float] | None:
+    """`distances` of one tensor of the same shape and dtype in both files, or None when
+    its stored bytes are equal (the cheap test, done first)."""
+    if same_bytes(a.raw(name).reshape(-1).view(np.uint8), b.raw(name).reshape(-1).view(np.uint8)):
+        return None
+    return distances(a.values(name).reshape(-1), b.values(name).reshape(-1))
+
+
+def same_bytes(x: np.ndarray, y: np.ndarray) -> bool:
+    """Byte-for-byte equality a chunk at a time: stops at the first differing chunk and
+    never compares (or allocates for) more than one chunk at once."""
+    step = 8 * CHUNK
+    return x.size == y.size and all(np.array_equal(x[i:i + step], y[i:i + step])
+                                    for i in range(0, x.size, step))
+
+
+def distances(va: np.ndarray, vb: np.ndarray) -> tuple[float, float, float]:
+    """Max |a-b|, |a-b|/|a| and 1 - cos(a, b) in one pass, a chunk at a time.
+
+    Chunks are computed in float32 (float64 for float64 and integer tensors) and summed
+    in float64. Cosine distance is taken from the difference itself,
+    1 - cos = (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|) with |a| - |b| = d.(a+b) / (|a| + |b|),
+    so two nearly equal tensors get a small accurate distance, not rounding noise.
+    """
+    work: np.dtype[np.floating[Any]] = np.dtype(
+        np.float32 if va.dtype.kind == "f" and va.dtype.itemsize <= 4 else np.float64)
+    max_abs, dd, aa, bb, ds = 0.0, 0.0, 0.0, 0.0, 0.0
     for start in range(0, va.size, CHUNK):
-        ca = va[start:start + CHUNK].astype(np.float64)
-        cb = vb[start:start + CHUNK].astype(np.float64)
-        delta = np.abs(ca - cb)
-        if np.isnan(delta).any():
-            return float("inf"), float("inf"), float(np.dot(ca, ca))
-        max_abs = max(max_abs, float(delta.max(initial=0.0)))
-        diff_sq += float(np.dot(delta, delta))
-        ref_sq += float(np.dot(ca, ca))
-    return max_abs, diff_sq, ref_sq
+        ca = va[start:start + CHUNK].astype(work, copy=False)
+        cb = vb[start:start + CHUNK].astype(work, copy=False)
+        delta = ca - cb
+        if delta.size:
+            max_abs = max(max_abs, float(delta.max()), -float(delta.min()))
+        dd += float(np.dot(delta, delta))
+        aa += float(np.dot(ca, ca))
+        bb += float(np.dot(cb, cb))
+        ds += float(np.dot(delta, ca + cb))
+    if not all(map(math.isfinite, (max_abs, dd, aa, bb, ds))):
+        return math.inf, math.inf, math.inf
+    rel = math.sqrt(dd / aa) if aa > 0 else (math.inf if dd > 0 else 0.0)
+    na, nb = math.sqrt(aa), math.sqrt(bb)
+    if na == 0 or nb == 0:
+        return max_abs, rel, 0.0 if na == nb else 1.0
+    apart = ds / (na + nb)  # |a| - |b|
+    return max_abs, rel, min(max((dd - apart * apart) / (2 * na * nb), 0.0), 2.0)
 
 
 def value_drift(a: Any, b: Any) -> float:

@@ -107,7 +107,9 @@ def _classifier(a: ClassifierView, b: ClassifierView, spec: dict[str, Any]) -> d
                                progress=lambda done, total: emit(
                                    "progress", done=done, total=total,
                                    label=f"trigger search, class {done}"))
-        result["trigger"] = {**trigger.to_json(found), "example": _example(a, b, found)}
+        answers_a = torch.from_numpy(probs_a.argmax(1))  # (N,): A's answers, computed once
+        result["trigger"] = {**trigger.to_json(found),
+                             "example": _example(a, b, found, answers_a)}
     return result
 
 
@@ -128,15 +130,14 @@ def _picture(image: torch.Tensor,
     return [[[round(float(v), 4) for v in row] for row in channel] for channel in scaled]
 
 
-def _example(a: ClassifierView, b: ClassifierView,
-             found: trigger.TriggerResult) -> dict[str, Any] | None:
-    """One input not of the trigger's class, clean and patched, with both answers."""
+def _example(a: ClassifierView, b: ClassifierView, found: trigger.TriggerResult,
+             answers_a: torch.Tensor) -> dict[str, Any] | None:
+    """One input A does not put in the trigger's class, clean and patched, with both
+    answers."""
     best = found.best
     if best is None:
         return None
-    with torch.no_grad():
-        answers = a.model(a.inputs).argmax(1)  # (N,)
-    others = (answers != best.target).nonzero().flatten()
+    others = (answers_a != best.target).nonzero().flatten()
     if len(others) == 0:
         return None
     index = int(others[0])

@@ -4,7 +4,8 @@ Where `compare` answers "bit-identical or not" for a verdict, this module ranks
 the tensors of two networks of one architecture by how far they moved: maximum
 absolute difference, relative L2 distance and cosine distance, all computed in
 one streaming pass over memory-mapped safetensors, a chunk at a time, so two
-files larger than memory compare at close to disk or memory bandwidth.
+files larger than memory compare at close to disk or memory bandwidth (the maths is
+`compare.distances`, which challenge and verify use too).
 
 A layer is *flagged* when it moved further than the recipe's own tolerance for a
 rebuild on another environment (`evaluate.tolerance.weights_rel_l2`): drift that
@@ -18,12 +19,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from ..compare import tensor_distances
 from ..errors import UsageError
 from ..weights import WeightsFile
-
-CHUNK = 1 << 20  # elements per step: 8 MB of float64 per operand, whatever the tensor size
 
 
 @dataclass(frozen=True)
@@ -67,50 +65,12 @@ def layer_diffs(a: WeightsFile, b: WeightsFile, threshold: float) -> list[LayerD
 
 def _layer(a: WeightsFile, b: WeightsFile, name: str, threshold: float) -> LayerDiff:
     info = a.tensors[name]
-    if same_bytes(a.raw(name).reshape(-1).view(np.uint8), b.raw(name).reshape(-1).view(np.uint8)):
+    measured = tensor_distances(a, b, name)
+    if measured is None:
         return LayerDiff(name, info.shape, info.dtype, True, 0.0, 0.0, 0.0, False)
-    max_abs, rel_l2, cosine = distances(a.values(name).reshape(-1), b.values(name).reshape(-1))
+    max_abs, rel_l2, cosine = measured
     return LayerDiff(name, info.shape, info.dtype, False, max_abs, rel_l2, cosine,
                      not rel_l2 <= threshold)  # NaN moves count as moved
-
-
-def same_bytes(x: np.ndarray, y: np.ndarray) -> bool:
-    """Byte-for-byte equality a chunk at a time: stops at the first differing chunk and
-    never compares (or allocates for) more than one chunk at once."""
-    step = 8 * CHUNK
-    return x.size == y.size and all(np.array_equal(x[i:i + step], y[i:i + step])
-                                    for i in range(0, x.size, step))
-
-
-def distances(va: np.ndarray, vb: np.ndarray) -> tuple[float, float, float]:
-    """Max |a-b|, |a-b|/|a| and 1 - cos(a, b) in one pass, a chunk at a time.
-
-    Chunks are computed in float32 (float64 for float64 and integer tensors) and summed
-    in float64. Cosine distance is taken from the difference itself,
-    1 - cos = (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|) with |a| - |b| = d.(a+b) / (|a| + |b|),
-    so two nearly equal tensors get a small accurate distance, not rounding noise.
-    """
-    work: np.dtype[np.floating[Any]] = np.dtype(
-        np.float32 if va.dtype.kind == "f" and va.dtype.itemsize <= 4 else np.float64)
-    max_abs, dd, aa, bb, ds = 0.0, 0.0, 0.0, 0.0, 0.0
-    for start in range(0, va.size, CHUNK):
-        ca = va[start:start + CHUNK].astype(work, copy=False)
-        cb = vb[start:start + CHUNK].astype(work, copy=False)
-        delta = ca - cb
-        if delta.size:
-            max_abs = max(max_abs, float(delta.max()), -float(delta.min()))
-        dd += float(np.dot(delta, delta))
-        aa += float(np.dot(ca, ca))
-        bb += float(np.dot(cb, cb))
-        ds += float(np.dot(delta, ca + cb))
-    if not all(map(math.isfinite, (max_abs, dd, aa, bb, ds))):
-        return math.inf, math.inf, math.inf
-    rel = math.sqrt(dd / aa) if aa > 0 else (math.inf if dd > 0 else 0.0)
-    na, nb = math.sqrt(aa), math.sqrt(bb)
-    if na == 0 or nb == 0:
-        return max_abs, rel, 0.0 if na == nb else 1.0
-    apart = ds / (na + nb)  # |a| - |b|
-    return max_abs, rel, min(max((dd - apart * apart) / (2 * na * nb), 0.0), 2.0)
 
 
 def _rank(value: float) -> float:

@@ -8,15 +8,24 @@ item the first one committed: two concurrent builds train once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import provenance, transcript
-from ..builder import child_spec, log_tail, raise_for_failure, run_child, stage_source
+from ..builder import (
+    ChildResult,
+    child_spec,
+    log_tail,
+    raise_for_failure,
+    run_child,
+    stage_source,
+)
 from ..compare import TensorDiff, compare_files
 from ..derivation import Derivation, code_files, derive, hash_code
 from ..digest import canonical_json, file_digest, tree_files
@@ -174,6 +183,32 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         if isinstance(e, BuildError) and kept:
             e.hint = f"log: {kept}"
         raise
+
+
+@contextlib.contextmanager
+def sandboxed(store: Store, derivation: Derivation, code: dict[str, Path],
+              inputs: dict[str, Path], threads: int, reporter: Reporter, what: str,
+              label: str, **spec: Any) -> Iterator[tuple[ChildResult, Path]]:
+    """Run the recipe's code once in a sandboxed child (an evaluation, an audit, replayed
+    segments: `spec` says which) in a scratch directory of the store. The child's result
+    and its `out/` folder live as long as the caller reads them; on failure the BuildError
+    points at the log, kept under logs/."""
+    work = store.new_build_dir(derivation.digest)
+    try:
+        out = work / "out"
+        out.mkdir()
+        log = work / f"{label}.log"
+        result = run_child(child_spec(derivation.record, stage_source(code, work), inputs,
+                                      threads, out=str(out), **spec), work, log, reporter)
+        try:
+            raise_for_failure(result, log, what)
+        except BuildError as e:
+            kept = store.keep_log(log, f"{derivation.item_name}-{label}")
+            e.hint = f"log: {kept}" if kept else None
+            raise
+        yield result, out
+    finally:
+        remove_tree(work)
 
 
 def _input_stats(the_plan: Plan) -> list[tuple[str, int, int, int]]:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..builder import child_spec, raise_for_failure, run_child, stage_source
 from ..compare import (
     Behaviour,
     EnvRelation,
@@ -28,9 +27,9 @@ from ..errors import UsageError
 from ..progress import QuietReporter, Reporter
 from ..provenance import environment_of
 from ..recipe import Tolerance
-from ..store import Store, StoreItem, remove_tree
+from ..store import Store, StoreItem
 from ..weights import read_header
-from .build import Plan, build_plan, plan, threads_for
+from .build import Plan, build_plan, plan, sandboxed, threads_for
 
 
 @dataclass(frozen=True)
@@ -125,17 +124,10 @@ def _behaviour(the_plan: Plan, store: Store, item: StoreItem, published: Path, t
     """Run the recipe's evaluation on both weights files in one sandboxed process."""
     recipe = the_plan.recipe
     assert recipe.evaluate is not None
-    work = store.new_build_dir(the_plan.derivation.digest)
-    try:
-        log = work / "evaluate.log"
-        spec = child_spec(the_plan.derivation.record, stage_source(the_plan.code, work),
-                          the_plan.input_paths, threads, mode="evaluate",
-                          weights=[str(item.weights), str(published.resolve())])
-        reporter.stage(f"evaluating both networks with {recipe.evaluate.entry}")
-        result = run_child(spec, work, log, reporter)
-        raise_for_failure(result, log, f"evaluating {recipe.name}")
+    reporter.stage(f"evaluating both networks with {recipe.evaluate.entry}")
+    with sandboxed(store, the_plan.derivation, the_plan.code, the_plan.input_paths, threads,
+                   reporter, f"evaluating {recipe.name}", "evaluate", mode="evaluate",
+                   weights=[str(item.weights), str(published.resolve())]) as (result, _):
         a, b = result.evaluations[0], result.evaluations[1]
-        return behaviour_of(a["predictions"], b["predictions"], recipe.evaluate.tolerance.metric,
-                            a["metrics"], b["metrics"])
-    finally:
-        remove_tree(work)
+    return behaviour_of(a["predictions"], b["predictions"], recipe.evaluate.tolerance.metric,
+                        a["metrics"], b["metrics"])

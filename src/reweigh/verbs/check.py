@@ -98,6 +98,12 @@ def recipe_evidence(directory: Path, store: Store, options: Options) -> Evidence
     """A recipe's evidence: its item's store record if built, else a fresh estimate."""
     recipe = load_recipe(directory)
     check_licences(recipe)
+    with store.gc_lock(exclusive=False):  # gc waits: what plan() found stays
+        return _recipe_evidence(recipe, directory, store, options)
+
+
+def _recipe_evidence(recipe: Recipe, directory: Path, store: Store,
+                     options: Options) -> Evidence:
     try:
         the_plan = plan(directory, store)
     except InputError as e:

@@ -26,14 +26,13 @@ from ..audit import behaviour as audit_behaviour
 from ..audit.probes import Probe, load_probes
 from ..audit.trigger import TriggerSettings
 from ..audit.weights import LayerDiff, layer_diffs
-from ..builder import child_spec, raise_for_failure, run_child, stage_source
 from ..digest import file_digest
 from ..errors import BuildError, RecipeError, UsageError
 from ..progress import QuietReporter, Reporter
 from ..recipe import Tolerance
-from ..store import Store, remove_tree
+from ..store import Store
 from ..weights import read_header
-from .build import Plan, plan, threads_for
+from .build import Plan, plan, sandboxed, threads_for
 
 
 @dataclass(frozen=True)
@@ -87,13 +86,13 @@ def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | Non
     options = options or DiffOptions()
     reporter = reporter or QuietReporter()
     with store.gc_lock(exclusive=False):  # gc waits: what plan() found stays
-        file_a, file_b = weights_path(a, store), weights_path(b, store)
+        (file_a, digest_a), (file_b, digest_b) = weights_of(a, store), weights_of(b, store)
         the_plan = plan(recipe, store)
         evaluation = the_plan.recipe.evaluate
         tolerance = evaluation.tolerance if evaluation else Tolerance()
         layers = layer_diffs(read_header(file_a), read_header(file_b), tolerance.weights_rel_l2)
-        report = DiffReport(the_plan.recipe.name, file_a, file_b, file_digest(file_a),
-                            file_digest(file_b), tuple(layers), tolerance.weights_rel_l2)
+        report = DiffReport(the_plan.recipe.name, file_a, file_b, digest_a, digest_b,
+                            tuple(layers), tolerance.weights_rel_l2)
         if evaluation is None:
             return replace(report, notes=("the recipe has no [evaluate]: weight space only",))
         if evaluation.audit is None:
@@ -101,16 +100,17 @@ def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | Non
         return _audit(report, the_plan, store, options, reporter)
 
 
-def weights_path(ref: Path | str, store: Store) -> Path:
-    """A weights file, a store item's folder, or a store reference -> its weights file."""
+def weights_of(ref: Path | str, store: Store) -> tuple[Path, str]:
+    """A weights file, a folder holding one, or a store reference -> the weights file and
+    its digest (hashed here, except for a store item, whose digest the store recorded)."""
     path = Path(ref)
-    if path.is_file():
-        read_header(path)  # a bad file is refused before anything runs
-        return path.resolve()
-    if (path / "weights.safetensors").is_file():
-        return (path / "weights.safetensors").resolve()
+    if path.is_file() or (path / "weights.safetensors").is_file():
+        file = (path if path.is_file() else path / "weights.safetensors").resolve()
+        read_header(file)  # a bad file is refused before anything runs
+        return file, file_digest(file)
     try:
-        return store.resolve(str(ref)).weights
+        item = store.resolve(str(ref))
+        return item.weights, item.weights_digest
     except UsageError:
         if path.suffix == ".safetensors" or "/" in str(ref):
             raise UsageError(f"{ref}: no such weights file or store item") from None
@@ -178,22 +178,16 @@ def _probes(the_plan: Plan, options: DiffOptions) -> tuple[Probe, ...]:
 def _run(the_plan: Plan, store: Store, options: DiffOptions, reporter: Reporter,
          **extra: Any) -> Any:
     """Run the recipe's code on both networks in one sandboxed child."""
-    work = store.new_build_dir(the_plan.derivation.digest)
+    reporter.stage(f"running {the_plan.recipe.name}'s code on both networks")
     try:
-        log = work / "diff.log"
-        spec = child_spec(the_plan.derivation.record, stage_source(the_plan.code, work),
-                          the_plan.input_paths, threads_for(options.threads), **extra)
-        reporter.stage(f"running {the_plan.recipe.name}'s code on both networks")
-        result = run_child(spec, work, log, reporter)
-        try:
-            raise_for_failure(result, log, f"running {the_plan.recipe.name}'s code on A and B")
-        except BuildError as e:  # the networks do not fit the recipe's code: bad input
-            kept = store.keep_log(log, f"{the_plan.derivation.item_name}-diff")
-            raise UsageError(f"{e.message} (are A and B networks of {the_plan.recipe.file}?)",
-                             hint=f"log: {kept}" if kept else None, details=e.details) from e
-        return result
-    finally:
-        remove_tree(work)
+        with sandboxed(store, the_plan.derivation, the_plan.code, the_plan.input_paths,
+                       threads_for(options.threads), reporter,
+                       f"running {the_plan.recipe.name}'s code on A and B", "diff",
+                       **extra) as (result, _):
+            return result
+    except BuildError as e:  # the networks do not fit the recipe's code: bad input
+        raise UsageError(f"{e.message} (are A and B networks of {the_plan.recipe.file}?)",
+                         hint=e.hint, details=e.details) from e
 
 
 def _layer_findings(report: DiffReport) -> list[str]:

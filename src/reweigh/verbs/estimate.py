@@ -83,9 +83,10 @@ def estimate(recipe_dir: Path | str, *, store: Store | None = None, threads: int
     if not 0 < seconds <= 3600:
         raise UsageError(f"--seconds: {seconds} is not between 0 and 3600")
     store = store or Store()
-    the_plan = plan(recipe_dir, store)
-    cost = estimate_plan(the_plan, threads_for(threads), seconds,
-                         reporter or QuietReporter())
+    with store.gc_lock(exclusive=False):  # gc waits: the inputs plan() found stay
+        the_plan = plan(recipe_dir, store)
+        cost = estimate_plan(the_plan, threads_for(threads), seconds,
+                             reporter or QuietReporter())
     return EstimateReport(the_plan.recipe.name, the_plan.recipe.version,
                           the_plan.derivation.digest, cost, max_core_hours)
 

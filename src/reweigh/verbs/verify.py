@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import transcript as tr
-from ..builder import ChildResult, child_spec, raise_for_failure, run_child, stage_source
+from ..builder import ChildResult
 from ..compare import EnvRelation, compare_files, value_drift
 from ..derivation import Derivation
 from ..digest import file_digest
 from ..environment import fingerprint
-from ..errors import BuildError, UsageError
+from ..errors import UsageError
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
-from ..store import Store, remove_tree
+from ..store import Store
 from ..weights import read_header
-from .build import plan, threads_for
+from .build import plan, sandboxed, threads_for
 
 
 @dataclass(frozen=True)
@@ -99,14 +99,22 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int, seed: int |
     seed = secrets.randbelow(2**31) if seed is None else seed
     transcript = Path(transcript).absolute()
     parsed = _load(transcript)
-    subject = _subject(Path(target), recipe, store)
+    with store.gc_lock(exclusive=False):  # gc waits: the item and inputs found stay
+        return _verify(parsed, transcript, Path(target), recipe, store, threads, spot, seed,
+                       reporter)
+
+
+def _verify(parsed: tr.Transcript, transcript: Path, target: Path, recipe: Path | str | None,
+            store: Store, threads: int, spot: int, seed: int,
+            reporter: Reporter) -> VerifyReport:
+    subject = _subject(target, recipe, store)
     if parsed.derivation != subject.derivation.digest:
         raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}, "
                          f"not of the verified weights' {subject.derivation.digest}")
     problems = _chain_problems(parsed, transcript.parent)
     all_segments = tr.segments(parsed)
     if problems:
-        return VerifyReport(Path(target), parsed.derivation, transcript, len(all_segments), seed,
+        return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
                             False, tuple(problems), (), 0.0)
     chosen = tr.choose(all_segments, spot, seed)
     total = parsed.checkpoints[-1].step
@@ -117,7 +125,7 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int, seed: int |
         results = tuple(_judge(subject, segment, transcript.parent, replay, allowed)
                         for segment in chosen)
     fraction = sum(s.steps for s in chosen) / total
-    return VerifyReport(Path(target), parsed.derivation, transcript, len(all_segments), seed,
+    return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
                         True, (), results, fraction, relation.value, allowed)
 
 
@@ -200,27 +208,12 @@ def _replayed(subject: _Subject, chosen: list[tr.Segment], folder: Path, store: 
     reporter.stage(f"replaying {len(chosen)} segments: "
                    + ", ".join(f"{(s.start.step if s.start else 0)}..{s.stop.step}"
                                for s in chosen))
-    work = store.new_build_dir(subject.derivation.digest)
-    try:
-        out = work / "out"
-        out.mkdir()
-        replays = [{"start": str(folder / s.start.file) if s.start else None,
-                    "stop": None if s.last else s.stop.step} for s in chosen]
-        record = {**subject.derivation.record, "evaluate": None}
-        spec = child_spec(record, stage_source(subject.source, work), subject.inputs, threads,
-                          out=str(out), replays=replays)
-        log = work / "replay.log"
-        result = run_child(spec, work, log, reporter)
-        try:
-            raise_for_failure(result, log, "replaying segments")
-        except BuildError as e:
-            kept = store.keep_log(log, f"{subject.derivation.item_name}-replay")
-            e.hint = f"log: {kept}"
-            raise
+    replays = [{"start": str(folder / s.start.file) if s.start else None,
+                "stop": None if s.last else s.stop.step} for s in chosen]
+    with sandboxed(store, subject.derivation, subject.source, subject.inputs, threads,
+                   reporter, "replaying segments", "replay", replays=replays) as (result, out):
         began = {s.stop.step: at for s, at in zip(chosen, result.segments_began, strict=False)}
         yield _Replay(out, result, began)
-    finally:
-        remove_tree(work)
 
 
 def _judge(subject: _Subject, segment: tr.Segment, folder: Path, replay: _Replay,
