@@ -15,20 +15,22 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from .digest import canonical_json, file_digest
 from .errors import WeightsError
 
 MAX_HEADER = 100 << 20
-DTYPES: dict[str, np.dtype[Any]] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"), "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1"),
+# safetensors dtype -> numpy's (as a string: reading a header needs no numpy, so the
+# command line starts faster) and its size in bytes.
+DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("<f8", 8), "F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2),
+    "I64": ("<i8", 8), "I32": ("<i4", 4), "I16": ("<i2", 2), "I8": ("i1", 1),
+    "U64": ("<u8", 8), "U32": ("<u4", 4), "U16": ("<u2", 2), "U8": ("u1", 1),
+    "BOOL": ("?", 1), "F8_E4M3": ("u1", 1), "F8_E5M2": ("u1", 1),
 }
 
 
@@ -49,14 +51,18 @@ class WeightsFile:
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as stored, memory-mapped (for bit-exact comparison)."""
+        import numpy as np
+
         info = self.tensors[name]
         data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=info.start,
                          shape=(info.end - info.start,)) if info.end > info.start \
             else np.zeros(0, np.uint8)
-        return data.view(DTYPES[info.dtype]).reshape(info.shape)
+        return data.view(np.dtype(DTYPES[info.dtype][0])).reshape(info.shape)
 
     def values(self, name: str) -> np.ndarray:
         """The tensor as numbers numpy can do arithmetic on (bf16 widened to f32)."""
+        import numpy as np
+
         info = self.tensors[name]
         raw = self.raw(name)
         if info.dtype == "BF16":
@@ -124,7 +130,7 @@ def _tensor_info(label: str, name: str, entry: Any, base: int) -> TensorInfo:
             or not 0 <= offsets[0] <= offsets[1]):
         raise WeightsError(f"{label}: {name}: data_offsets: must be [start, end] with "
                            "0 <= start <= end")
-    expected = math.prod(shape) * DTYPES[dtype].itemsize
+    expected = math.prod(shape) * DTYPES[dtype][1]
     if offsets[1] - offsets[0] != expected:
         raise WeightsError(f"{label}: {name}: data_offsets: span {offsets[1] - offsets[0]} "
                            f"bytes, but shape {shape} of {dtype} needs {expected}")
@@ -134,6 +140,7 @@ def _tensor_info(label: str, name: str, entry: Any, base: int) -> TensorInfo:
 def save_tensors(tensors: Mapping[str, Any], path: Path,
                  metadata: Mapping[str, str] | None = None) -> None:
     """Write torch tensors or numpy arrays as one safetensors file."""
+    import numpy as np
     import torch
     from safetensors.torch import save_file
 
@@ -174,6 +181,7 @@ def load_state(path: Path) -> Any:
 
 
 def _skeleton(value: Any, tensors: dict[str, Any], where: str) -> Any:
+    import numpy as np
     import torch
 
     if isinstance(value, torch.Tensor | np.ndarray):

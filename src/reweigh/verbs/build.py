@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import provenance, transcript
 from ..builder import (
@@ -26,7 +26,6 @@ from ..builder import (
     run_child,
     stage_source,
 )
-from ..compare import TensorDiff, compare_files
 from ..derivation import Derivation, code_files, derive, hash_code
 from ..digest import canonical_json, file_digest, tree_files
 from ..environment import fingerprint
@@ -36,6 +35,9 @@ from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, load_recipe
 from ..store import Store, StoreItem, remove_tree
 from ..weights import read_header
+
+if TYPE_CHECKING:
+    from ..compare import TensorDiff
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
 def check_item(the_plan: Plan, store: Store, item: StoreItem, threads: int,
                reporter: Reporter) -> CheckResult:
     """Rebuild in a scratch directory and compare its weights with the item's, bit for bit."""
+    from ..compare import compare_files  # numpy: only a check needs it
+
     out, record = run_build(the_plan, store, threads, reporter, "check")
     try:
         rebuilt = record["weights_digest"]
