@@ -26,7 +26,7 @@ from reweigh.digest import path_digest
 from reweigh.network import load
 from reweigh.store import Store
 
-from .helpers import EXAMPLES, run_reweigh, write_recipe
+from .helpers import EXAMPLES, run_reweigh, store_is_empty, write_recipe
 
 pytestmark = pytest.mark.slow
 RECOGNISE = EXAMPLES / "digits-cnn" / "recognise.py"
@@ -281,6 +281,26 @@ def test_bad_options_and_a_base_without_a_model_interface_exit_2(
                          "--out", tmp_path / "r", store=world.store)
     assert result.returncode == 2 and "no source/model.json" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "reason"), [
+    ("--held-out", "1.5", "--held-out: expected a fraction from 0 up to (not including) 1"),
+    ("--held-out", "nan", "--held-out: expected a fraction"),
+    ("--lr", "0", "--lr: expected a positive learning rate"),
+    ("--lr", "inf", "--lr: expected a positive learning rate"),
+    ("--epochs", "0", "--epochs: expected 1 to 100000"),
+    ("--batch-size", "100000", "--batch-size: expected 1 to 65536"),
+    ("--epochs", "many", "invalid int value: 'many'"),
+])
+def test_an_option_out_of_range_exits_2_with_one_line_naming_it(
+        tmp_path: Path, option: str, value: str, reason: str) -> None:
+    """The ranges are checked once, by the verb, before anything is read or built."""
+    result = run_reweigh("adapt", "digits-cnn", "--data", tmp_path, "--name", "ok",
+                         "--out", tmp_path / "r", option, value, store=tmp_path / "store")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and reason in lines[0]
+    assert not (tmp_path / "r").exists() and store_is_empty(tmp_path / "store")
 
 
 def test_an_out_folder_holding_something_else_is_refused(world: World, adapted: dict,

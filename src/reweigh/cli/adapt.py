@@ -15,26 +15,6 @@ from ..verbs.adapt import adapt
 from .common import add_json_option, add_store_option, open_store, positive_int, print_json
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value <= 10.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a learning rate in (0, 10]")
-    return value
-
-
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser("adapt", help="retrain a network on your own data")
     parser.add_argument("base", help="the store item to start from (path, name, derivation, "
@@ -50,11 +30,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         "(a baseline)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the recipe (default: ./NAME-recipe)")
-    parser.add_argument("--epochs", type=positive_int, default=Settings.epochs)
-    parser.add_argument("--lr", type=_rate, default=None,
+    # The verb checks the ranges of these (check_settings), for the API and the CLI alike.
+    parser.add_argument("--epochs", type=int, default=Settings.epochs)
+    parser.add_argument("--lr", type=float, default=None,
                         help="learning rate (default: 0.01 for head, 0.002 otherwise)")
-    parser.add_argument("--batch-size", type=positive_int, default=Settings.batch_size)
-    parser.add_argument("--held-out", type=_fraction, default=Settings.held_out,
+    parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
+    parser.add_argument("--held-out", type=float, default=Settings.held_out,
                         help="fraction of each class kept out of training to evaluate on")
     parser.add_argument("--label-column", default=Settings.label_column,
                         help="the CSV column holding the class (default: label)")
