@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from reweigh import build
+from reweigh.cli.common import print_json
 from reweigh.store import Store
 
 from . import backdoor
@@ -149,3 +151,16 @@ def test_a_published_file_that_is_not_safetensors_is_bad_input(
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(published) in lines[0] and "header" in lines[0]
+
+
+def test_json_output_is_strict_json_even_for_infinite_distances(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A tensor whose reference is all zeros, or holds NaN, has an infinite distance;
+    `--json` writes it as a string, because strict JSON has no Infinity or NaN."""
+    print_json({"rel_l2": math.inf, "more": [math.nan, -math.inf, 0.5], "ok": 1e-3})
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    data = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert data == {"rel_l2": "inf", "more": ["nan", "-inf", 0.5], "ok": 1e-3}

@@ -193,6 +193,17 @@ def test_distances_match_their_definitions() -> None:
     assert distances(a, np.array([3.0, np.nan], dtype=np.float32))[1] == math.inf
 
 
+def test_distances_of_tiny_and_huge_float32_values_neither_vanish_nor_overflow() -> None:
+    """Squares of float32 values near 1e-24 underflow in float32, and of 1e20 overflow;
+    a tampered optimiser state of tiny values must not look unchanged."""
+    tiny = np.full(1000, 1e-24, dtype=np.float32)
+    assert distances(tiny, tiny * np.float32(5))[1] == pytest.approx(4.0, rel=1e-6)
+    huge = np.full(1000, 1e20, dtype=np.float32)
+    max_abs, rel_l2, cosine = distances(huge, huge * np.float32(1 + 1e-4))
+    assert math.isfinite(max_abs) and rel_l2 == pytest.approx(1e-4, rel=1e-3)
+    assert cosine == pytest.approx(0.0, abs=1e-12)
+
+
 def test_layers_are_ranked_and_flagged_against_the_tolerance(tmp_path: Path) -> None:
     base = {"big": np.ones(1000, np.float32), "small": np.ones(10, np.float32),
             "same": np.arange(5, dtype=np.float32)}

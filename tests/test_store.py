@@ -161,3 +161,21 @@ def test_reweigh_store_overrides_the_default_location(tmp_path: Path) -> None:
                          env={"REWEIGH_STORE": str(store)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith(str(store / "items"))
+
+
+def test_a_build_clears_its_debris_but_not_a_running_scratch_run(tmp_path: Path) -> None:
+    """challenge, diff and verify run recipe code in tmp/run-* without the derivation's
+    lock; a build of the same recipe takes the lock and clears debris, and must leave a
+    live run's directory alone (and clear one whose process is gone)."""
+    store = Store(tmp_path / "store")
+    derivation = "sha256:" + "ab" * 32
+    running = store.new_build_dir(derivation, kind="run")
+    leftover = store.new_build_dir(derivation)  # a killed build's directory
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    abandoned = running.with_name(f"run-{'ab' * 8}-{dead}-1")
+    abandoned.mkdir()
+    with store.lock(derivation):
+        pass
+    assert running.is_dir()
+    assert not leftover.exists() and not abandoned.exists()

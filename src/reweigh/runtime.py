@@ -157,8 +157,8 @@ class BuildContext:
         return self._pool.map(functools.partial(_on_one_thread, function), items, chunksize=1)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
+        if self._pool is not None:  # close, not terminate: workers' output reaches the log
+            self._pool.close()
             self._pool.join()
             self._pool = None
 

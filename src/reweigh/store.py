@@ -241,10 +241,13 @@ class Store:
                 remove_tree(entry)
 
     def _clear_debris(self, derivation: str) -> None:
-        """Under the lock nobody else builds this derivation: whatever is left is debris."""
-        prefix = f"build-{short(derivation, 16)}-"
+        """Under the lock nobody else builds this derivation: whatever is left is debris.
+        Scratch runs (evaluations, audits, replays) hold no lock: only those of processes
+        that are gone are debris."""
+        build, run = f"build-{short(derivation, 16)}-", f"run-{short(derivation, 16)}-"
         for entry in (self.root / "tmp").iterdir():
-            if entry.name.startswith(prefix):
+            if entry.name.startswith(build) or (entry.name.startswith(run)
+                                                and not _alive(entry.name.split("-")[2])):
                 remove_tree(entry)
         with self._db() as db:
             db.execute("UPDATE attempts SET status = 'interrupted', ended_at = ? "
@@ -254,8 +257,10 @@ class Store:
             if entry.name not in known:
                 remove_tree(entry)
 
-    def new_build_dir(self, derivation: str) -> Path:
-        path = self.root / "tmp" / f"build-{short(derivation, 16)}-{os.getpid()}-{time.time_ns()}"
+    def new_build_dir(self, derivation: str, kind: str = "build") -> Path:
+        """A fresh directory under tmp/ for a build (kind "build", made under the
+        derivation's lock) or a scratch run of its code (kind "run", made without it)."""
+        path = self.root / "tmp" / f"{kind}-{short(derivation, 16)}-{os.getpid()}-{time.time_ns()}"
         path.mkdir()
         return path
 
@@ -380,7 +385,7 @@ class Store:
             return None
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
-        kept = logs / f"{name}.log"
+        kept = logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
         shutil.copyfile(log, kept)
         return kept
 
@@ -440,3 +445,14 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that made a scratch directory still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True

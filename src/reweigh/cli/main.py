@@ -35,12 +35,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser for `argv`: with only its command registered when it names one."""
+    """The parser for `argv`: with only its command registered when it names one (all
+    of them when `argv` is None)."""
     parser = Parser(prog="reweigh", description="Trained weights you can rebuild, check "
                     "and replace.")
     parser.add_argument("--version", action="version", version=f"reweigh {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for name in _commands_for(sys.argv[1:] if argv is None else argv):
+    for name in list(COMMANDS) if argv is None else _commands_for(argv):
         importlib.import_module(f"{__package__}.{COMMANDS[name]}").register(commands)
     return parser
 
@@ -51,6 +52,7 @@ def _commands_for(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = make_parser(argv).parse_args(argv)
     try:
         return int(args.run(args))

@@ -197,7 +197,7 @@ def sandboxed(store: Store, derivation: Derivation, code: dict[str, Path],
     segments: `spec` says which) in a scratch directory of the store. The child's result
     and its `out/` folder live as long as the caller reads them; on failure the BuildError
     points at the log, kept under logs/."""
-    work = store.new_build_dir(derivation.digest)
+    work = store.new_build_dir(derivation.digest, kind="run")
     try:
         out = work / "out"
         out.mkdir()
