@@ -6,9 +6,9 @@
   median of N runs. Budget: <= 1.10x.
   A third column runs the plain script with reweigh's pinned numerics only, to
   split the overhead into determinism and sandbox/bookkeeping. A fourth ends the
-  plain script with `os._exit`, as reweigh's build process ends (skipping the
-  interpreter's teardown): against it, the ratio shows what reweigh's own work costs,
-  apart from what the fast exit saves.
+  plain script with a bare `os._exit` (reweigh's build process ends with a shortened
+  teardown, then `os._exit`): against it, the ratio shows what reweigh's own work
+  costs, its shortened teardown included, apart from what skipping the rest saves.
 - reuse: wall time of a second `reweigh build` of the built recipe (a fresh
   process, as a user runs it). Budget: < 0.5 s.
 

@@ -7,9 +7,10 @@ sandbox, seeding, guards or pinned numerics: PyTorch as it comes.
 
 With `--pinned` it applies reweigh's pinned numerics (and nothing else of the
 builder), which splits the overhead into what determinism costs and what the
-sandbox and the bookkeeping cost. With `--fast-exit` it ends as reweigh's build
-process does, with `os._exit` instead of the interpreter's teardown (about a second
-with torch loaded), which isolates what reweigh's own work costs.
+sandbox and the bookkeeping cost. With `--fast-exit` it ends with `os._exit` instead
+of the interpreter's teardown (most of a second with torch loaded), as reweigh's
+build process ends after a shortened teardown, which isolates what reweigh's own
+work costs.
 """
 
 from __future__ import annotations

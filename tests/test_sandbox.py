@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import json
 import threading
@@ -172,28 +173,46 @@ def train(ctx):
 
 def test_files_a_recipe_leaves_open_are_complete_in_the_item(tmp_path: Path,
                                                              store: Path) -> None:
-    """The build process skips the interpreter's teardown (about a second with torch
-    loaded); what the teardown would have written must still reach the item: the buffer
-    of a file a recipe module keeps open, and what an exit handler writes."""
+    """The build process skips the garbage collection of its teardown (most of a second
+    with torch loaded), not the teardown: what a recipe leaves unfinished is still
+    finished before the item is made: a buffer never flushed, a csv writer's file, a
+    gzip stream (its end marker is written on close), a thread still writing, an exit
+    handler."""
     recipe = write_recipe(tmp_path / "r", LEAKY_TRAIN)
     result = run_reweigh("build", recipe, store=store)
     assert result.returncode == 0, result.stderr
     item = Path(result.stdout.strip().splitlines()[-1])
     assert (item / "notes.txt").read_text() == "written, never closed\n"
+    assert (item / "table.csv").read_text().splitlines() == ["a,b", "1,2"]
+    assert gzip.decompress((item / "log.gz").read_bytes()) == b"compressed\n"
+    assert (item / "late.txt").read_text() == "written by a thread after training"
     assert (item / "bye.txt").read_text() == "written at exit"
 
 
 LEAKY_TRAIN = """
 import atexit
+import csv
+import gzip
+import threading
+import time
 
 import numpy as np
 
-NOTES = None
+NOTES = TABLE = LOG = None
+
+def late(path):
+    time.sleep(0.5)
+    path.write_text("written by a thread after training")
 
 def train(ctx):
-    global NOTES
+    global NOTES, TABLE, LOG
     NOTES = open(ctx.out / "notes.txt", "w")
     NOTES.write("written, never closed\\n")  # stays in the buffer
+    TABLE = csv.writer(open(ctx.out / "table.csv", "w", newline=""), lineterminator="\\n")
+    TABLE.writerows([["a", "b"], [1, 2]])
+    LOG = gzip.open(ctx.out / "log.gz", "wt")
+    LOG.write("compressed\\n")
+    threading.Thread(target=late, args=(ctx.out / "late.txt",)).start()
     atexit.register((ctx.out / "bye.txt").write_text, "written at exit")
     ctx.save_weights({"w": np.zeros(2, dtype=np.float32)})
 """
