@@ -41,6 +41,16 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class RecipeCode:
+    """What running a recipe's code needs: the derivation it claims, its code files
+    (path in the recipe -> file) and its inputs (name -> path)."""
+
+    derivation: Derivation
+    files: dict[str, Path]
+    inputs: dict[str, Path]
+
+
+@dataclass(frozen=True)
 class Plan:
     recipe: Recipe
     inputs: tuple[ResolvedInput, ...]
@@ -50,6 +60,10 @@ class Plan:
     @property
     def input_paths(self) -> dict[str, Path]:
         return {i.name: i.path for i in self.inputs}
+
+    @property
+    def recipe_code(self) -> RecipeCode:
+        return RecipeCode(self.derivation, self.code, self.input_paths)
 
 
 @dataclass(frozen=True)
@@ -190,24 +204,24 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
 
 
 @contextlib.contextmanager
-def sandboxed(store: Store, derivation: Derivation, code: dict[str, Path],
-              inputs: dict[str, Path], threads: int, reporter: Reporter, what: str,
+def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, what: str,
               label: str, **spec: Any) -> Iterator[tuple[ChildResult, Path]]:
     """Run the recipe's code once in a sandboxed child (an evaluation, an audit, replayed
     segments: `spec` says which) in a scratch directory of the store. The child's result
     and its `out/` folder live as long as the caller reads them; on failure the BuildError
     points at the log, kept under logs/."""
-    work = store.new_build_dir(derivation.digest, kind="run")
+    drv = code.derivation
+    work = store.new_build_dir(drv.digest, kind="run")
     try:
         out = work / "out"
         out.mkdir()
         log = work / f"{label}.log"
-        result = run_child(child_spec(derivation.record, stage_source(code, work), inputs,
+        result = run_child(child_spec(drv.record, stage_source(code.files, work), code.inputs,
                                       threads, out=str(out), **spec), work, log, reporter)
         try:
             raise_for_failure(result, log, what)
         except BuildError as e:
-            kept = store.keep_log(log, f"{derivation.item_name}-{label}")
+            kept = store.keep_log(log, f"{drv.item_name}-{label}")
             e.hint = f"log: {kept}" if kept else None
             raise
         yield result, out

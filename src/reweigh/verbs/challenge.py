@@ -125,8 +125,8 @@ def _behaviour(the_plan: Plan, store: Store, item: StoreItem, published: Path, t
     recipe = the_plan.recipe
     assert recipe.evaluate is not None
     reporter.stage(f"evaluating both networks with {recipe.evaluate.entry}")
-    with sandboxed(store, the_plan.derivation, the_plan.code, the_plan.input_paths, threads,
-                   reporter, f"evaluating {recipe.name}", "evaluate", mode="evaluate",
+    with sandboxed(store, the_plan.recipe_code, threads, reporter, f"evaluating {recipe.name}",
+                   "evaluate", mode="evaluate",
                    weights=[str(item.weights), str(published.resolve())]) as (result, _):
         a, b = result.evaluations[0], result.evaluations[1]
     return behaviour_of(a["predictions"], b["predictions"], recipe.evaluate.tolerance.metric,

@@ -180,8 +180,7 @@ def _run(the_plan: Plan, store: Store, options: DiffOptions, reporter: Reporter,
     """Run the recipe's code on both networks in one sandboxed child."""
     reporter.stage(f"running {the_plan.recipe.name}'s code on both networks")
     try:
-        with sandboxed(store, the_plan.derivation, the_plan.code, the_plan.input_paths,
-                       threads_for(options.threads), reporter,
+        with sandboxed(store, the_plan.recipe_code, threads_for(options.threads), reporter,
                        f"running {the_plan.recipe.name}'s code on A and B", "diff",
                        **extra) as (result, _):
             return result

@@ -35,7 +35,7 @@ from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
 from ..store import Store
 from ..weights import read_header
-from .build import plan, sandboxed, threads_for
+from .build import RecipeCode, plan, sandboxed, threads_for
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,7 @@ class _Subject:
     """What is verified: weights, the derivation they claim, its code and inputs."""
 
     weights: Path
-    derivation: Derivation
-    source: dict[str, Path]
-    inputs: dict[str, Path]
+    code: RecipeCode
     tolerance: Tolerance
 
 
@@ -99,34 +97,28 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int, seed: int |
     seed = secrets.randbelow(2**31) if seed is None else seed
     transcript = Path(transcript).absolute()
     parsed = _load(transcript)
+    target = Path(target)
     with store.gc_lock(exclusive=False):  # gc waits: the item and inputs found stay
-        return _verify(parsed, transcript, Path(target), recipe, store, threads, spot, seed,
-                       reporter)
-
-
-def _verify(parsed: tr.Transcript, transcript: Path, target: Path, recipe: Path | str | None,
-            store: Store, threads: int, spot: int, seed: int,
-            reporter: Reporter) -> VerifyReport:
-    subject = _subject(target, recipe, store)
-    if parsed.derivation != subject.derivation.digest:
-        raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}, "
-                         f"not of the verified weights' {subject.derivation.digest}")
-    problems = _chain_problems(parsed, transcript.parent)
-    all_segments = tr.segments(parsed)
-    if problems:
+        subject = _subject(target, recipe, store)
+        if parsed.derivation != subject.code.derivation.digest:
+            raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}, "
+                             f"not of the verified weights' {subject.code.derivation.digest}")
+        problems = _chain_problems(parsed, transcript.parent)
+        all_segments = tr.segments(parsed)
+        if problems:
+            return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
+                                False, tuple(problems), (), 0.0)
+        chosen = tr.choose(all_segments, spot, seed)
+        total = parsed.checkpoints[-1].step
+        tolerance = segment_tolerance(subject.tolerance, total, max(s.steps for s in chosen))
+        with _replayed(subject, chosen, transcript.parent, store, threads, reporter) as replay:
+            relation = _relation(parsed.environment, replay.result.environment)
+            allowed = tolerance if relation is EnvRelation.OTHER else 0.0
+            results = tuple(_judge(subject, segment, transcript.parent, replay, allowed)
+                            for segment in chosen)
+        fraction = sum(s.steps for s in chosen) / total
         return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
-                            False, tuple(problems), (), 0.0)
-    chosen = tr.choose(all_segments, spot, seed)
-    total = parsed.checkpoints[-1].step
-    tolerance = segment_tolerance(subject.tolerance, total, max(s.steps for s in chosen))
-    with _replayed(subject, chosen, transcript.parent, store, threads, reporter) as replay:
-        relation = _relation(parsed.environment, replay.result.environment)
-        allowed = tolerance if relation is EnvRelation.OTHER else 0.0
-        results = tuple(_judge(subject, segment, transcript.parent, replay, allowed)
-                        for segment in chosen)
-    fraction = sum(s.steps for s in chosen) / total
-    return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
-                        True, (), results, fraction, relation.value, allowed)
+                            True, (), results, fraction, relation.value, allowed)
 
 
 def segment_tolerance(tolerance: Tolerance, total_steps: int, segment_steps: int) -> float:
@@ -157,8 +149,7 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
         if not target.is_file():
             raise UsageError(f"{target}: no such weights file")
         the_plan = plan(recipe, store)
-        return _Subject(target, the_plan.derivation, the_plan.code, the_plan.input_paths,
-                        _tolerance(the_plan.recipe))
+        return _Subject(target, the_plan.recipe_code, _tolerance(the_plan.recipe))
     if target.is_file():
         raise UsageError(f"{target}: a weights file needs --recipe to say how it was built")
     item = store.resolve(str(target))
@@ -172,7 +163,7 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
         if found is None:
             raise UsageError(f"input {name} ({entry['digest']}) is not in the store")
         inputs[name] = found
-    return _Subject(item.weights, Derivation(item.derivation, record), code, inputs,
+    return _Subject(item.weights, RecipeCode(Derivation(item.derivation, record), code, inputs),
                     _tolerance(load_recipe(source / "recipe.toml")))
 
 
@@ -210,8 +201,8 @@ def _replayed(subject: _Subject, chosen: list[tr.Segment], folder: Path, store: 
                                for s in chosen))
     replays = [{"start": str(folder / s.start.file) if s.start else None,
                 "stop": None if s.last else s.stop.step} for s in chosen]
-    with sandboxed(store, subject.derivation, subject.source, subject.inputs, threads,
-                   reporter, "replaying segments", "replay", replays=replays) as (result, out):
+    with sandboxed(store, subject.code, threads, reporter, "replaying segments", "replay",
+                   replays=replays) as (result, out):
         began = {s.stop.step: at for s, at in zip(chosen, result.segments_began, strict=False)}
         yield _Replay(out, result, began)
 
