@@ -276,6 +276,10 @@ def run(spec: dict[str, Any]) -> None:
     threads = int(spec["threads"])
     environment.apply_torch_numerics(threads)
     emit("environment", record=environment.capture(threads, spec["network"]))
+    # torch and the torch._dynamo it pulls in are some 300k objects that live until the
+    # end: out of the collector's sight, its passes over the recipe's objects (during
+    # training and the one at the end, `_finish`) are short.
+    gc.freeze()
     sys.path.insert(0, spec["src"])
     if spec["mode"] == "build":
         train = load_entry(Path(spec["src"]), spec["entry"])
