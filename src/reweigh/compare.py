@@ -115,24 +115,25 @@ def same_bytes(x: np.ndarray, y: np.ndarray) -> bool:
 def distances(va: np.ndarray, vb: np.ndarray) -> tuple[float, float, float]:
     """Max |a-b|, |a-b|/|a| and 1 - cos(a, b) in one pass, a chunk at a time.
 
-    Every chunk is computed in float64, so no float32 square under- or overflows (a
-    tensor of values near 1e-24, or 1e20, still gets its true distance). Cosine
-    distance is taken from the difference itself,
+    Chunks of float32 (and narrower) tensors are computed in float32 and summed in
+    float64, at close to memory bandwidth; a chunk whose float32 squares could under-
+    or overflow (root mean square below 1e-10 or above 1e15) is computed again in
+    float64, so a tampered tensor of tiny values (1e-24) or huge ones (1e20) still
+    gets its true distance. Cosine distance is taken from the difference itself,
     1 - cos = (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|) with |a| - |b| = d.(a+b) / (|a| + |b|),
     so two nearly equal tensors get a small accurate distance, not rounding noise.
     """
-    max_abs, dd, aa, bb, ds = 0.0, 0.0, 0.0, 0.0, 0.0
-    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are answered below
+    narrow = va.dtype.kind == "f" and va.dtype.itemsize <= 4
+    sums = np.zeros(5)  # max |a-b|, |d|^2, |a|^2, |b|^2, d.(a+b)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         for start in range(0, va.size, CHUNK):
-            ca = va[start:start + CHUNK].astype(np.float64)
-            cb = vb[start:start + CHUNK].astype(np.float64)
-            delta = ca - cb
-            if delta.size:
-                max_abs = max(max_abs, float(delta.max()), -float(delta.min()))
-            dd += float(np.dot(delta, delta))
-            aa += float(np.dot(ca, ca))
-            bb += float(np.dot(cb, cb))
-            ds += float(np.dot(delta, ca + cb))
+            ca, cb = va[start:start + CHUNK], vb[start:start + CHUNK]
+            chunk = _chunk_sums(ca, cb, np.float32) if narrow else None
+            if chunk is None or not _safe_in_float32(chunk, ca.size):
+                chunk = _chunk_sums(ca, cb, np.float64)
+            sums[0] = max(sums[0], chunk[0])
+            sums[1:] += chunk[1:]
+    max_abs, dd, aa, bb, ds = map(float, sums)
     if not all(map(math.isfinite, (max_abs, dd, aa, bb, ds))):
         return math.inf, math.inf, math.inf
     rel = math.sqrt(dd / aa) if aa > 0 else (math.inf if dd > 0 else 0.0)
@@ -141,6 +142,25 @@ def distances(va: np.ndarray, vb: np.ndarray) -> tuple[float, float, float]:
         return max_abs, rel, 0.0 if na == nb else 1.0
     apart = ds / (na + nb)  # |a| - |b|
     return max_abs, rel, min(max((dd - apart * apart) / (2 * na * nb), 0.0), 2.0)
+
+
+def _chunk_sums(ca: np.ndarray, cb: np.ndarray, work: type[np.floating[Any]]) -> np.ndarray:
+    ca, cb = ca.astype(work, copy=False), cb.astype(work, copy=False)
+    delta = ca - cb
+    top = max(float(delta.max()), -float(delta.min())) if delta.size else 0.0
+    if math.isnan(top) or np.isnan(delta).any():
+        top = math.inf  # a NaN makes every distance infinite
+    return np.array([top, np.dot(delta, delta), np.dot(ca, ca), np.dot(cb, cb),
+                     np.dot(delta, ca + cb)], dtype=np.float64)
+
+
+def _safe_in_float32(sums: np.ndarray, count: int) -> bool:
+    """Whether a chunk's float32 sums are trustworthy: finite, and of values whose
+    squares (and their differences' squares) stay clear of float32's limits."""
+    if not np.isfinite(sums).all():
+        return False
+    low, high = 1e-20 * count, 1e30 * count  # mean squares of 1e-20 .. 1e30
+    return all(low <= s <= high for s in (sums[2], sums[3]))
 
 
 def value_drift(a: Any, b: Any) -> float:
