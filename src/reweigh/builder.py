@@ -53,7 +53,7 @@ class ChildResult:
 def network_isolation() -> tuple[tuple[str, ...], str]:
     """The command prefix that puts the child in an empty network namespace, and its label."""
     if os.environ.get("REWEIGH_NO_NETNS") != "1" and shutil.which("unshare"):
-        prefixes = [("unshare", "--net")] if os.geteuid() == 0 else []
+        prefixes: list[tuple[str, ...]] = [("unshare", "--net")] if os.geteuid() == 0 else []
         prefixes.append(("unshare", "--user", "--map-root-user", "--net"))
         for prefix in prefixes:
             probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)

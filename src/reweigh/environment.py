@@ -67,7 +67,7 @@ def apply_torch_numerics(threads: int) -> None:
 
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(PINNED_TORCH["use_deterministic_algorithms"])
-    torch.utils.deterministic.fill_uninitialized_memory = PINNED_TORCH[
+    torch.utils.deterministic.fill_uninitialized_memory = PINNED_TORCH[  # type: ignore[attr-defined]
         "fill_uninitialized_memory"]
     backward_threads = PINNED_TORCH["backward_threads"]
     if backward_threads != threads:

@@ -16,7 +16,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal, overload
 
 from .digest import is_digest
 from .errors import RecipeError
@@ -282,6 +282,14 @@ class _Validator:
             raise self.fail(where or key, "must be a table")
         return value
 
+    @overload
+    def string(self, data: dict[str, Any], key: str, required: Literal[True] = ...,
+               where: str | None = None) -> str: ...
+
+    @overload
+    def string(self, data: dict[str, Any], key: str, required: bool,
+               where: str | None = None) -> str | None: ...
+
     def string(self, data: dict[str, Any], key: str, required: bool = True,
                where: str | None = None) -> str | None:
         value = data.get(key)
@@ -298,10 +306,17 @@ class _Validator:
     def matching(self, data: dict[str, Any], key: str, pattern: re.Pattern[str], what: str,
                  where: str | None = None) -> str:
         value = self.string(data, key, where=where)
-        assert value is not None
         if not pattern.fullmatch(value):
             raise self.fail(where or key, f"expected {what}")
         return value
+
+    @overload
+    def integer(self, data: dict[str, Any], key: str, where: str, low: int, high: int,
+                required: Literal[True] = ...) -> int: ...
+
+    @overload
+    def integer(self, data: dict[str, Any], key: str, where: str, low: int, high: int,
+                required: bool) -> int | None: ...
 
     def integer(self, data: dict[str, Any], key: str, where: str, low: int, high: int,
                 required: bool = True) -> int | None:
