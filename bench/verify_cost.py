@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -52,13 +51,12 @@ def main() -> None:
             store = args.store or str(Path(scratch) / "store")
             _, out = reweigh("build", str(recipe), "--json", "--store", store)
             item = Path(json.loads(out)["path"])
-            segments = len(json.loads((item / "transcript.json").read_text())["checkpoints"])
-            spot = max(1, math.ceil(0.05 * segments))
             check, _ = reweigh("build", str(recipe), "--check", "--store", store)
             spent, out = reweigh("verify", str(item), "--transcript",
-                                 str(item / "transcript.json"), "--spot", str(spot),
+                                 str(item / "transcript.json"), "--spot", "5%",
                                  "--seed", "1", "--json", "--store", store)
             report = json.loads(out)
+            segments, spot = report["segments_total"], len(report["segments"]) - 1
         changed = f" ({', '.join(args.param)})" if args.param else ""
         print(f"{recipe.name}{changed}: {segments} segments, --spot {spot} (+ the last)")
         print(f"  build --check: {check:7.1f} s")

@@ -64,6 +64,18 @@ def test_an_honest_transcript_holds_when_every_segment_is_replayed(
     assert report["compute_fraction"] == pytest.approx(1.0)
 
 
+def test_spot_may_be_a_share_of_the_segments(built: tuple[Path, Path]) -> None:
+    store, item = built
+    code, report = _verify(store, item, "--transcript", item / "transcript.json", "--spot",
+                           "10%", "--seed", "5")
+    assert code == 0 and len(report["segments"]) == 4 + 1  # ceil(10% of 35), and the last
+    for bad in ("120%", "ten%", "-1"):
+        result = run_reweigh("verify", item, "--transcript", item / "transcript.json",
+                             "--spot", bad, store=store)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+        assert "--spot" in result.stderr
+
+
 def _verify_fine_tuned(store: Path, folder: Path) -> tuple[int, dict]:
     """Nudge the published final weights (as a fine-tune would), then verify the last
     segment only."""

@@ -10,6 +10,7 @@ files and running replays is `verbs/verify.py`'s job.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,14 @@ def segments(transcript: Transcript) -> list[Segment]:
     points = transcript.checkpoints
     return [Segment(i, points[i - 1] if i else None, points[i], i == len(points) - 1)
             for i in range(len(points))]
+
+
+def spot_count(spot: int | float, segments: int) -> int:
+    """How many segments `--spot` asks for besides the last: an int is a count, a float
+    a share of all the segments (0.05: 5% of them, rounded up)."""
+    if isinstance(spot, float):
+        return math.ceil(spot * segments - 1e-9)
+    return spot
 
 
 def choose(all_segments: list[Segment], spot: int, seed: int) -> list[Segment]:

@@ -23,14 +23,27 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("target", help="a store item, or a weights file (with --recipe)")
     parser.add_argument("--transcript", required=True, help="transcript.json; its checkpoint "
                         "files lie beside it")
-    parser.add_argument("--spot", type=non_negative_int, required=True,
-                        help="how many random segments to replay besides the last")
+    parser.add_argument("--spot", type=_spot, required=True,
+                        help="how many random segments to replay besides the last: a "
+                        "count, or a share of all the segments such as 5%%")
     parser.add_argument("--seed", type=int, default=None, help="seed for choosing segments")
     parser.add_argument("--recipe", default=None, help="the recipe, when TARGET is a file")
     parser.add_argument("--threads", type=positive_int, default=None)
     add_store_option(parser)
     add_json_option(parser)
     parser.set_defaults(run=run)
+
+
+def _spot(text: str) -> int | float:
+    if not text.endswith("%"):
+        return non_negative_int(text)
+    try:
+        percent = float(text[:-1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count or a percentage") from None
+    if not 0 <= percent <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0% and 100%")
+    return percent / 100
 
 
 def run(args: argparse.Namespace) -> int:

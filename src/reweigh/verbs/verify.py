@@ -88,7 +88,8 @@ class _Subject:
     tolerance: Tolerance
 
 
-def verify(target: Path | str, transcript: Path | str, *, spot: int, seed: int | None = None,
+def verify(target: Path | str, transcript: Path | str, *, spot: int | float,
+           seed: int | None = None,
            recipe: Path | str | None = None, store: Store | None = None,
            threads: int | None = None, reporter: Reporter | None = None) -> VerifyReport:
     store = store or Store()
@@ -108,7 +109,7 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int, seed: int |
         if problems:
             return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
                                 False, tuple(problems), (), 0.0)
-        chosen = tr.choose(all_segments, spot, seed)
+        chosen = tr.choose(all_segments, tr.spot_count(spot, len(all_segments)), seed)
         total = parsed.checkpoints[-1].step
         tolerance = segment_tolerance(subject.tolerance, total, max(s.steps for s in chosen))
         with _replayed(subject, chosen, transcript.parent, store, threads, reporter) as replay:
