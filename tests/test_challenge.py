@@ -130,6 +130,25 @@ def test_one_ulp_is_different_here_but_equivalent_from_another_environment(
     assert code == 1
 
 
+@pytest.mark.parametrize(("environment", "field"), [
+    ({}, "python"), ({"python": "3.11.7", "packages": "x", "isa": 7}, "packages")])
+def test_a_made_up_published_environment_is_refused(
+        built: tuple[Path, Path], tmp_path: Path, environment: dict, field: str) -> None:
+    """An empty or invented environment must not pass for "built elsewhere", which would
+    let a nudged file be judged equivalent."""
+    store, item = built
+    tensors = load_file(str(item / "weights.safetensors"))
+    tensors["fc1.weight"] = tensors["fc1.weight"] * np.float32(1 + 1e-6)
+    published = tmp_path / "nudged.safetensors"
+    save_file(tensors, str(published))
+    claim = tmp_path / "claim.json"
+    claim.write_text(json.dumps({"predicate": {"runDetails": {"environment": environment}}}))
+    result = run_reweigh("challenge", RECIPE, "--published", published,
+                         "--published-provenance", claim, store=store)
+    assert result.returncode == 2
+    assert f"environment: {field}: missing or not a" in result.stderr.strip().splitlines()[-1]
+
+
 def test_a_file_missing_a_tensor_is_different(built: tuple[Path, Path], tmp_path: Path) -> None:
     store, item = built
     tensors = load_file(str(item / "weights.safetensors"))

@@ -208,3 +208,23 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     result = run_reweigh("import", tmp_path / "absent.safetensors", "--name", "x",
                          store=tmp_path / "store")
     assert result.returncode == 2 and "no such file" in result.stderr
+
+
+@pytest.mark.parametrize(("state", "message"), [
+    ({"a.b": torch.zeros(2), "a": {"b": torch.ones(2)}}, "two tensors would both be named 'a.b'"),
+    ({"c": torch.zeros(2, dtype=torch.complex64)}, "c: a torch.complex64 tensor has no "
+     "safetensors form"),
+    ({"s": torch.eye(3).to_sparse()}, "s: a torch.sparse_coo tensor has no safetensors form"),
+    ({"__metadata__": torch.zeros(2)}, "the name __metadata__ has no safetensors form"),
+])
+def test_a_pytorch_file_whose_tensors_safetensors_cannot_hold_is_refused_and_nothing_stored(
+        tmp_path: Path, state: dict[str, Any], message: str) -> None:
+    """Nothing may enter the store that reweigh cannot read back, and no tensor may be
+    dropped on the way."""
+    file = tmp_path / "model.pt"
+    torch.save(state, file)
+    result = run_reweigh("import", file, "--name", "odd", store=tmp_path / "store")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(file) in lines[0] and message in lines[0]
+    assert store_is_empty(tmp_path / "store")

@@ -210,3 +210,70 @@ def test_value_drift_allows_floats_to_move_and_nothing_else() -> None:
     assert value_drift({"value": 1}, {"value": 1.0}) == math.inf  # an int is not a float
     assert value_drift({"value": float("nan")}, {"value": 1.0}) == math.inf
     assert value_drift({"value": 1.0}, {"value": float("nan")}) == math.inf
+
+
+def test_a_copy_of_an_items_folder_is_not_taken_for_the_item(built: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    """A published folder that happens to carry a store item's name, with other weights
+    in it, must not be verified as the local item (which would hold)."""
+    store, item = built
+    copy = tmp_path / item.name
+    shutil.copytree(item, copy)
+    result = run_reweigh("verify", copy, "--transcript", copy / "transcript.json", "--spot", "0",
+                         store=store)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "a folder outside the store" in line and str(copy) in line
+
+
+@pytest.mark.parametrize(("skeleton", "reason"), [
+    ('{"evil": [1, 2]}', "unknown node kind 'evil'"),
+    ('{"dict": [["model", {"tensor": "t99"}]]}', "state.model: no tensor 't99' in the file"),
+    ('{"list": [' * 80 + "]}" * 80, "nested deeper than 64 levels"),
+    ("{not json", "reweigh.state: not valid JSON"),
+])
+def test_a_hostile_start_checkpoint_is_refused_before_any_replay_naming_it(
+        built: tuple[Path, Path], tmp_path: Path, skeleton: str, reason: str) -> None:
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    start = folder / "checkpoints" / "step-000000340.safetensors"
+    save_file({"t0": np.zeros(2, dtype=np.float32)}, str(start),
+              metadata={"reweigh.state": skeleton})
+    _rewrite_transcript(folder)
+    result = run_reweigh("verify", folder / "weights.safetensors", "--recipe",
+                         EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
+                         "--spot", "0", store=store)  # the last segment starts at step 340
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(start) in lines[0] and reason in lines[0]
+
+
+def test_a_checkpoint_that_leads_out_of_the_folder_breaks_the_chain(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    outside = tmp_path / "elsewhere.safetensors"
+    middle = folder / "checkpoints" / "step-000000170.safetensors"
+    shutil.move(middle, outside)
+    middle.symlink_to(outside)  # same bytes, same digest, but outside the folder
+    code, report = _verify(store, folder / "weights.safetensors", "--recipe",
+                           EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
+                           "--spot", "1")
+    assert code == 1 and not report["chain_ok"]
+    assert any("step 170" in p and "leads out of the transcript's folder" in p
+               for p in report["problems"])
+
+
+def test_a_made_up_environment_earns_no_slack(built: tuple[Path, Path], tmp_path: Path) -> None:
+    """An empty or invented environment record must not count as "another environment",
+    which would let each segment drift."""
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    data = json.loads((folder / "transcript.json").read_text())
+    for bad, field in (({}, "python"), ({**data["environment"], "isa": 7}, "isa")):
+        data["environment"] = bad
+        (folder / "transcript.json").write_text(json.dumps(data))
+        result = run_reweigh("verify", item, "--transcript", folder / "transcript.json",
+                             "--spot", "0", store=store)
+        assert result.returncode == 2
+        assert f"transcript.json: environment: {field}: missing or not a" in result.stderr

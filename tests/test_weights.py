@@ -119,6 +119,36 @@ def test_overlapping_tensors_are_refused_naming_both(scratch: Path, valid: bytes
     assert "overlaps" in line and "layer.bias" in line
 
 
+def test_bytes_outside_every_tensor_are_refused(scratch: Path, valid: bytes) -> None:
+    """The format allows no holes: two files that read as the same tensors must not
+    differ in hidden bytes (a challenge would call the second identical)."""
+    line = rejected(scratch, valid + b"\0" * 8)
+    assert "after the last" in line and "cover the data area exactly" in line
+    header, body = split(valid)
+    for entry in header.values():
+        if isinstance(entry, dict) and "data_offsets" in entry:
+            entry["data_offsets"] = [o + 8 for o in entry["data_offsets"]]
+    line = rejected(scratch, join(header, b"\0" * 8 + body))
+    assert "before the first tensor" in line
+
+
+def test_a_key_given_twice_is_refused(scratch: Path, valid: bytes) -> None:
+    header, body = split(valid)
+    text = json.dumps(header)
+    entry = json.dumps(header["counts"])
+    twice = text[:-1] + f', "counts": {entry}}}'
+    line = rejected(scratch, join(twice, body))
+    assert "'counts' appears twice" in line
+    meta = text[:-1] + ', "__metadata__": {"a": "b"}}'
+    assert "'__metadata__' appears twice" in rejected(scratch, join(meta, body))
+
+
+def test_metadata_that_is_an_empty_list_is_refused(scratch: Path, valid: bytes) -> None:
+    header, body = split(valid)
+    header["__metadata__"] = []
+    assert "__metadata__: must map strings to strings" in rejected(scratch, join(header, body))
+
+
 def test_a_span_that_does_not_match_the_shape_is_refused(scratch: Path, valid: bytes) -> None:
     header, body = split(valid)
     header["counts"]["shape"] = [4]

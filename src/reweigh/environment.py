@@ -116,6 +116,27 @@ def capture(threads: int, network: str) -> dict[str, Any]:
     }
 
 
+# What each bit-relevant field of a record must be, for a claimed environment to count.
+_FIELD_TYPES: dict[str, type] = {"python": str, "packages": dict, "blas": dict, "cpu_arch": str,
+                                 "isa": list, "cpu_capability": str, "numerics": dict}
+
+
+def claim_problem(record: Any) -> str | None:
+    """Why an environment record someone else wrote cannot count as one (a field missing
+    or of the wrong type, a number JSON cannot hold), or None. An empty or made-up record
+    must not pass for "another environment", which would earn a published file slack."""
+    if not isinstance(record, dict):
+        return "expected an environment record (an object)"
+    for key, kind in _FIELD_TYPES.items():
+        if not isinstance(record.get(key), kind):
+            return f"{key}: missing or not a{'n' if kind is int else ''} {kind.__name__}"
+    try:
+        fingerprint(record)
+    except (ValueError, TypeError, RecursionError) as e:
+        return f"not canonical JSON ({e})"
+    return None
+
+
 def fingerprint(record: dict[str, Any]) -> str:
     """The digest of the fields that can change the bits; equal fingerprints, equal bits."""
     return record_digest({key: record.get(key) for key in FINGERPRINT_FIELDS})

@@ -133,8 +133,14 @@ class Store:
 
     def resolve(self, ref: str) -> StoreItem:
         """An item from its store path or directory name, derivation, weights digest,
-        a hash prefix of at least 8 characters, or a name (the newest item of that name)."""
-        key = Path(ref).name
+        a hash prefix of at least 8 characters, or a name (the newest item of that name).
+        A path to a folder outside the store is no item, whatever its name: a copy of an
+        item's folder, edited, must not pass for the item."""
+        path = Path(ref)
+        if len(path.parts) > 1 and path.resolve().parent != (self.root / "items").resolve():
+            raise UsageError(f"{ref}: a folder outside the store {self.root}, not an item of it "
+                             "(give its weights file, with --recipe where the command takes one)")
+        key = path.name
         lookups = [("path = ? OR derivation = ? OR weights_digest = ?", (key, ref, ref)),
                    ("name = ?", (ref,))]
         with self._db() as db:

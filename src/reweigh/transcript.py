@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .digest import is_digest, record_digest
+from .environment import claim_problem
 from .errors import UsageError
 
 FORMAT = "reweigh.transcript/1"
@@ -89,8 +90,8 @@ def parse(data: Any, label: str) -> Transcript:
         raise UsageError(f"{label}: checkpoints: steps must be positive and increasing")
     every = data.get("checkpoint_every", 0)
     environment = data.get("environment")
-    if environment is not None and not isinstance(environment, dict):
-        raise UsageError(f"{label}: environment: expected an environment record (an object)")
+    if environment is not None and (problem := claim_problem(environment)):
+        raise UsageError(f"{label}: environment: {problem}")
     return Transcript(data["derivation"], every if isinstance(every, int) else 0,
                       tuple(checkpoints), environment)
 

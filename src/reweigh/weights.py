@@ -87,7 +87,7 @@ def read_header(path: Path) -> WeightsFile:
     except OSError as e:
         raise WeightsError(f"{label}: cannot read: {e.strerror}") from e
     try:
-        header = json.loads(raw_header.decode("utf-8"))
+        header = json.loads(raw_header.decode("utf-8"), object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, a 5000-digit int, deep nesting
         raise WeightsError(f"{label}: header: not valid JSON ({e})") from e
     if not isinstance(header, dict):
@@ -95,9 +95,20 @@ def read_header(path: Path) -> WeightsFile:
     return _parse_header(path, header, 8 + length, size)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a key repeats: two readers must not see two files."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice")
+        seen[key] = value
+    return seen
+
+
 def _parse_header(path: Path, header: dict[str, Any], base: int, size: int) -> WeightsFile:
     label = str(path)
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise WeightsError(f"{label}: __metadata__: must map strings to strings")
@@ -113,6 +124,16 @@ def _parse_header(path: Path, header: dict[str, Any], base: int, size: int) -> W
     for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
             raise WeightsError(f"{label}: {second}: data overlaps tensor {first}")
+        if start > end:
+            raise WeightsError(f"{label}: {second}: a gap of {start - end} bytes before its "
+                               "data; the tensors must cover the data area exactly")
+    # As the format requires: every byte after the header belongs to a tensor, so no two
+    # files that read as the same tensors differ in hidden bytes.
+    first_start, last_end = (spans[0][0], spans[-1][1]) if spans else (base, base)
+    if first_start != base or last_end != size:
+        raise WeightsError(f"{label}: data: {first_start - base} bytes before the first "
+                           f"tensor and {size - last_end} after the last; the tensors must "
+                           "cover the data area exactly")
     return WeightsFile(path, tensors, dict(metadata))
 
 
@@ -172,12 +193,26 @@ def load_state(path: Path) -> Any:
     """The nested state `save_state` wrote (torch tensors where tensors were)."""
     from safetensors import safe_open
 
+    skeleton = check_state(path)
     with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if "reweigh.state" not in metadata:
-            raise WeightsError(f"{path}: __metadata__: no reweigh.state; not a checkpoint")
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    return _rebuild(json.loads(metadata["reweigh.state"]), tensors)
+    return _rebuild(skeleton, tensors, str(path), "state", 0)
+
+
+def check_state(path: Path) -> Any:
+    """A checkpoint's skeleton, checked without loading a tensor: a valid header, and a
+    `reweigh.state` whose every node is one that `save_state` writes and whose tensors
+    exist. Raises WeightsError naming the file and the node."""
+    header = read_header(path)
+    text = header.metadata.get("reweigh.state")
+    if text is None:
+        raise WeightsError(f"{path}: __metadata__: no reweigh.state; not a checkpoint")
+    try:
+        skeleton = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise WeightsError(f"{path}: reweigh.state: not valid JSON ({e})") from e
+    _rebuild(skeleton, {name: None for name in header.tensors}, str(path), "state", 0)
+    return skeleton
 
 
 def _skeleton(value: Any, tensors: dict[str, Any], where: str) -> Any:
@@ -206,16 +241,47 @@ def _key(key: Any, where: str) -> Any:
     raise TypeError(f"checkpoint: {where} has a key of type {type(key).__name__}")
 
 
-def _rebuild(node: dict[str, Any], tensors: dict[str, Any]) -> Any:
+MAX_STATE_DEPTH = 64  # save_state's nesting is that of a training state: a few levels
+
+
+def _rebuild(node: Any, tensors: dict[str, Any], label: str, where: str, depth: int) -> Any:
+    """The value a skeleton node stands for; a node `save_state` cannot have written is
+    refused, naming where it is."""
+    if problem := _node_problem(node, tensors, depth):
+        raise WeightsError(f"{label}: reweigh.state: {where}: {problem}")
     (kind, body), = node.items()
     if kind == "tensor":
         return tensors[body]
     if kind == "dict":
-        return {key: _rebuild(value, tensors) for key, value in body}
+        return {key: _rebuild(value, tensors, label, f"{where}.{key}", depth + 1)
+                for key, value in body}
     if kind in ("list", "tuple"):
-        items = [_rebuild(value, tensors) for value in body]
+        items = [_rebuild(value, tensors, label, f"{where}[{i}]", depth + 1)
+                 for i, value in enumerate(body)]
         return items if kind == "list" else tuple(items)
     return body
+
+
+def _node_problem(node: Any, tensors: dict[str, Any], depth: int) -> str | None:
+    if depth > MAX_STATE_DEPTH:
+        return f"nested deeper than {MAX_STATE_DEPTH} levels"
+    if not isinstance(node, dict) or len(node) != 1:
+        return "not a node (an object with one key)"
+    (kind, body), = node.items()
+    valid = {
+        "tensor": lambda: isinstance(body, str) and body in tensors,
+        "dict": lambda: isinstance(body, list) and all(
+            isinstance(pair, list) and len(pair) == 2 and not isinstance(pair[0], list | dict)
+            for pair in body),
+        "list": lambda: isinstance(body, list),
+        "tuple": lambda: isinstance(body, list),
+        "value": lambda: body is None or isinstance(body, bool | int | float | str),
+    }
+    if kind not in valid:
+        return f"unknown node kind {kind!r}"
+    if not valid[kind]():
+        return f"no tensor {body!r} in the file" if kind == "tensor" else f"a malformed {kind} node"
+    return None
 
 
 def sniff_format(path: Path) -> str:

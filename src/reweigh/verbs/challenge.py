@@ -22,7 +22,7 @@ from ..compare import (
     decide,
 )
 from ..digest import file_digest
-from ..environment import differences, fingerprint
+from ..environment import claim_problem, differences, fingerprint
 from ..errors import UsageError
 from ..progress import QuietReporter, Reporter
 from ..provenance import environment_of
@@ -101,12 +101,14 @@ def _claimed_environment(path: Path | str | None) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # bad UTF-8 or JSON, huge ints, depth
         raise UsageError(f"{path}: cannot read the published provenance: {e}") from e
     env = environment_of(data)
     if env is None:
         raise UsageError(f"{path}: predicate.runDetails.environment: missing; "
                          "not a reweigh provenance statement")
+    if problem := claim_problem(env):
+        raise UsageError(f"{path}: predicate.runDetails.environment: {problem}")
     return env
 
 

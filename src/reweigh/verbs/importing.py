@@ -90,6 +90,7 @@ def import_weights(file: Path | str, *, name: str, version: str = "imported",
             out = staged / "out"
             out.mkdir()
             fmt, skipped = _convert(source, out / "weights.safetensors")
+            read_header(out / "weights.safetensors")  # only what reweigh reads back enters
             weights_digest = file_digest(out / "weights.safetensors")
             _write_files(out, weights_digest, {**record, "source": source.name, "format": fmt,
                                                "skipped": list(skipped)})
@@ -148,13 +149,26 @@ def _from_pytorch(source: Path, target: Path) -> tuple[str, tuple[str, ...]]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         raise WeightsError(f"{source}: refused by torch.load(weights_only=True): "
                            f"{_why(e)}; reweigh never unpickles anything else") from e
+    except Exception as e:  # a hostile file can make the loader fail in any way
+        raise WeightsError(f"{source}: torch.load(weights_only=True) failed: "
+                           f"{type(e).__name__}: {_why(e)}") from e
     tensors: dict[str, Any] = {}
     skipped: list[str] = []
-    _flatten("", state, tensors, skipped)
+    _flatten("", state, tensors, skipped, source)
     if not tensors:
         raise WeightsError(f"{source}: holds no tensors")
-    # clone: safetensors refuses tensors that share storage (tied weights)
-    save_tensors({k: v.detach().clone() for k, v in tensors.items()}, target)
+    for name, tensor in tensors.items():
+        unfit = ("the name __metadata__" if name == "__metadata__"
+                 else f"a {tensor.layout} tensor" if tensor.layout != torch.strided
+                 else "a quantized tensor" if tensor.is_quantized
+                 else f"a {tensor.dtype} tensor" if tensor.is_complex() else None)
+        if unfit:
+            raise WeightsError(f"{source}: {name}: {unfit} has no safetensors form")
+    try:  # clone: safetensors refuses tensors that share storage (tied weights)
+        save_tensors({k: v.detach().clone() for k, v in tensors.items()}, target)
+    except Exception as e:  # a dtype safetensors or reweigh cannot store, say
+        raise WeightsError(f"{source}: cannot be written as safetensors: "
+                           f"{type(e).__name__}: {_why(e)}") from e
     return PYTORCH, tuple(skipped)
 
 
@@ -165,17 +179,22 @@ def _why(error: Exception) -> str:
     return (named or lines or [type(error).__name__])[0]
 
 
-def _flatten(prefix: str, value: Any, tensors: dict[str, Any], skipped: list[str]) -> None:
+def _flatten(prefix: str, value: Any, tensors: dict[str, Any], skipped: list[str],
+             source: Path) -> None:
     import torch
 
     if isinstance(value, torch.Tensor):
-        tensors[prefix or "tensor"] = value
+        name = prefix or "tensor"
+        if name in tensors:  # {"a.b": x, "a": {"b": y}}: one would silently replace the other
+            raise WeightsError(f"{source}: two tensors would both be named {name!r}")
+        tensors[name] = value
     elif isinstance(value, dict):
         for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, tensors, skipped)
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, tensors, skipped, source)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _flatten(f"{prefix}.{index}" if prefix else str(index), item, tensors, skipped)
+            _flatten(f"{prefix}.{index}" if prefix else str(index), item, tensors, skipped,
+                     source)
     else:
         skipped.append(prefix or "(top level)")
 

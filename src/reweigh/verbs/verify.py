@@ -30,11 +30,11 @@ from ..compare import EnvRelation, compare_files, value_drift
 from ..derivation import Derivation
 from ..digest import file_digest
 from ..environment import fingerprint
-from ..errors import UsageError
+from ..errors import UsageError, WeightsError
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
 from ..store import Store
-from ..weights import read_header
+from ..weights import check_state, read_header
 from .build import RecipeCode, plan, sandboxed, threads_for
 
 
@@ -110,6 +110,9 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int | float,
             return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
                                 False, tuple(problems), (), 0.0)
         chosen = tr.choose(all_segments, tr.spot_count(spot, len(all_segments)), seed)
+        for segment in chosen:  # a hostile start fails here, naming itself, not in a replay
+            if segment.start is not None:
+                check_state(transcript.parent / segment.start.file)
         total = parsed.checkpoints[-1].step
         tolerance = segment_tolerance(subject.tolerance, total, max(s.steps for s in chosen))
         with _replayed(subject, chosen, transcript.parent, store, threads, reporter) as replay:
@@ -140,7 +143,7 @@ def _relation(recorded: dict[str, Any] | None, local: dict[str, Any]) -> EnvRela
 def _load(path: Path) -> tr.Transcript:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # bad UTF-8 or JSON, huge ints, depth
         raise UsageError(f"{path}: cannot read the transcript: {e}") from e
     return tr.parse(data, str(path))
 
@@ -174,12 +177,18 @@ def _tolerance(recipe: Recipe) -> Tolerance:
 
 def _chain_problems(parsed: tr.Transcript, folder: Path) -> list[str]:
     problems = []
+    root = folder.resolve()
     for c in parsed.checkpoints:
         path = folder / c.file
-        if not path.is_file():
-            problems.append(f"step {c.step}: checkpoint file {c.file} is missing")
-        elif file_digest(path) != c.digest:
-            problems.append(f"step {c.step}: {c.file} does not have its recorded digest")
+        try:
+            if not path.resolve().is_relative_to(root):
+                problems.append(f"step {c.step}: {c.file} leads out of the transcript's folder")
+            elif not path.is_file():
+                problems.append(f"step {c.step}: checkpoint file {c.file} is missing")
+            elif file_digest(path) != c.digest:
+                problems.append(f"step {c.step}: {c.file} does not have its recorded digest")
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission
+            problems.append(f"step {c.step}: {c.file} cannot be read ({e})")
     problems += [f"step {step}: the chain link does not follow from the entries before it"
                  for step in tr.broken_links(parsed)]
     return problems
@@ -232,12 +241,16 @@ def _judge(subject: _Subject, segment: tr.Segment, folder: Path, replay: _Replay
 def _drift(replayed: Path, published: Path) -> float:
     """The worst relative difference over the two states: each tensor's relative L2
     distance and each float of the JSON skeleton's; infinite when anything else differs
-    (the skeleton's structure or non-float values, tensor names, shapes or types)."""
-    a, b = read_header(replayed), read_header(published)
-    if a.metadata.keys() != b.metadata.keys():
+    (the skeleton's structure or non-float values, tensor names, shapes or types), or
+    when the published checkpoint cannot be read as one."""
+    try:
+        a, b = read_header(replayed), read_header(published)
+        if a.metadata.keys() != b.metadata.keys():
+            return math.inf
+        values = max((value_drift(_json(a.metadata[k]), _json(b.metadata[k]))
+                      for k in a.metadata), default=0.0)
+    except (WeightsError, RecursionError):  # a hostile header, or a skeleton nested too deep
         return math.inf
-    values = max((value_drift(_json(a.metadata[k]), _json(b.metadata[k])) for k in a.metadata),
-                 default=0.0)
     diffs = compare_files(a, b)
     if any(d.status not in ("identical", "changed") for d in diffs):
         return math.inf
@@ -247,7 +260,7 @@ def _drift(replayed: Path, published: Path) -> float:
 def _json(text: str) -> Any:
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a 5000-digit int, deep nesting
         return text
 
 
