@@ -160,6 +160,40 @@ def test_an_input_touched_during_the_build_fails_it_and_leaves_no_item(
     assert not any((store / "items").iterdir())
 
 
+def test_an_input_rewritten_with_its_size_and_mtime_restored_still_fails_the_build(
+        tmp_path: Path, store: Path) -> None:
+    """A process the guard cannot see rewrites the input with bytes of the same length and
+    puts its modification time back: only the change time still tells."""
+    recipe = write_recipe(tmp_path / "r", REWRITE_TRAIN, inputs=(
+        '[inputs.data]\npath = "data.txt"'), files={"data.txt": "some data\n"})
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 1, result.stderr
+    assert "an input changed during the build" in result.stderr
+    assert not any((store / "items").iterdir())
+
+
+REWRITE_TRAIN = """
+import os
+import subprocess
+
+import numpy as np
+
+REWRITE = (\'chmod u+w "$0" && printf "SOME DATA\\\\n" > "$0" && touch -m -d "$1" "$0"\'
+           \' && chmod "$2" "$0"\')
+
+def train(ctx):
+    data = ctx.inputs["data"]
+    before = os.stat(data)
+    when = f"@{before.st_mtime_ns // 10**9}.{before.st_mtime_ns % 10**9:09d}"
+    subprocess.run(["sh", "-c", REWRITE, str(data), when, oct(before.st_mode & 0o7777)[2:]],
+                   check=True)
+    after = os.stat(data)
+    assert open(data).read() == "SOME DATA\\n" and after.st_size == before.st_size
+    assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
+    ctx.save_weights({"w": np.zeros(2, dtype=np.float32)})
+"""
+
+
 TOUCH_TRAIN = """
 import os
 

@@ -148,8 +148,8 @@ def _chunk_sums(ca: np.ndarray, cb: np.ndarray, work: type[np.floating[Any]]) ->
     ca, cb = ca.astype(work, copy=False), cb.astype(work, copy=False)
     delta = ca - cb
     top = max(float(delta.max()), -float(delta.min())) if delta.size else 0.0
-    if math.isnan(top) or np.isnan(delta).any():
-        top = math.inf  # a NaN makes every distance infinite
+    if math.isnan(top):  # max and min are NaN when any element is: every distance is infinite
+        top = math.inf
     return np.array([top, np.dot(delta, delta), np.dot(ca, ca), np.dot(cb, cb),
                      np.dot(delta, ca + cb)], dtype=np.float64)
 

@@ -47,8 +47,11 @@ ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx51
 # pillow decodes the images of adapted recipes (reweigh adapt), so its version is recorded
 PACKAGES = ("torch", "numpy", "scikit-learn", "safetensors", "pillow", "reweigh")
 PASSED_THROUGH = ("ATEN_CPU_CAPABILITY",)
-FINGERPRINT_FIELDS = ("python", "packages", "blas", "cpu_arch", "isa", "cpu_capability",
-                      "numerics")
+# The fields that can change the bits, and the type each must have in a claimed record.
+FINGERPRINT_TYPES: dict[str, type] = {"python": str, "packages": dict, "blas": dict,
+                                      "cpu_arch": str, "isa": list, "cpu_capability": str,
+                                      "numerics": dict}
+FINGERPRINT_FIELDS = tuple(FINGERPRINT_TYPES)
 
 
 def build_env(threads: int) -> dict[str, str]:
@@ -116,20 +119,15 @@ def capture(threads: int, network: str) -> dict[str, Any]:
     }
 
 
-# What each bit-relevant field of a record must be, for a claimed environment to count.
-_FIELD_TYPES: dict[str, type] = {"python": str, "packages": dict, "blas": dict, "cpu_arch": str,
-                                 "isa": list, "cpu_capability": str, "numerics": dict}
-
-
 def claim_problem(record: Any) -> str | None:
     """Why an environment record someone else wrote cannot count as one (a field missing
     or of the wrong type, a number JSON cannot hold), or None. An empty or made-up record
     must not pass for "another environment", which would earn a published file slack."""
     if not isinstance(record, dict):
         return "expected an environment record (an object)"
-    for key, kind in _FIELD_TYPES.items():
+    for key, kind in FINGERPRINT_TYPES.items():
         if not isinstance(record.get(key), kind):
-            return f"{key}: missing or not a{'n' if kind is int else ''} {kind.__name__}"
+            return f"{key}: missing or not a {kind.__name__}"
     try:
         fingerprint(record)
     except (ValueError, TypeError, RecursionError) as e:

@@ -229,15 +229,16 @@ def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, 
         remove_tree(work)
 
 
-def _input_stats(the_plan: Plan) -> list[tuple[str, int, int, int]]:
-    """Size, modification time and inode of every input file: any write changes one of
-    them, and reading them costs nothing beside rehashing the inputs after every build."""
+def _input_stats(the_plan: Plan) -> list[tuple[str, int, int, int, int]]:
+    """Size, modification and change times and inode of every input file: any write
+    changes one of them (a restored mtime still moves the ctime, which no program can
+    set), and reading them costs nothing beside rehashing the inputs after every build."""
     stats = []
     for i in the_plan.inputs:
         if i.kind != "item":
             for path in tree_files(i.path) if i.path.is_dir() else [i.path]:
                 st = path.stat()
-                stats.append((str(path), st.st_size, st.st_mtime_ns, st.st_ino))
+                stats.append((str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     return stats
 
 
