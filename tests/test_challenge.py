@@ -149,6 +149,19 @@ def test_a_made_up_published_environment_is_refused(
     assert f"environment: {field}: missing or not a" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a": ' + "9" * 5000 + "}"])
+def test_a_provenance_json_cannot_hold_exits_2_with_one_line(
+        built: tuple[Path, Path], tmp_path: Path, text: str) -> None:
+    store, item = built
+    claim = tmp_path / "claim.json"
+    claim.write_text(text)
+    result = run_reweigh("challenge", RECIPE, "--published", item / "weights.safetensors",
+                         "--published-provenance", claim, store=store)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1
+    assert f"{claim}: cannot read the published provenance" in lines[0]
+
+
 def test_a_file_missing_a_tensor_is_different(built: tuple[Path, Path], tmp_path: Path) -> None:
     store, item = built
     tensors = load_file(str(item / "weights.safetensors"))

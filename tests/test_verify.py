@@ -277,3 +277,15 @@ def test_a_made_up_environment_earns_no_slack(built: tuple[Path, Path], tmp_path
                              "--spot", "0", store=store)
         assert result.returncode == 2
         assert f"transcript.json: environment: {field}: missing or not a" in result.stderr
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a": ' + "9" * 5000 + "}"])
+def test_a_transcript_json_cannot_hold_exits_2_with_one_line(built: tuple[Path, Path],
+                                                              tmp_path: Path, text: str) -> None:
+    store, item = built
+    transcript = tmp_path / "transcript.json"
+    transcript.write_text(text)
+    result = run_reweigh("verify", item, "--transcript", transcript, "--spot", "0", store=store)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1
+    assert f"{transcript}: cannot read the transcript" in lines[0]

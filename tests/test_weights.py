@@ -130,6 +130,15 @@ def test_bytes_outside_every_tensor_are_refused(scratch: Path, valid: bytes) -> 
             entry["data_offsets"] = [o + 8 for o in entry["data_offsets"]]
     line = rejected(scratch, join(header, b"\0" * 8 + body))
     assert "before the first tensor" in line
+    header, body = split(valid)
+    spans = sorted((e["data_offsets"][0], name) for name, e in header.items()
+                   if isinstance(e, dict) and "data_offsets" in e)
+    cut, second = spans[1]  # bytes slipped in between the first and the second tensor
+    for entry in header.values():
+        if isinstance(entry, dict) and "data_offsets" in entry and entry["data_offsets"][0] >= cut:
+            entry["data_offsets"] = [o + 8 for o in entry["data_offsets"]]
+    line = rejected(scratch, join(header, body[:cut] + b"\0" * 8 + body[cut:]))
+    assert f"{second}: a gap of 8 bytes before its data" in line
 
 
 def test_a_key_given_twice_is_refused(scratch: Path, valid: bytes) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from .digest import is_digest, record_digest
@@ -112,11 +113,11 @@ def segments(transcript: Transcript) -> list[Segment]:
             for i in range(len(points))]
 
 
-def spot_count(spot: int | float, segments: int) -> int:
-    """How many segments `--spot` asks for besides the last: an int is a count, a float
-    a share of all the segments (0.05: 5% of them, rounded up)."""
-    if isinstance(spot, float):
-        return math.ceil(spot * segments - 1e-9)
+def spot_count(spot: int | Fraction, segments: int) -> int:
+    """How many segments `--spot` asks for besides the last: an int is a count, a
+    Fraction a share of all the segments (Fraction(1, 20): 5% of them, rounded up)."""
+    if isinstance(spot, Fraction):
+        return math.ceil(spot * segments)
     return spot
 
 

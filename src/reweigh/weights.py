@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,7 +196,7 @@ def load_state(path: Path) -> Any:
     skeleton = check_state(path)
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    return _rebuild(skeleton, tensors, str(path), "state", 0)
+    return _rebuild(skeleton, tensors)
 
 
 def check_state(path: Path) -> Any:
@@ -211,7 +211,7 @@ def check_state(path: Path) -> Any:
         skeleton = json.loads(text)
     except (ValueError, RecursionError) as e:
         raise WeightsError(f"{path}: reweigh.state: not valid JSON ({e})") from e
-    _rebuild(skeleton, {name: None for name in header.tensors}, str(path), "state", 0)
+    _check_node(skeleton, header.tensors.keys(), str(path), "state", 0)
     return skeleton
 
 
@@ -244,44 +244,54 @@ def _key(key: Any, where: str) -> Any:
 MAX_STATE_DEPTH = 64  # save_state's nesting is that of a training state: a few levels
 
 
-def _rebuild(node: Any, tensors: dict[str, Any], label: str, where: str, depth: int) -> Any:
-    """The value a skeleton node stands for; a node `save_state` cannot have written is
-    refused, naming where it is."""
-    if problem := _node_problem(node, tensors, depth):
-        raise WeightsError(f"{label}: reweigh.state: {where}: {problem}")
+def _rebuild(node: dict[str, Any], tensors: dict[str, Any]) -> Any:
+    """The value a skeleton node (checked by `check_state`) stands for."""
     (kind, body), = node.items()
     if kind == "tensor":
         return tensors[body]
     if kind == "dict":
-        return {key: _rebuild(value, tensors, label, f"{where}.{key}", depth + 1)
-                for key, value in body}
+        return {key: _rebuild(value, tensors) for key, value in body}
     if kind in ("list", "tuple"):
-        items = [_rebuild(value, tensors, label, f"{where}[{i}]", depth + 1)
-                 for i, value in enumerate(body)]
+        items = [_rebuild(value, tensors) for value in body]
         return items if kind == "list" else tuple(items)
     return body
 
 
-def _node_problem(node: Any, tensors: dict[str, Any], depth: int) -> str | None:
+def _check_node(node: Any, names: Iterable[str], label: str, where: str, depth: int) -> None:
+    """Refuse, naming where it is, a node `save_state` cannot have written."""
+    problem, children = _node_problem(node, names, depth)
+    if problem:
+        raise WeightsError(f"{label}: reweigh.state: {where}: {problem}")
+    for place, child in children:
+        _check_node(child, names, label, f"{where}{place}", depth + 1)
+
+
+def _node_problem(node: Any, names: Iterable[str],
+                  depth: int) -> tuple[str | None, list[tuple[str, Any]]]:
+    """What is wrong with one node (or None), and its children with their places."""
     if depth > MAX_STATE_DEPTH:
-        return f"nested deeper than {MAX_STATE_DEPTH} levels"
+        return f"nested deeper than {MAX_STATE_DEPTH} levels", []
     if not isinstance(node, dict) or len(node) != 1:
-        return "not a node (an object with one key)"
+        return "not a node (an object with one key)", []
     (kind, body), = node.items()
-    valid = {
-        "tensor": lambda: isinstance(body, str) and body in tensors,
-        "dict": lambda: isinstance(body, list) and all(
-            isinstance(pair, list) and len(pair) == 2 and not isinstance(pair[0], list | dict)
-            for pair in body),
-        "list": lambda: isinstance(body, list),
-        "tuple": lambda: isinstance(body, list),
-        "value": lambda: body is None or isinstance(body, bool | int | float | str),
-    }
-    if kind not in valid:
-        return f"unknown node kind {kind!r}"
-    if not valid[kind]():
-        return f"no tensor {body!r} in the file" if kind == "tensor" else f"a malformed {kind} node"
-    return None
+    match kind:
+        case "tensor":
+            ok = isinstance(body, str) and body in names
+            return (None if ok else f"no tensor {body!r} in the file"), []
+        case "dict":
+            if not isinstance(body, list) or not all(
+                    isinstance(pair, list) and len(pair) == 2
+                    and not isinstance(pair[0], list | dict) for pair in body):
+                return "a malformed dict node", []
+            return None, [(f".{key}", value) for key, value in body]
+        case "list" | "tuple":
+            if not isinstance(body, list):
+                return f"a malformed {kind} node", []
+            return None, [(f"[{i}]", value) for i, value in enumerate(body)]
+        case "value":
+            ok = body is None or isinstance(body, bool | int | float | str)
+            return (None if ok else "a malformed value node"), []
+    return f"unknown node kind {kind!r}", []
 
 
 def sniff_format(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 
 from ..progress import reporter_for
 from ..verbs.verify import VerifyReport, verify
@@ -34,12 +35,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.set_defaults(run=run)
 
 
-def _spot(text: str) -> int | float:
+def _spot(text: str) -> int | Fraction:
+    """A count of segments, or a share of them as a percentage (exact: 5% is 1/20)."""
     if not text.endswith("%"):
         return non_negative_int(text)
     try:
-        percent = float(text[:-1])
-    except ValueError:
+        percent = Fraction(text[:-1])
+    except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a count or a percentage") from None
     if not 0 <= percent <= 100:
         raise argparse.ArgumentTypeError(f"{text} is not between 0% and 100%")

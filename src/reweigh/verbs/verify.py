@@ -21,6 +21,7 @@ import math
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ class _Subject:
     tolerance: Tolerance
 
 
-def verify(target: Path | str, transcript: Path | str, *, spot: int | float,
+def verify(target: Path | str, transcript: Path | str, *, spot: int | Fraction,
            seed: int | None = None,
            recipe: Path | str | None = None, store: Store | None = None,
            threads: int | None = None, reporter: Reporter | None = None) -> VerifyReport:
