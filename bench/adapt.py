@@ -8,7 +8,7 @@
   processes, alternating, median of N runs. Each run builds (a new name, so a new
   derivation). Peak memory is the largest process's maximum RSS (the command or
   its build process).
-- learning curve: held-out accuracy of head, full and scratch when trained on 5,
+- learning curve: accuracy of head, full and scratch on unseen drawings when trained on 5,
   10 and 30 drawings per class (nothing held out of training), judged on 100 unseen
   drawings per class; the mean over several drawn data sets.
 

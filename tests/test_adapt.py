@@ -382,10 +382,11 @@ def test_a_text_network_adapts_to_folders_of_text_files(tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert data["data"]["layout"] == "text" and data["metrics"]["accuracy"] >= 0.8
     network = load(Path(data["path"]))
-    probe = tmp_path / "probe.txt"
-    probe.write_text("good morning 12")
     assert network.labels == ("greeting", "number")
-    assert network.recognise(probe).label in network.labels
+    for text, label in (("hello hey", "greeting"), ("42 7 100", "number")):
+        probe = tmp_path / f"{label}.txt"
+        probe.write_text(text)
+        assert network.recognise(probe).label == label
     images = run_reweigh("adapt", base, "--data", shapes.write_dataset(tmp_path / "img", 2, 0),
                          "--name", "x", "--out", tmp_path / "x", store=store)
     assert images.returncode == 2 and "holds images, but the network takes text" in \

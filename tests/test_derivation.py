@@ -86,3 +86,16 @@ def test_an_entry_file_outside_the_code_patterns_is_refused(recipe: Path) -> Non
           'entry = "train.py:train"\ncode = ["model.py"]')
     with pytest.raises(RecipeError, match=r"build\.entry: train\.py is not among the code files"):
         code_files(load_recipe(recipe))
+
+
+def test_an_audit_file_outside_the_code_patterns_is_refused(recipe: Path) -> None:
+    """`reweigh diff` runs evaluate.audit in the build's sandbox: it must be hashed code."""
+    (recipe / "evaluate.py").write_text("def evaluate(ctx): ...\ndef audit(ctx): ...\n")
+    (recipe / "audit.py").write_text("def audit(ctx): ...\n")
+    _edit(recipe / "recipe.toml", 'entry = "train.py:train"',
+          'entry = "train.py:train"\ncode = ["train.py", "evaluate.py"]')
+    (recipe / "recipe.toml").write_text((recipe / "recipe.toml").read_text() + (
+        '\n[evaluate]\nentry = "evaluate.py:evaluate"\naudit = "audit.py:audit"\n'))
+    with pytest.raises(RecipeError,
+                       match=r"evaluate\.audit: audit\.py is not among the code files"):
+        code_files(load_recipe(recipe))

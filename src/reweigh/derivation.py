@@ -61,8 +61,10 @@ def code_files(recipe: Recipe) -> dict[str, Path]:
                 raise RecipeError(str(recipe.file), "build.code", f"{rel} leaves the recipe "
                                   "directory")
             found[rel] = path
+    evaluate = recipe.evaluate
     for where, entry in (("build.entry", recipe.entry),
-                         ("evaluate.entry", recipe.evaluate.entry if recipe.evaluate else None)):
+                         ("evaluate.entry", evaluate.entry if evaluate else None),
+                         ("evaluate.audit", evaluate.audit if evaluate else None)):
         if entry is not None and entry.file not in found:
             raise RecipeError(str(recipe.file), where, f"{entry.file} is not among the code "
                               "files (missing, or not matched by build.code)")

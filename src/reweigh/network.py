@@ -192,7 +192,7 @@ class Network:
     def prepare(self, path: Path) -> Any:
         """A file (image or text) as one input array, converted as in training."""
         try:
-            return adapt_data.read_example(path, self.interface.to_json()["input"])
+            return adapt_data.read_example(path, self.interface.input.to_json())
         except adapt_data.BadData as e:
             raise UsageError(f"{e.path}: {e.reason}") from e
 

@@ -60,7 +60,7 @@ def layer_diffs(a: WeightsFile, b: WeightsFile, threshold: float) -> list[LayerD
     """Every tensor, the most moved first; `threshold` is the relative L2 that flags."""
     same_architecture(a, b)
     diffs = [_layer(a, b, name, threshold) for name in sorted(a.tensors)]
-    return sorted(diffs, key=lambda d: (-_rank(d.rel_l2), -_rank(d.max_abs), d.name))
+    return sorted(diffs, key=lambda d: (-d.rel_l2, -d.max_abs, d.name))
 
 
 def _layer(a: WeightsFile, b: WeightsFile, name: str, threshold: float) -> LayerDiff:
@@ -70,11 +70,7 @@ def _layer(a: WeightsFile, b: WeightsFile, name: str, threshold: float) -> Layer
         return LayerDiff(name, info.shape, info.dtype, True, 0.0, 0.0, 0.0, False)
     max_abs, rel_l2, cosine = measured
     return LayerDiff(name, info.shape, info.dtype, False, max_abs, rel_l2, cosine,
-                     not rel_l2 <= threshold)  # NaN moves count as moved
-
-
-def _rank(value: float) -> float:
-    return math.inf if math.isnan(value) else value
+                     rel_l2 > threshold)  # a NaN move is infinite (compare.distances)
 
 
 def _finite(value: float) -> float | str:

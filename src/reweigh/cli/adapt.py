@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..adapt import STRATEGIES, Settings
+from ..adapt import DEFAULT_LR, STRATEGIES, Settings
 from ..progress import reporter_for
 from ..verbs.adapt import adapt
 from .common import add_json_option, add_store_option, open_store, positive_int, print_json
@@ -33,7 +33,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     # The verb checks the ranges of these (check_settings), for the API and the CLI alike.
     parser.add_argument("--epochs", type=int, default=Settings.epochs)
     parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate (default: 0.01 for head, 0.002 otherwise)")
+                        help="learning rate (default: " + ", ".join(
+                            f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items()) + ")")
     parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
     parser.add_argument("--held-out", type=float, default=Settings.held_out,
                         help="fraction of each class kept out of training to evaluate on")

@@ -31,7 +31,7 @@ from ..errors import BuildError, RecipeError, UsageError
 from ..progress import QuietReporter, Reporter
 from ..recipe import Tolerance
 from ..store import Store
-from ..weights import read_header
+from ..weights import WeightsFile, read_header
 from .build import Plan, plan, sandboxed, threads_for
 
 
@@ -86,11 +86,12 @@ def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | Non
     options = options or DiffOptions()
     reporter = reporter or QuietReporter()
     with store.gc_lock(exclusive=False):  # gc waits: what plan() found stays
-        (file_a, digest_a), (file_b, digest_b) = weights_of(a, store), weights_of(b, store)
+        (weights_a, digest_a), (weights_b, digest_b) = weights_of(a, store), weights_of(b, store)
+        file_a, file_b = weights_a.path, weights_b.path
         the_plan = plan(recipe, store)
         evaluation = the_plan.recipe.evaluate
         tolerance = evaluation.tolerance if evaluation else Tolerance()
-        layers = layer_diffs(read_header(file_a), read_header(file_b), tolerance.weights_rel_l2)
+        layers = layer_diffs(weights_a, weights_b, tolerance.weights_rel_l2)
         report = DiffReport(the_plan.recipe.name, file_a, file_b, digest_a, digest_b,
                             tuple(layers), tolerance.weights_rel_l2)
         if evaluation is None:
@@ -100,17 +101,17 @@ def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | Non
         return _audit(report, the_plan, store, options, reporter)
 
 
-def weights_of(ref: Path | str, store: Store) -> tuple[Path, str]:
-    """A weights file, a folder holding one, or a store reference -> the weights file and
-    its digest (hashed here, except for a store item, whose digest the store recorded)."""
+def weights_of(ref: Path | str, store: Store) -> tuple[WeightsFile, str]:
+    """A weights file, a folder holding one, or a store reference -> the file's checked
+    header and its digest (hashed here, except for a store item named by reference, whose
+    digest the store recorded). A bad file is refused before anything runs."""
     path = Path(ref)
     if path.is_file() or (path / "weights.safetensors").is_file():
         file = (path if path.is_file() else path / "weights.safetensors").resolve()
-        read_header(file)  # a bad file is refused before anything runs
-        return file, file_digest(file)
+        return read_header(file), file_digest(file)
     try:
         item = store.resolve(str(ref))
-        return item.weights, item.weights_digest
+        return read_header(item.weights), item.weights_digest
     except UsageError:
         if path.suffix == ".safetensors" or "/" in str(ref):
             raise UsageError(f"{ref}: no such weights file or store item") from None
@@ -121,9 +122,6 @@ def _audit(report: DiffReport, the_plan: Plan, store: Store, options: DiffOption
            reporter: Reporter) -> DiffReport:
     evaluation = the_plan.recipe.evaluate
     assert evaluation is not None and evaluation.audit is not None
-    if evaluation.audit.file not in the_plan.code:
-        raise RecipeError(str(the_plan.recipe.file), "evaluate.audit",
-                          f"{evaluation.audit.file} is not among the code files")
     probes = _probes(the_plan, options)
     data = _run(the_plan, store, options, reporter, mode="audit", audit=str(evaluation.audit),
                 weights=[str(report.a), str(report.b)], top=options.top,
