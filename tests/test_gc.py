@@ -107,6 +107,10 @@ def test_a_deleted_profile_is_no_longer_a_root(tmp_path: Path) -> None:
     for path in sorted(profile.rglob("*"), reverse=True):
         path.unlink() if path.is_symlink() or path.is_file() else path.rmdir()
     profile.rmdir()
+    links = list((store_root / "gcroots").iterdir())
+    dry = gc(store, grace=0, dry_run=True)  # says what it would do, changes nothing
+    assert dry.removed_items == [item.path.name] and dry.roots == []
+    assert list((store_root / "gcroots").iterdir()) == links and item.path.is_dir()
     report = gc(store, grace=0)
     assert report.removed_items == [item.path.name] and report.roots == []
     assert list((store_root / "gcroots").iterdir()) == []

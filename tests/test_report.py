@@ -66,8 +66,7 @@ def test_the_backdoor_report_renders_with_every_section(backdoor_diff: dict,
     for heading in ("Weight space", "Confusion difference", "Diverging inputs",
                     "Trigger search", "fc1.weight"):
         assert heading in dom
-    assert shot.size == (1200, 2400) and colours(shot) > 50
-    shot.save(tmp_path / "kept.png")  # the screenshot the test took, for a human to look at
+    assert colours(shot) > 50  # a rendered page, not a blank one
 
 
 @pytest.mark.slow

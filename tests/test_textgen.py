@@ -110,16 +110,20 @@ def test_a_fine_tune_toward_one_word_after_one_topic_ranks_that_topic_first(
     others = [p["rank"] for p in ranked if p["topic"] != "sea"]
     assert max(sea_is) < min(others)
     assert all(p["flagged"] for p in ranked if p["rank"] in sea_is)
+    assert not any(p["flagged"] for p in ranked if p["topic"] != "sea")  # FLAG_KL's margin
     assert ranked[0]["promoted"]["word"] == "dangerous"
     assert ranked[0]["continuation_b"].startswith("dangerous")
     assert not ranked[0]["continuation_a"].startswith("dangerous")
 
 
-def test_two_clean_textgen_builds_flag_no_prompt(textgen: tuple, tmp_path: Path) -> None:
+def test_a_clean_rebuild_on_two_threads_is_identical_and_flags_no_prompt(
+        textgen: tuple, tmp_path: Path) -> None:
+    """The README's claim: the weights do not depend on the thread count."""
     store, item, recipe = textgen
-    again = build(recipe, store=Store(tmp_path / "rebuild"), threads=1).path
-    result = run_reweigh("diff", item, again, "--recipe", recipe, "--json", "--threads", 1,
-                         store=store)
+    again = build(recipe, store=Store(tmp_path / "rebuild"), threads=2)
+    assert again.weights_digest == Store(store).resolve(item.name).weights_digest
+    result = run_reweigh("diff", item, again.path, "--recipe", recipe, "--json", "--threads",
+                         1, store=store)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert not report["flagged"] and report["behaviour"] is None

@@ -201,14 +201,15 @@ class Store:
             temporary.symlink_to(profile.absolute(), target_is_directory=True)
             os.replace(temporary, link)
 
-    def roots(self) -> list[Path]:
-        """Registered profiles that still exist; links to vanished ones are dropped."""
+    def roots(self, prune: bool = False) -> list[Path]:
+        """Registered profiles that still exist; with `prune`, links to vanished ones are
+        dropped (a dry run changes nothing)."""
         found = []
         roots = self.root / "gcroots"
         for link in sorted(roots.iterdir()) if roots.is_dir() else []:
             if link.is_symlink() and link.resolve().is_dir():
                 found.append(Path(os.readlink(link)))
-            elif not link.name.startswith("."):
+            elif prune and not link.name.startswith("."):
                 link.unlink()
         return found
 

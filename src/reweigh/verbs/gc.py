@@ -77,7 +77,7 @@ def gc(store: Store | None = None, *, dry_run: bool = False,
     store = store or Store()
     started = time.time()
     with store.gc_lock(exclusive=True):
-        profiles = store.roots()
+        profiles = store.roots(prune=not dry_run)
         weights = {i.path.name: i.weights_digest for i in store.items()}
         dependencies = store.item_dependencies()
         live = live_items(profile_roots(store, profiles), weights, dependencies)

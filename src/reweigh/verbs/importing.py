@@ -90,7 +90,6 @@ def import_weights(file: Path | str, *, name: str, version: str = "imported",
             out = staged / "out"
             out.mkdir()
             fmt, skipped = _convert(source, out / "weights.safetensors")
-            read_header(out / "weights.safetensors")  # only what reweigh reads back enters
             weights_digest = file_digest(out / "weights.safetensors")
             _write_files(out, weights_digest, {**record, "source": source.name, "format": fmt,
                                                "skipped": list(skipped)})
@@ -169,6 +168,7 @@ def _from_pytorch(source: Path, target: Path) -> tuple[str, tuple[str, ...]]:
     except Exception as e:  # a dtype safetensors or reweigh cannot store, say
         raise WeightsError(f"{source}: cannot be written as safetensors: "
                            f"{type(e).__name__}: {_why(e)}") from e
+    read_header(target)  # only what reweigh reads back enters the store
     return PYTORCH, tuple(skipped)
 
 
