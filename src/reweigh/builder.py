@@ -10,7 +10,6 @@ directory becomes an item is the caller's decision (see `reweigh.verbs.build`).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import environment
+from . import environment, sandbox
 from .errors import BuildError
 from .progress import Reporter
 
@@ -49,19 +48,6 @@ class ChildResult:
     stopped: bool = False  # ended early on purpose (`watch` or `stop_after_seconds`)
 
 
-@functools.cache
-def network_isolation() -> tuple[tuple[str, ...], str]:
-    """The command prefix that puts the child in an empty network namespace, and its label."""
-    if os.environ.get("REWEIGH_NO_NETNS") != "1" and shutil.which("unshare"):
-        prefixes: list[tuple[str, ...]] = [("unshare", "--net")] if os.geteuid() == 0 else []
-        prefixes.append(("unshare", "--user", "--map-root-user", "--net"))
-        for prefix in prefixes:
-            probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
-            if probe.returncode == 0:
-                return prefix, "linux-network-namespace+audit-hook"
-    return (), "audit-hook"
-
-
 def stage_source(code: dict[str, Path], work: Path) -> Path:
     """Copy exactly the hashed code files into the build's source directory."""
     src = work / "src"
@@ -83,17 +69,16 @@ def child_spec(record: dict[str, Any], src: Path, inputs: dict[str, Path], threa
             "inputs": {name: str(path) for name, path in inputs.items()}, **extra}
 
 
-def child_env(work: Path, threads: int, event_fd: int) -> dict[str, str]:
-    home, tmp = work / "home", work / "tmp"
-    home.mkdir(exist_ok=True)
-    tmp.mkdir(exist_ok=True)
-    package_parent = str(Path(__file__).resolve().parent.parent)
+def child_env(home: str, tmp: str, package_parent: str, threads: int,
+              event_fd: int) -> dict[str, str]:
+    """The whole environment of the process that runs recipe code: an allow-list."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(home),
-        "TMPDIR": str(tmp),
+        "HOME": home,
+        "TMPDIR": tmp,
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONNOUSERSITE": "1",
@@ -103,29 +88,123 @@ def child_env(work: Path, threads: int, event_fd: int) -> dict[str, str]:
     }
 
 
+@dataclass
+class Launch:
+    """How one run starts: its command, environment, the spec it reads, and the fds
+    it inherits besides the event pipe."""
+
+    command: list[str]
+    env: dict[str, str]
+    spec: dict[str, Any]
+    fds: tuple[int, ...] = ()
+
+
+class _Inside:
+    """Host paths named in a spec, each given its fixed place inside the sandbox."""
+
+    def __init__(self) -> None:
+        self.mounts: list[sandbox.Mount] = []
+        self.seen: dict[str, str] = {}
+
+    def place(self, host: str | Path, inside: str, writable: bool = False) -> str:
+        key = str(host)
+        if key not in self.seen:
+            self.mounts.append(sandbox.Mount(Path(host), inside, writable))
+            self.seen[key] = inside
+        return self.seen[key]
+
+    def file(self, host: str | Path | None) -> str | None:
+        if host is None:
+            return None
+        path = Path(host)
+        return self.place(path, f"{sandbox.FILES}/{len(self.mounts)}/{path.name}")
+
+
+def inside_spec(spec: dict[str, Any], work: Path) -> tuple[dict[str, Any], list[sandbox.Mount]]:
+    """The spec as the sandboxed process sees it, and the mounts that make it so: every
+    path the run may read or write, and nothing else of the host."""
+    paths = _Inside()
+    moved = {**spec, "src": paths.place(spec["src"], sandbox.SRC)}
+    if "out" in spec:
+        moved["out"] = paths.place(spec["out"], sandbox.OUT, writable=True)
+    moved["inputs"] = {name: paths.place(path, f"{sandbox.INPUTS}/{name}/{Path(path).name}")
+                       for name, path in spec["inputs"].items()}
+    if "weights" in spec:
+        moved["weights"] = [paths.file(w) for w in spec["weights"]]
+    if spec.get("replays"):
+        moved["replays"] = [{**r, "start": paths.file(r.get("start"))} for r in spec["replays"]]
+    package = Path(__file__).resolve().parent
+    paths.place(package, f"{sandbox.LIB}/{package.name}")
+    for mount in sandbox.etc_files(work / "etc"):
+        paths.place(mount.host, mount.inside)
+    return moved, paths.mounts
+
+
+def launch_for(spec: dict[str, Any], work: Path, module: str, event_fd: int,
+               choice: str) -> Launch:
+    """The command that runs `module` on `spec`, isolated as `choice` says."""
+    threads = int(spec["threads"])
+    if choice == sandbox.NONE:
+        for sub in ("home", "tmp"):
+            (work / sub).mkdir(exist_ok=True)
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        spec_file = work / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        return Launch([sys.executable, "-m", module, str(spec_file)],
+                      child_env(str(work / "home"), str(work / "tmp"), package_parent,
+                                threads, event_fd), spec)
+    moved, mounts = inside_spec(spec, work)
+    spec_file = work / "spec.json"
+    spec_file.write_text(json.dumps(moved))
+    mounts.append(sandbox.Mount(spec_file, sandbox.SPEC))
+    program_fd = _seccomp_fd()
+    return Launch([*sandbox.bwrap_args(mounts, program_fd), sys.executable, "-m", module,
+                   sandbox.SPEC],
+                  child_env(sandbox.HOME, "/tmp", sandbox.import_path(), threads, event_fd),
+                  moved,
+                  (program_fd,))
+
+
+def _seccomp_fd() -> int:
+    """A pipe holding the compiled filter, for `bwrap --seccomp` to read once."""
+    read, write = os.pipe()
+    with os.fdopen(write, "wb") as handle:
+        handle.write(sandbox.seccomp_program())
+    return read
+
+
 def run_child(spec: dict[str, Any], work: Path, log: Path, reporter: Reporter, *,
+              isolation: str = sandbox.BUBBLEWRAP, hidden: tuple[str, ...] = (),
               watch: Callable[[dict[str, Any]], bool] | None = None,
               stop_after_seconds: float | None = None,
               module: str = "reweigh.runtime") -> ChildResult:
-    """Run the runtime on `spec`; stream its events; its stdout and stderr go to `log`.
+    """Run the runtime on `spec` in the sandbox `isolation` names; stream its events;
+    its stdout and stderr go to `log`. `hidden` are host paths (the store, the home
+    folder) the run must not see: it measures that they are out of sight.
 
     `watch` sees every event and may return True to stop the child; `stop_after_seconds`
     kills it after that long whatever it is doing; either sets `stopped`. `module` runs
     in place of the runtime (the estimate's probe wraps it). Builds use none of them.
     """
-    prefix, network = network_isolation()
-    spec = {**spec, "network": network}
-    spec_file = work / "spec.json"
-    spec_file.write_text(json.dumps(spec))
+    spec = {**spec, "sandbox": {"kind": isolation, "hidden": list(hidden)}}
     read_fd, write_fd = os.pipe()
+    try:
+        started = launch_for(spec, work, module, write_fd, isolation)
+    except BaseException:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
     result = ChildResult(started=time.time())
     with open(log, "ab") as log_handle:
-        process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", module, str(spec_file)],
-            cwd=work, env=child_env(work, spec["threads"], write_fd), stdin=subprocess.DEVNULL,
-            stdout=log_handle, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-            preexec_fn=_die_with_parent)
-        os.close(write_fd)
+        try:
+            process = subprocess.Popen(
+                started.command, cwd=work, env=started.env, stdin=subprocess.DEVNULL,
+                stdout=log_handle, stderr=subprocess.STDOUT,
+                pass_fds=(write_fd, *started.fds), preexec_fn=_die_with_parent)
+        finally:
+            os.close(write_fd)
+            for fd in started.fds:
+                os.close(fd)
         timer = _stop_timer(process, result, stop_after_seconds)
         try:
             with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as events:

@@ -98,7 +98,7 @@ def numerics_record() -> dict[str, Any]:
     return {"env": env, "torch": dict(PINNED_TORCH)}
 
 
-def capture(threads: int, network: str) -> dict[str, Any]:
+def capture(threads: int, isolation: dict[str, Any]) -> dict[str, Any]:
     """The full environment record, taken inside the build process."""
     import numpy
     import torch
@@ -115,8 +115,16 @@ def capture(threads: int, network: str) -> dict[str, Any]:
         "threads": threads,
         "numerics": numerics_record(),
         "os": f"{platform.system()} {platform.release()}",
-        "network_isolation": network,
+        "network_isolation": network_label(isolation),
+        "isolation": isolation,
     }
+
+
+def network_label(isolation: dict[str, Any]) -> str:
+    """One phrase for what kept the build off the network (`show`, the model card)."""
+    if isolation.get("sandbox") == "none":
+        return "none: built unisolated (--sandbox none); an audit hook only"
+    return f"{isolation.get('sandbox')}: {isolation.get('network')} network namespace"
 
 
 def claim_problem(record: Any) -> str | None:

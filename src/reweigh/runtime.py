@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import environment
+from . import environment, sandbox
 
 _events: Any = None
 
@@ -108,12 +108,13 @@ def _refuse(error: type[PermissionError], message: str) -> None:
 
 def die_with_parent() -> None:
     """Ask Linux to kill this process when the builder dies (PR_SET_PDEATHSIG)."""
+    parent = os.getppid()  # in the sandbox's pid namespace, bubblewrap's init: pid 1
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before we asked
+    if os.getppid() != parent:  # the parent died before we asked
         os._exit(1)
 
 
@@ -275,7 +276,8 @@ def run(spec: dict[str, Any]) -> None:
     inputs = {name: Path(path) for name, path in spec["inputs"].items()}
     threads = int(spec["threads"])
     environment.apply_torch_numerics(threads)
-    emit("environment", record=environment.capture(threads, spec["network"]))
+    isolation = isolation_held(spec["sandbox"])
+    emit("environment", record=environment.capture(threads, isolation))
     # torch and the torch._dynamo it pulls in are some 300k objects that live until the
     # end: out of the collector's sight, its passes over the recipe's objects (during
     # training and the one at the end, `_finish`) are short.
@@ -297,6 +299,15 @@ def run(spec: dict[str, Any]) -> None:
         for index, weights in enumerate(spec["weights"]):
             result = evaluate(spec, inputs, Path(weights))
             emit("evaluation", index=index, **result)
+
+
+def isolation_held(asked: dict[str, Any]) -> dict[str, Any]:
+    """What isolation this process has, measured; a sandbox that was asked for and does
+    not hold is a violation: the build fails rather than claim what it did not have."""
+    measured = {"sandbox": asked["kind"], **sandbox.measure(asked.get("hidden", ()))}
+    if asked["kind"] != sandbox.NONE and not sandbox.held(measured):
+        _refuse(PermissionError, f"the sandbox did not hold: {json.dumps(measured)}")
+    return measured
 
 
 def _train(spec: dict[str, Any], train: Callable[[BuildContext], Any],

@@ -12,7 +12,14 @@ from pathlib import Path
 from ..adapt import DEFAULT_LR, STRATEGIES, Settings
 from ..progress import reporter_for
 from ..verbs.adapt import adapt
-from .common import add_json_option, add_store_option, open_store, positive_int, print_json
+from .common import (
+    add_json_option,
+    add_sandbox_option,
+    add_store_option,
+    open_store,
+    positive_int,
+    print_json,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,6 +51,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--license", default=None,
                         help="SPDX licence of your data (default NOASSERTION)")
     parser.add_argument("--threads", type=positive_int, default=None)
+    add_sandbox_option(parser)
     parser.add_argument("--check", action="store_true",
                         help="rebuild and compare bit for bit with the item")
     add_store_option(parser)

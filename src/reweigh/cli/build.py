@@ -6,7 +6,14 @@ import argparse
 
 from ..progress import reporter_for
 from ..verbs.build import build
-from .common import add_json_option, add_store_option, open_store, positive_int, print_json
+from .common import (
+    add_json_option,
+    add_sandbox_option,
+    add_store_option,
+    open_store,
+    positive_int,
+    print_json,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,6 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         help="rebuild and compare bit for bit with the stored item")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="intra-op threads for training (default: all cores)")
+    add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)
     parser.set_defaults(run=run)
@@ -23,7 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def run(args: argparse.Namespace) -> int:
     report = build(args.recipe, store=open_store(args), threads=args.threads, check=args.check,
-                   reporter=reporter_for(args.json))
+                   reporter=reporter_for(args.json), sandbox=args.sandbox)
     failed = report.check is not None and not report.check.identical
     if args.json:
         print_json(report.to_json())

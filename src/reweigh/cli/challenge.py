@@ -7,7 +7,15 @@ import argparse
 from ..compare import Verdict
 from ..progress import reporter_for
 from ..verbs.challenge import ChallengeReport, challenge
-from .common import add_json_option, add_store_option, colour, open_store, positive_int, print_json
+from .common import (
+    add_json_option,
+    add_sandbox_option,
+    add_store_option,
+    colour,
+    open_store,
+    positive_int,
+    print_json,
+)
 
 COLOURS = {Verdict.IDENTICAL: "32", Verdict.EQUIVALENT: "33", Verdict.DIFFERENT: "31"}
 
@@ -22,6 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--require", choices=["identical", "equivalent"], default="equivalent",
                         help="the verdict that counts as success (default: equivalent)")
     parser.add_argument("--threads", type=positive_int, default=None)
+    add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)
     parser.set_defaults(run=run)

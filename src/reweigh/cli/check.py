@@ -16,6 +16,7 @@ from ..progress import reporter_for
 from ..verbs.check import CheckReport, check
 from .common import (
     add_json_option,
+    add_sandbox_option,
     add_store_option,
     colour,
     open_store,
@@ -39,6 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--estimate-seconds", type=positive_float, default=5.0,
                         help="seconds of training to time when the recipe is not built yet")
     parser.add_argument("--threads", type=positive_int, default=None)
+    add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)
     parser.set_defaults(run=run)

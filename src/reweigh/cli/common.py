@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from .. import sandbox
 from ..store import Store
 
 
@@ -19,6 +21,20 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_sandbox_option(parser: argparse.ArgumentParser) -> None:
+    """For commands that run recipe code: how it is isolated. `none` is for machines where
+    bubblewrap cannot run; the provenance and every verdict then say so."""
+    parser.add_argument("--sandbox", choices=sandbox.CHOICES, default=None,
+                        help="isolation of the recipe's code (default: $REWEIGH_SANDBOX, "
+                        "else bubblewrap; 'none' runs it unisolated and records that)")
+
+
+def use_sandbox(args: argparse.Namespace) -> None:
+    """Make the command's --sandbox the choice of every run it starts."""
+    if getattr(args, "sandbox", None):
+        os.environ[sandbox.ENV_CHOICE] = args.sandbox
 
 
 def _bounded_int(text: str, low: int, high: int) -> int:

@@ -18,6 +18,7 @@ from ..progress import reporter_for
 from ..verbs.diff import DiffOptions, DiffReport, diff
 from .common import (
     add_json_option,
+    add_sandbox_option,
     add_store_option,
     colour,
     non_negative_int,
@@ -45,6 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--length", type=positive_int, default=8, metavar="N",
                         help="tokens each text model writes per prompt (default 8)")
     parser.add_argument("--threads", type=positive_int, default=None)
+    add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)
     parser.set_defaults(run=run)

@@ -13,6 +13,7 @@ from ..progress import reporter_for
 from ..verbs.estimate import DEFAULT_SECONDS, EstimateReport, estimate
 from .common import (
     add_json_option,
+    add_sandbox_option,
     add_store_option,
     open_store,
     positive_float,
@@ -28,6 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         help="seconds of training to time after start-up (default: "
                         f"{DEFAULT_SECONDS:g})")
     parser.add_argument("--threads", type=positive_int, default=None)
+    add_sandbox_option(parser)
     parser.add_argument("--max-core-hours", type=positive_float, default=DEFAULT_MAX_CORE_HOURS,
                         help=f"the budget to compare with (default: {DEFAULT_MAX_CORE_HOURS:g})")
     add_store_option(parser)

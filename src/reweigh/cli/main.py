@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import ReweighError
+from .common import use_sandbox
 
 # Command name -> module under reweigh.cli. Only the command being run is imported (with
 # its verb and what that needs): `reweigh build` must not pay for numpy because `adapt`
@@ -54,6 +55,7 @@ def _commands_for(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = make_parser(argv).parse_args(argv)
+    use_sandbox(args)
     try:
         return int(args.run(args))
     except ReweighError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..policy.evidence import UNISOLATED_NOTE
 from ..verbs.store import show
 from .common import add_json_option, add_store_option, open_store, print_json
 
@@ -33,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"environment        torch {env.get('packages', {}).get('torch')}, "
           f"{env.get('cpu_capability')}, {env.get('threads')} threads, "
           f"network {env.get('network_isolation')}")
+    isolation = env.get("isolation") or {}
+    print(f"isolation          {isolation.get('sandbox', 'unrecorded')}"
+          + (f" ({UNISOLATED_NOTE})" if isolation.get("sandbox") == "none" else ""))
     for check in info["checks"]:
         print(f"check {check['kind']:12} {check['result']}  {json.dumps(check['detail'])}")
     return 0

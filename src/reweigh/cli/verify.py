@@ -9,6 +9,7 @@ from ..progress import reporter_for
 from ..verbs.verify import VerifyReport, verify
 from .common import (
     add_json_option,
+    add_sandbox_option,
     add_store_option,
     colour,
     non_negative_int,
@@ -30,6 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--seed", type=int, default=None, help="seed for choosing segments")
     parser.add_argument("--recipe", default=None, help="the recipe, when TARGET is a file")
     parser.add_argument("--threads", type=positive_int, default=None)
+    add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)
     parser.set_defaults(run=run)

@@ -24,6 +24,9 @@ from ..inputs import ResolvedInput
 from ..recipe import Recipe
 
 DATA_KINDS = ("path", "package", "url")
+UNISOLATED_NOTE = ("built unisolated (--sandbox none): nothing proves the training read only "
+                   "its declared inputs; rebuild it in the sandbox")
+
 
 
 class Origin(Enum):
@@ -57,6 +60,7 @@ class StoreRecord:
     environments: tuple[str, ...] = ()  # fingerprints of environments that gave these
     # exact weights (the item's own build and every identical rebuild)
     challenges: tuple[str, ...] = ()  # verdicts of `challenge` against the item
+    isolation: str = "unrecorded"  # the item's build sandbox, "none" when built unisolated
 
 
 @dataclass(frozen=True)

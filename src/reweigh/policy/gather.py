@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..digest import file_digest
+from ..provenance import environment_of
 from ..store import Store, StoreItem
 from .evidence import (
     DATA_KINDS,
@@ -28,6 +29,19 @@ from .evidence import (
 )
 
 
+def isolation_of(item_path: Path) -> str:
+    """How an item's build was isolated, from its provenance: a sandbox's name, "none"
+    (built with --sandbox none), or "unrecorded" (built before reweigh recorded it)."""
+    try:
+        env = environment_of(json.loads((item_path / "provenance.json").read_text()))
+    except (OSError, ValueError, RecursionError):
+        return "unrecorded"
+    isolation = (env or {}).get("isolation")
+    if not isinstance(isolation, dict) or not isinstance(isolation.get("sandbox"), str):
+        return "unrecorded"
+    return isolation["sandbox"]
+
+
 def store_record(store: Store, item: StoreItem) -> StoreRecord:
     """How often the item was built and rebuilt, on how many environments, and challenged."""
     checks = store.checks(item)
@@ -41,7 +55,8 @@ def store_record(store: Store, item: StoreItem) -> StoreRecord:
         item=item.path.name, builds=len(builds), rebuilds_identical=len(same),
         rebuilds_different=len(rebuilds) - len(same),
         environments=tuple(sorted(e for e in environments if e)),
-        challenges=tuple(c["result"] for c in checks if c["kind"] == "challenge"))
+        challenges=tuple(c["result"] for c in checks if c["kind"] == "challenge"),
+        isolation=isolation_of(item.path))
 
 
 def measured_cost(store: Store, item: StoreItem) -> Cost | None:

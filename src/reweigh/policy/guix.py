@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .debian import code_line, data_line, licence_line, reproducibility_line
 from .estimate import REFERENCE
-from .evidence import Evidence, Origin
+from .evidence import UNISOLATED_NOTE, Evidence, Origin
 from .report import Line, PolicyReport, Settings, Status, Verdict, failing
 
 TITLE = "Guix: recomputable from source"
@@ -49,8 +49,21 @@ def cost_line(evidence: Evidence, settings: Settings) -> Line:
     return Line("recompute cost", Status.OK, f"{amount} ({cost.how}) <= {budget}")
 
 
+def isolation_line(evidence: Evidence) -> Line:
+    """Guix builds in an isolated environment; a build that was not cannot show that its
+    declared inputs are all it read, so it does not count as built from source."""
+    isolation = evidence.store.isolation
+    if evidence.origin is not Origin.RECIPE or not evidence.built:
+        return Line("build isolation", Status.INFO, "no build in this store to judge")
+    if isolation == "none":
+        return Line("build isolation", Status.MISSING, UNISOLATED_NOTE)
+    if isolation == "unrecorded":
+        return Line("build isolation", Status.INFO, "the item's provenance does not record it")
+    return Line("build isolation", Status.OK, f"built in the {isolation} sandbox")
+
+
 def evaluate(evidence: Evidence, settings: Settings) -> PolicyReport:
-    lines = (source_line(evidence),
+    lines = (source_line(evidence), isolation_line(evidence),
              licence_line("weights licence", evidence.weights_licence, "weights"),
              code_line(evidence), data_line(evidence), cost_line(evidence, settings),
              reproducibility_line(evidence))

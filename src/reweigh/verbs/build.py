@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import provenance, transcript
+from .. import sandbox as sandboxing
 from ..builder import (
     ChildResult,
     child_spec,
@@ -116,35 +117,38 @@ def plan(recipe_dir: Path | str, store: Store) -> Plan:
 
 
 def build(recipe_dir: Path | str, *, store: Store | None = None, threads: int | None = None,
-          check: bool = False, reporter: Reporter | None = None) -> BuildReport:
-    """Build the recipe (or reuse its item); with check, rebuild and compare bit for bit."""
+          check: bool = False, reporter: Reporter | None = None,
+          sandbox: str | None = None) -> BuildReport:
+    """Build the recipe (or reuse its item); with check, rebuild and compare bit for bit.
+    `sandbox`: "bubblewrap" (the default, else $REWEIGH_SANDBOX) or "none"."""
     store = store or Store()
+    isolation = sandboxing.choose(sandbox)
     with store.gc_lock(exclusive=False):  # gc waits: what plan() found stays
         return build_plan(plan(recipe_dir, store), store, threads_for(threads), check,
-                          reporter or QuietReporter())
+                          reporter or QuietReporter(), isolation)
 
 
 def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
-               reporter: Reporter) -> BuildReport:
+               reporter: Reporter, isolation: str | None = None) -> BuildReport:
     drv = the_plan.derivation
     with store.lock(drv.digest):
         item = store.find(drv.digest)
         reused = item is not None
         if item is None:
-            out, record = run_build(the_plan, store, threads, reporter, "build")
+            out, record = run_build(the_plan, store, threads, reporter, "build", isolation)
             item = store.commit(out, drv.item_name, record)
             remove_tree(out.parent)
-        result = check_item(the_plan, store, item, threads, reporter) if check else None
+        result = check_item(the_plan, store, item, threads, reporter, isolation) if check else None
     return BuildReport(item.path, item.name, item.version, item.derivation, item.weights_digest,
                        reused, threads, result)
 
 
 def check_item(the_plan: Plan, store: Store, item: StoreItem, threads: int,
-               reporter: Reporter) -> CheckResult:
+               reporter: Reporter, isolation: str | None = None) -> CheckResult:
     """Rebuild in a scratch directory and compare its weights with the item's, bit for bit."""
     from ..compare import compare_files  # numpy: only a check needs it
 
-    out, record = run_build(the_plan, store, threads, reporter, "check")
+    out, record = run_build(the_plan, store, threads, reporter, "check", isolation)
     try:
         rebuilt = record["weights_digest"]
         diffs = compare_files(read_header(item.weights), read_header(out / "weights.safetensors"))
@@ -160,7 +164,7 @@ def check_item(the_plan: Plan, store: Store, item: StoreItem, threads: int,
 
 
 def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
-              purpose: str) -> tuple[Path, dict[str, Any]]:
+              purpose: str, isolation: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Train in a fresh directory under the store's tmp/; return the finished output folder."""
     recipe, drv = the_plan.recipe, the_plan.derivation
     work = store.new_build_dir(drv.digest)
@@ -174,7 +178,8 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         what = "checking" if purpose == "check" else "building"
         reporter.stage(f"{what} {recipe.name} {recipe.version} ({threads} threads)")
         before = _input_stats(the_plan)
-        result = run_child(spec, work, log, reporter)
+        result = run_child(spec, work, log, reporter, isolation=sandboxing.choose(isolation),
+                           hidden=hidden_paths(store.root, the_plan.recipe.directory))
         raise_for_failure(result, log, f"{what} {recipe.name}")
         if _input_stats(the_plan) != before:
             raise BuildError("an input changed during the build; inputs are read-only",
@@ -217,7 +222,8 @@ def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, 
         out.mkdir()
         log = work / f"{label}.log"
         result = run_child(child_spec(drv.record, stage_source(code.files, work), code.inputs,
-                                      threads, out=str(out), **spec), work, log, reporter)
+                                      threads, out=str(out), **spec), work, log, reporter,
+                           isolation=sandboxing.choose(None), hidden=hidden_paths(store.root))
         try:
             raise_for_failure(result, log, what)
         except BuildError as e:
@@ -227,6 +233,12 @@ def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, 
         yield result, out
     finally:
         remove_tree(work)
+
+
+def hidden_paths(*folders: Path) -> tuple[str, ...]:
+    """Host folders the recipe's code must not see (the sandbox measures that it does not):
+    the user's home and those given (the store, the recipe's own folder)."""
+    return tuple(str(f.resolve()) for f in (Path.home(), *folders) if f.resolve() != Path("/"))
 
 
 def _input_stats(the_plan: Plan) -> list[tuple[str, int, int, int, int]]:

@@ -24,6 +24,8 @@ from ..compare import (
 from ..digest import file_digest
 from ..environment import claim_problem, differences, fingerprint
 from ..errors import UsageError
+from ..policy.evidence import UNISOLATED_NOTE
+from ..policy.gather import isolation_of
 from ..progress import QuietReporter, Reporter
 from ..provenance import environment_of
 from ..recipe import Tolerance
@@ -45,6 +47,7 @@ class ChallengeReport:
     environment_differences: tuple[str, ...]
     tensors: tuple[TensorDiff, ...]
     behaviour: Behaviour | None
+    isolation: str = "unrecorded"  # how the rebuild was isolated ("none": unisolated)
 
     def to_json(self) -> dict[str, Any]:
         behaviour = None
@@ -57,6 +60,7 @@ class ChallengeReport:
             "published": str(self.published), "published_digest": self.published_digest,
             "environment": self.environment.value,
             "environment_differences": list(self.environment_differences),
+            "isolation": self.isolation,
             "tensors": [vars(t) for t in self.tensors],
             "behaviour": behaviour,
         }
@@ -87,9 +91,12 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
         evaluation = the_plan.recipe.evaluate
         tolerance = evaluation.tolerance if evaluation else Tolerance()
         verdict, reasons = decide(tensors, behaviour, tolerance, relation)
+        isolation = isolation_of(item.path)
+        if isolation == "none":
+            reasons = [*reasons, f"the rebuild compared against was {UNISOLATED_NOTE}"]
         report = ChallengeReport(verdict, tuple(reasons), item.path, item.derivation,
                                  item.weights_digest, published, file_digest(published), relation,
-                                 tuple(differing), tuple(tensors), behaviour)
+                                 tuple(differing), tuple(tensors), behaviour, isolation)
         store.record_check(item, "challenge", verdict.value, {
             "published": str(published), "published_digest": report.published_digest,
             "environment": relation.value})

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import sandbox as sandboxing
 from ..builder import child_spec, raise_for_failure, run_child, stage_source
 from ..errors import UsageError
 from ..policy.estimate import (
@@ -26,7 +27,7 @@ from ..policy.estimate import (
 )
 from ..progress import QuietReporter, Reporter
 from ..store import Store, remove_tree
-from .build import Plan, plan, threads_for
+from .build import Plan, hidden_paths, plan, threads_for
 
 DEFAULT_SECONDS = 5.0
 STARTUP_ALLOWANCE = 120.0  # seconds the build may take to reach its first progress event
@@ -105,6 +106,8 @@ def estimate_plan(the_plan: Plan, threads: int, seconds: float,
         watch = _Watch(seconds)
         log = work / "estimate.log"
         result = run_child(spec, work, log, reporter, watch=watch, module=PROBE,
+                           isolation=sandboxing.choose(None),
+                           hidden=hidden_paths(the_plan.recipe.directory),
                            stop_after_seconds=STARTUP_ALLOWANCE + 10 * seconds)
         if not result.stopped:
             raise_for_failure(result, log, f"estimating {recipe.name}")
