@@ -255,7 +255,7 @@ def etc_files(folder: Path) -> list[Mount]:
 
 def bwrap_args(mounts: list[Mount], seccomp_fd: int) -> list[str]:
     """The bubblewrap options that make the sandbox; the command to run follows them."""
-    args = ["bwrap", "--unshare-all", "--unshare-user", "--uid", str(USER_ID), "--gid",
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--uid", str(USER_ID), "--gid",
             str(USER_ID), "--disable-userns", "--hostname", "reweigh", "--cap-drop", "ALL",
             "--die-with-parent", "--new-session", "--seccomp", str(seccomp_fd),
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", BUILD,
