@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, overload
 
-from .digest import is_digest
+from .digest import MAX_SAFE_INTEGER, is_digest
 from .errors import RecipeError
 
 RECIPE_FILE = "recipe.toml"
 MAX_RECIPE_BYTES = 1 << 20
-MAX_INT = 2**53  # integers beyond this lose precision in JSON and are refused
+MAX_INT = MAX_SAFE_INTEGER  # beyond it an integer is not I-JSON (RFC 8785 refuses it)
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
 MAX_STRING = 10_000
 MAX_DEPTH = 4
@@ -389,7 +389,8 @@ class _Validator:
             return value
         if isinstance(value, int):
             if abs(value) > MAX_INT:
-                raise self.fail(where, "integer larger than 2**53 in magnitude")
+                raise self.fail(where, "integer beyond 2**53 - 1 in magnitude, which canonical "
+                                "JSON (RFC 8785) cannot hold exactly")
             return value
         if isinstance(value, float):
             if not math.isfinite(value):
