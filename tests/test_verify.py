@@ -289,3 +289,46 @@ def test_a_transcript_json_cannot_hold_exits_2_with_one_line(built: tuple[Path, 
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1
     assert f"{transcript}: cannot read the transcript" in lines[0]
+
+
+WHOLE_FLOAT_TRAIN = """
+import numpy as np
+
+def train(ctx):
+    alpha = ctx.params["alpha"]
+    assert isinstance(alpha, float), f"alpha arrived as {type(alpha).__name__}"
+    state = ctx.resume() or {"w": np.zeros(2, dtype=np.float32), "step": 0}
+    for step in range(state["step"] + 1, 5):
+        state = {"w": state["w"] + np.float32(alpha), "step": step}
+        ctx.checkpoint(step, state, final=step == 4)
+    ctx.save_weights({"w": state["w"]})
+"""
+
+
+@pytest.fixture(scope="module")
+def whole_float(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny recipe whose parameter is a whole float (JCS writes 1.0 as 1)."""
+    root = tmp_path_factory.mktemp("whole-float")
+    recipe = write_recipe(root / "r", WHOLE_FLOAT_TRAIN, params="alpha = 1.0",
+                          build="checkpoint_every = 1")
+    return root / "store", build(recipe, store=Store(root / "store"), threads=1).path
+
+
+def test_a_replay_gets_a_whole_float_parameter_as_the_build_did(
+        whole_float: tuple[Path, Path]) -> None:
+    store, item = whole_float
+    code, report = _verify(store, item, "--transcript", item / "transcript.json", "--spot", "3")
+    assert code == 0 and report["holds"], report
+
+
+def test_a_transcript_step_beyond_2_to_the_53_exits_2_with_one_line(
+        whole_float: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = whole_float
+    data = json.loads((item / "transcript.json").read_text())
+    data["checkpoints"][-1]["step"] = 2**53
+    transcript = tmp_path / "transcript.json"
+    transcript.write_text(json.dumps(data))
+    result = run_reweigh("verify", item, "--transcript", transcript, "--spot", "0", store=store)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "checkpoints: a step beyond 2**53 - 1" in lines[0]

@@ -7,21 +7,33 @@ seed, the parameters, the entry points, each input's digest and each code file's
 digest. It deliberately leaves out what cannot: the description, the licences,
 the evaluation tolerance, and the TOML's formatting (the record is canonical JSON
 of the parsed values).
+
+The record names its format, and the format decides the canonical form its digest
+is computed over: RFC 8785 (JCS) from reweigh.derivation/2 on, so that another
+implementation can recompute a digest from the README's specification; Python's
+sorted `json.dumps` for the reweigh.derivation/1 records of older items, which stay
+explainable. JCS writes a whole float (2.0) like the integer 2, so a /2 record also
+lists where params held such floats: the training code gets the TOML's types, and
+`lr = 2` and `lr = 2.0` are different derivations.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .digest import canonical_json, file_digest, record_digest, short
-from .errors import RecipeError
+from .digest import bytes_digest, canonical_json, file_digest, python_sorted_json, short
+from .errors import RecipeError, UsageError
 from .inputs import ResolvedInput
 from .recipe import RECIPE_FILE, Recipe
 
-FORMAT = "reweigh.derivation/1"
+FORMAT = "reweigh.derivation/2"
+FORMAT_V1 = "reweigh.derivation/1"  # older items' records: still read and recomputed
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,24 @@ class Derivation:
         return f"{short(self.digest)}-{self.name}-{self.version}"
 
     def canonical(self) -> bytes:
-        return canonical_json(self.record)
+        return canonical_form(self.record)
+
+
+def canonical_form(record: dict[str, Any]) -> bytes:
+    """The bytes a derivation record's digest is computed over, as its format says."""
+    match record.get("format"):
+        case "reweigh.derivation/2":
+            return canonical_json(record)
+        case "reweigh.derivation/1":
+            return python_sorted_json(record)
+        case other:
+            raise UsageError(f"derivation record: format: {other!r} is not one this reweigh "
+                             f"knows ({FORMAT} or {FORMAT_V1})")
+
+
+def digest_of(record: dict[str, Any]) -> str:
+    """A derivation record's digest, recomputed (old /1 records included)."""
+    return bytes_digest(canonical_form(record))
 
 
 def code_files(recipe: Recipe) -> dict[str, Path]:
@@ -82,11 +111,82 @@ def derive(recipe: Recipe, inputs: tuple[ResolvedInput, ...],
         "entry": str(recipe.entry),
         "evaluate": str(recipe.evaluate.entry) if recipe.evaluate else None,
         "params": recipe.params,
+        "float_params": whole_floats(recipe),
         "checkpoint_every": recipe.checkpoint_every,
         "inputs": {i.name: {"kind": i.kind, "digest": i.digest} for i in inputs},
         "code": dict(sorted(code.items())),
     }
-    return Derivation(record_digest(record), record)
+    return Derivation(digest_of(record), record)
+
+
+def whole_floats(recipe: Recipe) -> list[str]:
+    """JSON Pointers (RFC 6901) into params of the floats with a whole value, sorted.
+    JCS writes 2.0 as 2; the pointers keep the TOML's type in the hash and let readers
+    restore it. -0.0 is refused: JCS writes it as 0, and its sign would be lost."""
+    found = []
+    for pointer, where, value in _leaves(recipe.params, "", "params"):
+        if isinstance(value, float) and value.is_integer():
+            if value == 0 and math.copysign(1.0, value) < 0:
+                raise RecipeError(str(recipe.file), where, "-0.0 cannot be told from 0.0 in "
+                                  "canonical JSON (RFC 8785); write 0.0")
+            found.append(pointer)
+    return sorted(found)
+
+
+def _leaves(value: Any, pointer: str, where: str) -> Iterator[tuple[str, str, Any]]:
+    """(JSON Pointer, field name for messages, value) of every scalar under value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            token = key.replace("~", "~0").replace("/", "~1")
+            yield from _leaves(item, f"{pointer}/{token}", f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _leaves(item, f"{pointer}/{i}", f"{where}[{i}]")
+    else:
+        yield pointer, where, value
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A store item's derivation.json, with the values that `float_params` names made
+    floats again: exactly the params the build passed to the training code."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise UsageError(f"{path}: cannot read the derivation record ({e})") from e
+    if not isinstance(record, dict):
+        raise UsageError(f"{path}: not a derivation record (an object)")
+    canonical_form(record)  # refuses a format this reweigh does not know
+    for pointer in record.get("float_params", []) if record["format"] == FORMAT else []:
+        _restore_float(record, pointer, path)
+    return record
+
+
+def _restore_float(record: dict[str, Any], pointer: Any, path: Path) -> None:
+    """Make the params value at `pointer` a float; a pointer to no number is bad input."""
+    fail = UsageError(f"{path}: float_params: {pointer!r} names no number in params")
+    if not isinstance(pointer, str) or not pointer.startswith("/"):
+        raise fail
+    *steps, last = [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
+    parent = record.get("params")
+    try:
+        for token in steps:
+            parent = parent[_index(parent, token)]
+        key = _index(parent, last)
+        value = parent[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail
+        parent[key] = float(value)
+    except (LookupError, OverflowError) as e:
+        raise fail from e
+
+
+def _index(node: Any, token: str) -> str | int:
+    """One JSON Pointer step: a key of an object, or a decimal index into an array."""
+    if isinstance(node, dict):
+        return token
+    if isinstance(node, list) and token.isdigit():
+        return int(token)
+    raise LookupError(token)
 
 
 def hash_code(files: dict[str, Path]) -> dict[str, str]:

@@ -4,6 +4,12 @@ Every digest that leaves the tool is written `sha256:<hex>`. Files are hashed
 as bytes, folders as the canonical JSON list of their files' relative paths and
 digests, and records as their canonical JSON (see `canonical_json`), so that the
 same content always gets the same name and nothing else feeds the hash.
+
+Canonical JSON is RFC 8785 (JSON Canonicalization Scheme), so a rebuilder written
+in another language can recompute any digest from the specification alone. It is
+not a general serialisation: I-JSON numbers only (integers within +-(2**53 - 1)),
+and a whole float such as 1.0 is written like the integer 1. Whatever must read
+back its exact Python types (a checkpoint's skeleton) uses plain `json` instead.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import rfc8785
+
 from .errors import InputError, UsageError
 
 ALGORITHM = "sha256"
@@ -22,8 +30,23 @@ _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 
+# The largest integer magnitude RFC 8785 accepts (I-JSON, RFC 7493: exact as a double).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
 def canonical_json(value: Any) -> bytes:
-    """The single canonical serialisation that every hashed record goes through."""
+    """The single canonical serialisation that every hashed record goes through: RFC 8785.
+
+    Raises ValueError (rfc8785's CanonicalizationError) for what I-JSON cannot hold:
+    an integer beyond MAX_SAFE_INTEGER, NaN or an infinity, a non-string key, a string
+    that is not valid Unicode."""
+    return rfc8785.dumps(value)
+
+
+def python_sorted_json(value: Any) -> bytes:
+    """Python's `json.dumps` with sorted keys: how reweigh.derivation/1 records were
+    canonicalised. Kept only to recompute and explain their digests; no specification
+    defines it (keys sorted by code point, not UTF-16 unit; Python's float repr)."""
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
@@ -57,7 +80,8 @@ def tree_files(root: Path) -> list[Path]:
 
 
 def tree_digest(root: Path) -> str:
-    """Digest of a folder: its files' relative paths and digests, in canonical order."""
+    """Digest of a folder: `{"tree": [[path, file digest], ...]}`, each path relative
+    and '/'-separated, sorted by code point (the order of their UTF-8 bytes)."""
     listing = [[p.relative_to(root).as_posix(), file_digest(p)] for p in tree_files(root)]
     return record_digest({"tree": listing})
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from .adapt_template import adapt_data
 from .adapt_template.adapt_data import MAX_CLASSES, label_problem
+from .derivation import read_record
 from .errors import UsageError
 
 FORMAT = "reweigh.model/1"
@@ -163,7 +164,7 @@ def read_interface(item: Path) -> Interface:
 
 def item_params(item: Path) -> dict[str, Any]:
     """The recipe parameters an item was built with (from its derivation record)."""
-    record = json.loads((item / "derivation.json").read_text(encoding="utf-8"))
+    record = read_record(item / "derivation.json")
     return dict(record.get("params", {}))
 
 

@@ -6,6 +6,11 @@ be swapped or dropped without breaking the chain. A verifier then replays a few
 random segments plus always the last one (Proof-of-Learning, Jia et al. 2021,
 arXiv:2103.05633) instead of the whole training. Everything here is pure: reading
 files and running replays is `verbs/verify.py`'s job.
+
+A link is the digest of the canonical JSON (RFC 8785) of `{"digest", "previous",
+"step"}`. For these records (ASCII keys, digest strings, an integer step) RFC 8785
+and the Python `json.dumps` that reweigh used before give the same bytes, so
+transcripts written before the switch verify unchanged and keep format /1.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from .digest import is_digest, record_digest
+from .digest import MAX_SAFE_INTEGER, is_digest, record_digest
 from .environment import claim_problem
 from .errors import UsageError
 
@@ -89,6 +94,8 @@ def parse(data: Any, label: str) -> Transcript:
     steps = [c.step for c in checkpoints]
     if steps != sorted(set(steps)) or steps[0] <= 0:
         raise UsageError(f"{label}: checkpoints: steps must be positive and increasing")
+    if steps[-1] > MAX_SAFE_INTEGER:
+        raise UsageError(f"{label}: checkpoints: a step beyond 2**53 - 1 cannot be chained")
     every = data.get("checkpoint_every", 0)
     environment = data.get("environment")
     if environment is not None and (problem := claim_problem(environment)):

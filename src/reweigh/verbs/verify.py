@@ -28,7 +28,7 @@ from typing import Any
 from .. import transcript as tr
 from ..builder import ChildResult
 from ..compare import EnvRelation, compare_files, value_drift
-from ..derivation import Derivation
+from ..derivation import Derivation, read_record
 from ..digest import file_digest
 from ..environment import fingerprint
 from ..errors import UsageError, WeightsError
@@ -158,7 +158,7 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
     if target.is_file():
         raise UsageError(f"{target}: a weights file needs --recipe to say how it was built")
     item = store.resolve(str(target))
-    record = json.loads((item.path / "derivation.json").read_text())
+    record = read_record(item.path / "derivation.json")
     source = item.path / "source"
     code = {rel: source / rel for rel in record["code"]}
     inputs = {}
