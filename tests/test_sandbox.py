@@ -116,16 +116,25 @@ def test_a_build_that_writes_to_its_input_fails_and_the_input_is_unchanged(
     assert not any((store / "items").iterdir())
 
 
-def test_a_failing_build_leaves_no_item_and_prints_the_log_tail(
+def test_a_failing_build_leaves_no_item_and_shows_the_recipes_own_traceback(
         tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r", """
+        from helper import step
+
         def train(ctx):
             print("training starts")
-            raise ValueError("the loss went to NaN")
-        """)
+            step()
+        """, files={"helper.py": "def step():\n    raise ValueError('the loss went to NaN')\n"},
+        build='code = ["*.py"]')
     result = run_reweigh("build", recipe, store=store)
     assert result.returncode == 1
-    assert "training starts" in result.stderr and "Traceback" in result.stderr  # the log tail
+    shown = result.stderr.strip().splitlines()
+    assert shown[:5] == [
+        "Traceback (the recipe's code, most recent call last):",
+        f'  File "{recipe / "train.py"}", line 6, in train', "    step()",
+        f'  File "{recipe / "helper.py"}", line 2, in step',
+        "    raise ValueError('the loss went to NaN')"]
+    assert "/build/src" not in result.stderr and "runtime.py" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("reweigh: building test-recipe failed: ValueError: the loss went")
     log = Path(last.split("log: ", 1)[1].rstrip(")"))
@@ -247,3 +256,36 @@ def train(ctx):
     atexit.register((ctx.out / "bye.txt").write_text, "written at exit")
     ctx.save_weights({"w": np.zeros(2, dtype=np.float32)})
 """
+
+
+@pytest.mark.parametrize(("train", "field", "reason"), [
+    ("def training(ctx):\n    pass\n", "build.entry", "train.py defines no function 'train'"),
+    ("def train(ctx):\n    return (\n", "build.entry", "train.py, line 2"),
+])
+def test_a_missing_or_broken_entry_point_is_refused_before_anything_runs(
+        tmp_path: Path, store: Path, train: str, field: str, reason: str) -> None:
+    recipe = write_recipe(tmp_path / "r", train)
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{field}: {reason}" in lines[0], lines
+    assert store_is_empty(store) and not Store(store).attempts()
+
+
+def test_a_missing_evaluation_function_is_refused_before_training(tmp_path: Path,
+                                                                  store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", extra='[evaluate]\nentry = "train.py:evaluate"')
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 2
+    assert "evaluate.entry: train.py defines no function 'evaluate'" in result.stderr
+    assert not Store(store).attempts()
+
+
+def test_entry_points_bound_by_assignment_import_or_a_conditional_are_found() -> None:
+    from reweigh.entries import defined_names
+
+    names = defined_names("import numpy as np\nfrom m import train\nrun = train\n"
+                          "def evaluate(ctx): pass\nclass Model: pass\nx: int = 1\n", "t.py")
+    assert {"np", "train", "run", "evaluate", "Model", "x"} <= names and "*" not in names
+    assert "*" in defined_names("try:\n    from a import f\nexcept ImportError:\n    f = 1\n",
+                                "t.py")

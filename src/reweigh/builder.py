@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import environment, sandbox
+from .entries import render_traceback
 from .errors import BuildError
 from .progress import Reporter
 
@@ -43,6 +44,7 @@ class ChildResult:
     audit: dict[str, Any] | None = None  # what `diff` measured (mode "audit")
     violations: list[str] = field(default_factory=list)
     error: str | None = None
+    frames: list[dict[str, Any]] = field(default_factory=list)  # the recipe's, when it raised
     started: float = 0.0
     finished: float = 0.0
     stopped: bool = False  # ended early on purpose (`watch` or `stop_after_seconds`)
@@ -289,7 +291,8 @@ _RECORD: dict[str, Callable[[ChildResult, dict[str, Any]], None]] = {
     "audit": lambda r, e: setattr(r, "audit", e.get("data")),
     "environment": lambda r, e: setattr(r, "environment", e["record"]),
     "violation": lambda r, e: r.violations.append(str(e["message"])),
-    "error": lambda r, e: setattr(r, "error", str(e["message"])),
+    "error": lambda r, e: (setattr(r, "error", str(e["message"])),
+                           setattr(r, "frames", list(e.get("frames") or []))),
 }
 
 
@@ -301,12 +304,17 @@ def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def raise_for_failure(result: ChildResult, log: Path, what: str) -> None:
-    """Turn a failed or misbehaving child into a BuildError carrying the log's tail."""
+def raise_for_failure(result: ChildResult, log: Path, what: str,
+                      folder: Path | None = None) -> None:
+    """Turn a failed or misbehaving child into a BuildError (exit 1: the recipe's code
+    failed). When the recipe's code raised, its details are the recipe's own frames with
+    `folder`'s paths; otherwise the log's tail."""
     if result.violations:
         reason = result.violations[0]
     elif result.returncode != 0:
         reason = result.error or f"the build process exited with status {result.returncode}"
     else:
         return
-    raise BuildError(f"{what} failed: {reason}", hint=f"log: {log}", details=log_tail(log))
+    details = (render_traceback(result.frames, reason, folder) if result.frames and
+               not result.violations else log_tail(log))
+    raise BuildError(f"{what} failed: {reason}", hint=f"log: {log}", details=details)

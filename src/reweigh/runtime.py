@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 from . import environment, sandbox
+from .entries import recipe_frames
 
 _events: Any = None
 
@@ -340,7 +341,8 @@ def main() -> None:
         run(spec)
     except BaseException as e:
         traceback.print_exc()
-        emit("error", message=f"{type(e).__name__}: {e}")
+        emit("error", message=f"{type(e).__name__}: {e}",
+             frames=recipe_frames(e.__traceback__, spec["src"]))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)

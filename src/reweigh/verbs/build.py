@@ -29,6 +29,7 @@ from ..builder import (
 )
 from ..derivation import Derivation, code_files, derive, hash_code
 from ..digest import canonical_json, file_digest, tree_files
+from ..entries import check_entries
 from ..environment import fingerprint
 from ..errors import BuildError
 from ..inputs import ResolvedInput, resolve_inputs
@@ -49,6 +50,13 @@ class RecipeCode:
     derivation: Derivation
     files: dict[str, Path]
     inputs: dict[str, Path]
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder the code files lie in (the recipe's, or a store item's source/)."""
+        for rel, path in self.files.items():
+            return Path(str(path)[: -len(rel)] or ".")
+        return None
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,7 @@ def plan(recipe_dir: Path | str, store: Store) -> Plan:
     """Everything that decides the derivation, resolved; nothing is built."""
     recipe = load_recipe(recipe_dir)
     code = code_files(recipe)  # refuse bad code files before any input enters the store
+    check_entries(recipe, code)
     inputs = resolve_inputs(recipe, store)
     return Plan(recipe, inputs, code, derive(recipe, inputs, hash_code(code)))
 
@@ -180,7 +189,7 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         before = _input_stats(the_plan)
         result = run_child(spec, work, log, reporter, isolation=sandboxing.choose(isolation),
                            hidden=hidden_paths(store.root, the_plan.recipe.directory))
-        raise_for_failure(result, log, f"{what} {recipe.name}")
+        raise_for_failure(result, log, f"{what} {recipe.name}", recipe.directory)
         if _input_stats(the_plan) != before:
             raise BuildError("an input changed during the build; inputs are read-only",
                              details=log_tail(log))
@@ -225,7 +234,7 @@ def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, 
                                       threads, out=str(out), **spec), work, log, reporter,
                            isolation=sandboxing.choose(None), hidden=hidden_paths(store.root))
         try:
-            raise_for_failure(result, log, what)
+            raise_for_failure(result, log, what, code.folder)
         except BuildError as e:
             kept = store.keep_log(log, f"{drv.item_name}-{label}")
             e.hint = f"log: {kept}" if kept else None
