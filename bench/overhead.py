@@ -9,6 +9,8 @@
   plain script with a bare `os._exit` (reweigh's build process ends with a shortened
   teardown, then `os._exit`): against it, the ratio shows what reweigh's own work
   costs, its shortened teardown included, apart from what skipping the rest saves.
+  A fifth runs `reweigh build --sandbox none`: the same build without the OS-level
+  sandbox (bubblewrap), so the sandbox's own share shows.
 - reuse: wall time of a second `reweigh build` of the built recipe (a fresh
   process, as a user runs it). Budget: < 0.5 s.
 
@@ -30,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "digits-cnn"
 
 
-CPU: dict[str, list[float]] = {"plain": [], "pinned": [], "fast": [], "built": []}
+CPU: dict[str, list[float]] = {"plain": [], "pinned": [], "fast": [], "built": [],
+                               "unisolated": []}
 
 
 def timed(command: list[str], cpu: list[float] | None = None) -> float:
@@ -59,7 +62,7 @@ def main() -> None:
         subprocess.run([*reweigh, "build", str(RECIPE), "--store", str(first_store),
                         "--threads", str(args.threads)], check=True, stdout=subprocess.DEVNULL)
         digits = next((first_store / "inputs").glob("*/scikit-learn-digits"))
-        plain, pinned, fast, built = [], [], [], []
+        plain, pinned, fast, built, unisolated = [], [], [], [], []
         script = [sys.executable, str(ROOT / "bench" / "plain_digits_cnn.py"), str(digits)]
         for run in range(args.runs):
             plain.append(timed([*script, str(tmp / f"plain-{run}.safetensors")], CPU["plain"]))
@@ -70,6 +73,9 @@ def main() -> None:
             built.append(timed([*reweigh, "build", str(RECIPE), "--store",
                                 str(tmp / f"store-{run + 1}"), "--threads",
                                 str(args.threads)], CPU["built"]))
+            unisolated.append(timed([*reweigh, "build", str(RECIPE), "--store",
+                                     str(tmp / f"none-{run + 1}"), "--threads",
+                                     str(args.threads), "--sandbox", "none"], CPU["unisolated"]))
         reuse = [timed([*reweigh, "build", str(RECIPE), "--store", str(first_store)])
                  for _ in range(5)]
     p, b = statistics.median(plain), statistics.median(built)
@@ -81,7 +87,10 @@ def main() -> None:
     print(f"  plain script, ending with os._exit:      {f:7.2f} s   runs {_fmt(fast)}"
           f"   ({f / p:.3f}x)")
     print(f"  reweigh build (sandboxed, deterministic): {b:7.2f} s   runs {_fmt(built)}")
-    print(f"  overhead ratio reweigh/plain: {b / p:.3f}x   (budget <= 1.10x)")
+    u = statistics.median(unisolated)
+    print(f"  reweigh build --sandbox none:             {u:7.2f} s   runs {_fmt(unisolated)}")
+    print(f"  overhead ratio reweigh/plain: {b / p:.3f}x   (budget <= 1.10x); "
+          f"unisolated {u / p:.3f}x; the sandbox's share {b / u:.3f}x")
     print(f"  reweigh/plain ending with os._exit: {b / f:.3f}x   (reweigh's own work)")
     cpu = {k: statistics.median(v) for k, v in CPU.items()}
     print(f"  CPU seconds (user + system), medians: plain {cpu['plain']:.2f}, pinned "
