@@ -3,23 +3,28 @@
 `read_header` is what reads a published file that came from elsewhere, so it is fuzzed
 with random bytes and with mutations of a real file written by safetensors itself; the
 only outcomes allowed are a WeightsFile whose tensors can all be read, or a WeightsError.
+The same mutated files go to safetensors' own loader (`safe_open`, Rust): whatever it
+refuses, `read_header` refuses too, and whatever both accept reads as the same tensors.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from reweigh.errors import WeightsError
-from reweigh.weights import WeightsFile, read_header
+from reweigh.weights import MAX_HEADER, WeightsFile, read_header
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -209,7 +214,7 @@ def test_metadata_that_is_not_strings_is_refused(scratch: Path, valid: bytes) ->
     pytest.param('{"x": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]}}',
                  "x: shape", id="a-float-beyond-double"),
     pytest.param('{"x": {"dtype": "F32", "shape": [], "data_offsets": [0, NaN]}}',
-                 "x: data_offsets", id="nan"),
+                 "header", id="nan"),
 ])
 def test_a_header_that_json_cannot_hold_is_refused(scratch: Path, text: str, field: str) -> None:
     assert f": {field}: " in rejected(scratch, join(text, b"\0" * 4))
@@ -217,6 +222,71 @@ def test_a_header_that_json_cannot_hold_is_refused(scratch: Path, text: str, fie
 
 def test_a_file_shorter_than_its_length_prefix_is_refused(scratch: Path) -> None:
     assert "shorter than 8 bytes" in rejected(scratch, b"\x01\x00")
+
+
+# --- what safetensors' own loader refuses ----------------------------------------------------
+
+
+# How safetensors' loader refuses: its own error for the header; torch's errors when the
+# shape cannot be made (a dimension past 2**63: "Overflow when unpacking long long").
+LOADER_REFUSALS = (SafetensorError, TypeError, ValueError, RuntimeError, OverflowError)
+
+
+def loader_refuses(scratch: Path, content: bytes) -> bool:
+    """Whether safetensors' own loader refuses the file (to open it, or to give a tensor)."""
+    path = scratch / "loaded.safetensors"
+    path.write_bytes(content)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118
+                handle.get_tensor(name)
+    except LOADER_REFUSALS:
+        return True
+    return False
+
+
+def respelled(valid: bytes, old: str, new: str) -> bytes:
+    """The real file with one spelling in its header text replaced (the data unchanged)."""
+    (length,) = struct.unpack("<Q", valid[:8])
+    text = valid[8:8 + length].decode()
+    assert old in text
+    return join(text.replace(old, new, 1), valid[8 + length:])
+
+
+@pytest.mark.parametrize(("old", "new", "field"), [
+    pytest.param('"data_offsets":[0,', '"data_offsets":[-0,', "data_offsets", id="offset-minus-0"),
+    pytest.param('"layer.bias"', '"\\ud800"', "lone surrogate", id="surrogate-in-a-name"),
+    pytest.param('"note"', '"n\\udc00"', "lone surrogate", id="surrogate-in-a-metadata-key"),
+    pytest.param('"pt"', '"\\udbff"', "lone surrogate", id="surrogate-in-a-metadata-value"),
+    pytest.param('"shape":[0,3]', '"shape":[4294967296,4294967296,0,3]', "64-bit",
+                 id="an-element-count-that-overflows"),
+])
+def test_what_safetensors_refuses_is_refused_naming_the_field(
+        scratch: Path, valid: bytes, old: str, new: str, field: str) -> None:
+    """Python's json reads `-0` as 0 and keeps a lone surrogate; safetensors' loader refuses
+    both, and a shape whose element count overflows 64 bits, even when it holds none."""
+    content = respelled(valid, old, new)
+    assert loader_refuses(scratch, content)
+    assert field in rejected(scratch, content)
+
+
+def test_a_header_longer_than_the_formats_limit_is_refused(scratch: Path) -> None:
+    """safetensors refuses a header over 100,000,000 bytes however valid its JSON."""
+    text = '{"__metadata__":{"k":"' + "x" * (MAX_HEADER + 1 - 25) + '"}}'
+    assert len(text) == MAX_HEADER + 1
+    content = join(text, b"")
+    assert loader_refuses(scratch, content)
+    assert "over the format's limit of 100000000 bytes" in rejected(scratch, content)
+
+
+@pytest.mark.parametrize("field", ['"extra":0', '"dtype2":"F32"', '"data_offsets ":[]'])
+def test_an_unknown_field_in_a_tensor_entry_is_refused(
+        scratch: Path, valid: bytes, field: str) -> None:
+    """safetensors ignores it; reweigh refuses it, or two files that load as the same
+    tensors could differ in a field nobody reads."""
+    content = respelled(valid, '"dtype":"I64"', '"dtype":"I64",' + field)
+    line = rejected(scratch, content)
+    assert "counts: unknown field" in line
 
 
 # --- fuzzing -------------------------------------------------------------------------------------
@@ -296,3 +366,107 @@ def test_read_header_gives_weights_or_a_weights_error_for_random_json_headers(
         scratch: Path, data: st.DataObject) -> None:
     header = data.draw(st.dictionaries(st.text(max_size=8), JSON, max_size=4))
     outcome(scratch, join(header, data.draw(st.binary(max_size=64))))
+
+
+# --- the same files to safetensors' own loader -----------------------------------------------
+
+# Spellings that Python's json and serde (safetensors' Rust loader) may read differently.
+NUMBERS = ["-0", "-{}", "{}.0", "{}e0", "0{}", "1e400", "18446744073709551615",
+           "18446744073709551616", "{}1", "{}0000000000", " {} "]
+IN_STRINGS = ["\\ud800", "\\udc00", "\\ud83d\\ude00", "\\u0000", '\\"', "\\\\", "\\n",
+              "\x01", "\x7f", "é", "\\x", "\\", "\\u12"]
+INSERTS = [',"x":1', "NaN", "-Infinity", " ", "\t", "\n", "\r", "\x0c", "\ufeff", "/*c*/",
+           ",", "{}", "[]", "null", '"__metadata__":{"a":"b"},', '"extra":null,']
+DTYPE_SPELLINGS = ["F4", "F6_E2M3", "F8_E8M0", "F8_E4M3FNUZ", "C64", "U64", "I8", "F8_E5M2", "BF16",
+                   "f32", "", "F32 "]
+SHAPES = ["[]", "[0]", "[1]", "[3,1]", "[4294967296,4294967296,0]", "[0,4294967296,4294967296]",
+          "[18446744073709551615,0]", "[1099511627776,0]", "[null]", "[true]", "[[3]]", "{}"]
+METADATA_SPELLINGS = ["null", "{}", "[]", '{"k":1}', '{"k":null}', '{"k":{"a":"b"}}', '"text"',
+                      '{"k":"' + "x" * 3000 + '"}', '{"":""}', '{"k":"v","k":"w"}']
+_LITERALS = {"number": r"\d+", "string": r'"(?:[^"\\]|\\.)*"', "dtype": r'"dtype":"[^"]*"',
+             "shape": r'"shape":\[[^\]]*\]', "metadata": r'"__metadata__":\{[^}]*\}'}
+
+
+def _respell(draw: st.DrawFn, text: str, kind: str) -> str:
+    """One spelling in the header text replaced by a hostile one."""
+    found = list(re.finditer(_LITERALS.get(kind, r"."), text))
+    if not found:
+        return text
+    hit = draw(st.sampled_from(found))
+    start, end = hit.span()
+    if kind == "number":
+        new = draw(st.sampled_from(NUMBERS)).format(hit.group())
+    elif kind == "string":
+        at = draw(st.integers(start + 1, end - 1))
+        return text[:at] + draw(st.sampled_from(IN_STRINGS)) + text[at:]
+    elif kind == "dtype":
+        new = f'"dtype":"{draw(st.sampled_from(DTYPE_SPELLINGS))}"'
+    elif kind == "shape":
+        new = f'"shape":{draw(st.sampled_from(SHAPES))}'
+    elif kind == "metadata":
+        new = f'"__metadata__":{draw(st.sampled_from(METADATA_SPELLINGS))}'
+    else:
+        return text[:start] + draw(st.sampled_from(INSERTS)) + text[start:]
+    return text[:start] + new + text[end:]
+
+
+@st.composite
+def respelled_headers(draw: st.DrawFn, valid: bytes) -> bytes:
+    """The real file with its header text respelled (numbers, strings, dtypes, shapes,
+    metadata, stray characters) and its data kept, cut or followed by trailing bytes."""
+    (length,) = struct.unpack("<Q", valid[:8])
+    text, body = valid[8:8 + length].decode(), valid[8 + length:]
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["number", "string", "dtype", "shape", "metadata", "insert"]))
+        text = _respell(draw, text, kind)
+    ending = draw(st.sampled_from(["keep", "trailing", "cut"]))
+    if ending == "trailing":
+        body += draw(st.binary(min_size=1, max_size=8))
+    elif ending == "cut":
+        body = body[:draw(st.integers(0, max(len(body) - 1, 0)))]
+    return join(text, body)
+
+
+def agrees_with_the_loader(scratch: Path, content: bytes) -> None:
+    """What safetensors' loader refuses, read_header refuses; what read_header accepts,
+    the loader reads as the same tensors (names, shapes, bytes) and metadata."""
+    ours = outcome(scratch, content)
+    path = scratch / "loaded.safetensors"
+    path.write_bytes(content)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            theirs = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            metadata = handle.metadata() or {}
+    except LOADER_REFUSALS as e:
+        assert isinstance(ours, WeightsError), f"safetensors refuses, reweigh accepts: {e}"
+        return
+    if isinstance(ours, WeightsError):
+        return  # stricter than the loader: allowed
+    assert set(theirs) == set(ours.tensors) and metadata == ours.metadata
+    for name, tensor in theirs.items():
+        assert tuple(tensor.shape) == ours.tensors[name].shape
+        assert tensor.reshape(-1).view(torch.uint8).numpy().tobytes() == ours.raw(name).tobytes()
+
+
+DIFFERENTIAL = settings(FUZZ, max_examples=300)
+
+
+@DIFFERENTIAL
+@given(st.data())
+def test_read_header_refuses_whatever_safetensors_refuses_in_a_respelled_header(
+        scratch: Path, valid: bytes, data: st.DataObject) -> None:
+    agrees_with_the_loader(scratch, data.draw(respelled_headers(valid)))
+
+
+@FUZZ
+@given(st.data())
+def test_read_header_refuses_whatever_safetensors_refuses_in_a_mutated_header(
+        scratch: Path, valid: bytes, data: st.DataObject) -> None:
+    agrees_with_the_loader(scratch, data.draw(mutated_headers(valid)))
+
+
+@FUZZ
+@given(st.data())
+def test_read_header_refuses_whatever_safetensors_refuses_in_a_mutated_file(
+        scratch: Path, valid: bytes, data: st.DataObject) -> None:
+    agrees_with_the_loader(scratch, data.draw(mutated_bytes(valid)))

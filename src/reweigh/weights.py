@@ -4,16 +4,23 @@ Files that come from elsewhere (a published file to challenge) are parsed here
 with a strict reader: the header is validated field by field before any byte of
 tensor data is touched, and the data is memory-mapped, so comparing two large
 files costs little more than reading them once.
+
+The reader is at least as strict as safetensors' own loader (Rust, serde): a file that
+loader refuses is refused here too (a test feeds both the same mutated files), because a
+file that reweigh judges and the recipe's code cannot load, or loads differently, would
+make every verdict about it meaningless. It is stricter where the format leaves room to
+hide bytes: no key twice, no field a tensor entry does not have. It does not judge the
+metadata's contents; `compare` says when two files' metadata or header layout differ.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
+import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +30,11 @@ if TYPE_CHECKING:
 from .digest import file_digest
 from .errors import WeightsError
 
-MAX_HEADER = 100 << 20
+MAX_HEADER = 100_000_000  # bytes: safetensors' own limit (MAX_HEADER_SIZE)
+USIZE_MAX = 2**64 - 1  # safetensors counts elements and bits in 64-bit sizes
+INTP_MAX = 2**63 - 1  # numpy's largest array, in bytes
+ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # safetensors dtype -> numpy's (as a string: reading a header needs no numpy, so the
 # command line starts faster) and its size in bytes.
 DTYPES: dict[str, tuple[str, int]] = {
@@ -48,6 +59,7 @@ class WeightsFile:
     path: Path
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
+    header: str = field(default="", repr=False, compare=False)  # the JSON text, as written
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as stored, memory-mapped (for bit-exact comparison)."""
@@ -80,32 +92,55 @@ def read_header(path: Path) -> WeightsFile:
             if len(prefix) < 8:
                 raise WeightsError(f"{label}: not a safetensors file (shorter than 8 bytes)")
             (length,) = struct.unpack("<Q", prefix)
-            if length > MAX_HEADER or 8 + length > size:
+            if length > MAX_HEADER:
+                raise WeightsError(f"{label}: header: declared length {length} is over the "
+                                   f"format's limit of {MAX_HEADER} bytes")
+            if 8 + length > size:
                 raise WeightsError(f"{label}: header: declared length {length} does not fit "
                                    "the file")
             raw_header = handle.read(length)
     except OSError as e:
         raise WeightsError(f"{label}: cannot read: {e.strerror}") from e
     try:
-        header = json.loads(raw_header.decode("utf-8"), object_pairs_hook=_unique_keys)
+        text = raw_header.decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_checked_object, parse_int=_json_int,
+                            parse_constant=_not_json)
     except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, a 5000-digit int, deep nesting
         raise WeightsError(f"{label}: header: not valid JSON ({e})") from e
     if not isinstance(header, dict):
         raise WeightsError(f"{label}: header: not a JSON object")
-    return _parse_header(path, header, 8 + length, size)
+    return _parse_header(path, header, text, 8 + length, size)
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refused when a key repeats: two readers must not see two files."""
+def _checked_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a key repeats (two readers must not see two files) or
+    when a string holds a lone surrogate (`\\ud800`: UTF-8 cannot encode it, so no other
+    reader, safetensors' included, takes it for a name)."""
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
             raise ValueError(f"the key {key!r} appears twice")
+        for text in (key, value):
+            if isinstance(text, str) and (bad := _SURROGATE.search(text)):
+                raise ValueError(f"the string {text[:40]!r} holds a lone surrogate "
+                                 f"{bad.group()!r}, which UTF-8 cannot encode")
         seen[key] = value
     return seen
 
 
-def _parse_header(path: Path, header: dict[str, Any], base: int, size: int) -> WeightsFile:
+def _json_int(text: str) -> int | float:
+    """An integer literal. One with a sign is never a size: safetensors' loader refuses
+    even `-0`, which Python would read as 0, so it is read as a float, which no field
+    of the header accepts (and is refused there, naming the field)."""
+    return float(text) if text.startswith("-") else int(text)
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _parse_header(path: Path, header: dict[str, Any], text: str, base: int,
+                  size: int) -> WeightsFile:
     label = str(path)
     metadata = header.pop("__metadata__", None)
     metadata = {} if metadata is None else metadata
@@ -127,35 +162,55 @@ def _parse_header(path: Path, header: dict[str, Any], base: int, size: int) -> W
         if start > end:
             raise WeightsError(f"{label}: {second}: a gap of {start - end} bytes before its "
                                "data; the tensors must cover the data area exactly")
-    # As the format requires: every byte after the header belongs to a tensor, so no two
-    # files that read as the same tensors differ in hidden bytes.
+    # As the format requires: every byte after the header belongs to a tensor, so a file
+    # is its header and its tensors' bytes, nothing more (`compare` relies on this).
     first_start, last_end = (spans[0][0], spans[-1][1]) if spans else (base, base)
     if first_start != base or last_end != size:
         raise WeightsError(f"{label}: data: {first_start - base} bytes before the first "
                            f"tensor and {size - last_end} after the last; the tensors must "
                            "cover the data area exactly")
-    return WeightsFile(path, tensors, dict(metadata))
+    return WeightsFile(path, tensors, dict(metadata), text)
 
 
 def _tensor_info(label: str, name: str, entry: Any, base: int) -> TensorInfo:
     if not isinstance(entry, dict):
         raise WeightsError(f"{label}: {name}: not a tensor entry")
+    if unknown := sorted(entry.keys() - ENTRY_FIELDS):
+        raise WeightsError(f"{label}: {name}: unknown field {unknown[0]!r}; a tensor entry "
+                           "holds dtype, shape and data_offsets only")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise WeightsError(f"{label}: {name}: dtype: unsupported {dtype!r}")
     if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
-        raise WeightsError(f"{label}: {name}: shape: must be a list of non-negative integers")
+        raise WeightsError(f"{label}: {name}: shape: must be a list of non-negative integers "
+                           "(written without a sign or a fraction)")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]):
-        raise WeightsError(f"{label}: {name}: data_offsets: must be [start, end] with "
-                           "0 <= start <= end")
-    expected = math.prod(shape) * DTYPES[dtype][1]
+        raise WeightsError(f"{label}: {name}: data_offsets: must be [start, end], integers "
+                           "written without a sign or a fraction, 0 <= start <= end")
+    expected = _size(label, name, shape, dtype)
     if offsets[1] - offsets[0] != expected:
         raise WeightsError(f"{label}: {name}: data_offsets: span {offsets[1] - offsets[0]} "
                            f"bytes, but shape {shape} of {dtype} needs {expected}")
     return TensorInfo(name, dtype, tuple(shape), base + offsets[0], base + offsets[1])
+
+
+def _size(label: str, name: str, shape: list[int], dtype: str) -> int:
+    """The tensor's size in bytes, refused where a reader cannot count it: safetensors'
+    loader multiplies the shape out in 64-bit sizes and refuses an overflow, even past a
+    zero ([2**39, 2**39, 0] holds nothing, yet is refused); numpy refuses a shape whose
+    non-zero dimensions would span more than 2**63 bytes, even beside a zero."""
+    itemsize = DTYPES[dtype][1]
+    count, nonzero = 1, itemsize
+    for dim in shape:
+        count *= dim
+        nonzero *= dim or 1
+        if count * itemsize * 8 > USIZE_MAX or nonzero > INTP_MAX:
+            raise WeightsError(f"{label}: {name}: shape: {shape} of {dtype} is more than a "
+                               "64-bit size can count")
+    return count * itemsize
 
 
 def save_tensors(tensors: Mapping[str, Any], path: Path,
