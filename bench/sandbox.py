@@ -22,13 +22,15 @@ import time
 from pathlib import Path
 
 from reweigh import builder, sandbox
+from reweigh.job import Job, Sandbox
 
 
 def sandboxed_command(work: Path, code: str) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
     (work / "src").mkdir(exist_ok=True)
     (work / "out").mkdir(exist_ok=True)
-    spec = {"src": str(work / "src"), "out": str(work / "out"), "inputs": {}, "threads": 1}
-    launch = builder.launch_for(spec, work, "reweigh.runtime", 2, sandbox.BUBBLEWRAP)
+    job = Job("build", str(work / "src"), str(work / "out"), "train.py:train", None, {}, 0, 0,
+              1, {}, sandbox=Sandbox(sandbox.BUBBLEWRAP))
+    launch = builder.launch_for(job, work, "reweigh.runtime", 2)
     command = [*launch.command[:-4], sys.executable, "-c", code]
     return command, launch.env, launch.fds
 

@@ -19,13 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import environment, sandbox
 from .entries import render_traceback
 from .errors import BuildError
+from .job import Job, Sandbox
 from .progress import Reporter
 
 LOG_TAIL_LINES = 25
@@ -61,16 +62,6 @@ def stage_source(code: dict[str, Path], work: Path) -> Path:
     return src
 
 
-def child_spec(record: dict[str, Any], src: Path, inputs: dict[str, Path], threads: int,
-               **extra: Any) -> dict[str, Any]:
-    """What the runtime needs, taken from a derivation record: one place for build,
-    evaluation and replay alike."""
-    return {"mode": "build", "src": str(src), "entry": record["entry"],
-            "evaluate": record["evaluate"], "params": record["params"], "seed": record["seed"],
-            "checkpoint_every": record["checkpoint_every"], "threads": threads,
-            "inputs": {name: str(path) for name, path in inputs.items()}, **extra}
-
-
 def child_env(home: str, tmp: str, package_parent: str, threads: int,
               event_fd: int) -> dict[str, str]:
     """The whole environment of the process that runs recipe code: an allow-list."""
@@ -92,17 +83,17 @@ def child_env(home: str, tmp: str, package_parent: str, threads: int,
 
 @dataclass
 class Launch:
-    """How one run starts: its command, environment, the spec it reads, and the fds
-    it inherits besides the event pipe."""
+    """How one run starts: its command, environment, the job as it reads it, and the
+    fds it inherits besides the event pipe."""
 
     command: list[str]
     env: dict[str, str]
-    spec: dict[str, Any]
+    job: Job
     fds: tuple[int, ...] = ()
 
 
 class _Inside:
-    """Host paths named in a spec, each given its fixed place inside the sandbox."""
+    """Host paths a job names, each given its fixed place inside the sandbox."""
 
     def __init__(self) -> None:
         self.mounts: list[sandbox.Mount] = []
@@ -115,26 +106,16 @@ class _Inside:
             self.seen[key] = inside
         return self.seen[key]
 
-    def file(self, host: str | Path | None) -> str | None:
-        if host is None:
-            return None
+    def file(self, host: str | Path) -> str:
         path = Path(host)
         return self.place(path, f"{sandbox.FILES}/{len(self.mounts)}/{path.name}")
 
 
-def inside_spec(spec: dict[str, Any], work: Path) -> tuple[dict[str, Any], list[sandbox.Mount]]:
-    """The spec as the sandboxed process sees it, and the mounts that make it so: every
+def inside_job(job: Job, work: Path) -> tuple[Job, list[sandbox.Mount]]:
+    """The job as the sandboxed process sees it, and the mounts that make it so: every
     path the run may read or write, and nothing else of the host."""
     paths = _Inside()
-    moved = {**spec, "src": paths.place(spec["src"], sandbox.SRC)}
-    if "out" in spec:
-        moved["out"] = paths.place(spec["out"], sandbox.OUT, writable=True)
-    moved["inputs"] = {name: paths.place(path, f"{sandbox.INPUTS}/{name}/{Path(path).name}")
-                       for name, path in spec["inputs"].items()}
-    if "weights" in spec:
-        moved["weights"] = [paths.file(w) for w in spec["weights"]]
-    if spec.get("replays"):
-        moved["replays"] = [{**r, "start": paths.file(r.get("start"))} for r in spec["replays"]]
+    moved = job.with_paths(paths.place, paths.file)
     package = Path(__file__).resolve().parent
     paths.place(package, f"{sandbox.LIB}/{package.name}")
     for mount in sandbox.etc_files(work / "etc"):
@@ -142,29 +123,25 @@ def inside_spec(spec: dict[str, Any], work: Path) -> tuple[dict[str, Any], list[
     return moved, paths.mounts
 
 
-def launch_for(spec: dict[str, Any], work: Path, module: str, event_fd: int,
-               choice: str) -> Launch:
-    """The command that runs `module` on `spec`, isolated as `choice` says."""
-    threads = int(spec["threads"])
-    if choice == sandbox.NONE:
+def launch_for(job: Job, work: Path, module: str, event_fd: int) -> Launch:
+    """The command that runs `module` on `job`, isolated as the job's sandbox says."""
+    spec_file = work / "job.json"
+    if job.sandbox.kind == sandbox.NONE:
         for sub in ("home", "tmp"):
             (work / sub).mkdir(exist_ok=True)
         package_parent = str(Path(__file__).resolve().parent.parent)
-        spec_file = work / "spec.json"
-        spec_file.write_text(json.dumps(spec))
+        spec_file.write_text(json.dumps(job.to_json()))
         return Launch([sys.executable, "-m", module, str(spec_file)],
                       child_env(str(work / "home"), str(work / "tmp"), package_parent,
-                                threads, event_fd), spec)
-    moved, mounts = inside_spec(spec, work)
-    spec_file = work / "spec.json"
-    spec_file.write_text(json.dumps(moved))
+                                job.threads, event_fd), job)
+    moved, mounts = inside_job(job, work)
+    spec_file.write_text(json.dumps(moved.to_json()))
     mounts.append(sandbox.Mount(spec_file, sandbox.SPEC))
     program_fd = _seccomp_fd()
     return Launch([*sandbox.bwrap_args(mounts, program_fd), sys.executable, "-m", module,
                    sandbox.SPEC],
-                  child_env(sandbox.HOME, "/tmp", sandbox.import_path(), threads, event_fd),
-                  moved,
-                  (program_fd,))
+                  child_env(sandbox.HOME, "/tmp", sandbox.import_path(), job.threads, event_fd),
+                  moved, (program_fd,))
 
 
 def _seccomp_fd() -> int:
@@ -175,23 +152,24 @@ def _seccomp_fd() -> int:
     return read
 
 
-def run_child(spec: dict[str, Any], work: Path, log: Path, reporter: Reporter, *,
+def run_child(job: Job, work: Path, log: Path, reporter: Reporter, *,
               isolation: str = sandbox.BUBBLEWRAP, hidden: tuple[str, ...] = (),
               watch: Callable[[dict[str, Any]], bool] | None = None,
               stop_after_seconds: float | None = None,
               module: str = "reweigh.runtime") -> ChildResult:
-    """Run the runtime on `spec` in the sandbox `isolation` names; stream its events;
+    """Run the runtime on `job` in the sandbox `isolation` names; stream its events;
     its stdout and stderr go to `log`. `hidden` are host paths (the store, the home
-    folder) the run must not see: it measures that they are out of sight.
+    folder) the run must not see: it measures that they are out of sight. This is the
+    one way recipe code is started: build, check, evaluation, replay, audit, estimate.
 
     `watch` sees every event and may return True to stop the child; `stop_after_seconds`
     kills it after that long whatever it is doing; either sets `stopped`. `module` runs
     in place of the runtime (the estimate's probe wraps it). Builds use none of them.
     """
-    spec = {**spec, "sandbox": {"kind": isolation, "hidden": list(hidden)}}
+    job = replace(job, sandbox=Sandbox(isolation, hidden))
     read_fd, write_fd = os.pipe()
     try:
-        started = launch_for(spec, work, module, write_fd, isolation)
+        started = launch_for(job, work, module, write_fd)
     except BaseException:
         os.close(read_fd)
         os.close(write_fd)

@@ -48,32 +48,35 @@ def statement(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...]
     ] + [{"name": f"code:{rel}", "digest": _hex(digest)}
          for rel, digest in drv.record["code"].items()]
     env = run["environment"]
+    return in_toto(
+        run["weights_digest"], BUILD_TYPE,
+        {"recipe": {"name": recipe.name, "version": recipe.version, "seed": recipe.seed,
+                    "entry": str(recipe.entry), "params": recipe.params,
+                    "license": vars(recipe.license)},
+         "derivation": drv.digest},
+        {"threads": run["threads"], "numerics": env.get("numerics")}, dependencies,
+        {"id": BUILDER_ID, "version": {"reweigh": __version__, **env.get("packages", {})}},
+        {"invocationId": f"attempt-{run['attempt']}", "startedOn": _time(run["started"]),
+         "finishedOn": _time(run["finished"])},
+        {**env, "fingerprint": fingerprint(env)})
+
+
+def in_toto(weights_digest: str, build_type: str, external: dict[str, Any],
+            internal: dict[str, Any], dependencies: list[dict[str, Any]],
+            builder: dict[str, Any], metadata: dict[str, Any],
+            environment: dict[str, Any]) -> dict[str, Any]:
+    """An in-toto Statement v1 about an item's weights with a SLSA Provenance v1 predicate:
+    the one form of every item's provenance.json, built or imported."""
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": "weights.safetensors", "digest": _hex(run["weights_digest"])}],
+        "subject": [{"name": "weights.safetensors", "digest": _hex(weights_digest)}],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
-            "buildDefinition": {
-                "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "recipe": {"name": recipe.name, "version": recipe.version,
-                               "seed": recipe.seed, "entry": str(recipe.entry),
-                               "params": recipe.params,
-                               "license": vars(recipe.license)},
-                    "derivation": drv.digest,
-                },
-                "internalParameters": {"threads": run["threads"],
-                                       "numerics": env.get("numerics")},
-                "resolvedDependencies": dependencies,
-            },
-            "runDetails": {
-                "builder": {"id": BUILDER_ID,
-                            "version": {"reweigh": __version__, **env.get("packages", {})}},
-                "metadata": {"invocationId": f"attempt-{run['attempt']}",
-                             "startedOn": _time(run["started"]),
-                             "finishedOn": _time(run["finished"])},
-                "environment": {**env, "fingerprint": fingerprint(env)},
-            },
+            "buildDefinition": {"buildType": build_type, "externalParameters": external,
+                                "internalParameters": internal,
+                                "resolvedDependencies": dependencies},
+            "runDetails": {"builder": builder, "metadata": metadata,
+                           "environment": environment},
         },
     }
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from . import environment, sandbox
 from .entries import recipe_frames
+from .job import Job, Replay, Sandbox
 
 _events: Any = None
 
@@ -138,7 +139,7 @@ class BuildContext:
     out: Path
     threads: int
     checkpoint_every: int = 0
-    replay: dict[str, Any] | None = None  # {"start": file or None, "stop": step}: a segment
+    replay: Replay | None = None  # a segment to replay, from a checkpoint to a step
     _metrics: dict[str, Any] = field(default_factory=dict)
     _pool: Any = None
 
@@ -194,7 +195,7 @@ class BuildContext:
         path.parent.mkdir(exist_ok=True)
         digest = save_state(state, path)
         emit("checkpoint", step=step, file=path.relative_to(self.out).as_posix(), digest=digest)
-        stop = self.replay.get("stop") if self.replay else None
+        stop = self.replay.stop if self.replay else None
         if stop is not None and step >= stop:
             raise ReplayDone(step)
         return True
@@ -202,11 +203,11 @@ class BuildContext:
     def resume(self) -> Any:
         """The training state to start from: None in a build from scratch, the state of a
         checkpoint when a verifier replays the segment that starts there."""
-        if self.replay is None or self.replay.get("start") is None:
+        if self.replay is None or self.replay.start is None:
             return None
         from .weights import load_state
 
-        return load_state(Path(self.replay["start"]))
+        return load_state(Path(self.replay.start))
 
     def load_weights(self, input_name: str) -> dict[str, Any]:
         """The weights of a store item given as an input (a base model to fine-tune)."""
@@ -257,13 +258,13 @@ def load_entry(src: Path, entry: str) -> Callable[..., Any]:
     return getattr(module, function)
 
 
-def evaluate(spec: dict[str, Any], inputs: dict[str, Path], weights_file: Path) -> dict[str, Any]:
+def evaluate(job: Job, inputs: dict[str, Path], weights_file: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    function = load_entry(Path(spec["src"]), spec["evaluate"])
-    seed_everything(spec["seed"])
-    ctx = EvalContext(inputs, spec["params"], spec["seed"], spec["threads"],
-                      load_file(str(weights_file)))
+    assert job.evaluate is not None
+    function = load_entry(Path(job.src), job.evaluate)
+    seed_everything(job.seed)
+    ctx = EvalContext(inputs, job.params, job.seed, job.threads, load_file(str(weights_file)))
     result = function(ctx)
     if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
         raise TypeError("the evaluation entry point must return {'metrics': {...}, "
@@ -273,60 +274,60 @@ def evaluate(spec: dict[str, Any], inputs: dict[str, Path], weights_file: Path) 
     return {"metrics": metrics, "predictions": predictions}
 
 
-def run(spec: dict[str, Any]) -> None:
-    inputs = {name: Path(path) for name, path in spec["inputs"].items()}
-    threads = int(spec["threads"])
+def run(job: Job) -> None:
+    inputs = {name: Path(path) for name, path in job.inputs.items()}
+    threads = job.threads
     environment.apply_torch_numerics(threads)
-    isolation = isolation_held(spec["sandbox"])
+    isolation = isolation_held(job.sandbox)
     emit("environment", record=environment.capture(threads, isolation))
     # torch and the torch._dynamo it pulls in are some 300k objects that live until the
     # end: out of the collector's sight, its passes over the recipe's objects (during
     # training and the one at the end, `_finish`) are short.
     gc.freeze()
-    sys.path.insert(0, spec["src"])
-    if spec["mode"] == "build":
-        train = load_entry(Path(spec["src"]), spec["entry"])
-        out = Path(spec["out"])
-        for replay in spec.get("replays") or [None]:
-            _train(spec, train, inputs, out, replay)
-        if spec.get("evaluate") and not spec.get("replays"):
-            result = evaluate(spec, inputs, out / "weights.safetensors")
+    sys.path.insert(0, job.src)
+    if job.mode == "build":
+        train = load_entry(Path(job.src), job.entry)
+        out = Path(job.out)
+        for replay in job.replays or (None,):
+            _train(job, train, inputs, out, replay)
+        if job.evaluate and not job.replays:
+            result = evaluate(job, inputs, out / "weights.safetensors")
             emit("evaluation", index=0, metrics=result["metrics"])
-    elif spec["mode"] == "audit":  # `diff`: both networks through the recipe's audit entry
+    elif job.mode == "audit":  # `diff`: both networks through the recipe's audit entry
         from .audit.child import audit
 
-        emit("audit", data=audit(spec, inputs))
+        emit("audit", data=audit(job, inputs))
     else:
-        for index, weights in enumerate(spec["weights"]):
-            result = evaluate(spec, inputs, Path(weights))
+        for index, weights in enumerate(job.weights):
+            result = evaluate(job, inputs, Path(weights))
             emit("evaluation", index=index, **result)
 
 
-def isolation_held(asked: dict[str, Any]) -> dict[str, Any]:
+def isolation_held(asked: Sandbox) -> dict[str, Any]:
     """What isolation this process has, measured; a sandbox that was asked for and does
     not hold is a violation: the build fails rather than claim what it did not have."""
-    measured = {"sandbox": asked["kind"], **sandbox.measure(asked.get("hidden", ()))}
-    if asked["kind"] != sandbox.NONE and not sandbox.held(measured):
+    measured = {"sandbox": asked.kind, **sandbox.measure(asked.hidden)}
+    if asked.kind != sandbox.NONE and not sandbox.held(measured):
         _refuse(PermissionError, f"the sandbox did not hold: {json.dumps(measured)}")
     return measured
 
 
-def _train(spec: dict[str, Any], train: Callable[[BuildContext], Any],
-           inputs: dict[str, Path], out: Path, replay: dict[str, Any] | None) -> None:
+def _train(job: Job, train: Callable[[BuildContext], Any],
+           inputs: dict[str, Path], out: Path, replay: Replay | None) -> None:
     """The whole training, or one replayed segment of it (from a fresh seeding, as in a
     process of its own: a segment may only depend on the checkpoint it starts from)."""
-    seed_everything(spec["seed"])
-    ctx = BuildContext(inputs, spec["params"], spec["seed"], out, int(spec["threads"]),
-                       spec["checkpoint_every"], replay)
-    emit("segment", start=(replay or {}).get("start"), stop=(replay or {}).get("stop"))
+    seed_everything(job.seed)
+    ctx = BuildContext(inputs, job.params, job.seed, out, job.threads, job.checkpoint_every,
+                       replay)
+    emit("segment", start=replay and replay.start, stop=replay and replay.stop)
     try:
         train(ctx)
     except ReplayDone:
         return
     finally:
         ctx.close()
-    if replay is not None and replay.get("stop") is not None:
-        raise RuntimeError(f"the replay never reached step {replay['stop']}")
+    if replay is not None and replay.stop is not None:
+        raise RuntimeError(f"the replay never reached step {replay.stop}")
     if not (out / "weights.safetensors").is_file():
         raise RuntimeError("the entry point returned without calling ctx.save_weights")
 
@@ -334,19 +335,19 @@ def _train(spec: dict[str, Any], train: Callable[[BuildContext], Any],
 def main() -> None:
     global _events
     die_with_parent()
-    spec = json.loads(Path(sys.argv[1]).read_text())
+    job = Job.from_json(json.loads(Path(sys.argv[1]).read_text()))
     _events = os.fdopen(int(os.environ["REWEIGH_EVENT_FD"]), "w", buffering=1)
-    sys.addaudithook(Guard(list(spec["inputs"].values())))
+    sys.addaudithook(Guard(list(job.inputs.values())))
     try:
-        run(spec)
+        run(job)
     except BaseException as e:
         traceback.print_exc()
         emit("error", message=f"{type(e).__name__}: {e}",
-             frames=recipe_frames(e.__traceback__, spec["src"]))
+             frames=recipe_frames(e.__traceback__, job.src))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
-    _finish(spec["src"])
+    _finish(job.src)
 
 
 def _finish(src: str) -> None:

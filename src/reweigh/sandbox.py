@@ -4,7 +4,7 @@ The process sees a fixed, small file system, whatever machine or store it runs o
 
     /build/src        the staged recipe source (read-only)
     /build/out        the only writable folder that outlives the run
-    /build/spec.json  what to run (read-only)
+    /build/job.json   what to run (read-only)
     /inputs/NAME/...  each declared input (read-only)
     /files/N/...      other files the run reads: networks to judge, checkpoints to resume
     /opt/reweigh/lib  this package (read-only); the Python environment at its own paths
@@ -50,7 +50,7 @@ ENV_CHOICE = "REWEIGH_SANDBOX"
 BUILD = "/build"
 SRC = f"{BUILD}/src"
 OUT = f"{BUILD}/out"
-SPEC = f"{BUILD}/spec.json"
+SPEC = f"{BUILD}/job.json"
 HOME = f"{BUILD}/home"
 INPUTS = "/inputs"
 FILES = "/files"
@@ -255,8 +255,9 @@ def etc_files(folder: Path) -> list[Mount]:
 
 def bwrap_args(mounts: list[Mount], seccomp_fd: int) -> list[str]:
     """The bubblewrap options that make the sandbox; the command to run follows them."""
-    args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--uid", str(USER_ID), "--gid",
-            str(USER_ID), "--disable-userns", "--hostname", "reweigh", "--cap-drop", "ALL",
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user",
+            "--uid", str(USER_ID), "--gid", str(USER_ID), "--disable-userns",
+            "--hostname", "reweigh", "--cap-drop", "ALL",
             "--die-with-parent", "--new-session", "--seccomp", str(seccomp_fd),
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", BUILD,
             *system_args()]

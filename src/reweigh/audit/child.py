@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..job import AuditSettings, Job
 from . import behaviour, text, trigger
 from .probes import Probe
 
@@ -44,28 +45,29 @@ class ClassifierView:
     value_range: tuple[float, float] = (0.0, 1.0)
 
 
-def audit(spec: dict[str, Any], inputs: dict[str, Path]) -> dict[str, Any]:
+def audit(job: Job, inputs: dict[str, Path]) -> dict[str, Any]:
     """Load both views and measure them; the result is the child's one `audit` event."""
     from safetensors.torch import load_file
 
     from ..runtime import EvalContext, load_entry, seed_everything
 
-    entry = load_entry(Path(spec["src"]), spec["audit"])
+    settings = job.audit
+    assert settings is not None
+    entry = load_entry(Path(job.src), settings.entry)
     views = []
-    for weights in spec["weights"]:
-        seed_everything(spec["seed"])
-        ctx = EvalContext(inputs, spec["params"], spec["seed"], spec["threads"],
-                          load_file(weights))
+    for weights in job.weights:
+        seed_everything(job.seed)
+        ctx = EvalContext(inputs, job.params, job.seed, job.threads, load_file(weights))
         views.append(view_of(entry(ctx)))
     view_a, view_b = views
     if type(view_a) is not type(view_b):
         raise TypeError("the audit entry returned different kinds of view for A and B")
     if isinstance(view_a, text.TextView) and isinstance(view_b, text.TextView):
-        probes = [Probe(topic, prompt) for topic, prompt in spec["probes"]]
-        rows = text.probe(view_a, view_b, probes, spec["length"])
-        return {"kind": "text", "text": text.rank(rows, spec["length"])}
+        probes = [Probe(topic, prompt) for topic, prompt in settings.probes]
+        rows = text.probe(view_a, view_b, probes, settings.length)
+        return {"kind": "text", "text": text.rank(rows, settings.length)}
     assert isinstance(view_a, ClassifierView) and isinstance(view_b, ClassifierView)
-    return _classifier(view_a, view_b, spec)
+    return _classifier(view_a, view_b, settings)
 
 
 def view_of(result: Any) -> ClassifierView | text.TextView:
@@ -90,20 +92,21 @@ def view_of(result: Any) -> ClassifierView | text.TextView:
     return ClassifierView(model, x, y, (float(low), float(high)))
 
 
-def _classifier(a: ClassifierView, b: ClassifierView, spec: dict[str, Any]) -> dict[str, Any]:
+def _classifier(a: ClassifierView, b: ClassifierView,
+                settings: AuditSettings) -> dict[str, Any]:
     from ..runtime import emit
 
     if a.inputs.shape != b.inputs.shape:
         raise TypeError("the audit entry gave different evaluation inputs for A and B")
     probs_a, probs_b = _probabilities(a), _probabilities(b)  # (N, K) each
     labels = None if a.labels is None else a.labels.numpy()
-    section = behaviour.compare(probs_a, probs_b, labels, spec["top"], spec["agreement"])
+    section = behaviour.compare(probs_a, probs_b, labels, settings.top, settings.agreement)
     for row in section["diverging"]:
         row["picture"] = _picture(a.inputs[row["index"]], a.value_range)
     result: dict[str, Any] = {"kind": "classifier", "behaviour": section}
-    if spec.get("trigger") is not None and a.inputs.dim() == 4:
-        settings = trigger.TriggerSettings(**spec["trigger"])
-        found = trigger.search(a.model, b.model, a.inputs, settings, value_range=a.value_range,
+    if settings.trigger is not None and a.inputs.dim() == 4:
+        search = trigger.TriggerSettings(**settings.trigger)
+        found = trigger.search(a.model, b.model, a.inputs, search, value_range=a.value_range,
                                progress=lambda done, total: emit(
                                    "progress", done=done, total=total,
                                    label=f"trigger search, class {done}"))

@@ -21,18 +21,18 @@ from .. import provenance, transcript
 from .. import sandbox as sandboxing
 from ..builder import (
     ChildResult,
-    child_spec,
     log_tail,
     raise_for_failure,
     run_child,
     stage_source,
 )
-from ..derivation import Derivation, code_files, derive, hash_code
+from ..derivation import Derivation, code_files, derive, hash_code, whole_floats
 from ..digest import canonical_json, file_digest, tree_files
 from ..entries import check_entries
 from ..environment import fingerprint
 from ..errors import BuildError
 from ..inputs import ResolvedInput, resolve_inputs
+from ..job import AuditSettings, Job, Replay, for_derivation
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, load_recipe
 from ..store import Store, StoreItem, remove_tree
@@ -121,6 +121,7 @@ def plan(recipe_dir: Path | str, store: Store) -> Plan:
     recipe = load_recipe(recipe_dir)
     code = code_files(recipe)  # refuse bad code files before any input enters the store
     check_entries(recipe, code)
+    whole_floats(recipe)  # a parameter the derivation cannot hold, refused before inputs
     inputs = resolve_inputs(recipe, store)
     return Plan(recipe, inputs, code, derive(recipe, inputs, hash_code(code)))
 
@@ -180,14 +181,12 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
     attempt = store.begin_attempt(drv.digest, recipe.name, purpose, threads)
     log = work / "build.log"
     try:
-        out = work / "out"
-        out.mkdir()
-        spec = child_spec(drv.record, stage_source(the_plan.code, work), the_plan.input_paths,
-                          threads, out=str(out))
+        job = stage_job(the_plan.recipe_code, work, threads)
+        out = Path(job.out)
         what = "checking" if purpose == "check" else "building"
         reporter.stage(f"{what} {recipe.name} {recipe.version} ({threads} threads)")
         before = _input_stats(the_plan)
-        result = run_child(spec, work, log, reporter, isolation=sandboxing.choose(isolation),
+        result = run_child(job, work, log, reporter, isolation=sandboxing.choose(isolation),
                            hidden=hidden_paths(store.root, the_plan.recipe.directory))
         raise_for_failure(result, log, f"{what} {recipe.name}", recipe.directory)
         if _input_stats(the_plan) != before:
@@ -217,22 +216,36 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         raise
 
 
+def stage_job(code: RecipeCode, work: Path, threads: int, mode: str = "build",
+              weights: tuple[Path, ...] = (), replays: tuple[Replay, ...] = (),
+              audit: AuditSettings | None = None) -> Job:
+    """Stage the recipe's code files into work/src and make work/out: the job that runs
+    them there (one place for build, check, evaluation, replay, audit and estimate)."""
+    src = stage_source(code.files, work)
+    out = work / "out"
+    out.mkdir()
+    return for_derivation(code.derivation.record, str(src), str(out),
+                          {name: str(path) for name, path in code.inputs.items()}, threads,
+                          mode, tuple(str(w) for w in weights), replays, audit)
+
+
 @contextlib.contextmanager
 def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, what: str,
-              label: str, **spec: Any) -> Iterator[tuple[ChildResult, Path]]:
+              label: str, mode: str = "build", weights: tuple[Path, ...] = (),
+              replays: tuple[Replay, ...] = (),
+              audit: AuditSettings | None = None) -> Iterator[tuple[ChildResult, Path]]:
     """Run the recipe's code once in a sandboxed child (an evaluation, an audit, replayed
-    segments: `spec` says which) in a scratch directory of the store. The child's result
-    and its `out/` folder live as long as the caller reads them; on failure the BuildError
-    points at the log, kept under logs/."""
+    segments: `mode` and the rest say which) in a scratch directory of the store. The
+    child's result and its `out/` folder live as long as the caller reads them; on
+    failure the BuildError points at the log, kept under logs/."""
     drv = code.derivation
     work = store.new_build_dir(drv.digest, kind="run")
     try:
-        out = work / "out"
-        out.mkdir()
+        job = stage_job(code, work, threads, mode, weights, replays, audit)
+        out = Path(job.out)
         log = work / f"{label}.log"
-        result = run_child(child_spec(drv.record, stage_source(code.files, work), code.inputs,
-                                      threads, out=str(out), **spec), work, log, reporter,
-                           isolation=sandboxing.choose(None), hidden=hidden_paths(store.root))
+        result = run_child(job, work, log, reporter, isolation=sandboxing.choose(None),
+                           hidden=hidden_paths(store.root))
         try:
             raise_for_failure(result, log, what, code.folder)
         except BuildError as e:

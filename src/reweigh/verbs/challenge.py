@@ -136,7 +136,7 @@ def _behaviour(the_plan: Plan, store: Store, item: StoreItem, published: Path, t
     reporter.stage(f"evaluating both networks with {recipe.evaluate.entry}")
     with sandboxed(store, the_plan.recipe_code, threads, reporter, f"evaluating {recipe.name}",
                    "evaluate", mode="evaluate",
-                   weights=[str(item.weights), str(published.resolve())]) as (result, _):
+                   weights=(item.weights, published.resolve())) as (result, _):
         a, b = result.evaluations[0], result.evaluations[1]
     return behaviour_of(a["predictions"], b["predictions"], recipe.evaluate.tolerance.metric,
                         a["metrics"], b["metrics"])

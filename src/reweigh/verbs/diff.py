@@ -32,6 +32,7 @@ from ..progress import QuietReporter, Reporter
 from ..recipe import Tolerance
 from ..store import Store
 from ..weights import WeightsFile, read_header
+from ..job import AuditSettings
 from .build import Plan, plan, sandboxed, threads_for
 
 
@@ -123,11 +124,12 @@ def _audit(report: DiffReport, the_plan: Plan, store: Store, options: DiffOption
     evaluation = the_plan.recipe.evaluate
     assert evaluation is not None and evaluation.audit is not None
     probes = _probes(the_plan, options)
-    data = _run(the_plan, store, options, reporter, mode="audit", audit=str(evaluation.audit),
-                weights=[str(report.a), str(report.b)], top=options.top,
-                trigger=asdict(options.trigger) if options.trigger else None,
-                probes=[[p.topic, p.prompt] for p in probes], length=options.length,
-                agreement=evaluation.tolerance.agreement).audit or {}
+    settings = AuditSettings(str(evaluation.audit), options.top,
+                             evaluation.tolerance.agreement,
+                             asdict(options.trigger) if options.trigger else None,
+                             tuple((p.topic, p.prompt) for p in probes), options.length)
+    data = _run(the_plan, store, options, reporter, mode="audit", audit=settings,
+                weights=(report.a, report.b)).audit or {}
     if data.get("kind") == "text":
         notes = () if probes else ("no probe set: give --probes FILE or evaluate.probes",)
         return replace(report, text=data["text"] if probes else None, notes=notes)
@@ -146,7 +148,7 @@ def _behaviour_from_evaluation(report: DiffReport, the_plan: Plan, store: Store,
     evaluation = the_plan.recipe.evaluate
     assert evaluation is not None
     result = _run(the_plan, store, options, reporter, mode="evaluate",
-                  weights=[str(report.a), str(report.b)])
+                  weights=(report.a, report.b))
     answers_a = np.asarray(result.evaluations[0]["predictions"], dtype=np.int64)
     answers_b = np.asarray(result.evaluations[1]["predictions"], dtype=np.int64)
     if len(answers_a) == 0 or len(answers_a) != len(answers_b):

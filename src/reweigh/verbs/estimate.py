@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import sandbox as sandboxing
-from ..builder import child_spec, raise_for_failure, run_child, stage_source
+from ..builder import raise_for_failure, run_child
 from ..errors import UsageError
 from ..policy.estimate import (
     DEFAULT_MAX_CORE_HOURS,
@@ -27,7 +27,7 @@ from ..policy.estimate import (
 )
 from ..progress import QuietReporter, Reporter
 from ..store import Store, remove_tree
-from .build import Plan, hidden_paths, plan, threads_for
+from .build import Plan, hidden_paths, plan, stage_job, threads_for
 
 DEFAULT_SECONDS = 5.0
 STARTUP_ALLOWANCE = 120.0  # seconds the build may take to reach its first progress event
@@ -97,15 +97,12 @@ def estimate_plan(the_plan: Plan, threads: int, seconds: float,
     recipe = the_plan.recipe
     work = Path(tempfile.mkdtemp(prefix="reweigh-estimate-"))
     try:
-        out = work / "out"
-        out.mkdir()
-        spec = child_spec(the_plan.derivation.record, stage_source(the_plan.code, work),
-                          the_plan.input_paths, threads, out=str(out))
+        job = stage_job(the_plan.recipe_code, work, threads)
         reporter.stage(f"estimating {recipe.name} {recipe.version}: timing its first "
                        f"{seconds:g} s of training ({threads} threads)")
         watch = _Watch(seconds)
         log = work / "estimate.log"
-        result = run_child(spec, work, log, reporter, watch=watch, module=PROBE,
+        result = run_child(job, work, log, reporter, watch=watch, module=PROBE,
                            isolation=sandboxing.choose(None),
                            hidden=hidden_paths(the_plan.recipe.directory),
                            stop_after_seconds=STARTUP_ALLOWANCE + 10 * seconds)

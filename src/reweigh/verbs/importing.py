@@ -25,7 +25,7 @@ from .. import __version__
 from ..digest import file_digest, record_digest, short
 from ..errors import UsageError, WeightsError
 from ..policy import licenses
-from ..provenance import PREDICATE_TYPE, STATEMENT_TYPE
+from ..provenance import in_toto
 from ..store import Store, StoreItem, remove_tree
 from ..weights import read_header, save_tensors, sniff_format
 
@@ -201,22 +201,12 @@ def _flatten(prefix: str, value: Any, tensors: dict[str, Any], skipped: list[str
 
 def _write_files(out: Path, weights_digest: str, parameters: dict[str, Any]) -> None:
     """provenance.json (in-toto + SLSA, build type: import), metrics.json, MODEL_CARD.md."""
-    statement = {
-        "_type": STATEMENT_TYPE,
-        "subject": [{"name": "weights.safetensors",
-                     "digest": {"sha256": weights_digest.split(":", 1)[1]}}],
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "buildDefinition": {
-                "buildType": IMPORT_BUILD_TYPE, "externalParameters": parameters,
-                "internalParameters": {}, "resolvedDependencies": [
-                    {"name": f"imported:{parameters['source']}",
-                     "digest": {"sha256": parameters["source_digest"].split(":", 1)[1]},
-                     **({"uri": parameters["origin"]} if parameters["origin"] else {})}]},
-            "runDetails": {"builder": {"id": IMPORTER_ID, "version": {"reweigh": __version__}},
-                           "metadata": {}, "environment": {}},
-        },
-    }
+    statement = in_toto(
+        weights_digest, IMPORT_BUILD_TYPE, parameters, {},
+        [{"name": f"imported:{parameters['source']}",
+          "digest": {"sha256": parameters["source_digest"].split(":", 1)[1]},
+          **({"uri": parameters["origin"]} if parameters["origin"] else {})}],
+        {"id": IMPORTER_ID, "version": {"reweigh": __version__}}, {}, {})
     (out / "provenance.json").write_text(json.dumps(statement, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps({"evaluation": {}}, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(_card(parameters, weights_digest))

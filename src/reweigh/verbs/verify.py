@@ -32,6 +32,7 @@ from ..derivation import Derivation, read_record
 from ..digest import file_digest
 from ..environment import fingerprint
 from ..errors import UsageError, WeightsError
+from ..job import Replay
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
 from ..store import Store
@@ -102,6 +103,7 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int | Fraction,
     target = Path(target)
     with store.gc_lock(exclusive=False):  # gc waits: the item and inputs found stay
         subject = _subject(target, recipe, store)
+        read_header(subject.weights)  # a malformed file is bad input (exit 2), not a failure
         if parsed.derivation != subject.code.derivation.digest:
             raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}, "
                              f"not of the verified weights' {subject.code.derivation.digest}")
@@ -210,8 +212,8 @@ def _replayed(subject: _Subject, chosen: list[tr.Segment], folder: Path, store: 
     reporter.stage(f"replaying {len(chosen)} segments: "
                    + ", ".join(f"{(s.start.step if s.start else 0)}..{s.stop.step}"
                                for s in chosen))
-    replays = [{"start": str(folder / s.start.file) if s.start else None,
-                "stop": None if s.last else s.stop.step} for s in chosen]
+    replays = tuple(Replay(str(folder / s.start.file) if s.start else None,
+                           None if s.last else s.stop.step) for s in chosen)
     with sandboxed(store, subject.code, threads, reporter, "replaying segments", "replay",
                    replays=replays) as (result, out):
         began = {s.stop.step: at for s, at in zip(chosen, result.segments_began, strict=False)}

@@ -1,0 +1,113 @@
+"""One run of a recipe's code, as a typed record: what the builder asks and the runtime reads.
+
+Build, `--check`, evaluation, verify's replay, diff's audit and estimate all start the
+same sandboxed process (`builder.run_child`) with a `Job`. It crosses the process
+boundary as one JSON form (`to_json`/`from_json`), and the builder moves its paths into
+the sandbox in one place (`with_paths`), so nothing reads the instructions by string key.
+
+Modes: `build` trains (the whole training, or `replays`: segments from checkpoints) and
+evaluates the result; `evaluate` runs the recipe's evaluation on each of `weights`;
+`audit` runs its audit entry on the two `weights` (diff).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+MODES = ("build", "evaluate", "audit")
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A segment to replay: from the checkpoint `start` (None: from scratch) to the
+    checkpoint at step `stop` (None: to the end of training)."""
+
+    start: str | None
+    stop: int | None
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """What diff's audit measures (see `audit.child`)."""
+
+    entry: str
+    top: int
+    agreement: float
+    trigger: dict[str, Any] | None
+    probes: tuple[tuple[str, str], ...]
+    length: int
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    kind: str  # "bubblewrap" or "none"
+    hidden: tuple[str, ...] = ()  # host paths the run must not see (it measures that)
+
+
+@dataclass(frozen=True)
+class Job:
+    mode: str
+    src: str  # the staged recipe source
+    out: str  # the writable output folder
+    entry: str  # "file.py:function"
+    evaluate: str | None
+    params: dict[str, Any]
+    seed: int
+    checkpoint_every: int
+    threads: int
+    inputs: dict[str, str]
+    weights: tuple[str, ...] = ()
+    replays: tuple[Replay, ...] = ()
+    audit: AuditSettings | None = None
+    sandbox: Sandbox = field(default_factory=lambda: Sandbox("none"))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Job:
+        audit = data.get("audit")
+        return Job(
+            mode=data["mode"], src=data["src"], out=data["out"], entry=data["entry"],
+            evaluate=data.get("evaluate"), params=data["params"], seed=int(data["seed"]),
+            checkpoint_every=int(data["checkpoint_every"]), threads=int(data["threads"]),
+            inputs=dict(data["inputs"]), weights=tuple(data.get("weights") or ()),
+            replays=tuple(Replay(r["start"], r["stop"]) for r in data.get("replays") or ()),
+            audit=None if audit is None else AuditSettings(
+                audit["entry"], int(audit["top"]), float(audit["agreement"]), audit["trigger"],
+                tuple((str(t), str(p)) for t, p in audit["probes"]), int(audit["length"])),
+            sandbox=Sandbox(data["sandbox"]["kind"], tuple(data["sandbox"]["hidden"])))
+
+    def with_paths(self, place: Callable[[str, str, bool], str],
+                   file: Callable[[str], str]) -> Job:
+        """The job with every host path moved: `place(host, inside, writable)` for the
+        source, output and inputs (their fixed places), `file(host)` for files it reads."""
+        from . import sandbox
+
+        return replace(
+            self, src=place(self.src, sandbox.SRC, False),
+            out=place(self.out, sandbox.OUT, True),
+            inputs={name: place(path, f"{sandbox.INPUTS}/{name}/{_name(path)}", False)
+                    for name, path in self.inputs.items()},
+            weights=tuple(file(w) for w in self.weights),
+            replays=tuple(replace(r, start=None if r.start is None else file(r.start))
+                          for r in self.replays))
+
+
+def for_derivation(record: dict[str, Any], src: str, out: str, inputs: dict[str, str],
+                   threads: int, mode: str = "build", weights: tuple[str, ...] = (),
+                   replays: tuple[Replay, ...] = (),
+                   audit: AuditSettings | None = None) -> Job:
+    """The job of a derivation record: one place for build, evaluation and replay alike."""
+    if mode not in MODES:
+        raise ValueError(f"unknown job mode {mode!r}")
+    return Job(mode=mode, src=src, out=out, entry=record["entry"],
+               evaluate=record["evaluate"], params=record["params"], seed=record["seed"],
+               checkpoint_every=record["checkpoint_every"], threads=threads, inputs=inputs,
+               weights=weights, replays=replays, audit=audit)
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
