@@ -228,3 +228,17 @@ def test_a_pytorch_file_whose_tensors_safetensors_cannot_hold_is_refused_and_not
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(file) in lines[0] and message in lines[0]
     assert store_is_empty(tmp_path / "store")
+
+
+def test_a_safetensors_file_the_loader_would_refuse_is_refused_and_nothing_stored(
+        tmp_path: Path) -> None:
+    """An offset written `-0` is 0 to Python's json, not to safetensors' loader: importing
+    it would store weights nothing else can load."""
+    header = b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[-0,8]}}'
+    file = tmp_path / "signed.safetensors"
+    file.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    result = run_reweigh("import", file, "--name", "signed", store=tmp_path / "store")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert str(file) in lines[0] and "w: data_offsets" in lines[0]
+    assert store_is_empty(tmp_path / "store")

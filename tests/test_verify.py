@@ -248,6 +248,24 @@ def test_a_hostile_start_checkpoint_is_refused_before_any_replay_naming_it(
     assert len(lines) == 1 and str(start) in lines[0] and reason in lines[0]
 
 
+def test_malformed_weights_are_refused_before_any_replay(built: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    """An offset written `-0`: safetensors' loader refuses the file, so verify does too
+    (exit 2, one line), rather than replay and say `fails`."""
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    weights = folder / "weights.safetensors"
+    data = weights.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    text = data[8:8 + length].replace(b'"data_offsets":[0,', b'"data_offsets":[-0,', 1)
+    weights.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length:])
+    result = run_reweigh("verify", weights, "--recipe", EXAMPLES / "digits-cnn", "--transcript",
+                         folder / "transcript.json", "--spot", "0", store=store)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert str(weights) in lines[0] and "data_offsets" in lines[0]
+
+
 def test_a_checkpoint_that_leads_out_of_the_folder_breaks_the_chain(
         built: tuple[Path, Path], tmp_path: Path) -> None:
     store, item = built
