@@ -128,6 +128,19 @@ def test_a_pinned_package_digest_that_does_not_match_is_refused(tmp_path: Path,
     assert store_is_empty(store)
 
 
+def test_a_package_named_by_its_import_name_is_refused_with_the_distribution_name(
+        tmp_path: Path, store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r", inputs='[inputs.data]\npackage = "sklearn"\n'
+                          'dataset = "wine"')
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.endswith("inputs.data.package: no distribution named sklearn is installed; "
+                         "the module sklearn comes from the distribution named scikit-learn: "
+                         'write package = "scikit-learn"'), line
+    assert store_is_empty(store)
+
+
 def test_a_folder_input_is_hashed_as_a_tree_and_changes_the_derivation(
         tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r", """

@@ -373,6 +373,44 @@ def test_the_minimal_recipe_builds_with_the_same_command(
     assert len(list((store / "items").iterdir())) == 1
 
 
+# --- messages that point at the fix ------------------------------------------------------
+
+
+def test_a_misspelt_field_is_refused_with_the_nearest_known_one(tmp_path: Path) -> None:
+    directory = write_minimal(tmp_path / "r")
+    sub("seed = 1\n", "sead = 1\n")(directory)
+    result = run_build(directory, tmp_path / "store")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"reweigh: {directory / 'recipe.toml'}: sead: unknown field "
+                             "(did you mean 'seed'?)\n")
+
+
+@pytest.mark.parametrize(("edit", "field", "nearest"), [
+    (sub("[build]\n", "[build]\ncheckpoint_evry = 2\n"), "build.checkpoint_evry",
+     "checkpoint_every"),
+    (input_as('path = "data.txt"\ndigets = "x"'), "inputs.data.digets", "digest"),
+    (append("[evaluate]\nentry = 'train.py:train'\naudt = 'train.py:train'\n"),
+     "evaluate.audt", "audit"),
+    (sub("[license]\n", "[licence]\n"), "licence", "license"),
+])
+def test_each_table_suggests_its_own_nearest_field(tmp_path: Path, edit: Edit, field: str,
+                                                   nearest: str) -> None:
+    directory = write_minimal(tmp_path / "r")
+    edit(directory)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(directory)
+    assert caught.value.reason == f"unknown field (did you mean '{nearest}'?)"
+    assert caught.value.field == field
+
+
+def test_a_field_like_no_known_one_suggests_nothing(tmp_path: Path) -> None:
+    directory = write_minimal(tmp_path / "r")
+    top("colour = 'blue'")(directory)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(directory)
+    assert (caught.value.field, caught.value.reason) == ("colour", "unknown field")
+
+
 def test_a_bad_second_input_leaves_no_item_and_keeps_nothing_unverified(
         cli_runs: dict[str, Future[Run]]) -> None:
     """Inputs resolve in order; one that verified before a later one failed stays cached

@@ -32,6 +32,9 @@ PACKAGE_DATASETS: dict[str, dict[str, tuple[str, ...]]] = {
                           "sklearn/datasets/descr/breast_cancer.rst"),
     },
 }
+# Import names of the distributions above, for the message when a recipe names one
+# (`package = "sklearn"`) and the distribution is not installed to say so itself.
+IMPORT_NAMES: dict[str, list[str]] = {"sklearn": ["scikit-learn"]}
 DOWNLOAD_LIMIT = 8 << 30
 DOWNLOAD_TIMEOUT = 60.0
 
@@ -127,7 +130,8 @@ def _from_package(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) 
     try:
         dist = importlib.metadata.distribution(spec.source)
     except importlib.metadata.PackageNotFoundError as e:
-        raise InputError(f"{label}.package: {spec.source} is not installed") from e
+        raise InputError(f"{label}.package: no distribution named {spec.source} is installed"
+                         + _distribution_hint(spec.source)) from e
     assert spec.resource is not None
     files = _package_files(dist, spec, label)
     base = Path(spec.resource.removeprefix("dataset:")).name
@@ -143,6 +147,17 @@ def _from_package(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) 
     origin = {"package": dist.metadata["Name"], "version": dist.version,
               "resource": spec.resource, "files": list(files)}
     return _Pending(spec.name, "package", digest, origin, store.input_path(digest), folder)
+
+
+def _distribution_hint(name: str) -> str:
+    """When `name` is what one imports (`sklearn`), the distribution that provides it,
+    which is what `package` names (`scikit-learn`)."""
+    provided = sorted(set(importlib.metadata.packages_distributions().get(name) or
+                          IMPORT_NAMES.get(name, [])))
+    if not provided:
+        return ""
+    return (f"; the module {name} comes from the distribution named {' or '.join(provided)}: "
+            f"write package = \"{provided[0]}\"")
 
 
 def _package_files(dist: importlib.metadata.Distribution, spec: InputSpec,

@@ -11,6 +11,7 @@ apart from reading the one file, so it can be fuzzed cheaply.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -269,7 +270,8 @@ class _Validator:
     def no_unknown(self, table: dict[str, Any], known: set[str], where: str) -> None:
         for key in table:
             if key not in known:
-                raise self.fail(f"{where}.{key}" if where else key, "unknown field")
+                raise self.fail(f"{where}.{key}" if where else key,
+                                "unknown field" + _did_you_mean(key, known))
 
     def table(self, data: dict[str, Any], key: str, required: bool,
               where: str | None = None) -> dict[str, Any]:
@@ -399,6 +401,12 @@ class _Validator:
         if isinstance(value, str):
             return self.string({"v": value}, "v", where=where)
         raise self.fail(where, f"unsupported value of type {_type_name(value)}")
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    """The nearest known field, as a suggestion (`sead` -> `seed`), or nothing."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _type_name(value: Any) -> str:
