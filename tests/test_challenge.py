@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,76 @@ def test_a_file_missing_a_tensor_is_different(built: tuple[Path, Path], tmp_path
     assert code == 1 and report["verdict"] == "different"
     assert report["tensors"][0] == {"name": "fc2.bias", "status": "only-in-a", "shape": [10],
                                     "dtype": "F32", "max_abs": 0.0, "rel_l2": 0.0}
+
+
+def _rewrite_header(source: Path, target: Path, change: Callable[[str], str]) -> Path:
+    """A copy of a weights file whose header text is changed, its data kept."""
+    data = source.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    text = change(data[8:8 + length].decode()).encode()
+    target.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
+    return target
+
+
+def _with_metadata(text: str) -> str:
+    header = json.loads(text)
+    header["__metadata__"] = {"payload": "x" * 5_000_000}
+    return json.dumps(header, separators=(",", ":"))
+
+
+def test_the_same_tensors_with_a_5_mb_metadata_string_are_different_naming_the_key(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    published = _rewrite_header(item / "weights.safetensors", tmp_path / "blob.safetensors",
+                                _with_metadata)
+    code, report = _challenge(store, published, "--require", "identical")
+    assert code == 1 and report["verdict"] == "different"
+    assert all(t["status"] == "identical" for t in report["tensors"])
+    assert report["metadata"] == [{"key": "payload", "change": "only-in-b", "size_a": 0,
+                                   "size_b": 5_000_000}]
+    assert "'payload' only in the published file (5000000 characters)" in report["reasons"][1]
+    code, report = _challenge(store, published, "--published-provenance",
+                              _other_environment(item, tmp_path))
+    assert code == 1 and report["verdict"] == "different"  # no environment explains it
+    result = run_reweigh("challenge", RECIPE, "--published", published, store=store)
+    assert result.returncode == 1
+    assert "metadata: 1 of its keys differ" in result.stdout
+    assert result.stdout.rstrip().endswith("verdict: different")
+
+
+def test_the_same_tensors_in_another_header_layout_are_not_identical(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = built
+    published = _rewrite_header(item / "weights.safetensors", tmp_path / "indented.safetensors",
+                                lambda text: json.dumps(json.loads(text), indent=1)
+                                + text[len(text.rstrip()):])  # the same padding
+    code, report = _challenge(store, published)
+    assert code == 1 and report["verdict"] == "different"
+    assert report["header_layout"] == ["whitespace inside the JSON"] and not report["metadata"]
+    other = _other_environment(item, tmp_path)
+    code, report = _challenge(store, published, "--published-provenance", other)
+    assert code == 0 and report["verdict"] == "equivalent"
+    code, report = _challenge(store, published, "--published-provenance", other,
+                              "--require", "identical")
+    assert code == 1
+
+
+@pytest.mark.parametrize(("old", "new", "field"), [
+    pytest.param('"data_offsets":[0,', '"data_offsets":[-0,', "data_offsets", id="offset-minus-0"),
+    pytest.param('"fc2.bias"', '"\\ud800"', "lone surrogate", id="a-lone-surrogate-in-a-name"),
+    pytest.param('"dtype":"F32"', '"dtype":"F32","hidden":"x"', "unknown field 'hidden'",
+                 id="an-unknown-field"),
+])
+def test_a_file_the_loader_refuses_or_with_a_hidden_field_exits_2_with_one_line(
+        built: tuple[Path, Path], tmp_path: Path, old: str, new: str, field: str) -> None:
+    store, item = built
+    published = _rewrite_header(item / "weights.safetensors", tmp_path / "bad.safetensors",
+                                lambda text: text.replace(old, new, 1))
+    result = run_reweigh("challenge", RECIPE, "--published", published, "--require",
+                         "identical", store=store)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert str(published) in lines[0] and field in lines[0]
 
 
 def test_a_published_file_that_is_not_safetensors_is_bad_input(

@@ -1,17 +1,22 @@
 """Comparing two networks: per-tensor maths and the verdict (pure).
 
 `compare_files` measures every tensor (bit-identity on the stored bytes, max
-absolute difference, relative L2 distance); `decide` turns those numbers, the
-behavioural evidence and the environments' relation into a verdict with its
-reasons. The rule that matters most: when the published file claims the local
-environment (or claims none), only bit-identity counts; a network that differs by
-one bit is `different`, however small the numbers look. Tolerance applies only
-across environments, and then to weights *and* behaviour together.
+absolute difference, relative L2 distance); `compare_whole` adds the rest of the
+file, the metadata and how the header is written, so that a verdict is about the
+whole file; `decide` turns those, the behavioural evidence and the environments'
+relation into a verdict with its reasons. The rules that matter most: `identical`
+means the same bytes; when the published file claims the local environment (or
+claims none), anything else is `different`, however small the numbers look.
+Tolerance applies only across environments, and then to weights *and* behaviour
+together; metadata that differs is never within tolerance, as no environment
+explains it.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -65,6 +70,127 @@ class Behaviour:
         if self.metric_a is None or self.metric_b is None:
             return None
         return self.metric_b - self.metric_a
+
+
+class Change(Enum):
+    ONLY_IN_A = "only-in-a"
+    ONLY_IN_B = "only-in-b"
+    CHANGED = "changed"
+
+
+@dataclass(frozen=True)
+class MetadataDiff:
+    """One `__metadata__` key whose value is not the same in both files."""
+
+    key: str
+    change: Change
+    size_a: int  # characters of its value in A, 0 where A lacks it
+    size_b: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "change": self.change.value, "size_a": self.size_a,
+                "size_b": self.size_b}
+
+
+@dataclass(frozen=True)
+class FileComparison:
+    """Two safetensors files compared as wholes. The strict reader makes a file exactly
+    its header and its tensors' bytes, so equal tensors, metadata and header text are
+    equal bytes."""
+
+    tensors: tuple[TensorDiff, ...]
+    metadata: tuple[MetadataDiff, ...]
+    layout: tuple[str, ...]  # how headers that say the same are written differently
+
+    @property
+    def same_bytes(self) -> bool:
+        return (not self.metadata and not self.layout
+                and all(t.status == "identical" for t in self.tensors))
+
+
+def compare_whole(a: WeightsFile, b: WeightsFile) -> FileComparison:
+    """The tensors, the metadata and, where those agree on what the header says, how
+    each header is written."""
+    tensors = tuple(compare_files(a, b))
+    metadata = metadata_differences(a, b)
+    same_entries = all(t.status in ("identical", "changed") for t in tensors)
+    layout = layout_differences(a, b) if same_entries and not metadata else ()
+    return FileComparison(tensors, metadata, layout)
+
+
+def metadata_differences(a: WeightsFile, b: WeightsFile) -> tuple[MetadataDiff, ...]:
+    """Every metadata key that one file lacks or whose value differs, by key."""
+    found: list[MetadataDiff] = []
+    for key in sorted(a.metadata.keys() | b.metadata.keys()):
+        va, vb = a.metadata.get(key), b.metadata.get(key)
+        if va != vb:
+            change = (Change.ONLY_IN_B if va is None else Change.ONLY_IN_A if vb is None
+                      else Change.CHANGED)
+            found.append(MetadataDiff(key, change, len(va or ""), len(vb or "")))
+    return tuple(found)
+
+
+_SPACE_OR_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|[ \t\n\r]+')
+_SPACE = " \t\n\r"  # JSON's whitespace
+
+
+def layout_differences(a: WeightsFile, b: WeightsFile) -> tuple[str, ...]:
+    """How two headers that say the same thing (the same tensors, dtypes, shapes and
+    metadata) are written differently; () when their text is the same. Nothing a reader
+    sees, but bytes a publisher chose: the order of the tensors' data, of the keys,
+    the whitespace, the padding, how strings are escaped."""
+    if a.header == b.header:
+        return ()
+    found: list[str] = []
+    if _data_order(a) != _data_order(b):
+        found.append("the order of the tensors' data")
+    keys_a, keys_b = _key_orders(a.header), _key_orders(b.header)
+    if ("__metadata__" in keys_a[""]) != ("__metadata__" in keys_b[""]):
+        found.append("an empty __metadata__ written in one header, left out of the other")
+        for keys in (keys_a, keys_b):
+            keys[""] = tuple(k for k in keys[""] if k != "__metadata__")
+    if keys_a != keys_b:
+        found.append("the order of keys")
+    (spaces_a, padding_a), (spaces_b, padding_b) = _spaces(a.header), _spaces(b.header)
+    if spaces_a != spaces_b:
+        found.append("whitespace inside the JSON")
+    if padding_a != padding_b:
+        found.append(f"the padding after the JSON ({len(padding_a)} and {len(padding_b)} "
+                     "bytes)")
+    return tuple(found) or ("how the same values are written (string escapes, or null for "
+                            "an empty __metadata__)",)
+
+
+def _data_order(file: WeightsFile) -> list[str]:
+    return [info.name for info in sorted(file.tensors.values(),
+                                         key=lambda i: (i.start, i.end, i.name))]
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's (key, value) pairs, in the order written."""
+
+
+def _key_orders(text: str) -> dict[str, tuple[str, ...]]:
+    """The top level's keys in written order (under ""), and each non-empty object's
+    keys under its own key: a tensor entry's fields, the metadata's keys."""
+    top = json.loads(text, object_pairs_hook=_Pairs)
+    orders = {"": tuple(key for key, _ in top)}
+    orders.update({key: tuple(k for k, _ in value) for key, value in top
+                   if isinstance(value, _Pairs) and value})
+    return orders
+
+
+def _spaces(text: str) -> tuple[list[tuple[int, str]], str]:
+    """The whitespace inside the JSON (each run with the count of other characters
+    before it) and the padding after it."""
+    body = text.rstrip(_SPACE)
+    runs: list[tuple[int, str]] = []
+    spaces = 0  # whitespace characters met so far
+    for token in _SPACE_OR_STRING.finditer(body):
+        if token.group()[0] != '"':
+            runs.append((token.start() - spaces, token.group()))
+            spaces += len(token.group())
+    return runs, text[len(body):]
 
 
 def compare_files(a: WeightsFile, b: WeightsFile) -> list[TensorDiff]:
@@ -194,24 +320,58 @@ def behaviour_of(predictions_a: list[int], predictions_b: list[int], metric: str
                      metrics_b.get(metric))
 
 
-def decide(tensors: list[TensorDiff], behaviour: Behaviour | None, tolerance: Tolerance,
+def decide(compared: FileComparison, behaviour: Behaviour | None, tolerance: Tolerance,
            env: EnvRelation) -> tuple[Verdict, list[str]]:
-    """The verdict and the reasons for it."""
+    """The verdict and the reasons for it (A the rebuild, B the published file)."""
+    tensors = compared.tensors
     structural = [d for d in tensors if d.status not in ("identical", "changed")]
     if structural:
         names = ", ".join(f"{d.name} ({d.status})" for d in structural[:5])
         return Verdict.DIFFERENT, [f"the networks do not have the same tensors: {names}"]
+    if compared.same_bytes:
+        return Verdict.IDENTICAL, [f"the same bytes: all {len(tensors)} tensors are "
+                                   "bit-identical, and so are the metadata and the header"]
     changed = [d for d in tensors if d.status == "changed"]
-    if not changed:
-        return Verdict.IDENTICAL, [f"all {len(tensors)} tensors are bit-identical"]
-    reasons = [f"{len(changed)} of {len(tensors)} tensors differ "
-               f"(largest relative L2 {changed[0].rel_l2:.3g} in {changed[0].name})"]
+    reasons = [f"{len(changed)} of {len(tensors)} tensors differ (largest relative L2 "
+               f"{changed[0].rel_l2:.3g} in {changed[0].name})" if changed
+               else f"all {len(tensors)} tensors are bit-identical"]
+    reasons += _file_reasons(compared)
+    if compared.metadata:
+        return Verdict.DIFFERENT, [*reasons, "no environment explains different metadata"]
     if env is not EnvRelation.OTHER:
         where = "this one" if env is EnvRelation.SAME else "unknown"
-        reasons.append(f"the published file's environment is {where}, so only bit-identical "
-                       "weights could be equivalent")
+        reasons.append(f"the published file's environment is {where}, so only the same "
+                       "bytes as the rebuild could pass")
         return Verdict.DIFFERENT, reasons
+    if not changed:  # another safetensors may write the same header differently
+        return Verdict.EQUIVALENT, [*reasons, "built on another environment; the tensors "
+                                    "and metadata are the same, only the header's layout is not"]
     return _within_tolerance(changed, behaviour, tolerance, reasons)
+
+
+def _file_reasons(compared: FileComparison) -> list[str]:
+    """What differs in the file beyond its tensors, in words."""
+    reasons: list[str] = []
+    if compared.metadata:
+        reasons.append(metadata_summary(compared.metadata, "the rebuild", "the published file"))
+    if compared.layout:
+        reasons.append(f"the header is written differently: {'; '.join(compared.layout)}")
+    return reasons
+
+
+def metadata_summary(diffs: tuple[MetadataDiff, ...], a: str, b: str) -> str:
+    """One line naming the metadata keys that differ (the first five), A and B named."""
+    def one(diff: MetadataDiff) -> str:
+        key = repr(diff.key) if len(diff.key) <= 40 else repr(diff.key[:40]) + "..."
+        if diff.change is Change.ONLY_IN_A:
+            return f"{key} only in {a}"
+        if diff.change is Change.ONLY_IN_B:
+            return f"{key} only in {b} ({diff.size_b} characters)"
+        return f"{key} changed ({diff.size_a} -> {diff.size_b} characters)"
+
+    more = f" and {len(diffs) - 5} more" if len(diffs) > 5 else ""
+    return (f"the metadata differs in {len(diffs)} key{'s' * (len(diffs) != 1)}: "
+            + ", ".join(one(d) for d in diffs[:5]) + more)
 
 
 def _within_tolerance(changed: list[TensorDiff], behaviour: Behaviour | None,

@@ -58,6 +58,12 @@ def render(report: ChallengeReport) -> None:
     print(f"tensors: {len(report.tensors) - len(changed)} identical, {len(changed)} not")
     for t in changed[:20]:
         print(f"  {t.name:32} {t.status:14} max abs {t.max_abs:<10.4g} rel L2 {t.rel_l2:.4g}")
+    if report.metadata:
+        print(f"metadata: {len(report.metadata)} of its keys differ")
+        for m in report.metadata[:20]:
+            print(f"  {m.key[:32]!r:34} {m.change.value:14} {m.size_a} -> {m.size_b} characters")
+    if report.layout:
+        print(f"header: written differently ({'; '.join(report.layout)})")
     if report.behaviour is not None:
         b = report.behaviour
         delta = b.metric_delta

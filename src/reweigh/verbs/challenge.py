@@ -1,8 +1,10 @@
 """`challenge`: is a published weights file what the recipe builds?
 
-Rebuild (or reuse) the recipe's item, compare the published file with it tensor
-by tensor, run the recipe's evaluation on both for behavioural evidence, and
-decide. The report is data; the command turns it into text and an exit code.
+Rebuild (or reuse) the recipe's item, compare the published file with it as a
+whole (tensor by tensor, then its metadata and how its header is written), run the
+recipe's evaluation on both for behavioural evidence where the tensors differ, and
+decide. `identical` means the same bytes; anything else names what differs. The
+report is data; the command turns it into text and an exit code.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 from ..compare import (
     Behaviour,
     EnvRelation,
+    MetadataDiff,
     TensorDiff,
     Verdict,
     behaviour_of,
-    compare_files,
+    compare_whole,
     decide,
 )
 from ..digest import file_digest
@@ -48,6 +51,8 @@ class ChallengeReport:
     tensors: tuple[TensorDiff, ...]
     behaviour: Behaviour | None
     isolation: str = "unrecorded"  # how the rebuild was isolated ("none": unisolated)
+    metadata: tuple[MetadataDiff, ...] = ()  # the __metadata__ keys that differ
+    layout: tuple[str, ...] = ()  # how the published header is written differently
 
     def to_json(self) -> dict[str, Any]:
         behaviour = None
@@ -62,6 +67,8 @@ class ChallengeReport:
             "environment_differences": list(self.environment_differences),
             "isolation": self.isolation,
             "tensors": [vars(t) for t in self.tensors],
+            "metadata": [m.to_json() for m in self.metadata],
+            "header_layout": list(self.layout),
             "behaviour": behaviour,
         }
 
@@ -81,7 +88,8 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
         the_plan = plan(recipe_dir, store)
         built = build_plan(the_plan, store, threads, False, reporter)
         item = store.resolve(built.path.name)
-        tensors = compare_files(read_header(item.weights), published_file)
+        compared = compare_whole(read_header(item.weights), published_file)
+        tensors = compared.tensors
         relation, differing = _relation(item, claimed)
         behaviour = None
         needs_evidence = any(t.status != "identical" for t in tensors)
@@ -90,13 +98,14 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
             behaviour = _behaviour(the_plan, store, item, published, threads, reporter)
         evaluation = the_plan.recipe.evaluate
         tolerance = evaluation.tolerance if evaluation else Tolerance()
-        verdict, reasons = decide(tensors, behaviour, tolerance, relation)
+        verdict, reasons = decide(compared, behaviour, tolerance, relation)
         isolation = isolation_of(item.path)
         if isolation == "none":
             reasons = [*reasons, f"the rebuild compared against was {UNISOLATED_NOTE}"]
         report = ChallengeReport(verdict, tuple(reasons), item.path, item.derivation,
                                  item.weights_digest, published, file_digest(published), relation,
-                                 tuple(differing), tuple(tensors), behaviour, isolation)
+                                 tuple(differing), tensors, behaviour, isolation,
+                                 compared.metadata, compared.layout)
         store.record_check(item, "challenge", verdict.value, {
             "published": str(published), "published_digest": report.published_digest,
             "environment": relation.value})
