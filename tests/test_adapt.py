@@ -137,6 +137,15 @@ def test_adapting_again_reuses_the_recipe_and_the_item(world: World, adapted: di
     assert again["derivation"] == adapted["derivation"]
 
 
+def test_the_text_output_keeps_each_held_out_metric_apart_from_its_value(
+        world: World, adapted: dict) -> None:
+    result = run_reweigh("adapt", "digits-cnn", "--data", world.data, "--name", "shapes",
+                         "--out", adapted["recipe"], "--threads", "1", store=world.store)
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "held-out" in line]
+    assert line.split() == ["held-out", "accuracy", f"{adapted['metrics']['accuracy']:.4f}"]
+
+
 def _digit_png(world: World, label: int) -> Path:
     """A scikit-learn digit the base gets right, drawn as a 32x32 PNG (bright ink)."""
     from sklearn.datasets import load_digits

@@ -278,6 +278,25 @@ def test_a_file_the_store_does_not_know_is_judged_opaque(tmp_path: Path) -> None
     assert policy(report, "debian")["verdict"] == "non-free model"
 
 
+def test_the_text_output_shows_each_reason_once_marking_the_rows_it_rests_on(
+        tmp_path: Path) -> None:
+    file = tmp_path / "mystery.safetensors"
+    save_file({"w": np.ones(3, dtype=np.float32)}, str(file))
+    code, report = check_json(file, tmp_path / "store")
+    result = run_reweigh("check", file, store=tmp_path / "store")
+    assert result.returncode == code == 1, result.stderr
+    sections = result.stdout.split("\n\n")[1:-1]
+    assert len(sections) == len(report["policies"]) == 4
+    for section, judged in zip(sections, report["policies"], strict=True):
+        rows = [e["text"] for e in judged["evidence"]]
+        for text in rows:  # a reason's evidence is in its row, not on a "because" line too
+            assert section.count(f"  {text}\n") == rows.count(text), (judged["policy"], text)
+        marked = [line for line in section.splitlines() if line.startswith("  * ")]
+        assert len(marked) == len(judged["reasons"]), section
+        assert f"because of the {len(marked)} rows marked *" in section or \
+            (len(marked) == 1 and "because of the row marked *" in section)
+
+
 def test_a_file_that_is_not_weights_exits_2(tmp_path: Path) -> None:
     file = tmp_path / "notes.txt"
     file.write_text("hello, this is not a weights file\n")
@@ -345,4 +364,17 @@ def test_a_non_free_weights_licence_fails_every_policy() -> None:
 
 def test_a_policy_is_a_pure_function_of_its_evidence() -> None:
     assert debian.evaluate(FREE, SETTINGS) == debian.evaluate(FREE, SETTINGS)
-    assert json.dumps(mof.evaluate(FREE, SETTINGS).to_json())  # serialisable as is
+
+
+@pytest.mark.parametrize("evidence", [FREE, with_(weights_licence="CC-BY-NC-4.0")],
+                         ids=["free", "non-free"])
+def test_a_policy_report_survives_strict_json_with_its_verdict_reasons_and_every_line(
+        evidence: Evidence) -> None:
+    report = mof.evaluate(evidence, SETTINGS)
+    data = report.to_json()
+    assert json.loads(json.dumps(data, allow_nan=False)) == data
+    assert (data["policy"], data["verdict"], data["passes"]) == \
+        ("mof", report.verdict.value, report.verdict.passes)
+    assert data["reasons"] == list(report.reasons) and data["reasons"]
+    assert [(e["component"], e["status"], e["text"]) for e in data["evidence"]] == \
+        [(line.component, line.status.value, line.text) for line in report.lines]

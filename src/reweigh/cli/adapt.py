@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  derivation      {report.build.derivation}")
     print(f"  weights         {report.build.weights_digest}")
     for name, value in report.metrics.items():
-        print(f"  {'held-out ' + name:16}{value:.4f}")
+        print(f"  {'held-out ' + name:15} {value:.4f}")  # a long name still gets its space
     if report.build.check is not None:
         print("  check           " + ("rebuilt weights are bit-identical" if not failed else
                                       f"MISMATCH: rebuilt {report.build.check.rebuilt_digest}"))

@@ -11,7 +11,7 @@ import argparse
 from ..policy.estimate import DEFAULT_MAX_CORE_HOURS, REFERENCE
 from ..policy.licenses import SOURCES
 from ..policy.policies import POLICIES
-from ..policy.report import PolicyReport, Status
+from ..policy.report import Line, PolicyReport, Status
 from ..progress import reporter_for
 from ..verbs.check import CheckReport, check
 from .common import (
@@ -76,13 +76,33 @@ def render(report: CheckReport) -> None:
 
 
 def render_policy(policy: PolicyReport) -> None:
+    """The verdict, its reasons and the evidence table. A reason that ends in a row's
+    evidence is not printed again: the row is marked `*` instead (JSON keeps both)."""
     verdict = colour(policy.verdict.value, TONES[policy.verdict.tone])
     print(f"\n{policy.title}: {verdict}")
+    marked = set()
     for reason in policy.reasons:
-        print(f"  because {reason}")
+        row = restated_row(reason, policy.lines)
+        if row is None:
+            print(f"  because {reason}")
+        else:
+            marked.add(row)
+    if marked:
+        rows = "row" if len(marked) == 1 else f"{len(marked)} rows"
+        print(f"  because of the {rows} marked *")
     width = max(len(line.component) for line in policy.lines)
-    print(f"  {'component':{width}}  {'status':10}  evidence")
-    for line in policy.lines:
+    print(f"    {'component':{width}}  {'status':10}  evidence")
+    for index, line in enumerate(policy.lines):
         status = colour(f"{line.status.value:10}", STATUS_COLOURS.get(line.status, "31"))
-        print(f"  {line.component:{width}}  {status}  {line.text}")
+        mark = "*" if index in marked else " "
+        print(f"  {mark} {line.component:{width}}  {status}  {line.text}")
     print(f"  source: {policy.source}")
+
+
+def restated_row(reason: str, lines: tuple[Line, ...]) -> int | None:
+    """The index of the failing row whose evidence `reason` ends with (the one it names,
+    when rows share their evidence), or None."""
+    rows = [i for i, line in enumerate(lines) if line.status not in (Status.OK, Status.INFO)
+            and line.text and reason.endswith(f": {line.text}")]
+    named = [i for i in rows if lines[i].component.split(" (")[0] in reason]
+    return (named or rows or [None])[0]
