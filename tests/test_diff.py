@@ -2,7 +2,8 @@
 
 The cases are made here from clean builds: a hidden trigger planted by fine-tuning
 (only fc1, so the untouched layers must stay unflagged), two clean builds (nothing
-flagged), another seed (different, but no trigger), bad input (exit 2, one line).
+flagged), another seed (different, but no trigger), a nudge below tolerance (said, not
+flagged), a metadata blob (flagged), bad input (exit 2, one line).
 The pure parts (distances, behaviour, ranking) are checked on small hand-made arrays.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,54 @@ def test_another_seed_differs_everywhere_but_hides_no_trigger(
     assert report.trigger["best"]["success_b"] < 0.8
 
 
+# --- below every flag, and beside the tensors --------------------------------------------------
+
+@pytest.mark.slow
+def test_files_that_differ_below_tolerance_say_so_instead_of_nothing_flagged(
+        digits_cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = digits_cnn
+    tensors = load_file(str(item / "weights.safetensors"))
+    tensors["fc1.bias"] = np.nextafter(tensors["fc1.bias"], np.float32(np.inf))  # one ulp
+    nudged = tmp_path / "nudged.safetensors"
+    save_file(tensors, str(nudged))
+    result = run_reweigh("diff", item, nudged, "--recipe", RECIPE, "--no-trigger",
+                         "--threads", 1, store=store)
+    assert result.returncode == 0, result.stderr
+    assert "7 of 8 tensors identical" in result.stdout
+    assert result.stdout.rstrip().endswith("verdict: differs below tolerance in 1 tensor")
+
+
+def _rewrite_header(source: Path, target: Path, header: dict) -> Path:
+    """A copy of a weights file with another header, its data kept."""
+    data = source.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    text = json.dumps(header).encode()
+    target.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
+    return target
+
+
+def _header(path: Path) -> dict:
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length])
+
+
+@pytest.mark.slow
+def test_a_metadata_blob_beside_identical_tensors_is_flagged_naming_the_key(
+        digits_cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    store, item = digits_cnn
+    header = {**_header(item / "weights.safetensors"), "__metadata__": {"payload": "x" * 5_000}}
+    blob = _rewrite_header(item / "weights.safetensors", tmp_path / "blob.safetensors", header)
+    result = run_reweigh("diff", item, blob, "--recipe", RECIPE, "--no-trigger", "--json",
+                         "--threads", 1, store=store)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert all(layer["identical"] for layer in report["layers"])
+    assert report["verdict"] == "flagged" and report["below_tolerance"] == 0
+    assert report["findings"] == ["the metadata differs in 1 key: 'payload' only in B "
+                                  "(5000 characters)"]
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -151,6 +201,24 @@ def test_a_file_that_is_not_safetensors_is_bad_input(digits_cnn: tuple[Path, Pat
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(pickle) in lines[0] and "header" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_file_safetensors_would_refuse_is_bad_input_in_one_line(
+        digits_cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    """An offset written `-0` reads as 0 to Python's json, but safetensors' loader, which
+    runs the recipe's code, refuses it: diff refuses it first, in one line."""
+    store, item = digits_cnn
+    source = item / "weights.safetensors"
+    data = source.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    text = data[8:8 + length].decode().replace('"data_offsets":[0,', '"data_offsets":[-0,', 1)
+    signed = tmp_path / "signed.safetensors"
+    signed.write_bytes(struct.pack("<Q", len(text)) + text.encode() + data[8 + length:])
+    result = run_reweigh("diff", item, signed, "--recipe", RECIPE, store=store)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert str(signed) in lines[0] and "data_offsets" in lines[0]
 
 
 def test_a_missing_file_or_item_is_bad_input(tmp_path: Path) -> None:

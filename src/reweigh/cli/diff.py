@@ -1,8 +1,9 @@
 """reweigh diff A B --recipe RECIPE [--json] [--report FILE.html]: where and how two differ.
 
-Exit 0 when nothing is flagged, 1 when anything is (a layer, the answers, a class,
-a trigger, a prompt), 2 for bad input (files of different architectures, an
-unreadable file, a bad probe set).
+Exit 0 when nothing is flagged, 1 when anything is (a layer, the metadata, the
+answers, a class, a trigger, a prompt), 2 for bad input (files of different
+architectures, an unreadable or malformed file, a bad probe set). Files that differ
+below every flag exit 0 and say so: "differs below tolerance in N tensors".
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def render(report: DiffReport, data: dict[str, Any]) -> None:
         mark = colour("flagged", "31") if layer.flagged else "       "
         print(f"  {mark} {layer.name:32} rel L2 {layer.rel_l2:<10.4g} cos dist "
               f"{layer.cosine_distance:<10.4g} max abs {layer.max_abs:.4g}")
+    for m in report.metadata[:12]:
+        print(f"  metadata {m.key[:32]!r:34} {m.change.value:10} {m.size_a} -> {m.size_b} "
+              "characters")
+    if report.layout:
+        print(f"header: written differently ({'; '.join(report.layout)})")
     _render_behaviour(data["behaviour"])
     _render_trigger(data["trigger"])
     _render_text(data["text"])
@@ -91,8 +97,8 @@ def render(report: DiffReport, data: dict[str, Any]) -> None:
     findings = report.findings()
     for finding in findings:
         print(f"  - {finding}")
-    verdict = colour("flagged", "31") if findings else colour("nothing flagged", "32")
-    print(f"verdict: {verdict}")
+    shade = "31" if findings else "33" if report.below_tolerance or report.layout else "32"
+    print(f"verdict: {colour(report.verdict(), shade)}")
 
 
 def _render_behaviour(section: dict[str, Any] | None) -> None:

@@ -7,7 +7,11 @@ evaluation data, a search for a hidden trigger, and for text models the prompts
 whose continuations moved most. The reference A is usually a clean rebuild, the
 suspect B the published file.
 
-Weight space is measured here, on memory-mapped files. Everything that needs the
+Weight space is measured here, on memory-mapped files, and so is the rest of the
+file: metadata that differs is flagged (a loader may act on it), a header written
+differently is said but not flagged, and tensors that moved less than the recipe's
+tolerance are said too ("differs below tolerance"), never passed off as nothing.
+Everything that needs the
 model runs the recipe's own code in the sandboxed child (mode "audit", see
 `reweigh.audit.child`); without an `evaluate.audit` entry the recipe's evaluation
 still gives the disagreement, and the report says what it could not look at.
@@ -26,13 +30,14 @@ from ..audit import behaviour as audit_behaviour
 from ..audit.probes import Probe, load_probes
 from ..audit.trigger import TriggerSettings
 from ..audit.weights import LayerDiff, layer_diffs
+from ..compare import MetadataDiff, layout_differences, metadata_differences, metadata_summary
 from ..digest import file_digest
 from ..errors import BuildError, RecipeError, UsageError
+from ..job import AuditSettings
 from ..progress import QuietReporter, Reporter
 from ..recipe import Tolerance
 from ..store import Store
 from ..weights import WeightsFile, read_header
-from ..job import AuditSettings
 from .build import Plan, plan, sandboxed, threads_for
 
 
@@ -58,22 +63,43 @@ class DiffReport:
     trigger: dict[str, Any] | None = None
     text: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()  # what was not looked at, and why
+    metadata: tuple[MetadataDiff, ...] = ()  # the __metadata__ keys that differ
+    layout: tuple[str, ...] = ()  # how B's header is written differently from A's
 
     @property
     def flagged(self) -> bool:
         return bool(self.findings())
 
+    @property
+    def below_tolerance(self) -> int:
+        """How many tensors differ without being flagged."""
+        return sum(1 for layer in self.layers if not (layer.identical or layer.flagged))
+
     def findings(self) -> list[str]:
         """One line per flagged thing; empty when nothing is."""
-        return [*_layer_findings(self), *_behaviour_findings(self.behaviour),
+        metadata = [metadata_summary(self.metadata, "A", "B")] if self.metadata else []
+        return [*_layer_findings(self), *metadata, *_behaviour_findings(self.behaviour),
                 *_trigger_findings(self.trigger), *_text_findings(self.text)]
+
+    def verdict(self) -> str:
+        """The one-line outcome: flagged, differing below every flag, or nothing."""
+        if self.flagged:
+            return "flagged"
+        if count := self.below_tolerance:
+            return f"differs below tolerance in {count} tensor{'s' * (count != 1)}"
+        if self.layout:
+            return "nothing flagged; the header is written differently"
+        return "nothing flagged"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "recipe": self.recipe,
             "a": {"path": str(self.a), "digest": self.a_digest},
             "b": {"path": str(self.b), "digest": self.b_digest},
-            "flagged": self.flagged, "findings": self.findings(), "notes": list(self.notes),
+            "flagged": self.flagged, "verdict": self.verdict(),
+            "below_tolerance": self.below_tolerance, "findings": self.findings(),
+            "notes": list(self.notes),
+            "metadata": [m.to_json() for m in self.metadata], "header_layout": list(self.layout),
             "layers": [layer.to_json() for layer in self.layers],
             "layer_threshold": self.layer_threshold,
             "behaviour": self.behaviour, "trigger": self.trigger, "text": self.text,
@@ -93,8 +119,10 @@ def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | Non
         evaluation = the_plan.recipe.evaluate
         tolerance = evaluation.tolerance if evaluation else Tolerance()
         layers = layer_diffs(weights_a, weights_b, tolerance.weights_rel_l2)
+        metadata = metadata_differences(weights_a, weights_b)
         report = DiffReport(the_plan.recipe.name, file_a, file_b, digest_a, digest_b,
-                            tuple(layers), tolerance.weights_rel_l2)
+                            tuple(layers), tolerance.weights_rel_l2, metadata=metadata,
+                            layout=() if metadata else layout_differences(weights_a, weights_b))
         if evaluation is None:
             return replace(report, notes=("the recipe has no [evaluate]: weight space only",))
         if evaluation.audit is None:
