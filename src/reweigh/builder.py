@@ -25,7 +25,7 @@ from typing import Any
 
 from . import environment, sandbox
 from .entries import render_traceback
-from .errors import BuildError
+from .errors import BuildError, EntryResultError
 from .job import Job, Sandbox
 from .progress import Reporter
 
@@ -45,6 +45,7 @@ class ChildResult:
     audit: dict[str, Any] | None = None  # what `diff` measured (mode "audit")
     violations: list[str] = field(default_factory=list)
     error: str | None = None
+    bad_result: bool = False  # the error: an entry point returned what reweigh cannot use
     frames: list[dict[str, Any]] = field(default_factory=list)  # the recipe's, when it raised
     started: float = 0.0
     finished: float = 0.0
@@ -270,6 +271,7 @@ _RECORD: dict[str, Callable[[ChildResult, dict[str, Any]], None]] = {
     "environment": lambda r, e: setattr(r, "environment", e["record"]),
     "violation": lambda r, e: r.violations.append(str(e["message"])),
     "error": lambda r, e: (setattr(r, "error", str(e["message"])),
+                           setattr(r, "bad_result", bool(e.get("bad_result"))),
                            setattr(r, "frames", list(e.get("frames") or []))),
 }
 
@@ -295,4 +297,6 @@ def raise_for_failure(result: ChildResult, log: Path, what: str,
         return
     details = (render_traceback(result.frames, reason, folder) if result.frames and
                not result.violations else log_tail(log))
+    if result.bad_result and not result.violations:  # the recipe's mistake, in one line
+        raise EntryResultError(f"{what} failed: {reason}", hint=f"log: {log}")
     raise BuildError(f"{what} failed: {reason}", hint=f"log: {log}", details=details)

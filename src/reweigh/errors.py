@@ -62,6 +62,14 @@ class BuildError(ReweighError):
     exit_code = 1
 
 
+class EntryResultError(BuildError):
+    """The recipe's code ran, but an entry point returned what reweigh cannot use (an
+    evaluation without predictions): a mistake in the recipe, so bad input, not a failed
+    build."""
+
+    exit_code = 2
+
+
 class StoreError(ReweighError):
     """The store is damaged or an item is missing."""
 

@@ -16,6 +16,7 @@ import functools
 import gc
 import importlib.util
 import json
+import numbers
 import os
 import random
 import signal
@@ -50,6 +51,11 @@ CHANGING_EVENTS = frozenset({"os.remove", "os.rename", "os.rmdir", "os.truncate"
 class ReplayDone(BaseException):
     """Raised at the end of a replayed segment; a BaseException so that training code's
     `except Exception` cannot swallow it."""
+
+
+class BadEntryResult(TypeError):
+    """An entry point returned what reweigh cannot use; the builder makes it exit 2 (a
+    mistake in the recipe), not exit 1 (a failed build)."""
 
 
 class NetworkBlocked(PermissionError):
@@ -140,7 +146,8 @@ class BuildContext:
     threads: int
     checkpoint_every: int = 0
     replay: Replay | None = None  # a segment to replay, from a checkpoint to a step
-    _metrics: dict[str, Any] = field(default_factory=dict)
+    _metrics: dict[str, int | float] = field(default_factory=dict)
+    _steps: dict[str, int] = field(default_factory=dict)  # each metric's last step
     _pool: Any = None
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
@@ -177,8 +184,17 @@ class BuildContext:
         return path
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
-        self._metrics[name] = float(value)
-        emit("metric", name=name, value=float(value), step=step)
+        """Add `value` to metrics.json's history (and make it `name`'s last value). An
+        integer stays one (53, not 53.0). Without `step`, the entry takes the step after
+        this metric's previous one: 0, 1, 2... for a metric logged once per epoch."""
+        number = metric_number(value)
+        if step is None:
+            step = self._steps.get(name, -1) + 1
+        elif isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"log_metric({name!r}): step must be an integer, not {step!r}")
+        self._steps[name] = int(step)
+        self._metrics[name] = number
+        emit("metric", name=name, value=number, step=int(step))
 
     def progress(self, done: int, total: int, label: str = "") -> None:
         emit("progress", done=done, total=total, label=label)
@@ -214,6 +230,15 @@ class BuildContext:
         from safetensors.torch import load_file
 
         return load_file(str(self.inputs[input_name] / "weights.safetensors"))
+
+
+def metric_number(value: Any) -> int | float:
+    """A metric as JSON keeps it: integers (numpy's and 0-d tensors' too) as integers,
+    anything else as a float."""
+    value = value.item() if hasattr(value, "item") else value  # numpy scalar, 0-d tensor
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value)
 
 
 def _on_one_thread(function: Callable[[Any], Any], item: Any) -> Any:
@@ -266,11 +291,18 @@ def evaluate(job: Job, inputs: dict[str, Path], weights_file: Path) -> dict[str,
     seed_everything(job.seed)
     ctx = EvalContext(inputs, job.params, job.seed, job.threads, load_file(str(weights_file)))
     result = function(ctx)
+    where = f"{job.evaluate} returned"
     if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
-        raise TypeError("the evaluation entry point must return {'metrics': {...}, "
-                        "'predictions': [...]}")
-    predictions = [int(p) for p in result.get("predictions", [])]
-    metrics = {str(k): float(v) for k, v in result["metrics"].items()}
+        got = "no 'metrics' dict" if isinstance(result, dict) else type(result).__name__
+        raise BadEntryResult(f"{where} {got}; an evaluation returns "
+                             "{'metrics': {...}, 'predictions': [...]}")
+    predictions = result.get("predictions")
+    predictions = predictions.tolist() if hasattr(predictions, "tolist") else predictions
+    if not isinstance(predictions, list | tuple):
+        raise BadEntryResult(f"{where} no 'predictions' list: one class index per evaluated "
+                             "input, what challenge compares ([] when nothing is held out)")
+    predictions = [int(p) for p in predictions]
+    metrics = {str(k): metric_number(v) for k, v in result["metrics"].items()}
     return {"metrics": metrics, "predictions": predictions}
 
 
@@ -342,8 +374,9 @@ def main() -> None:
         run(job)
     except BaseException as e:
         traceback.print_exc()
-        emit("error", message=f"{type(e).__name__}: {e}",
-             frames=recipe_frames(e.__traceback__, job.src))
+        bad_result = isinstance(e, BadEntryResult)
+        emit("error", message=str(e) if bad_result else f"{type(e).__name__}: {e}",
+             frames=recipe_frames(e.__traceback__, job.src), bad_result=bad_result)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)

@@ -1,0 +1,53 @@
+"""What the recipe's code meets inside the build process (`runtime`): metrics as logged,
+an evaluation's contract, and `ctx.resume_into`. Each test builds a small real recipe
+with the real command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .helpers import run_json, run_reweigh, store_is_empty, write_recipe
+
+EVALUATE = '[evaluate]\nentry = "train.py:evaluate"'
+
+METRICS = """
+import numpy as np
+
+def train(ctx):
+    for epoch in range(3):
+        ctx.log_metric("games", 50 + epoch)          # no step: 0, 1, 2
+    ctx.log_metric("loss", 0.5, step=10)
+    ctx.log_metric("loss", np.float32(0.25))         # the step after 10
+    ctx.log_metric("kept", np.int64(7), step=4)
+    ctx.save_weights({"w": np.zeros(2, dtype=np.float32)})
+
+def evaluate(ctx):
+    return {"metrics": {"correct": 53, "accuracy": 0.5}, "predictions": [1, 0]}
+"""
+
+
+def test_metrics_keep_integers_and_number_the_steps_not_given(tmp_path: Path) -> None:
+    built = run_json("build", write_recipe(tmp_path / "r", METRICS, extra=EVALUATE),
+                     store=tmp_path / "store")
+    metrics = json.loads((Path(built["path"]) / "metrics.json").read_text())
+    assert [(m["name"], m["value"], m["step"]) for m in metrics["history"]] == [
+        ("games", 50, 0), ("games", 51, 1), ("games", 52, 2), ("loss", 0.5, 10),
+        ("loss", 0.25, 11), ("kept", 7, 4)]
+    assert metrics["training"] == {"games": 52, "loss": 0.25, "kept": 7}
+    assert metrics["evaluation"] == {"correct": 53, "accuracy": 0.5}
+    assert all(type(m["value"]) is int for m in metrics["history"] if m["name"] != "loss")
+    assert type(metrics["evaluation"]["correct"]) is int
+
+
+def test_an_evaluation_without_predictions_is_the_recipe_s_mistake_exit_2(
+        tmp_path: Path) -> None:
+    train = METRICS.replace(', "predictions": [1, 0]', "")
+    store = tmp_path / "store"
+    result = run_reweigh("build", write_recipe(tmp_path / "r", train, extra=EVALUATE),
+                         store=store)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("reweigh: building test-recipe failed: train.py:evaluate returned "
+                           "no 'predictions' list"), line
+    assert store_is_empty(store)
