@@ -143,3 +143,17 @@ def test_check_catches_a_recipe_that_is_not_deterministic_and_names_the_tensor(
     data = run_json("build", recipe, "--check", store=store)
     assert data["check"]["identical"] is False
     assert [d["name"] for d in data["check"]["differing_tensors"]] == ["noisy"]
+
+
+def test_kept_logs_count_the_attempts_of_each_derivation_on_their_own(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    failing = "def train(ctx):\n    raise ValueError(ctx.params['which'])\n"
+    first = write_recipe(tmp_path / "a", failing, params='which = "a"')
+    second = write_recipe(tmp_path / "b", failing, params='which = "b"')
+    for recipe in (first, second, first):
+        assert run_reweigh("build", recipe, store=store).returncode == 1
+    attempts: dict[str, list[str]] = {}  # item name -> the attempt numbers of its logs
+    for log in sorted((store / "logs").iterdir()):
+        item, rest = log.name.split("-attempt-")
+        attempts.setdefault(item, []).append(rest.split("-")[0])
+    assert sorted(attempts.values()) == [["1"], ["1", "2"]], attempts

@@ -208,12 +208,17 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
                   "inputs": {i.name: i.digest for i in the_plan.inputs}}
         return out, record
     except BaseException as e:
-        kept = store.keep_log(log, f"{drv.item_name}-attempt-{attempt}")
+        kept = store.keep_log(log, f"{drv.item_name}-attempt-{_nth(store, drv.digest, attempt)}")
         store.end_attempt(attempt, "failed", getattr(e, "message", str(e)))
         remove_tree(work)
         if isinstance(e, BuildError) and kept:
             e.hint = f"log: {kept}"
         raise
+
+
+def _nth(store: Store, derivation: str, attempt: int) -> int:
+    """Which attempt at its derivation `attempt` (a store-wide id) is: 1, 2, ..."""
+    return [a["id"] for a in store.attempts(derivation)].index(attempt) + 1
 
 
 def stage_job(code: RecipeCode, work: Path, threads: int, mode: str = "build",
