@@ -264,8 +264,13 @@ def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, 
 
 def hidden_paths(*folders: Path) -> tuple[str, ...]:
     """Host folders the recipe's code must not see (the sandbox measures that it does not):
-    the user's home and those given (the store, the recipe's own folder)."""
-    return tuple(str(f.resolve()) for f in (Path.home(), *folders) if f.resolve() != Path("/"))
+    the user's home and those given (the store, the recipe's own folder). Not those under
+    the system's folders, which every run sees read-only on purpose (a recipe a
+    distribution installs under /usr/share, say)."""
+    system = [Path(d) for d in sandboxing.SYSTEM_DIRS]
+    resolved = [f.resolve() for f in (Path.home(), *folders)]
+    return tuple(str(f) for f in resolved
+                 if f != Path("/") and not any(f.is_relative_to(d) for d in system))
 
 
 def _input_stats(the_plan: Plan) -> list[tuple[str, int, int, int, int]]:
