@@ -336,3 +336,28 @@ def test_an_unprivileged_user_builds_and_rebuilds_bit_for_bit(
         "environment"]
     assert sandbox.held(env_record["isolation"])
     assert not any((folder / "store" / "tmp").iterdir())
+
+
+HELD = {"sandbox": "bubblewrap", "user_namespace": True, "pid_namespace": True,
+        "network": "loopback only", "no_new_privs": True, "seccomp": "filter",
+        "capabilities": "none", "hidden_paths_visible": []}
+
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("user_namespace", False, "no user namespace"), ("pid_namespace", False, "other processes"),
+    ("network", "host (eth0, lo)", "host's network"), ("no_new_privs", False, "no_new_privs"),
+    ("seccomp", "none", "system-call filter"), ("capabilities", "00000000a80425fb",
+                                                 "capabilities remain"),
+    ("hidden_paths_visible", ["/home/u"], "/home/u")])
+def test_each_guarantee_that_does_not_hold_is_named(key: str, value: object, said: str) -> None:
+    assert sandbox.failures(HELD) == [] and sandbox.held(HELD)
+    failed = sandbox.failures({**HELD, key: value})
+    assert len(failed) == 1 and said in failed[0]
+    assert not sandbox.held({**HELD, key: value})
+
+
+def test_a_filter_with_every_denied_call_compiles() -> None:
+    """libseccomp knows every call of the list on this machine, or it is skipped on
+    purpose (a call the kernel's headers lack); the program is whole BPF instructions."""
+    program = sandbox.seccomp_program()
+    assert len(program) % 8 == 0 and len(program) > 8 * len(sandbox.DENIED_CALLS)

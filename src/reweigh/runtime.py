@@ -146,6 +146,7 @@ class BuildContext:
     threads: int
     checkpoint_every: int = 0
     replay: Replay | None = None  # a segment to replay, from a checkpoint to a step
+    _resumed: bool = False  # whether the training code asked for the replay's start state
     _metrics: dict[str, int | float] = field(default_factory=dict)
     _steps: dict[str, int] = field(default_factory=dict)  # each metric's last step
     _pool: Any = None
@@ -205,6 +206,8 @@ class BuildContext:
         checkpoint at the segment's last step ends the run."""
         if not final and (self.checkpoint_every <= 0 or step % self.checkpoint_every):
             return False
+        if self.replay is not None:
+            self._check_replay(step, final)
         from .weights import save_state
 
         path = self.out / "checkpoints" / f"step-{step:09d}.safetensors"
@@ -216,11 +219,29 @@ class BuildContext:
             raise ReplayDone(step)
         return True
 
+    def _check_replay(self, step: int, final: bool) -> None:
+        """A replayed segment records one checkpoint, the one that ends it, and when it
+        starts from a checkpoint, it starts from that checkpoint's state: training that
+        ignores `resume()` would replay from step 0 and could still match, having spent
+        the whole training, not the segment."""
+        assert self.replay is not None
+        start, stop = self.replay.start, self.replay.stop
+        if start is not None and not self._resumed:
+            raise RuntimeError(f"the replay from {start} reached step {step} without calling "
+                               "ctx.resume(): a replayed segment must start from the state "
+                               "of its first checkpoint")
+        if not (final if stop is None else step == stop):
+            end = f"step {stop}" if stop is not None else "the final step"
+            raise RuntimeError(f"the replay from {start or 'scratch'} recorded a checkpoint at "
+                               f"step {step}, not at the segment's end ({end}): training "
+                               "did not continue from the given checkpoint")
+
     def resume(self) -> Any:
         """The training state to start from: None in a build from scratch, the state of a
         checkpoint when a verifier replays the segment that starts there."""
         if self.replay is None or self.replay.start is None:
             return None
+        self._resumed = True
         from .weights import load_state
 
         return load_state(Path(self.replay.start))
@@ -339,8 +360,8 @@ def isolation_held(asked: Sandbox) -> dict[str, Any]:
     """What isolation this process has, measured; a sandbox that was asked for and does
     not hold is a violation: the build fails rather than claim what it did not have."""
     measured = {"sandbox": asked.kind, **sandbox.measure(asked.hidden)}
-    if asked.kind != sandbox.NONE and not sandbox.held(measured):
-        _refuse(PermissionError, f"the sandbox did not hold: {json.dumps(measured)}")
+    if asked.kind != sandbox.NONE and (failed := sandbox.failures(measured)):
+        _refuse(PermissionError, "the sandbox did not hold: " + "; ".join(failed))
     return measured
 
 

@@ -328,13 +328,27 @@ def measure(hidden: Iterable[str] = ()) -> dict[str, Any]:
     }
 
 
+# What each guarantee must measure as, and what it means when it does not.
+EXPECTED: dict[str, tuple[Any, str]] = {
+    "user_namespace": (True, "no user namespace of its own"),
+    "pid_namespace": (True, "other processes are in sight"),
+    "network": ("loopback only", "the host's network is in reach"),
+    "no_new_privs": (True, "no_new_privs is not set"),
+    "seccomp": ("filter", "no system-call filter"),
+    "capabilities": ("none", "capabilities remain"),
+    "hidden_paths_visible": ([], "host folders that must be hidden are visible"),
+}
+
+
+def failures(measured: dict[str, Any]) -> list[str]:
+    """The guarantees that did not hold, each said in words with what was measured."""
+    return [f"{why} ({key}: {measured.get(key)!r})"
+            for key, (want, why) in EXPECTED.items() if measured.get(key) != want]
+
+
 def held(measured: dict[str, Any]) -> bool:
     """Whether every guarantee of the sandbox was measured to hold."""
-    return (measured.get("user_namespace") is True and measured.get("pid_namespace") is True
-            and measured.get("network") == "loopback only"
-            and measured.get("no_new_privs") is True and measured.get("seccomp") == "filter"
-            and measured.get("capabilities") == "none"
-            and measured.get("hidden_paths_visible") == [])
+    return not failures(measured)
 
 
 def _exposed(path: Path, allowed: list[Path]) -> bool:
