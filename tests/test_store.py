@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -67,10 +68,33 @@ def test_store_verify_finds_a_corrupted_byte_in_a_weights_file(
                                     "relpath": "weights.safetensors", "problem": "modified"}]
 
 
-def test_items_are_read_only(tmp_path: Path, store: Path) -> None:
-    data = run_json("build", write_recipe(tmp_path / "r"), store=store)
-    for path in Path(data["path"]).rglob("*"):
-        assert not path.stat().st_mode & 0o222, path
+CHECKPOINTED = """
+import numpy as np
+
+def train(ctx):
+    for step in range(2):
+        ctx.checkpoint(step, {"w": np.full(2, step, dtype=np.float32)}, final=step == 1)
+    ctx.save_weights({"w": np.ones(2, dtype=np.float32)})
+"""
+
+
+def test_items_and_inputs_are_read_only_and_readable_by_all(tmp_path: Path,
+                                                            store: Path) -> None:
+    """Files 0444 and folders 0555, the weights and checkpoints too (written 0600 by the
+    build): a copy of the weights is readable by others; the store root's own mode
+    decides who may read the store."""
+    recipe = write_recipe(tmp_path / "r", CHECKPOINTED, build="checkpoint_every = 1",
+                          inputs='[inputs.data]\npath = "data"', files={"data/a.txt": "1\n"})
+    item = Path(run_json("build", recipe, store=store)["path"])
+    assert (item / "checkpoints").is_dir()
+    kept = [item, *item.rglob("*")]
+    for folder in (store / "inputs").iterdir():  # inputs/<digest>/<the input>
+        kept += [p for entry in folder.iterdir() for p in (entry, *entry.rglob("*"))]
+    modes = {p.relative_to(store).as_posix(): oct(stat.S_IMODE(p.stat().st_mode))
+             for p in kept}
+    expected = {name: "0o555" if (store / name).is_dir() else "0o444" for name in modes}
+    assert modes == expected
+    assert any(name.endswith("/data/a.txt") for name in modes)
 
 
 def test_a_build_killed_mid_training_leaves_no_item_and_the_next_build_succeeds(

@@ -436,11 +436,17 @@ def _verify_item(root: Path, item: str, listing: dict[str, str]) -> list[Corrupt
 
 
 def make_read_only(path: Path) -> None:
-    """Drop write permission everywhere under path (items are immutable)."""
+    """Make path and everything under it read-only for all and readable by all: files
+    0444 (0555 for one that could be run), folders 0555, whatever they were written with;
+    a build's umask (weights written 0600) must not make a copy of the weights unreadable
+    to others. The store root's own mode decides who may read the store."""
     paths = [path, *path.rglob("*")] if path.is_dir() else [path]
     for p in sorted(paths, reverse=True):
-        mode = p.stat().st_mode
-        p.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        mode = p.lstat().st_mode
+        if stat.S_ISDIR(mode) or (stat.S_ISREG(mode) and mode & 0o111):
+            p.chmod(0o555)
+        elif stat.S_ISREG(mode):
+            p.chmod(0o444)
 
 
 def remove_tree(path: Path) -> None:
