@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from reweigh import build, gc, install
 from reweigh.store import Store
 
-from .helpers import run_reweigh, write_recipe
+from .helpers import run_json, run_reweigh, write_recipe
 
 READS_DATA = """
 import numpy as np
@@ -145,3 +147,63 @@ def test_gc_waits_for_a_build_holding_its_lock(tmp_path: Path, holding: str) -> 
     collector.join(120)
     assert not collector.is_alive() and len(reports[0].removed_items) == 1
     assert store.items() == []
+
+
+KILLED_GC = """
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from reweigh import gc
+from reweigh.store import Store
+
+
+def killed(path, *args, **kwargs):
+    # delete one file of the folder being removed, then die as a SIGKILL would
+    for folder, _, files in os.walk(path):
+        if files:
+            os.unlink(os.path.join(folder, files[0]))
+            break
+    os._exit(9)
+
+
+shutil.rmtree = killed
+gc(Store(Path(sys.argv[1])), grace=0)
+"""
+
+
+def test_a_gc_killed_mid_delete_leaves_no_half_deleted_item_and_the_next_gc_clears_it(
+        tmp_path: Path) -> None:
+    store_root = tmp_path / "store"
+    store = Store(store_root)
+    item = build(_with_data(tmp_path, "doomed", "1"), store=store)
+    files = [p for p in item.path.rglob("*") if p.is_file()]
+    killed = subprocess.run([sys.executable, "-c", KILLED_GC, str(store_root)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == 9, killed.stderr
+    assert not item.path.exists()  # moved aside whole before its first file went
+    (debris,) = (store_root / "tmp").glob("trash-*")
+    assert len([p for p in debris.rglob("*") if p.is_file()]) == len(files) - 1
+    # the index rows went first: what is left at a real path is whole, and only unknown
+    verified = run_json("store", "verify", store=store_root)
+    assert {p["problem"] for p in verified["corrupted"]} <= {"unknown"}
+
+    result = run_reweigh("gc", "--grace", "0", "--json", store=store_root)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cleared"] == [debris.name]
+    assert not any((store_root / "tmp").iterdir())
+    assert not any((store_root / "items").iterdir())
+    assert not any((store_root / "inputs").iterdir())
+    assert run_json("store", "verify", store=store_root)["ok"]
+
+
+def test_gc_refuses_to_take_a_whole_store_for_debris_when_its_index_was_lost(
+        tmp_path: Path) -> None:
+    store_root = tmp_path / "store"
+    item = build(_with_data(tmp_path, "kept", "1"), store=Store(store_root))
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (store_root / name).unlink(missing_ok=True)
+    result = run_reweigh("gc", "--grace", "0", store=store_root)
+    assert result.returncode == 1
+    assert "reweigh store repair" in result.stderr and item.path.is_dir()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +176,102 @@ def test_a_store_item_is_an_input_for_fine_tuning(tmp_path: Path, store: Path) -
     assert base_dep["annotations"]["kind"] == "item"
     assert base_dep["digest"]["sha256"] == base["weights_digest"][7:]
     assert "base_model:" in (Path(result["path"]) / "MODEL_CARD.md").read_text()
+
+
+COUNTS_CORPUS = """
+import numpy as np
+
+def train(ctx):
+    root = ctx.inputs["corpus"]
+    texts = sorted(p.read_text() for p in root.rglob("*") if p.is_file())
+    ctx.save_weights({"w": np.array([len(texts), sum(map(len, texts))], dtype=np.float32)})
+"""
+CORPUS = {"corpus/a.txt": "alpha", "corpus/b/c.txt": "gamma", "corpus/b/d.txt": "delta",
+          "corpus/e.txt": "epsilon"}
+
+
+def _corpus_recipe(directory: Path, seed: int) -> Path:
+    recipe = write_recipe(directory, COUNTS_CORPUS, inputs='[inputs.corpus]\npath = "corpus"',
+                          files=CORPUS)
+    text = (recipe / "recipe.toml").read_text()
+    (recipe / "recipe.toml").write_text(text.replace("seed = 1", f"seed = {seed}"))
+    return recipe
+
+
+def _kept_corpus(store: Path) -> Path:
+    (kept,) = (store / "inputs").glob("*/corpus")
+    return kept
+
+
+def _weights(item: str) -> list[float]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(Path(item) / "weights.safetensors"))["w"].tolist()
+
+
+def test_a_half_deleted_input_in_the_store_is_staged_again_never_trained_on(
+        tmp_path: Path, store: Path) -> None:
+    """As a gc killed mid-delete (before gc moved folders aside) would leave it: some files
+    of a kept folder gone. The next recipe with the same input must get it whole."""
+    first = run_json("build", _corpus_recipe(tmp_path / "one", seed=1), store=store)
+    assert _weights(first["path"]) == [4.0, 22.0]
+    kept = _kept_corpus(store)
+    for folder in (kept, kept / "b"):
+        folder.chmod(0o755)
+    (kept / "b" / "c.txt").unlink()
+    (kept / "e.txt").unlink()
+
+    second = run_json("build", _corpus_recipe(tmp_path / "two", seed=2), store=store)
+    assert not second["reused"]
+    assert _weights(second["path"]) == [4.0, 22.0]  # the whole corpus, not what was left
+    assert sorted(p.name for p in _kept_corpus(store).rglob("*.txt")) == [
+        "a.txt", "c.txt", "d.txt", "e.txt"]
+    log = (store / "logs" / "store.log").read_text()
+    assert "damaged (2 file(s) missing)" in log and "stages it again" in log
+    assert run_reweigh("store", "verify", store=store).returncode == 0
+
+
+def test_a_kept_input_rewritten_with_its_times_restored_is_caught(
+        tmp_path: Path, store: Path) -> None:
+    """Size and modification time can be put back; the change time cannot."""
+    run_json("build", _corpus_recipe(tmp_path / "one", seed=1), store=store)
+    target = _kept_corpus(store) / "a.txt"
+    before = target.stat()
+    target.chmod(0o644)
+    target.write_text("ALPHA")  # same size
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    verified = run_json("store", "verify", store=store)
+    assert verified["corrupted"] == [{"item": _kept_corpus(store).relative_to(store).as_posix(),
+                                      "relpath": "", "problem": "modified"}]
+    second = run_json("build", _corpus_recipe(tmp_path / "two", seed=2), store=store)
+    assert _kept_corpus(store).joinpath("a.txt").read_text() == "alpha"
+    assert _weights(second["path"]) == [4.0, 22.0]
+
+
+def test_store_verify_names_the_files_a_half_deleted_input_lost(
+        tmp_path: Path, store: Path) -> None:
+    run_json("build", _corpus_recipe(tmp_path / "one", seed=1), store=store)
+    kept = _kept_corpus(store)
+    (kept / "b").chmod(0o755)
+    (kept / "b" / "d.txt").unlink()
+    report = run_json("store", "verify", store=store)
+    assert not report["ok"] and report["corrupted"] == [
+        {"item": kept.relative_to(store).as_posix(), "relpath": "b/d.txt",
+         "problem": "missing"}]
+
+
+def test_inputs_kept_before_their_files_were_recorded_are_still_reused(
+        tmp_path: Path, store: Path) -> None:
+    """A store from before the input_files table: the first reuse rehashes and records."""
+    recipe = _corpus_recipe(tmp_path / "one", seed=1)
+    first = run_json("build", recipe, store=store)
+    with sqlite3.connect(store / "index.sqlite") as db:
+        db.execute("DROP TABLE input_files")
+    kept = _kept_corpus(store)
+    assert run_json("build", recipe, store=store)["reused"]
+    second = run_json("build", _corpus_recipe(tmp_path / "two", seed=2), store=store)
+    assert _kept_corpus(store) == kept and _weights(second["path"]) == _weights(first["path"])
+    with sqlite3.connect(store / "index.sqlite") as db:
+        recorded = db.execute("SELECT relpath FROM input_files ORDER BY relpath").fetchall()
+    assert recorded == [("a.txt",), ("b/c.txt",), ("b/d.txt",), ("e.txt",)]
+    assert not (store / "logs" / "store.log").exists()

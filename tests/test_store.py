@@ -4,29 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from reweigh.store import Store
 
-from .helpers import run_json, run_reweigh, write_recipe
+from .helpers import ROOT, run_json, run_reweigh, write_recipe
 
 SLOW_TRAIN = """
-import os, time
+import time
 import numpy as np
 
 def train(ctx):
-    gate = ctx.params["gate"]
-    step = 0
-    while not os.path.exists(gate):  # keeps training until the test opens the gate
+    for step in range(ctx.params["steps"]):  # long enough for the test to kill it first
         ctx.checkpoint(step, {"w": np.full(2, step, dtype=np.float32)})
         time.sleep(0.05)
-        step += 1
     ctx.save_weights({"w": np.ones(2, dtype=np.float32)})
 """
 
@@ -99,8 +102,7 @@ def test_items_and_inputs_are_read_only_and_readable_by_all(tmp_path: Path,
 
 def test_a_build_killed_mid_training_leaves_no_item_and_the_next_build_succeeds(
         tmp_path: Path, store: Path) -> None:
-    gate = tmp_path / "gate"
-    recipe = write_recipe(tmp_path / "r", SLOW_TRAIN, params=f'gate = "{gate}"',
+    recipe = write_recipe(tmp_path / "r", SLOW_TRAIN, params="steps = 100",
                           build="checkpoint_every = 1")
     command = [sys.executable, "-m", "reweigh.cli.main", "build", str(recipe), "--store",
                str(store)]
@@ -111,7 +113,6 @@ def test_a_build_killed_mid_training_leaves_no_item_and_the_next_build_succeeds(
     _wait_for(lambda: not _runtime_processes(store), timeout=10)
     assert not any((store / "items").iterdir())
 
-    gate.touch()
     again = run_json("build", recipe, store=store)
     assert not again["reused"]
     assert [p.name for p in (store / "items").iterdir()] == [Path(again["path"]).name]
@@ -121,16 +122,15 @@ def test_a_build_killed_mid_training_leaves_no_item_and_the_next_build_succeeds(
 
 
 def test_two_builds_of_one_recipe_at_once_train_once(tmp_path: Path, store: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    recipe = write_recipe(tmp_path / "r", f"""
-        import os, time
+    """The sandbox sees nothing outside its build: the attempts the index records say
+    how many times the recipe trained."""
+    recipe = write_recipe(tmp_path / "r", """
+        import time
         import numpy as np
 
         def train(ctx):
-            open(os.path.join("{marks}", str(os.getpid())), "w").close()
             time.sleep(2)
-            ctx.save_weights({{"w": np.ones(3, dtype=np.float32)}})
+            ctx.save_weights({"w": np.ones(3, dtype=np.float32)})
         """)
     command = [sys.executable, "-m", "reweigh.cli.main", "build", str(recipe), "--json",
                "--store", str(store)]
@@ -140,7 +140,6 @@ def test_two_builds_of_one_recipe_at_once_train_once(tmp_path: Path, store: Path
     assert all(b.returncode == 0 for b in builds)
     assert sorted(r["reused"] for r in reports) == [False, True]
     assert reports[0]["path"] == reports[1]["path"]
-    assert len(list(marks.iterdir())) == 1
     assert [a["status"] for a in Store(store).attempts()] == ["built"]
 
 
@@ -203,3 +202,115 @@ def test_a_build_clears_its_debris_but_not_a_running_scratch_run(tmp_path: Path)
         pass
     assert running.is_dir()
     assert not leftover.exists() and not abandoned.exists()
+
+
+NOT_ROOT_COMMIT = """
+import sys
+from pathlib import Path
+
+from reweigh.digest import path_digest
+from reweigh.store import Store
+
+store = Store(Path(sys.argv[1]))
+built = store.new_build_dir("sha256:" + "ab" * 32)
+(built / "sub").mkdir()
+(built / "sub" / "notes.txt").write_text("kept")
+(built / "weights.safetensors").write_bytes(b"weights")
+item = store.commit(built, "ab" * 16 + "-test-1", {
+    "derivation": "sha256:" + "ab" * 32, "name": "test", "version": "1",
+    "weights_digest": "sha256:" + "0" * 64})
+writable = [str(p) for p in [item.path, *item.path.rglob("*")] if p.stat().st_mode & 0o222]
+assert not writable, writable
+staged = store.new_staging_dir() / "data"
+(staged / "deeper").mkdir(parents=True)
+(staged / "deeper" / "table.csv").write_text("x,y")
+digest = path_digest(staged)
+kept = store.add_input(staged, digest, "path", {"path": "data"})
+assert store.input_path(digest) == kept and not kept.stat().st_mode & 0o222
+store.forget([item.path.name], [digest])
+assert not item.path.exists() and not kept.exists()
+assert not list((store.root / "tmp").glob("trash-*"))
+print("committed and removed as uid", __import__("os").getuid())
+"""
+
+
+def _as_nobody(store: Path) -> list[str]:
+    """The command that runs Python as `nobody` (uid 65534) on a store it owns. The
+    venv's own interpreter lives under /root, out of nobody's reach: Debian's python3.11
+    (the same ABI) is given the source and the venv's packages instead."""
+    if not (shutil.which("setpriv") and Path("/usr/bin/python3.11").is_file()):
+        pytest.skip("running as root, without setpriv or /usr/bin/python3.11 to drop it")
+    for folder in (store.parent, store):
+        folder.mkdir(exist_ok=True)
+        os.chown(folder, 65534, 65534)
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+            "/usr/bin/python3.11", "-s"]
+
+
+def test_a_user_who_is_not_root_commits_an_item_and_an_input_and_removes_them() -> None:
+    """Linux moves a folder to another parent only if the user may write to it (its `..`
+    changes): committing a read-only folder failed for everyone but root."""
+    with tempfile.TemporaryDirectory() as scratch:  # /tmp: reachable by any user
+        os.chmod(scratch, 0o755)
+        store = Path(scratch) / "owned" / "store"
+        command = _as_nobody(store) if os.geteuid() == 0 else [sys.executable]
+        packages = sysconfig.get_paths()["purelib"]
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(store.parent),
+               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), packages])}
+        result = subprocess.run([*command, "-c", NOT_ROOT_COMMIT, str(store)], env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        assert "committed and removed as uid" in result.stdout
+        if os.geteuid() == 0:
+            assert "uid 65534" in result.stdout
+
+
+def test_a_symbolic_link_in_the_output_is_refused_and_what_it_points_to_is_untouched(
+        tmp_path: Path, store: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the store's")
+    outside.chmod(0o644)
+    recipe = write_recipe(tmp_path / "r", f"""
+        import os
+        import numpy as np
+
+        def train(ctx):
+            ctx.save_weights({{"w": np.ones(2, dtype=np.float32)}})
+            os.symlink({str(outside)!r}, ctx.out / "escape")
+        """)
+    result = run_reweigh("build", recipe, store=store)
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "escape" in line and "not a regular file" in line
+    assert outside.stat().st_mode & 0o777 == 0o644
+    assert not any((store / "items").iterdir())
+
+
+def test_store_verify_names_item_folders_a_lost_index_no_longer_knows(
+        tmp_path: Path, store: Path) -> None:
+    data = run_json("build", write_recipe(tmp_path / "r"), store=store)
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (store / name).unlink(missing_ok=True)
+    result = run_reweigh("store", "verify", store=store)
+    assert result.returncode == 1
+    assert "all 0 items verified" not in result.stdout
+    assert f"unknown    {Path(data['path']).name}" in result.stdout
+    assert "reweigh store repair" in result.stdout
+    report = run_json("store", "verify", store=store)
+    assert not report["ok"] and report["corrupted"] == [
+        {"item": Path(data["path"]).name, "relpath": "", "problem": "unknown"}]
+
+
+def test_an_unreadable_index_stops_every_command_with_one_line(
+        tmp_path: Path, store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r")
+    data = run_json("build", recipe, store=store)
+    index = store / "index.sqlite"
+    index.write_bytes(random.Random(1).randbytes(index.stat().st_size))
+    for command in (["list"], ["show", "test-recipe"], ["path", data["path"]],
+                    ["build", recipe], ["gc"], ["store", "verify"]):
+        result = run_reweigh(*command, store=store)
+        assert result.returncode == 2, (command, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, (command, lines)
+        assert str(index) in lines[0] and "reweigh store repair" in lines[0], lines[0]

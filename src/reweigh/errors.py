@@ -76,6 +76,13 @@ class StoreError(ReweighError):
     exit_code = 1
 
 
+class IndexUnreadable(StoreError):
+    """The store's SQLite index cannot be read (overwritten, truncated): every command
+    stops with one line; `reweigh store repair` rebuilds it from the items."""
+
+    exit_code = 2
+
+
 class CheckFailed(ReweighError):
     """A rebuild or comparison did not give the required result."""
 

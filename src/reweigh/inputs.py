@@ -5,6 +5,8 @@ named by its digest, whatever it came from: a file or folder in the recipe, a da
 set shipped inside an installed package, a URL (downloaded once, verified), or
 another store item (a base model to fine-tune). A declared digest that does not
 match is an error, never a warning, and nothing unverified enters the store.
+A kept copy found damaged when it is reused is no copy (`Store.input_path` removes it
+and says so in the store's log): the input is staged again from its source here.
 """
 
 from __future__ import annotations

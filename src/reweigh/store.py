@@ -5,13 +5,20 @@ Layout under the root (`$REWEIGH_STORE`, else `$XDG_DATA_HOME/reweigh/store`):
     index.sqlite            items, their files, inputs, build attempts, checks, imports
     items/<hash>-<name>-<version>/   one build output, read-only once committed
     inputs/<hex>/<name>     inputs by content digest (downloads, recipe files, package data)
-    tmp/                    builds in progress; moved into items/ with one rename
-    locks/                  one lock file per derivation
+    tmp/                    builds in progress; moved into items/ with one rename;
+                            trash-*: what is being removed, moved aside first
+    locks/                  one lock file per derivation (and per input, for its repair)
+    logs/                   failed builds' logs; store.log: what the store repaired itself
 
 The store and the builder are the only modules that write to disk. An item
 appears with a single `rename`, so a killed build leaves nothing in `items/`;
 the index row is written after the rename and an item directory without a row
-is treated as debris and removed under the derivation's lock.
+is treated as debris and removed under the derivation's lock. What is removed is
+first moved aside (`trees.discard`), so no half-deleted folder is ever at its path.
+
+The index itself lives in `store_index` (with what happens when SQLite cannot read
+it), and the inputs, with the cheap check that they are still whole each time they
+are reused, in `store_inputs`.
 """
 
 from __future__ import annotations
@@ -22,41 +29,20 @@ import json
 import os
 import shutil
 import sqlite3
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .digest import bytes_digest, file_digest, path_digest, short
-from .errors import UsageError
+from .digest import bytes_digest, file_digest, short
+from .errors import BuildError, UsageError
+from .store_index import create, transaction
+from .store_inputs import KeptInputs
+from .trees import discard, make_read_only, move_read_only, odd_entries, remove_tree
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-  path TEXT PRIMARY KEY, derivation TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
-  version TEXT NOT NULL, weights_digest TEXT NOT NULL, environment_digest TEXT,
-  created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS item_files (
-  item TEXT NOT NULL, relpath TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
-  PRIMARY KEY (item, relpath));
-CREATE TABLE IF NOT EXISTS inputs (
-  digest TEXT PRIMARY KEY, kind TEXT NOT NULL, origin TEXT NOT NULL, path TEXT NOT NULL,
-  added_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS item_inputs (
-  item TEXT NOT NULL, name TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (item, name));
-CREATE TABLE IF NOT EXISTS attempts (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, derivation TEXT NOT NULL, name TEXT NOT NULL,
-  purpose TEXT NOT NULL, status TEXT NOT NULL, threads INTEGER, pid INTEGER,
-  started_at REAL NOT NULL, ended_at REAL, message TEXT);
-CREATE TABLE IF NOT EXISTS checks (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, item TEXT NOT NULL, kind TEXT NOT NULL,
-  result TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS imports (
-  item TEXT PRIMARY KEY, source_name TEXT NOT NULL, source_digest TEXT NOT NULL,
-  format TEXT NOT NULL, license TEXT, origin TEXT, no_training_data INTEGER NOT NULL,
-  at REAL NOT NULL);
-"""
+__all__ = ["Corruption", "Store", "StoreItem", "default_root", "gc_lock", "make_read_only",
+           "remove_tree"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +64,7 @@ class StoreItem:
 class Corruption:
     item: str
     relpath: str
-    problem: str  # "modified", "missing" or "unexpected"
+    problem: str  # "modified", "missing", "unexpected", or "unknown" (no index row)
 
 
 def default_root() -> Path:
@@ -88,6 +74,19 @@ def default_root() -> Path:
     return Path(data_home) / "reweigh" / "store"
 
 
+@contextlib.contextmanager
+def gc_lock(root: Path, exclusive: bool) -> Iterator[None]:
+    """Shared by builds and installs, exclusive for `gc` and `store repair` (like Guix's
+    gc lock); a function of the root, since repair takes it before the index opens."""
+    (root / "locks").mkdir(parents=True, exist_ok=True)
+    with open(root / "locks" / "gc.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Store:
     """An open store; every method is safe to call from several processes at once."""
 
@@ -95,26 +94,12 @@ class Store:
         self.root = (root or default_root()).absolute()
         for sub in ("items", "inputs", "tmp", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        create(self.root)
+        self._inputs = KeptInputs(self.root)
 
     # --- index -----------------------------------------------------------------
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=60000")
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            if db.in_transaction:
-                db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.root)
 
     def items(self) -> list[StoreItem]:
         with self._db() as db:
@@ -179,15 +164,9 @@ class Store:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    @contextlib.contextmanager
-    def gc_lock(self, exclusive: bool) -> Iterator[None]:
-        """Shared by builds and installs, exclusive for `gc` (like Guix's gc lock)."""
-        with open(self.root / "locks" / "gc.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def gc_lock(self, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        """Shared by builds and installs, exclusive for `gc` and `store repair`."""
+        return gc_lock(self.root, exclusive)
 
     # --- garbage collection: roots in, removal out (the verb decides what is garbage) ---
     def add_root(self, profile: Path) -> None:
@@ -229,23 +208,34 @@ class Store:
 
     def forget(self, items: list[str], inputs: list[str]) -> None:
         """Remove items (by directory name) and inputs (by digest): their index rows in one
-        transaction, then their files; the caller holds the gc lock exclusively."""
+        transaction, then every folder without a row, each moved aside before it is
+        deleted; the caller holds the gc lock exclusively. So what goes also includes
+        debris of commits interrupted between their rename and their row, and of an
+        earlier gc killed between its rows and its files."""
         with self._db() as db:
-            paths = [row[0] for d in inputs
-                     for row in db.execute("SELECT path FROM inputs WHERE digest = ?", (d,))]
             for table, key in (("items", "path"), ("item_files", "item"),
                                ("item_inputs", "item"), ("checks", "item"), ("imports", "item")):
                 db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in items])
-            db.executemany("DELETE FROM inputs WHERE digest = ?", [(d,) for d in inputs])
-        doomed = [self.root / "items" / i for i in items]
-        doomed += [(self.root / rel).parent for rel in paths]
-        for path in doomed:
-            remove_tree(path)
+            for table in ("inputs", "input_files"):
+                db.executemany(f"DELETE FROM {table} WHERE digest = ?", [(d,) for d in inputs])
+        for name in self.unknown_items():
+            discard(self.root / "items" / name, self.root / "tmp")
+        self._inputs.discard_unknown()
+
+    def unknown_items(self) -> list[str]:
+        """Folders in items/ that the index does not know."""
         with self._db() as db:
             known = {row[0] for row in db.execute("SELECT path FROM items")}
-        for entry in (self.root / "items").iterdir():  # debris of interrupted commits
-            if entry.name not in known:
+        return sorted(e.name for e in (self.root / "items").iterdir() if e.name not in known)
+
+    def clear_trash(self) -> list[str]:
+        """Remove what interrupted removals left in tmp/ (their process is gone)."""
+        cleared = []
+        for entry in (self.root / "tmp").glob("trash-*"):
+            if not _alive(entry.name.split("-")[1]):
                 remove_tree(entry)
+                cleared.append(entry.name)
+        return sorted(cleared)
 
     def _clear_debris(self, derivation: str) -> None:
         """Under the lock nobody else builds this derivation: whatever is left is debris.
@@ -262,7 +252,7 @@ class Store:
             known = {row[0] for row in db.execute("SELECT path FROM items")}
         for entry in (self.root / "items").glob(f"{short(derivation)}-*"):
             if entry.name not in known:
-                remove_tree(entry)
+                discard(entry, self.root / "tmp")
 
     def new_build_dir(self, derivation: str, kind: str = "build") -> Path:
         """A fresh directory under tmp/ for a build (kind "build", made under the
@@ -341,50 +331,51 @@ class Store:
         """Move a finished build directory into items/ with one rename, then index it.
 
         `record` holds derivation, name, version, weights_digest, environment_digest and
-        inputs ({name: digest}). The caller holds the derivation's lock.
+        inputs ({name: digest}). The caller holds the derivation's lock. An item holds
+        regular files and folders only: a link could point anywhere, and a fifo or a
+        device is no weights, so either is refused and nothing enters items/.
         """
+        odd = odd_entries(built)
+        if odd:
+            raise BuildError(f"the build's output holds {', '.join(odd[:5])}, which is not a "
+                             "regular file or folder (a symbolic link, fifo, socket or device); "
+                             "an item holds only files and folders")
         target = self.root / "items" / item_name
         files = [(p.relative_to(built).as_posix(), file_digest(p), p.stat().st_size)
                  for p in sorted(built.rglob("*")) if p.is_file()]
-        make_read_only(built)
-        os.rename(built, target)
-        with self._db() as db:
-            db.execute("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (item_name, record["derivation"], record["name"], record["version"],
-                        record["weights_digest"], record.get("environment_digest"), time.time()))
-            db.executemany("INSERT INTO item_files VALUES (?, ?, ?, ?)",
-                           [(item_name, *f) for f in files])
-            db.executemany("INSERT INTO item_inputs VALUES (?, ?, ?)",
-                           [(item_name, n, d) for n, d in record.get("inputs", {}).items()])
+        move_read_only(built, target)
+        self.index_item(item_name, record, files, time.time())
         found = self.find(record["derivation"])
         assert found is not None
         return found
 
-    # --- inputs by content ----------------------------------------------------------
-    def input_path(self, digest: str) -> Path | None:
+    def index_item(self, item_name: str, record: dict[str, Any],
+                   files: list[tuple[str, str, int]], created_at: float) -> None:
+        """The index rows of an item already in items/: its record (as `commit` takes it)
+        and its files (relative path, digest, size)."""
         with self._db() as db:
-            row = db.execute("SELECT path FROM inputs WHERE digest = ?", (digest,)).fetchone()
-        if row is None or not (self.root / row[0]).exists():
-            return None
-        return self.root / row[0]
+            db.execute("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (item_name, record["derivation"], record["name"], record["version"],
+                        record["weights_digest"], record.get("environment_digest"), created_at))
+            db.executemany("INSERT INTO item_files VALUES (?, ?, ?, ?)",
+                           [(item_name, *f) for f in files])
+            db.executemany("INSERT INTO item_inputs VALUES (?, ?, ?)",
+                           [(item_name, n, d) for n, d in record.get("inputs", {}).items()])
+
+    # --- inputs by content (`store_inputs` keeps them) ---------------------------------
+    def input_path(self, digest: str) -> Path | None:
+        """The input in the store, if it is there and whole (see `KeptInputs.path`)."""
+        return self._inputs.path(digest)
 
     def add_input(self, staged: Path, digest: str, kind: str, origin: dict[str, Any]) -> Path:
         """Move a staged file or folder (already verified to have `digest`) into inputs/."""
-        home = self.root / "inputs" / short(digest, 64)
-        target = home / staged.name
-        if not target.exists():
-            home.mkdir(exist_ok=True)
-            make_read_only(staged)
-            try:
-                os.rename(staged, target)
-            except OSError:  # another process won the race with identical content
-                if not target.exists():
-                    raise
-        with self._db() as db:
-            db.execute("INSERT OR IGNORE INTO inputs VALUES (?, ?, ?, ?, ?)",
-                       (digest, kind, json.dumps(origin, sort_keys=True),
-                        target.relative_to(self.root).as_posix(), time.time()))
-        return target
+        return self._inputs.add(staged, digest, kind, origin)
+
+    def index_input(self, digest: str, kind: str, origin: dict[str, Any], path: Path) -> None:
+        self._inputs.index(digest, kind, origin, path)
+
+    def input_listings(self) -> dict[str, tuple[str, list[str]]]:
+        return self._inputs.listings()
 
     def keep_log(self, log: Path, name: str) -> Path | None:
         """Keep a failed run's log under logs/, where the error message can point."""
@@ -401,63 +392,17 @@ class Store:
         path.mkdir()
         return path
 
-    # --- verification -----------------------------------------------------------------
-    def verify(self) -> list[Corruption]:
-        """Rehash every file of every item and every input; report what does not match."""
+    # --- what verification reads (the checks themselves are `verbs.store`'s) -----------
+    def item_listings(self) -> dict[str, dict[str, str]]:
+        """Each indexed item's files, relative path -> digest (an item without file rows
+        has an empty listing)."""
         with self._db() as db:
+            items = [row[0] for row in db.execute("SELECT path FROM items")]
             files = db.execute("SELECT item, relpath, digest FROM item_files").fetchall()
-            inputs = db.execute("SELECT digest, path FROM inputs").fetchall()
-        expected: dict[str, dict[str, str]] = {}
+        listings: dict[str, dict[str, str]] = {item: {} for item in items}
         for item, relpath, digest in files:
-            expected.setdefault(item, {})[relpath] = digest
-        problems = []
-        for item, listing in sorted(expected.items()):
-            problems.extend(_verify_item(self.root / "items" / item, item, listing))
-        for digest, rel in inputs:
-            path = self.root / rel
-            if not path.exists():
-                problems.append(Corruption(rel, "", "missing"))
-            elif path_digest(path) != digest:
-                problems.append(Corruption(rel, "", "modified"))
-        return problems
-
-
-def _verify_item(root: Path, item: str, listing: dict[str, str]) -> list[Corruption]:
-    problems = []
-    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} \
-        if root.is_dir() else set()
-    for relpath, digest in sorted(listing.items()):
-        if relpath not in present:
-            problems.append(Corruption(item, relpath, "missing"))
-        elif file_digest(root / relpath) != digest:
-            problems.append(Corruption(item, relpath, "modified"))
-    problems.extend(Corruption(item, rel, "unexpected") for rel in sorted(present - listing.keys()))
-    return problems
-
-
-def make_read_only(path: Path) -> None:
-    """Make path and everything under it read-only for all and readable by all: files
-    0444 (0555 for one that could be run), folders 0555, whatever they were written with;
-    a build's umask (weights written 0600) must not make a copy of the weights unreadable
-    to others. The store root's own mode decides who may read the store."""
-    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
-    for p in sorted(paths, reverse=True):
-        mode = p.lstat().st_mode
-        if stat.S_ISDIR(mode) or (stat.S_ISREG(mode) and mode & 0o111):
-            p.chmod(0o555)
-        elif stat.S_ISREG(mode):
-            p.chmod(0o444)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a (possibly read-only) tree."""
-    if path.is_dir() and not path.is_symlink():
-        for p in [path, *path.rglob("*")]:
-            if not p.is_symlink():
-                p.chmod(p.stat().st_mode | stat.S_IWUSR)
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+            listings.setdefault(item, {})[relpath] = digest
+        return listings
 
 
 def _alive(pid: str) -> bool:

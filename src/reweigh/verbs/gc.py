@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import StoreError
 from ..profile import Profile
 from ..store import Store
 
@@ -33,11 +34,13 @@ class GcReport:
     removed_inputs: list[str]  # digests
     freed_bytes: int
     dry_run: bool = False
+    cleared: list[str] = field(default_factory=list)  # what interrupted removals left
 
     def to_json(self) -> dict[str, Any]:
         return {"roots": [str(r) for r in self.roots], "kept": self.kept,
                 "removed_items": self.removed_items, "removed_inputs": self.removed_inputs,
-                "freed_bytes": self.freed_bytes, "dry_run": self.dry_run}
+                "freed_bytes": self.freed_bytes, "dry_run": self.dry_run,
+                "cleared": self.cleared}
 
 
 def live_items(roots: Iterable[str], weights: dict[str, str],
@@ -77,8 +80,10 @@ def gc(store: Store | None = None, *, dry_run: bool = False,
     store = store or Store()
     started = time.time()
     with store.gc_lock(exclusive=True):
+        cleared = [] if dry_run else store.clear_trash()
         profiles = store.roots(prune=not dry_run)
         weights = {i.path.name: i.weights_digest for i in store.items()}
+        _refuse_lost_index(store, weights)
         dependencies = store.item_dependencies()
         live = live_items(profile_roots(store, profiles), weights, dependencies)
         needed = set().union(*(dependencies.get(i, set()) for i in live))
@@ -89,7 +94,15 @@ def gc(store: Store | None = None, *, dry_run: bool = False,
             _size(store.root / rel) for _, rel in inputs)
         if not dry_run:
             store.forget(doomed, [digest for digest, _ in inputs])
-    return GcReport(profiles, sorted(live), doomed, [d for d, _ in inputs], freed, dry_run)
+    return GcReport(profiles, sorted(live), doomed, [d for d, _ in inputs], freed, dry_run,
+                    cleared)
+
+
+def _refuse_lost_index(store: Store, weights: dict[str, str]) -> None:
+    if not weights and (unknown := store.unknown_items()):
+        raise StoreError(f"{store.root / 'index.sqlite'} knows none of the {len(unknown)} "
+                         "item folders in items/: it was lost or replaced, and gc would "
+                         "remove them all", hint="`reweigh store repair` indexes them again")
 
 
 def _size(path: Path) -> int:

@@ -1,4 +1,9 @@
-"""`list`, `show`, `path`, `store verify`: reading the store."""
+"""`list`, `show`, `path`, `store verify`: reading the store.
+
+`store verify` rehashes everything and also reports what the index does not know
+(folders in items/ or inputs/ without a row: an interrupted commit, or an index that
+was lost or replaced), so that an empty index never reads as a verified store.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..digest import file_digest
 from ..store import Corruption, Store, StoreItem
+from ..store_inputs import holds
+from ..trees import tree_stats
 
 
 def list_items(store: Store | None = None) -> list[StoreItem]:
@@ -35,4 +43,52 @@ def show(ref: str, store: Store | None = None) -> dict[str, Any]:
 
 
 def verify_store(store: Store | None = None) -> list[Corruption]:
-    return (store or Store()).verify()
+    """Rehash every file of every item and every input; report what does not match, and
+    the folders the index does not know."""
+    store = store or Store()
+    problems = []
+    for item, listing in sorted(store.item_listings().items()):
+        problems.extend(_verify_item(store.root / "items" / item, item, listing))
+    problems.extend(Corruption(name, "", "unknown") for name in store.unknown_items())
+    inputs = store.input_listings()
+    for digest, (rel, files) in sorted(inputs.items(), key=lambda kv: kv[1][0]):
+        problems.extend(_verify_input(store.root, rel, digest, files))
+    known = {rel for rel, _ in inputs.values()}
+    problems.extend(Corruption(rel, "", "unknown") for rel in _input_entries(store.root)
+                    if rel not in known)
+    return problems
+
+
+def _verify_item(root: Path, item: str, listing: dict[str, str]) -> list[Corruption]:
+    problems = []
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} \
+        if root.is_dir() else set()
+    for relpath, digest in sorted(listing.items()):
+        if relpath not in present:
+            problems.append(Corruption(item, relpath, "missing"))
+        elif file_digest(root / relpath) != digest:
+            problems.append(Corruption(item, relpath, "modified"))
+    problems.extend(Corruption(item, rel, "unexpected") for rel in sorted(present - listing.keys()))
+    return problems
+
+
+def _verify_input(root: Path, rel: str, digest: str, files: list[str]) -> list[Corruption]:
+    """An input's missing and unexpected files (against those recorded when it entered),
+    else whether it still has its digest."""
+    path = root / rel
+    if not path.exists():
+        return [Corruption(rel, "", "missing")]
+    present = {s[0] for s in tree_stats(path)}
+    problems = [Corruption(rel, f, "missing") for f in sorted(set(files) - present)]
+    if files:
+        problems += [Corruption(rel, f, "unexpected") for f in sorted(present - set(files))]
+    if not problems and not holds(path, digest):
+        problems.append(Corruption(rel, "", "modified"))
+    return problems
+
+
+def _input_entries(root: Path) -> list[str]:
+    """Every file or folder kept under inputs/<hex>/, relative to the root."""
+    return sorted(entry.relative_to(root).as_posix()
+                  for home in (root / "inputs").iterdir() if home.is_dir()
+                  for entry in home.iterdir())
