@@ -1,10 +1,10 @@
 """reweigh: trained weights you can rebuild, check and replace.
 
 The public API mirrors the command line: `build`, `challenge`, `verify`, `list_items`,
-`show`, `path`, `verify_store`, `check`, `estimate`, `import_weights` (the `import`
-command), `adapt`, `install`, `uninstall`, `list_generations`, `rollback`,
-`switch_generation`, `delete_generations` (the `profile` commands), `gc` and `diff`. Each
-returns a report record and prints nothing.
+`show`, `path`, `verify_store`, `repair_store` (`store repair`), `check`, `estimate`,
+`import_weights` (the `import` command), `adapt`, `install`, `uninstall`,
+`list_generations`, `rollback`, `switch_generation`, `delete_generations` (the `profile`
+commands), `gc` and `diff`. Each returns a report record and prints nothing.
 
 The verbs are imported on first use, so that the build process, which imports
 `reweigh.runtime`, does not pay for the whole library before training starts.
@@ -25,6 +25,7 @@ _VERBS = {
     "estimate": "estimate", "EstimateReport": "estimate",
     "import_weights": "importing", "ImportReport": "importing",
     "list_items": "store", "path": "store", "show": "store", "verify_store": "store",
+    "repair_store": "repair", "RepairReport": "repair",
     "adapt": "adapt", "AdaptReport": "adapt",
     "install": "profile", "InstallReport": "profile", "uninstall": "profile",
     "list_generations": "profile", "rollback": "profile", "switch_generation": "profile",
