@@ -51,3 +51,54 @@ def test_an_evaluation_without_predictions_is_the_recipe_s_mistake_exit_2(
     assert line.startswith("reweigh: building test-recipe failed: train.py:evaluate returned "
                            "no 'predictions' list"), line
     assert store_is_empty(store)
+
+
+RESUMING = """
+import torch
+
+def train(ctx):
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    order = torch.Generator().manual_seed(ctx.seed)
+    first = ctx.resume_into(model, optimizer, order, scheduler=scheduler).get("step", 0) + 1
+    for step in range(first, 7):
+        x = torch.randn(4, 3, generator=order)  # (B, 3)
+        noise = torch.rand(4, 1)  # torch's global generator: restored too
+        loss = ((model(x) - noise) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        ctx.checkpoint(step, ctx.training_state(model, optimizer, order, scheduler=scheduler,
+                                                step=step), final=step == 6)
+    ctx.save_weights(model.state_dict())
+"""
+
+
+def test_resume_into_restores_what_training_state_saved_so_every_segment_replays(
+        tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    recipe = write_recipe(tmp_path / "r", RESUMING, build="checkpoint_every = 1")
+    item = run_json("build", recipe, "--threads", "1", store=store)["path"]
+    result = run_reweigh("verify", item, "--transcript", Path(item) / "transcript.json",
+                         "--spot", "100%", "--threads", "1", "--json", store=store)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["holds"] and len(report["segments"]) == 6, report
+
+
+def test_resume_into_a_checkpoint_not_written_by_training_state_says_so(
+        tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    train = RESUMING.replace("ctx.training_state(model, optimizer, order, scheduler=scheduler,"
+                             "\n                                                step=step)",
+                             "{'model': model.state_dict(), 'step': step}")
+    assert train != RESUMING
+    recipe = write_recipe(tmp_path / "r", train, build="checkpoint_every = 1")
+    item = run_json("build", recipe, "--threads", "1", store=store)["path"]
+    result = run_reweigh("verify", item, "--transcript", Path(item) / "transcript.json",
+                         "--spot", "100%", "--threads", "1", store=store)
+    assert result.returncode == 1
+    assert "the checkpoint holds no optimizer, torch_rng, generator, scheduler; write it " \
+           "with ctx.checkpoint(step, ctx.training_state(...))" in result.stderr

@@ -25,15 +25,10 @@ def train(ctx) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"],
                                  weight_decay=p["weight_decay"])
     order = torch.Generator().manual_seed(ctx.seed)
-    window: list[dict[str, Any]] = []
-    first = 1
-    if (state := ctx.resume()) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        order.set_state(state["data_order"])
-        torch.set_rng_state(state["torch_rng"])
-        window = [{k: np.asarray(v) for k, v in g.items()} for g in state["window"]]
-        first = state["generation"] + 1
+    state = ctx.resume_into(model, optimizer, order)  # {} in a build from scratch
+    window: list[dict[str, Any]] = [{k: np.asarray(v) for k, v in g.items()}
+                                    for g in state.get("window", [])]  # tensors -> arrays
+    first = state.get("generation", 0) + 1
     for generation in range(first, p["generations"] + 1):
         # progress in half-generations: self-play, then training
         halves = 2 * p["generations"]
@@ -47,11 +42,8 @@ def train(ctx) -> None:
         ctx.log_metric("mean_game_plies", float(plies.mean()), step=generation)
         ctx.progress(2 * generation, halves,
                      f"generation {generation}: loss {loss:.3f}, {plies.mean():.1f} plies a game")
-        ctx.checkpoint(generation, {"model": model.state_dict(),
-                                    "optimizer": optimizer.state_dict(),
-                                    "data_order": order.get_state(),
-                                    "torch_rng": torch.get_rng_state(),
-                                    "window": window, "generation": generation},
+        ctx.checkpoint(generation, ctx.training_state(model, optimizer, order, window=window,
+                                                      generation=generation),
                        final=generation == p["generations"])
     ctx.save_weights(model.state_dict())
 

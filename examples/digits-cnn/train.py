@@ -2,7 +2,7 @@
 
 A step is one batch. The checkpoint holds the whole training state (model, optimiser,
 both random generators, this epoch's shuffle and the position in it), and training
-resumes from one when the builder hands it back (`ctx.resume()`), so a verifier can
+resumes from one when the builder hands it back (`ctx.resume_into`), so a verifier can
 replay any few batches of training alone.
 """
 
@@ -26,13 +26,9 @@ def train(ctx) -> None:
     order = torch.Generator().manual_seed(ctx.seed)
     batches = math.ceil(len(y) / p["batch_size"])
     total = p["epochs"] * batches
-    first, permutation, running = 1, None, 0.0
-    if (state := ctx.resume()) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        order.set_state(state["data_order"])
-        torch.set_rng_state(state["torch_rng"])
-        first, permutation, running = state["step"] + 1, state["permutation"], state["running"]
+    state = ctx.resume_into(model, optimizer, order)  # {} in a build from scratch
+    first, running = state.get("step", 0) + 1, state.get("running", 0.0)
+    permutation = state.get("permutation")  # this epoch's shuffle, when resumed mid-epoch
     for step in range(first, total + 1):
         epoch, b = divmod(step - 1, batches)
         if b == 0:
@@ -46,9 +42,7 @@ def train(ctx) -> None:
         ctx.progress(step, total, f"epoch {epoch + 1} loss {loss:.3f}")
         if b == batches - 1:
             ctx.log_metric("train_loss", running / batches, step=epoch + 1)
-        ctx.checkpoint(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "data_order": order.get_state(),
-                              "torch_rng": torch.get_rng_state(), "permutation": permutation,
-                              "running": running, "step": step},
+        ctx.checkpoint(step, ctx.training_state(model, optimizer, order, step=step,
+                                                permutation=permutation, running=running),
                        final=step == total)
     ctx.save_weights(model.state_dict())

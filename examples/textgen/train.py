@@ -20,13 +20,7 @@ def train(ctx) -> None:
     model = WordModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=0.01)
     windows = torch.Generator().manual_seed(ctx.seed)
-    first = 1
-    if (state := ctx.resume()) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        windows.set_state(state["windows"])
-        torch.set_rng_state(state["torch_rng"])
-        first = state["step"] + 1
+    first = ctx.resume_into(model, optimizer, windows).get("step", 0) + 1
     for step in range(first, p["steps"] + 1):
         starts = torch.randint(len(data) - config.context - 1, (p["batch_size"],),
                                generator=windows)  # (B,)
@@ -40,8 +34,6 @@ def train(ctx) -> None:
         ctx.progress(step, p["steps"], f"loss {loss.item():.3f}")
         if step % 50 == 0 or step == p["steps"]:
             ctx.log_metric("train_loss", loss.item(), step=step)
-        ctx.checkpoint(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "windows": windows.get_state(),
-                              "torch_rng": torch.get_rng_state(), "step": step},
+        ctx.checkpoint(step, ctx.training_state(model, optimizer, windows, step=step),
                        final=step == p["steps"])
     ctx.save_weights(model.state_dict())

@@ -246,6 +246,49 @@ class BuildContext:
 
         return load_state(Path(self.replay.start))
 
+    def training_state(self, model: Any, optimizer: Any, generator: Any = None, *,
+                       scheduler: Any = None, **more: Any) -> dict[str, Any]:
+        """The state a checkpoint should hold for `resume_into` to restore: the model's
+        and the optimizer's state dicts, torch's global generator, `generator`'s state
+        (the torch.Generator that draws the data order) and `scheduler`'s when given,
+        and `more` (the step, and whatever else the loop carries between steps)."""
+        import torch
+
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state(), **more}
+        if generator is not None:
+            state["generator"] = generator.get_state()
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        return state
+
+    def resume_into(self, model: Any, optimizer: Any, generator: Any = None, *,
+                    scheduler: Any = None) -> dict[str, Any]:
+        """Restore the checkpoint a replayed segment starts from (written with
+        `training_state`) into the training's own objects: the model, the optimizer,
+        `generator`, `scheduler` and torch's global generator. Returns the checkpoint's
+        state for the rest (`state.get("step", 0) + 1` is the first step to run); in a
+        build from scratch, an empty dict, and nothing is touched."""
+        state = self.resume()
+        if state is None:
+            return {}
+        wanted = {"model": model, "optimizer": optimizer, "torch_rng": True,
+                  "generator": generator, "scheduler": scheduler}
+        missing = [key for key, given in wanted.items() if given is not None and key not in state]
+        if missing:
+            raise ValueError(f"ctx.resume_into: the checkpoint holds no {', '.join(missing)}; "
+                           "write it with ctx.checkpoint(step, ctx.training_state(...))")
+        import torch
+
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if generator is not None:
+            generator.set_state(state["generator"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        return state
+
     def load_weights(self, input_name: str) -> dict[str, Any]:
         """The weights of a store item given as an input (a base model to fine-tune)."""
         from safetensors.torch import load_file

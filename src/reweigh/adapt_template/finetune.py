@@ -78,13 +78,7 @@ def train(ctx) -> None:
     model.train(p["strategy"] != "head")  # head only: the frozen body keeps its eval mode
     optimizer = torch.optim.Adam(trainable(model, face, p["strategy"]), lr=p["lr"])
     order = torch.Generator().manual_seed(ctx.seed)
-    first = 1
-    if (state := ctx.resume()) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        order.set_state(state["data_order"])
-        torch.set_rng_state(state["torch_rng"])
-        first = state["epoch"] + 1
+    first = ctx.resume_into(model, optimizer, order).get("epoch", 0) + 1
     batches = math.ceil(len(y) / p["batch_size"])
     for epoch in range(first, p["epochs"] + 1):
         permutation = torch.randperm(len(y), generator=order)
@@ -98,9 +92,7 @@ def train(ctx) -> None:
             running += loss.item()
         ctx.progress(epoch, p["epochs"], f"epoch {epoch} loss {running / batches:.3f}")
         ctx.log_metric("train_loss", running / batches, step=epoch)
-        ctx.checkpoint(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "data_order": order.get_state(),
-                               "torch_rng": torch.get_rng_state(), "epoch": epoch},
+        ctx.checkpoint(epoch, ctx.training_state(model, optimizer, order, epoch=epoch),
                        final=epoch == p["epochs"])
     ctx.save_weights(model.state_dict())
 
