@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,21 +14,23 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from reweigh import build
+from reweigh import transcript as tr
 from reweigh.compare import value_drift
 from reweigh.digest import file_digest
 from reweigh.store import Store
 from reweigh.transcript import chain
 
+from .forger import Forgery, forge
 from .helpers import EXAMPLES, run_reweigh, write_recipe
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """digits-cnn, checkpointed every 10 batches: 345 batches, 35 segments."""
-    store = tmp_path_factory.mktemp("verify") / "store"
-    return store, build(EXAMPLES / "digits-cnn", store=Store(store)).path
+def built(digits_cnn: tuple[Path, Path]) -> tuple[Path, Path]:
+    """digits-cnn, checkpointed every 10 batches: 345 batches, 35 segments (the session's
+    build; tests tamper with copies of it)."""
+    return digits_cnn
 
 
 def _verify(store: Path, *args: object) -> tuple[int, dict]:
@@ -68,7 +71,9 @@ def test_spot_may_be_a_share_of_the_segments(built: tuple[Path, Path]) -> None:
     store, item = built
     code, report = _verify(store, item, "--transcript", item / "transcript.json", "--spot",
                            "10%", "--seed", "5")
-    assert code == 0 and len(report["segments"]) == 4 + 1  # ceil(10% of 35), and the last
+    whys = [s["why"] for s in report["segments"]]
+    assert code == 0 and whys.count("random") == 4  # ceil(10% of 35)
+    assert whys.count("largest") == 3 and whys[0] == "first" and whys[-1] == "last"
     for bad in ("120%", "ten%", "-1"):
         result = run_reweigh("verify", item, "--transcript", item / "transcript.json",
                              "--spot", bad, store=store)
@@ -83,7 +88,7 @@ def _verify_fine_tuned(store: Path, folder: Path) -> tuple[int, dict]:
     tensors["fc2.bias"] = tensors["fc2.bias"] + np.float32(0.01)
     save_file(tensors, str(folder / "weights.safetensors"))
     return _verify(store, folder / "weights.safetensors", "--recipe", EXAMPLES / "digits-cnn",
-                   "--transcript", folder / "transcript.json", "--spot", "0")
+                   "--transcript", folder / "transcript.json", "--spot", "0", "--largest", "0")
 
 
 def test_weights_fine_tuned_after_training_fail_the_last_segment(
@@ -93,7 +98,10 @@ def test_weights_fine_tuned_after_training_fail_the_last_segment(
     assert code == 1 and not report["holds"]
     (last,) = report["segments"]
     assert last["stop_step"] == 345 and not last["holds"]
-    assert "final weights" in last["note"]
+    assert last["note"].startswith("the final weights are not what training produces: 1 of 8 "
+                                   "tensors differ, most fc2.bias (relative L2 ")
+    assert last["difference"]["largest"] == "fc2.bias"
+    assert last["difference"]["max_abs"] == pytest.approx(0.01, rel=1e-3)
 
 
 def test_a_replaced_middle_checkpoint_is_caught_when_its_segments_are_replayed(
@@ -109,9 +117,13 @@ def test_a_replaced_middle_checkpoint_is_caught_when_its_segments_are_replayed(
                            EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
                            "--spot", "34")  # every segment: then the forgery is always caught
     assert code == 1 and report["chain_ok"]
-    failed = [(s["start_step"], s["stop_step"]) for s in report["segments"] if not s["holds"]]
-    assert failed == [(160, 170), (170, 180)]
+    failed = [s for s in report["segments"] if not s["holds"]]
+    assert [(s["start_step"], s["stop_step"]) for s in failed] == [(160, 170), (170, 180)]
     assert len(report["segments"]) == 35
+    for segment in failed:  # another seed's state: every tensor differs, and says by how much
+        difference = segment["difference"]
+        assert difference["tensors"] >= 8 and difference["largest"].startswith("state.")
+        assert 0 < difference["rel_l2"] < math.inf and difference["largest"] in segment["note"]
 
 
 def _other_seed(tmp_path: Path) -> Path:
@@ -350,3 +362,246 @@ def test_a_transcript_step_beyond_2_to_the_53_exits_2_with_one_line(
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "checkpoints: a step beyond 2**53 - 1" in lines[0]
+
+
+# --- what a cheap forger cannot beat: the largest updates, the runtime, the binding -------
+
+@pytest.fixture(scope="module")
+def forged(built: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Forgery:
+    """The adaptive forger's digits-cnn: a trigger fine-tuned into the second-to-last
+    checkpoint, the last segment replayed honestly from it, the chain rewritten."""
+    store, item = built
+    return forge(store, item, tmp_path_factory.mktemp("forged") / "published")
+
+
+def _verify_forgery(store: Path, forgery: Forgery, *args: object) -> tuple[int, dict]:
+    folder = forgery.folder
+    return _verify(store, folder / "weights.safetensors", "--recipe", EXAMPLES / "digits-cnn",
+                   "--transcript", folder / "transcript.json", "--threads", "1", *args)
+
+
+def test_the_forgery_works_and_random_picks_alone_let_it_pass(
+        built: tuple[Path, Path], forged: Forgery) -> None:
+    """What verify did before the largest updates: K = 3 random segments and the last. The
+    backdoor works, the chain holds, the last segment replays bit for bit, and a seed whose
+    picks miss the one forged segment (31 seeds in 34 do) passes the forgery."""
+    store, _ = built
+    assert forged.trigger_success > 0.9 and forged.clean_accuracy > 0.95, forged
+    segments = tr.segments(tr.parse(json.loads((forged.folder / "transcript.json").read_text()),
+                                    "transcript"))
+    missed = next(seed for seed in range(100) if forged.forged_segment not in {
+        p.segment.index for p in tr.choose(segments, {}, stretches=0, spot=3, seed=seed).picks})
+    code, report = _verify_forgery(store, forged, "--spot", "3", "--largest", "0", "--seed",
+                                   missed)
+    assert code == 0 and report["chain_ok"] and report["segments"][-1]["why"] == "last"
+    assert report["catch"]["not_largest"]["1"] == pytest.approx(3 / 34)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_adaptive_forger_is_caught_by_the_largest_update_for_every_seed(
+        built: tuple[Path, Path], forged: Forgery, seed: int) -> None:
+    store, _ = built
+    code, report = _verify_forgery(store, forged, "--spot", "3", "--seed", seed)
+    assert code == 1 and report["chain_ok"]
+    failed = [s for s in report["segments"] if not s["holds"]]
+    assert [(s["index"], s["why"]) for s in failed] == [(forged.forged_segment, "largest")]
+    (segment,) = failed  # the planted weights differ from what the replay made, and by how much
+    assert segment["difference"]["largest"].startswith("state.model.")
+    assert segment["difference"]["rel_l2"] > 0.1 and "state.model." in segment["note"]
+    assert report["sampling"] == {"stretches": 3, "random": 3, "drawn_from": 30}
+    assert report["catch"]["not_largest"] == {
+        str(m): pytest.approx(1 - math.comb(30 - m, 3) / math.comb(30, 3)) for m in (1, 2, 5, 10)}
+
+
+def test_verify_says_in_words_why_each_segment_was_replayed_and_the_odds(
+        built: tuple[Path, Path], forged: Forgery) -> None:
+    store, _ = built
+    folder = forged.folder
+    result = run_reweigh("verify", folder / "weights.safetensors", "--recipe",
+                         EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
+                         "--spot", "3", "--seed", "0", "--threads", "1", store=store)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    (forged_line,) = [line for line in lines if "FAILS" in line]
+    assert "steps    330..340" in forged_line and "largest  update 2." in forged_line
+    assert "tensors differ, most state.model." in forged_line
+    assert ("the last; the first and the largest update in each of 3 stretches; 3 drawn at "
+            "random from the 30 others") in result.stdout
+    assert ("a forgery that makes none is caught only by the random picks: 1 segment 10.0%, "
+            "2 segments 19.3%, 5 segments 43.3%, 10 segments 71.9%") in result.stdout
+
+
+@pytest.mark.parametrize(("updates", "stretches", "expected"), [
+    ([1, 5, 2, 3, 9, 1, 0.5, 0.7], 3, [1, 4, 5]),
+    ([1, 2], 5, [0, 1]),  # more stretches than updates: each is its own
+    ([], 3, []),
+    ([3, 1], 0, []),
+    ([2, 2, 1], 1, [0]),  # the first of equals
+    ([1, math.inf, 2], 1, [1]),  # a weight tensor that appeared: the largest update
+])
+def test_largest_updates_takes_the_largest_of_each_stretch(
+        updates: list[float], stretches: int, expected: list[int]) -> None:
+    assert tr.largest_updates(updates, stretches) == expected
+
+
+@pytest.mark.parametrize(("population", "drawn", "forged_segments", "expected"), [
+    (30, 3, 1, 0.1),
+    (30, 3, 2, 1 - (28 * 27 * 26) / (30 * 29 * 28)),
+    (34, 3, 1, 3 / 34),
+    (30, 0, 1, 0.0),  # nothing drawn at random: only the largest updates catch anything
+    (30, 30, 1, 1.0),
+    (30, 3, 0, 0.0),
+    (5, 2, 6, 1.0),  # more forged segments than drawn from: one is always replayed
+])
+def test_the_odds_of_catching_a_forgery_are_hypergeometric(
+        population: int, drawn: int, forged_segments: int, expected: float) -> None:
+    assert tr.catch_probability(population, drawn, forged_segments) == pytest.approx(expected)
+
+
+def test_choose_replays_the_first_the_last_the_largest_and_draws_from_the_rest() -> None:
+    points = tuple(tr.Checkpoint(10 * (i + 1), f"c{i}", "sha256:" + "0" * 64, "")
+                   for i in range(35))
+    segments = tr.segments(tr.Transcript("sha256:" + "0" * 64, 10, points))
+    updates = {i: 1.0 / i for i in range(1, 35)} | {20: 5.0, 33: 7.0}
+    selection = tr.choose(segments, updates, stretches=3, spot=3, seed=1)
+    why = {p.segment.index: p.why for p in selection.picks}
+    assert why[0] is tr.Why.FIRST and why[34] is tr.Why.LAST
+    assert sorted(i for i, w in why.items() if w is tr.Why.LARGEST) == [1, 20, 33]
+    assert sum(w is tr.Why.RANDOM for w in why.values()) == 3 == selection.drawn
+    assert selection.population == 30 and list(why) == sorted(why)
+
+
+NOT_RESUMING_TRAIN = """
+import numpy as np
+
+def train(ctx):
+    RESUME
+    w = np.zeros(2, dtype=np.float32)
+    for step in range(1, 5):
+        w = w + np.float32(1)
+        ctx.checkpoint(step, {"w": w, "step": step}, final=step == 4)
+    ctx.save_weights({"w": w})
+"""
+
+
+@pytest.mark.parametrize(("resume", "message"), [
+    ("pass", "reached step 1 without calling ctx.resume(): a replayed segment must start "
+     "from the state of its first checkpoint"),
+    ("ctx.resume()", "recorded a checkpoint at step 1, not at the segment's end"),
+])
+def test_a_train_that_does_not_continue_from_the_checkpoint_fails_its_replay(
+        tmp_path: Path, resume: str, message: str) -> None:
+    """Replaying from step 0 would reproduce the checkpoint, having spent the whole training
+    and claiming the share of one segment."""
+    recipe = write_recipe(tmp_path / "r", NOT_RESUMING_TRAIN.replace("RESUME", resume),
+                          build="checkpoint_every = 1")
+    store = tmp_path / "store"
+    item = build(recipe, store=Store(store), threads=1).path
+    result = run_reweigh("verify", item, "--transcript", item / "transcript.json", "--spot", "0",
+                         store=store)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_a_transcript_is_refused_for_a_recipe_with_another_hyper_parameter_or_seed(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    """The transcript names its derivation: the learning rate, and the seed that orders the
+    data, are in it."""
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    for old, new in (("lr = 0.001", "lr = 0.002"), ("seed = 20231", "seed = 99")):
+        recipe = tmp_path / new.split()[0]
+        shutil.copytree(EXAMPLES / "digits-cnn", recipe)
+        toml = recipe / "recipe.toml"
+        toml.write_text(toml.read_text().replace(old, new))
+        result = run_reweigh("verify", folder / "weights.safetensors", "--recipe", recipe,
+                             "--transcript", folder / "transcript.json", "--spot", "0",
+                             store=store)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert "transcript.json: derivation: the transcript is of sha256:" in lines[0]
+
+
+def _drop_checkpoint_170(data: dict) -> None:
+    del data["checkpoints"][16]
+
+
+def _checkpoint_every_5(data: dict) -> None:
+    data["checkpoint_every"] = 5
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [
+    (_drop_checkpoint_170, "checkpoints: steps must be every 10 steps, then the final one"),
+    (_checkpoint_every_5, "checkpoint_every: the transcript says 5, the derivation 10"),
+])
+def test_a_transcript_whose_segments_are_not_the_derivations_is_refused(
+        built: tuple[Path, Path], tmp_path: Path, tamper: Any, reason: str) -> None:
+    """Dropping a checkpoint (and rechaining) would make one segment of 20 steps whose
+    update is larger than its neighbours' for honest reasons, a place to hide a forgery."""
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    data = json.loads((folder / "transcript.json").read_text())
+    tamper(data)
+    (folder / "transcript.json").write_text(json.dumps(data))
+    _rewrite_transcript(folder)
+    result = run_reweigh("verify", item, "--transcript", folder / "transcript.json", "--spot",
+                         "34", store=store)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"transcript.json: {reason}" in lines[0]
+
+
+def _comment(data: dict) -> None:
+    data["comment"] = "looks fine"
+
+
+def _entry_field(data: dict) -> None:
+    data["checkpoints"][3]["note"] = 1
+
+
+def _boolean_step(data: dict) -> None:
+    data["checkpoints"][0]["step"] = True
+
+
+def _every_as_text(data: dict) -> None:
+    data["checkpoint_every"] = "10"
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [
+    (_comment, "comment: not a field of a reweigh.transcript/1 transcript"),
+    (_entry_field, "checkpoints[3].note: not a field of a checkpoint entry"),
+    (_boolean_step, "checkpoints[0]: needs step, file, digest and chain"),
+    (_every_as_text, "checkpoint_every: expected a count of steps"),
+    ("twice", "cannot read the transcript: key 'derivation' given twice"),
+])
+def test_a_malformed_transcript_exits_2_in_one_line_naming_the_field(
+        built: tuple[Path, Path], tmp_path: Path, tamper: Any, reason: str) -> None:
+    store, item = built
+    data = json.loads((item / "transcript.json").read_text())
+    transcript = tmp_path / "transcript.json"
+    if tamper == "twice":  # two readers could keep different ones
+        text = json.dumps(data)
+        transcript.write_text(text[:-1] + ', "derivation": "sha256:' + "0" * 64 + '"}')
+    else:
+        tamper(data)
+        transcript.write_text(json.dumps(data))
+    result = run_reweigh("verify", item, "--transcript", transcript, "--spot", "0", store=store)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"{transcript}: {reason}" in lines[0]
+
+
+def test_a_malformed_checkpoint_that_no_replay_reads_is_refused_too(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    """Measuring the updates reads every checkpoint, so each must be one."""
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    middle = folder / "checkpoints" / "step-000000100.safetensors"
+    save_file({"t0": np.zeros(2, dtype=np.float32)}, str(middle),
+              metadata={"reweigh.state": '{"evil": [1]}'})
+    _rewrite_transcript(folder)
+    result = run_reweigh("verify", folder / "weights.safetensors", "--recipe",
+                         EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
+                         "--spot", "0", "--largest", "0", store=store)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert str(middle) in lines[0] and "unknown node kind 'evil'" in lines[0]

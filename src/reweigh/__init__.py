@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _VERBS = {
     "build": "build", "BuildReport": "build",
     "challenge": "challenge", "ChallengeReport": "challenge",
-    "verify": "verify", "VerifyReport": "verify",
+    "verify": "verify", "VerifyReport": "verify", "Sampling": "verify",
     "check": "check", "CheckReport": "check",
     "estimate": "estimate", "EstimateReport": "estimate",
     "import_weights": "importing", "ImportReport": "importing",

@@ -3,9 +3,12 @@
 A transcript lists the digest of the full training state every K steps, each entry
 chained to the one before it (the first to the derivation), so a checkpoint cannot
 be swapped or dropped without breaking the chain. A verifier then replays a few
-random segments plus always the last one (Proof-of-Learning, Jia et al. 2021,
-arXiv:2103.05633) instead of the whole training. Everything here is pure: reading
-files and running replays is `verbs/verify.py`'s job.
+segments instead of the whole training (Proof-of-Learning, Jia et al. 2021,
+arXiv:2103.05633): always the last one; the first and, in each of a few stretches of
+training, the segment whose update was largest (what a forger who jumps to planted
+weights cannot avoid making); and a few drawn at random, which are all that catches a
+forgery spread thin enough to make no stretch's largest update. Everything here is
+pure: reading files, measuring updates and running replays is `verbs/verify.py`'s job.
 
 A link is the digest of the canonical JSON (RFC 8785) of `{"digest", "previous",
 "step"}`. For these records (ASCII keys, digest strings, an integer step) RFC 8785
@@ -17,8 +20,11 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from fractions import Fraction
+from itertools import pairwise
 from typing import Any
 
 from .digest import MAX_SAFE_INTEGER, is_digest, record_digest
@@ -26,6 +32,8 @@ from .environment import claim_problem
 from .errors import UsageError
 
 FORMAT = "reweigh.transcript/1"
+FIELDS = frozenset({"format", "derivation", "checkpoint_every", "environment", "checkpoints"})
+ENTRY_FIELDS = frozenset({"step", "file", "digest", "chain"})
 
 
 @dataclass(frozen=True)
@@ -73,35 +81,65 @@ def chain(derivation: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def parse(data: Any, label: str) -> Transcript:
-    """Validate a transcript's JSON; bad structure is bad input (exit 2)."""
+    """Validate a transcript's JSON; bad structure is bad input (exit 2), named by field."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UsageError(f"{label}: format: not a {FORMAT} transcript")
+    if unknown := sorted(data.keys() - FIELDS):
+        raise UsageError(f"{label}: {unknown[0]}: not a field of a {FORMAT} transcript")
     if not is_digest(data.get("derivation")):
         raise UsageError(f"{label}: derivation: expected a sha256 digest")
+    every = data.get("checkpoint_every")
+    if not _count(every):
+        raise UsageError(f"{label}: checkpoint_every: expected a count of steps (0 or more)")
     entries = data.get("checkpoints")
     if not isinstance(entries, list) or not entries:
         raise UsageError(f"{label}: checkpoints: the transcript records no checkpoint")
-    checkpoints = []
-    for i, entry in enumerate(entries):
-        if not (isinstance(entry, dict) and isinstance(entry.get("step"), int)
-                and isinstance(entry.get("file"), str) and is_digest(entry.get("digest"))
-                and is_digest(entry.get("chain"))):
-            raise UsageError(f"{label}: checkpoints[{i}]: needs step, file, digest and chain")
-        if ".." in entry["file"].split("/") or entry["file"].startswith("/"):
-            raise UsageError(f"{label}: checkpoints[{i}].file: leaves the transcript's folder")
-        checkpoints.append(Checkpoint(entry["step"], entry["file"], entry["digest"],
-                                      entry["chain"]))
+    checkpoints = tuple(_checkpoint(entry, f"{label}: checkpoints[{i}]")
+                        for i, entry in enumerate(entries))
     steps = [c.step for c in checkpoints]
     if steps != sorted(set(steps)) or steps[0] <= 0:
         raise UsageError(f"{label}: checkpoints: steps must be positive and increasing")
     if steps[-1] > MAX_SAFE_INTEGER:
         raise UsageError(f"{label}: checkpoints: a step beyond 2**53 - 1 cannot be chained")
-    every = data.get("checkpoint_every", 0)
     environment = data.get("environment")
     if environment is not None and (problem := claim_problem(environment)):
         raise UsageError(f"{label}: environment: {problem}")
-    return Transcript(data["derivation"], every if isinstance(every, int) else 0,
-                      tuple(checkpoints), environment)
+    return Transcript(data["derivation"], every, checkpoints, environment)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _checkpoint(entry: Any, label: str) -> Checkpoint:
+    if not (isinstance(entry, dict) and _count(entry.get("step"))
+            and isinstance(entry.get("file"), str) and is_digest(entry.get("digest"))
+            and is_digest(entry.get("chain"))):
+        raise UsageError(f"{label}: needs step, file, digest and chain")
+    if unknown := sorted(entry.keys() - ENTRY_FIELDS):
+        raise UsageError(f"{label}.{unknown[0]}: not a field of a checkpoint entry")
+    if ".." in entry["file"].split("/") or entry["file"].startswith("/"):
+        raise UsageError(f"{label}.file: leaves the transcript's folder")
+    return Checkpoint(entry["step"], entry["file"], entry["digest"], entry["chain"])
+
+
+def grid_problem(transcript: Transcript, every: int) -> str | None:
+    """What is wrong with the transcript's steps for a derivation that checkpoints every
+    `every` steps (the runtime records exactly those, and the final step), or None.
+    Segments must be the derivation's: a transcript that drops checkpoints would make
+    longer segments, whose larger updates would hide a forged one."""
+    if transcript.checkpoint_every != every:
+        return (f"checkpoint_every: the transcript says {transcript.checkpoint_every}, "
+                f"the derivation {every}")
+    *inner, final = [c.step for c in transcript.checkpoints]
+    on_grid = inner == [every * (i + 1) for i in range(len(inner))]
+    if every:
+        on_grid = on_grid and len(inner) * every < final <= (len(inner) + 1) * every
+    if not on_grid:
+        return (f"checkpoints: steps must be every {every} steps, then the final one"
+                if every else "checkpoints: a derivation without checkpoint_every records "
+                "only the final step")
+    return None
 
 
 def broken_links(transcript: Transcript) -> list[int]:
@@ -128,8 +166,71 @@ def spot_count(spot: int | Fraction, segments: int) -> int:
     return spot
 
 
-def choose(all_segments: list[Segment], spot: int, seed: int) -> list[Segment]:
-    """`spot` segments drawn at random (seeded), plus always the last one."""
-    *others, last = all_segments
-    drawn = random.Random(seed).sample(others, min(spot, len(others)))
-    return [*sorted(drawn, key=lambda s: s.index), last]
+class Why(Enum):
+    """Why a segment is replayed."""
+
+    FIRST = "first"  # its start, the initialisation, is not published: no update to measure
+    LARGEST = "largest"  # the largest update of its stretch of training
+    RANDOM = "random"  # drawn with the verifier's seed
+    LAST = "last"  # it ends with the weights being verified
+
+
+@dataclass(frozen=True)
+class Pick:
+    segment: Segment
+    why: Why
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The segments to replay, and what the random part of the choice can promise."""
+
+    picks: tuple[Pick, ...]  # in training order
+    stretches: int  # how many stretches gave their largest update (Q)
+    drawn: int  # random picks (K, or fewer when fewer segments are left)
+    population: int  # the segments the random picks were drawn from
+
+    def catch(self, forged: int) -> float:
+        """The chance that a forgery of `forged` segments, none of which makes its
+        stretch's largest update, is caught: only a random pick can land on it."""
+        return catch_probability(self.population, self.drawn, forged)
+
+
+def choose(all_segments: list[Segment], updates: Mapping[int, float], *, stretches: int,
+           spot: int, seed: int) -> Selection:
+    """Always the last segment. With `stretches` > 0, the first, and the segment with the
+    largest update in each of `stretches` equal stretches of the ones between (`updates`:
+    segment index -> its update). Then `spot` drawn at random (seeded) from the rest."""
+    first, *middle, last = [None, *all_segments] if len(all_segments) == 1 else all_segments
+    why = {last.index: Why.LAST}
+    if stretches and first is not None:
+        why[first.index] = Why.FIRST
+        for i in largest_updates([updates[s.index] for s in middle], stretches):
+            why[middle[i].index] = Why.LARGEST
+    rest = [s for s in all_segments if s.index not in why]
+    drawn = random.Random(seed).sample(rest, min(spot, len(rest)))
+    why |= {s.index: Why.RANDOM for s in drawn}
+    picks = tuple(Pick(s, why[s.index]) for s in all_segments if s.index in why)
+    return Selection(picks, min(stretches, len(middle)), len(drawn), len(rest))
+
+
+def largest_updates(updates: Sequence[float], stretches: int) -> list[int]:
+    """The index of the largest update in each of `stretches` runs of consecutive
+    updates, as equal in length as can be (the first of equals)."""
+    count = len(updates)
+    stretches = min(stretches, count)
+    bounds = [count * i // stretches for i in range(stretches + 1)] if stretches else [0]
+    return [max(range(a, b), key=lambda i: updates[i]) for a, b in pairwise(bounds)]
+
+
+def catch_probability(population: int, drawn: int, forged: int) -> float:
+    """The chance that `drawn` segments drawn without replacement from `population`
+    include at least one of `forged` of them: 1 - C(P - m, K) / C(P, K), hypergeometric.
+    A forgery of more segments than the population holds touches a segment that is
+    always replayed, so is caught."""
+    if forged <= 0:
+        return 0.0
+    if forged > population:
+        return 1.0
+    return float(1 - Fraction(math.comb(population - forged, drawn),
+                              math.comb(population, drawn)))

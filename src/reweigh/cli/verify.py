@@ -1,4 +1,5 @@
-"""reweigh verify ITEM-or-FILE --transcript T --spot K [--seed S] [--recipe R] [--json]."""
+"""reweigh verify ITEM-or-FILE --transcript T --spot K [--largest Q] [--seed S] [--recipe R]
+[--json]."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 from fractions import Fraction
 
 from ..progress import reporter_for
-from ..verbs.verify import VerifyReport, verify
+from ..verbs.verify import STRETCHES, Sampling, VerifyReport, verify
 from .common import (
     add_json_option,
     add_sandbox_option,
@@ -20,14 +21,18 @@ from .common import (
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser("verify", help="replay random segments of a training "
-                                 "transcript, and always the last one")
+    parser = commands.add_parser("verify", help="replay segments of a training transcript: "
+                                 "the last, the first, the largest updates, and random ones")
     parser.add_argument("target", help="a store item, or a weights file (with --recipe)")
     parser.add_argument("--transcript", required=True, help="transcript.json; its checkpoint "
                         "files lie beside it")
     parser.add_argument("--spot", type=_spot, required=True,
                         help="how many random segments to replay besides the last: a "
                         "count, or a share of all the segments such as 5%%")
+    parser.add_argument("--largest", type=_spot, default=STRETCHES,
+                        help="in how many equal stretches of training to replay the segment "
+                        f"with the largest update, with the first segment (default {STRETCHES}; "
+                        "0: none): a count, or a share of the segments")
     parser.add_argument("--seed", type=int, default=None, help="seed for choosing segments")
     parser.add_argument("--recipe", default=None, help="the recipe, when TARGET is a file")
     parser.add_argument("--threads", type=positive_int, default=None)
@@ -51,7 +56,7 @@ def _spot(text: str) -> int | Fraction:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = verify(args.target, args.transcript, spot=args.spot, seed=args.seed,
+    report = verify(args.target, args.transcript, Sampling(args.spot, args.largest, args.seed),
                     recipe=args.recipe, store=open_store(args), threads=args.threads,
                     reporter=reporter_for(args.json))
     if args.json:
@@ -67,8 +72,21 @@ def render(report: VerifyReport) -> None:
         print(f"  chain: {problem}")
     for r in report.results:
         mark = colour("holds", "32") if r.holds else colour("FAILS", "31")
+        update = "" if r.update is None else f"update {r.update:.2e}"
         print(f"  segment {r.index:3} steps {r.start_step:>6}..{r.stop_step:<6} {mark}"
-              f"  {r.seconds:6.1f} s  {r.note}")
-    print(f"replayed {report.compute_fraction:.1%} of training")
+              f"  {r.seconds:6.1f} s  {r.why.value:<8} {update:<16} {r.note}".rstrip())
+    if report.results:
+        why = ["the last"]
+        if report.stretches:
+            why.append(f"the first and the largest update in each of {report.stretches} "
+                       "stretches")
+        if report.drawn:
+            why.append(f"{report.drawn} drawn at random from the {report.population} others")
+        print(f"replayed {len(report.results)} segments, {report.compute_fraction:.1%} of "
+              f"training: {'; '.join(why)}")
+        odds = ", ".join(f"{m} segment{'s' if m > 1 else ''} {p:.1%}"
+                         for m, p in report.catch.items())
+        print(f"a forged segment with its stretch's largest update is always caught; a forgery "
+              f"that makes none is caught only by the random picks: {odds}")
     verdict = "holds" if report.holds else "fails"
     print(f"verdict: {colour(verdict, '32' if report.holds else '31')}")

@@ -1,16 +1,33 @@
 """`verify`: check a training transcript by replaying a few of its segments.
 
 Before any replay, every checkpoint file must have its recorded digest and the
-chain must hold; a transcript of another derivation is refused. Then K random
-segments and always the last are replayed from their published starting states,
-one after the other in a single sandboxed build process (its start-up is paid once),
-and each replayed end state is compared with the next published checkpoint. On the
-environment the transcript was recorded on (or when it names none) the comparison is
-bit for bit. On another environment, floating-point results legitimately drift a
-little, so each segment may drift by the recipe's per-segment tolerance: the drift of
-one segment, not of the whole training, which is far smaller and so leaves a forger
-far less room. The last segment runs training to its end, so its weights must also be
-the weights being verified: fine-tuning after training is caught there.
+chain must hold; a transcript of another derivation, or whose checkpoints are not
+the derivation's (`checkpoint_every`), is refused, and so is a malformed checkpoint.
+Then the segments `transcript.choose` picks (the last, the first, the largest update
+of each stretch of training, K at random) are replayed from their published starting
+states, one after the other in a single sandboxed build process (its start-up is paid
+once), and each replayed end state is compared with the next published checkpoint;
+a failing segment names the tensors that differ and by how much.
+
+A segment's update is measured from the checkpoints alone, without training: the
+largest relative L2 distance of one of the model's weight tensors (the state's tensors
+that carry the name and shape of a tensor of the verified weights; every float tensor
+of the state when none does) between the checkpoint it starts from and the one it
+ends at. It is read memory-mapped, a chunk at a time (`compare.distances`). A forger
+who jumps to planted weights makes one segment's update far larger than training's
+own late in training; one who spreads the jump thin enough to make no stretch's
+largest update is left to the random picks, and the report says with what odds.
+
+On the environment the transcript was recorded on (or when it names none) the
+comparison is bit for bit. On another environment, floating-point results legitimately
+drift a little, so each segment may drift by the recipe's per-segment tolerance: the
+drift of one segment, not of the whole training, which is far smaller and so leaves a
+forger far less room. The last segment runs training to its end, so its weights must
+also be the weights being verified: fine-tuning after training is caught there.
+
+What it does not do: replay what it does not pick. A forgery spread over segments that
+each move the weights less than their stretch's largest update is caught only by the
+random picks, with the odds the report states; only `build --check` replays it all.
 """
 
 from __future__ import annotations
@@ -19,25 +36,41 @@ import contextlib
 import json
 import math
 import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from .. import states
 from .. import transcript as tr
 from ..builder import ChildResult
-from ..compare import EnvRelation, compare_files, value_drift
+from ..compare import EnvRelation
 from ..derivation import Derivation, read_record
 from ..digest import file_digest
 from ..environment import fingerprint
-from ..errors import UsageError, WeightsError
+from ..errors import UsageError
 from ..job import Replay
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
 from ..store import Store
-from ..weights import check_state, read_header
+from ..weights import read_header
 from .build import RecipeCode, plan, sandboxed, threads_for
+
+STRETCHES = 3  # default Q: stretches of training whose largest update is always replayed
+SPREADS = (1, 2, 5, 10)  # forgeries of this many segments get their odds in the report
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which segments to replay besides the last (`--spot`, `--largest`, `--seed`): the
+    segment with the largest update in each of `largest` (Q) stretches of training, and
+    the first, and `spot` (K) drawn at random; each a count, or a Fraction: a share of
+    all the segments, rounded up."""
+
+    spot: int | Fraction
+    largest: int | Fraction = STRETCHES
+    seed: int | None = None  # None: a fresh random seed
 
 
 @dataclass(frozen=True)
@@ -51,6 +84,13 @@ class SegmentResult:
     seconds: float
     note: str = ""
     drift: float | None = None  # worst relative L2 of a state tensor (another environment)
+    why: tr.Why = tr.Why.RANDOM  # why it was replayed
+    update: float | None = None  # its measured update (None: the first, unmeasurable)
+    difference: states.Difference | None = None  # what differed, when it fails
+
+    def to_json(self) -> dict[str, Any]:
+        return {**vars(self), "why": self.why.value,
+                "difference": vars(self.difference) if self.difference else None}
 
 
 @dataclass(frozen=True)
@@ -66,6 +106,10 @@ class VerifyReport:
     compute_fraction: float  # replayed training steps / all training steps
     environment: str = "same"  # same | unknown | other: where the transcript was recorded
     tolerance: float = 0.0  # the per-segment drift allowed on another environment
+    stretches: int = 0  # Q: stretches whose largest update was replayed
+    drawn: int = 0  # K: segments drawn at random
+    population: int = 0  # the segments they were drawn from
+    catch: dict[int, float] = field(default_factory=dict)  # m forged segments -> odds
 
     @property
     def holds(self) -> bool:
@@ -76,9 +120,13 @@ class VerifyReport:
                 "target": str(self.target), "derivation": self.derivation,
                 "transcript": str(self.transcript), "segments_total": self.segments_total,
                 "seed": self.seed, "chain_ok": self.chain_ok, "problems": list(self.problems),
-                "segments": [vars(r) for r in self.results],
+                "segments": [r.to_json() for r in self.results],
                 "compute_fraction": self.compute_fraction, "environment": self.environment,
-                "tolerance": self.tolerance}
+                "tolerance": self.tolerance,
+                "sampling": {"stretches": self.stretches, "random": self.drawn,
+                             "drawn_from": self.population},
+                "catch": {"largest_update": 1.0,
+                          "not_largest": {str(m): p for m, p in self.catch.items()}}}
 
 
 @dataclass(frozen=True)
@@ -90,14 +138,18 @@ class _Subject:
     tolerance: Tolerance
 
 
-def verify(target: Path | str, transcript: Path | str, *, spot: int | Fraction,
-           seed: int | None = None,
+def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
            recipe: Path | str | None = None, store: Store | None = None,
            threads: int | None = None, reporter: Reporter | None = None) -> VerifyReport:
+    """Check `transcript` (its chain, its derivation, its checkpoints) against the weights
+    `target` (a store item, or a file with `recipe`) and replay the segments `sampling`
+    picks. Bad input (a malformed file, another derivation's transcript) raises
+    UsageError or WeightsError; a chain that breaks or a segment that does not replay is
+    a report that does not hold."""
     store = store or Store()
     reporter = reporter or QuietReporter()
     threads = threads_for(threads)
-    seed = secrets.randbelow(2**31) if seed is None else seed
+    seed = secrets.randbelow(2**31) if sampling.seed is None else sampling.seed
     transcript = Path(transcript).absolute()
     parsed = _load(transcript)
     target = Path(target)
@@ -105,27 +157,27 @@ def verify(target: Path | str, transcript: Path | str, *, spot: int | Fraction,
         subject = _subject(target, recipe, store)
         read_header(subject.weights)  # a malformed file is bad input (exit 2), not a failure
         if parsed.derivation != subject.code.derivation.digest:
-            raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}, "
-                             f"not of the verified weights' {subject.code.derivation.digest}")
+            raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}"
+                             f", not of the verified weights' {subject.code.derivation.digest}")
         problems = _chain_problems(parsed, transcript.parent)
         all_segments = tr.segments(parsed)
         if problems:
             return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
                                 False, tuple(problems), (), 0.0)
-        chosen = tr.choose(all_segments, tr.spot_count(spot, len(all_segments)), seed)
-        for segment in chosen:  # a hostile start fails here, naming itself, not in a replay
-            if segment.start is not None:
-                check_state(transcript.parent / segment.start.file)
+        selection, moved = _select(parsed, transcript, subject, sampling, seed)
+        chosen = [p.segment for p in selection.picks]
         total = parsed.checkpoints[-1].step
         tolerance = segment_tolerance(subject.tolerance, total, max(s.steps for s in chosen))
         with _replayed(subject, chosen, transcript.parent, store, threads, reporter) as replay:
             relation = _relation(parsed.environment, replay.result.environment)
             allowed = tolerance if relation is EnvRelation.OTHER else 0.0
-            results = tuple(_judge(subject, segment, transcript.parent, replay, allowed)
-                            for segment in chosen)
+            results = tuple(_judge(subject, pick, moved, transcript.parent, replay, allowed)
+                            for pick in selection.picks)
         fraction = sum(s.steps for s in chosen) / total
         return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
-                            True, (), results, fraction, relation.value, allowed)
+                            True, (), results, fraction, relation.value, allowed,
+                            selection.stretches, selection.drawn, selection.population,
+                            {m: selection.catch(m) for m in SPREADS})
 
 
 def segment_tolerance(tolerance: Tolerance, total_steps: int, segment_steps: int) -> float:
@@ -145,10 +197,20 @@ def _relation(recorded: dict[str, Any] | None, local: dict[str, Any]) -> EnvRela
 
 def _load(path: Path) -> tr.Transcript:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
     except (OSError, ValueError, RecursionError) as e:  # bad UTF-8 or JSON, huge ints, depth
         raise UsageError(f"{path}: cannot read the transcript: {e}") from e
     return tr.parse(data, str(path))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once: a reader that kept the first of two
+    and one that kept the last would otherwise read different transcripts."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        twice = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise ValueError(f"key {twice!r} given twice")
+    return found
 
 
 def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
@@ -197,6 +259,23 @@ def _chain_problems(parsed: tr.Transcript, folder: Path) -> list[str]:
     return problems
 
 
+def _select(parsed: tr.Transcript, path: Path, subject: _Subject, sampling: Sampling,
+            seed: int) -> tuple[tr.Selection, dict[int, float]]:
+    """The segments to replay, and each segment's update by index (the first has none:
+    it starts from the initialisation, which is not published). Refused first: segments
+    other than the derivation's, and a malformed checkpoint."""
+    every = int(subject.code.derivation.record.get("checkpoint_every", 0))
+    if problem := tr.grid_problem(parsed, every):
+        raise UsageError(f"{path}: {problem}")
+    moved = states.updates([path.parent / c.file for c in parsed.checkpoints],
+                           read_header(subject.weights))
+    updates = dict(enumerate(moved, start=1))
+    count = len(parsed.checkpoints)
+    return tr.choose(tr.segments(parsed), updates, seed=seed,
+                     stretches=tr.spot_count(sampling.largest, count),
+                     spot=tr.spot_count(sampling.spot, count)), updates
+
+
 @dataclass
 class _Replay:
     out: Path
@@ -220,54 +299,37 @@ def _replayed(subject: _Subject, chosen: list[tr.Segment], folder: Path, store: 
         yield _Replay(out, result, began)
 
 
-def _judge(subject: _Subject, segment: tr.Segment, folder: Path, replay: _Replay,
-           allowed: float) -> SegmentResult:
+def _judge(subject: _Subject, pick: tr.Pick, updates: Mapping[int, float], folder: Path,
+           replay: _Replay, allowed: float) -> SegmentResult:
+    segment = pick.segment
     made = next((c for c in replay.result.checkpoints if c["step"] == segment.stop.step), None)
     start_step = segment.start.step if segment.start else 0
     seconds = (made["at"] - replay.began[segment.stop.step]) if made else 0.0
+    result = SegmentResult(segment.index, start_step, segment.stop.step, segment.stop.digest,
+                           None, False, seconds, "the replay made no checkpoint there",
+                           why=pick.why, update=updates.get(segment.index))
     if made is None:
-        return SegmentResult(segment.index, start_step, segment.stop.step, segment.stop.digest,
-                             None, False, seconds, "the replay made no checkpoint there")
+        return result
+    replayed, published = replay.out / made["file"], folder / segment.stop.file
     holds, note, drift = made["digest"] == segment.stop.digest, "", None
     if not holds and allowed > 0:
-        drift = _drift(replay.out / made["file"], folder / segment.stop.file)
+        drift = states.drift(replayed, published)
         holds = drift <= allowed
         note = f"drift {drift:.2e} {'within' if holds else 'beyond'} {allowed:.2e}"
+    difference = None if holds else states.difference(replayed, published)
     if segment.last and holds:
         weights = replay.out / "weights.safetensors"
         holds = weights.is_file() and _same_weights(weights, subject.weights, allowed)
-        note = note if holds else "the final weights are not what training produces"
-    return SegmentResult(segment.index, start_step, segment.stop.step, segment.stop.digest,
-                         made["digest"], holds, seconds, note, drift)
-
-
-def _drift(replayed: Path, published: Path) -> float:
-    """The worst relative difference over the two states: each tensor's relative L2
-    distance and each float of the JSON skeleton's; infinite when anything else differs
-    (the skeleton's structure or non-float values, tensor names, shapes or types), or
-    when the published checkpoint cannot be read as one."""
-    try:
-        a, b = read_header(replayed), read_header(published)
-        if a.metadata.keys() != b.metadata.keys():
-            return math.inf
-        values = max((value_drift(_json(a.metadata[k]), _json(b.metadata[k]))
-                      for k in a.metadata), default=0.0)
-    except (WeightsError, RecursionError):  # a hostile header, or a skeleton nested too deep
-        return math.inf
-    diffs = compare_files(a, b)
-    if any(d.status not in ("identical", "changed") for d in diffs):
-        return math.inf
-    return max([values, *(d.rel_l2 for d in diffs)])
-
-
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, a 5000-digit int, deep nesting
-        return text
+        if not holds:
+            difference = states.difference(weights, subject.weights) if weights.is_file() else None
+            note = "the final weights are not what training produces"
+    if difference is not None:
+        note = f"{note}: {difference.describe()}" if note else difference.describe()
+    return replace(result, replayed=made["digest"], holds=holds, note=note, drift=drift,
+                   difference=difference)
 
 
 def _same_weights(replayed: Path, published: Path, allowed: float) -> bool:
     if file_digest(replayed) == file_digest(published):
         return True
-    return allowed > 0 and _drift(replayed, published) <= allowed
+    return allowed > 0 and states.drift(replayed, published) <= allowed
