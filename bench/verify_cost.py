@@ -3,8 +3,11 @@ the segments, beside a full `build --check`, in one run. Budget: <= 10%.
 
 For each recipe: build it once into a fresh store (not timed), then time, as fresh
 processes the way a user runs them, `reweigh build RECIPE --check` (a whole second
-training run, compared bit for bit) and `reweigh verify ITEM --transcript ... --spot K`
-(K random segments plus the last, in one sandboxed process).
+training run, compared bit for bit), `reweigh verify ITEM --transcript ... --spot K
+--largest 0` (K random segments plus the last, in one sandboxed process: verify before
+the largest updates) and the same with the default `--largest` (the first segment and
+the largest update of each of 3 stretches added). Then, in this process, what measuring
+the updates alone costs (`states.updates` over every checkpoint, no training).
 
 Usage: python bench/verify_cost.py [--store DIR] [--param KEY=VALUE ...] [RECIPE ...]
 (default: digits-cnn and connect4-zero; with --store, a recipe already built there is
@@ -52,17 +55,39 @@ def main() -> None:
             _, out = reweigh("build", str(recipe), "--json", "--store", store)
             item = Path(json.loads(out)["path"])
             check, _ = reweigh("build", str(recipe), "--check", "--store", store)
-            spent, out = reweigh("verify", str(item), "--transcript",
-                                 str(item / "transcript.json"), "--spot", "5%",
-                                 "--seed", "1", "--json", "--store", store)
-            report = json.loads(out)
-            segments, spot = report["segments_total"], len(report["segments"]) - 1
+            random_only = _verify(item, store, "--largest", "0")
+            with_largest = _verify(item, store)
+            measuring = _measure(item)
+        report = with_largest[1]
         changed = f" ({', '.join(args.param)})" if args.param else ""
-        print(f"{recipe.name}{changed}: {segments} segments, --spot {spot} (+ the last)")
-        print(f"  build --check: {check:7.1f} s")
-        print(f"  verify:        {spent:7.1f} s  ({spent / check:.1%} of build --check; "
-              f"replayed {report['compute_fraction']:.1%} of the training steps; "
-              f"verdict {report['verdict']})   budget <= 10%")
+        print(f"{recipe.name}{changed}: {report['segments_total']} segments, --spot "
+              f"{report['sampling']['random']} (+ the last); --largest "
+              f"{report['sampling']['stretches']} (+ the first)")
+        print(f"  build --check:               {check:7.1f} s")
+        for label, (spent, done) in (("verify --largest 0:", random_only),
+                                     ("verify (largest updates):", with_largest)):
+            print(f"  {label:<28} {spent:7.1f} s  ({spent / check:.1%} of build --check; "
+                  f"{len(done['segments'])} segments, {done['compute_fraction']:.1%} of the "
+                  f"training steps; verdict {done['verdict']})   budget <= 10%")
+        print(f"  measuring the updates alone: {measuring:7.3f} s  (every checkpoint, "
+              "in this process)")
+
+
+def _verify(item: Path, store: str, *args: str) -> tuple[float, dict]:
+    spent, out = reweigh("verify", str(item), "--transcript", str(item / "transcript.json"),
+                         "--spot", "5%", "--seed", "1", *args, "--json", "--store", store)
+    return spent, json.loads(out)
+
+
+def _measure(item: Path) -> float:
+    from reweigh.states import updates
+    from reweigh.weights import read_header
+
+    checkpoints = [item / c["file"] for c in
+                   json.loads((item / "transcript.json").read_text())["checkpoints"]]
+    started = time.perf_counter()
+    updates(checkpoints, read_header(item / "weights.safetensors"))
+    return time.perf_counter() - started
 
 
 def _variant(recipe: Path, params: list[str], folder: Path) -> Path:
