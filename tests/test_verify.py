@@ -605,3 +605,20 @@ def test_a_malformed_checkpoint_that_no_replay_reads_is_refused_too(
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert str(middle) in lines[0] and "unknown node kind 'evil'" in lines[0]
+
+
+def test_published_weights_with_a_hostile_state_skeleton_fail_saying_so(
+        built: tuple[Path, Path], tmp_path: Path) -> None:
+    """The final weights are compared place by place when they carry a state skeleton; a
+    hostile one is named, not a crash."""
+    store, item = built
+    folder = _published(item, tmp_path / "published")
+    weights = folder / "weights.safetensors"
+    save_file(load_file(str(weights)), str(weights), metadata={"reweigh.state": "[1]"})
+    code, report = _verify(store, weights, "--recipe", EXAMPLES / "digits-cnn", "--transcript",
+                           folder / "transcript.json", "--spot", "0", "--largest", "0")
+    (last,) = report["segments"]
+    assert code == 1 and not last["holds"]
+    assert last["note"] == ("the final weights are not what training produces: the published "
+                            f"file cannot be compared: {weights}: reweigh.state: state: not a "
+                            "node (an object with one key)")

@@ -37,8 +37,11 @@ class Difference:
     rel_l2: float  # its relative L2 distance
     max_abs: float  # its largest absolute difference
     values: tuple[str, ...] = ()  # the state's non-tensor values that differ
+    unreadable: str = ""  # why the published file could not be read as a state
 
     def describe(self) -> str:
+        if self.unreadable:
+            return f"the published file cannot be compared: {self.unreadable}"
         parts = []
         if self.largest is not None:
             parts.append(f"{self.tensors} of {self.of} tensors differ, most {self.largest} "
@@ -76,7 +79,7 @@ def _weight_tensors(path: Path, weights: WeightsFile) -> tuple[WeightsFile, dict
     """The checkpoint's header, and its model weights: place in the state -> tensor entry.
     The weights are the state's tensors that sit under the name of one of the verified
     weights' tensors, with its shape and type; when none does, every float tensor."""
-    header, tensors, _ = _state(path, check=True)
+    header, tensors, _ = _state(path, checkpoint=True)
     named = {place: entry for place, entry in tensors.items()
              if (info := weights.tensors.get(place[-1][1])) is not None
              and (info.shape, info.dtype) == (header.tensors[entry].shape,
@@ -90,17 +93,16 @@ def _weight_tensors(path: Path, weights: WeightsFile) -> tuple[WeightsFile, dict
 _Place = tuple[tuple[str, Any], ...]
 
 
-def _state(path: Path, check: bool = False) -> tuple[WeightsFile, dict[_Place, str],
-                                                   dict[_Place, Any]]:
-    """A checkpoint's (or weights file's) header, its tensors and its other values by
-    their place in the state; a weights file's tensors are each at their name."""
-    skeleton = check_state(path) if check else None
+def _state(path: Path, checkpoint: bool = False) -> tuple[WeightsFile, dict[_Place, str],
+                                                        dict[_Place, Any]]:
+    """A checkpoint's (or a weights file's) header, its tensors and its other values by
+    their place in the state; a weights file's tensors are each at their name. A
+    skeleton is always checked first (a hostile one raises WeightsError)."""
     header = read_header(path)
-    if skeleton is None and "reweigh.state" not in header.metadata:
+    if not checkpoint and "reweigh.state" not in header.metadata:
         return header, {(("key", name),): name for name in header.tensors}, {}
     tensors, values = {}, {}
-    for place, (kind, body) in _leaves(skeleton or json.loads(header.metadata["reweigh.state"]),
-                                       (("key", "state"),)):
+    for place, (kind, body) in _leaves(check_state(path), (("key", "state"),)):
         (tensors if kind == "tensor" else values)[place] = body
     return header, tensors, values
 
@@ -129,8 +131,8 @@ def difference(replayed: Path, published: Path) -> Difference:
     try:
         a, ta, va = _state(replayed)
         b, tb, vb = _state(published)
-    except (WeightsError, ValueError, RecursionError) as e:
-        return Difference(0, 0, None, math.inf, math.inf, (f"unreadable ({e})",))
+    except WeightsError as e:  # the published file (ours was written by save_state)
+        return Difference(0, 0, None, math.inf, math.inf, unreadable=str(e))
     measured = []
     for place in ta.keys() | tb.keys():
         ia, ib = a.tensors.get(ta.get(place, "")), b.tensors.get(tb.get(place, ""))
