@@ -1,4 +1,5 @@
-"""The entry point (`cli/main.py`): usage errors in one line, a closed pipe ends quietly."""
+"""The entry point (`cli/main.py`): usage errors in one line, a closed pipe ends quietly;
+and the options every command that runs recipe code shares."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .helpers import run_reweigh, write_recipe
+import pytest
+
+from .helpers import run_json, run_reweigh, write_recipe
 
 
 def test_a_usage_error_names_the_program_once_in_one_line(store: Path) -> None:
@@ -36,3 +39,18 @@ def test_a_reader_that_goes_away_ends_the_command_quietly_with_the_sigpipe_statu
     child.stdout.close()  # long before the interpreter has started
     _, stderr = child.communicate(timeout=120)
     assert (child.returncode, stderr) == (141, "")
+
+
+@pytest.mark.parametrize("command", ["build", "challenge", "check", "diff", "estimate",
+                                     "adapt", "verify"])
+def test_each_command_that_runs_recipe_code_says_its_thread_default(command: str) -> None:
+    result = run_reweigh(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--threads N" in result.stdout
+    assert "(default 1: for the examples, two threads were up to 15x slower" in \
+        " ".join(result.stdout.split())
+
+
+def test_recipe_code_runs_on_one_thread_unless_asked(tmp_path: Path, store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r")
+    assert run_json("build", recipe, store=store)["threads"] == 1

@@ -16,8 +16,8 @@ from .common import (
     add_json_option,
     add_sandbox_option,
     add_store_option,
+    add_threads_option,
     open_store,
-    positive_int,
     print_json,
 )
 
@@ -50,7 +50,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--version", default=Settings.version, help="the new recipe's version")
     parser.add_argument("--license", default=None,
                         help="SPDX licence of your data (default NOASSERTION)")
-    parser.add_argument("--threads", type=positive_int, default=None)
+    add_threads_option(parser)
     add_sandbox_option(parser)
     parser.add_argument("--check", action="store_true",
                         help="rebuild and compare bit for bit with the item")

@@ -10,8 +10,8 @@ from .common import (
     add_json_option,
     add_sandbox_option,
     add_store_option,
+    add_threads_option,
     open_store,
-    positive_int,
     print_json,
 )
 
@@ -21,8 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("recipe", help="recipe directory or its recipe.toml")
     parser.add_argument("--check", action="store_true",
                         help="rebuild and compare bit for bit with the stored item")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="intra-op threads for training (default: all cores)")
+    add_threads_option(parser)
     add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)

@@ -11,9 +11,9 @@ from .common import (
     add_json_option,
     add_sandbox_option,
     add_store_option,
+    add_threads_option,
     colour,
     open_store,
-    positive_int,
     print_json,
 )
 
@@ -29,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         help="the publisher's provenance.json (says which environment built it)")
     parser.add_argument("--require", choices=["identical", "equivalent"], default="equivalent",
                         help="the verdict that counts as success (default: equivalent)")
-    parser.add_argument("--threads", type=positive_int, default=None)
+    add_threads_option(parser)
     add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)

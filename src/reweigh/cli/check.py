@@ -18,10 +18,10 @@ from .common import (
     add_json_option,
     add_sandbox_option,
     add_store_option,
+    add_threads_option,
     colour,
     open_store,
     positive_float,
-    positive_int,
     print_json,
 )
 
@@ -39,7 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         f"{REFERENCE.cores} cores = {DEFAULT_MAX_CORE_HOURS:g})")
     parser.add_argument("--estimate-seconds", type=positive_float, default=5.0,
                         help="seconds of training to time when the recipe is not built yet")
-    parser.add_argument("--threads", type=positive_int, default=None)
+    add_threads_option(parser)
     add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)

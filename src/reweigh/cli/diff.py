@@ -21,6 +21,7 @@ from .common import (
     add_json_option,
     add_sandbox_option,
     add_store_option,
+    add_threads_option,
     colour,
     non_negative_int,
     open_store,
@@ -46,7 +47,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         help="a probe set for text models (default: the recipe's)")
     parser.add_argument("--length", type=positive_int, default=8, metavar="N",
                         help="tokens each text model writes per prompt (default 8)")
-    parser.add_argument("--threads", type=positive_int, default=None)
+    add_threads_option(parser)
     add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)

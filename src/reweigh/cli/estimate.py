@@ -15,9 +15,9 @@ from .common import (
     add_json_option,
     add_sandbox_option,
     add_store_option,
+    add_threads_option,
     open_store,
     positive_float,
-    positive_int,
     print_json,
 )
 
@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--seconds", type=positive_float, default=DEFAULT_SECONDS,
                         help="seconds of training to time after start-up (default: "
                         f"{DEFAULT_SECONDS:g})")
-    parser.add_argument("--threads", type=positive_int, default=None)
+    add_threads_option(parser)
     add_sandbox_option(parser)
     parser.add_argument("--max-core-hours", type=positive_float, default=DEFAULT_MAX_CORE_HOURS,
                         help=f"the budget to compare with (default: {DEFAULT_MAX_CORE_HOURS:g})")

@@ -12,10 +12,10 @@ from .common import (
     add_json_option,
     add_sandbox_option,
     add_store_option,
+    add_threads_option,
     colour,
     non_negative_int,
     open_store,
-    positive_int,
     print_json,
 )
 
@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         "0: none): a count, or a share of the segments")
     parser.add_argument("--seed", type=int, default=None, help="seed for choosing segments")
     parser.add_argument("--recipe", default=None, help="the recipe, when TARGET is a file")
-    parser.add_argument("--threads", type=positive_int, default=None)
+    add_threads_option(parser)
     add_sandbox_option(parser)
     add_store_option(parser)
     add_json_option(parser)

@@ -106,14 +106,23 @@ class BuildReport:
         return data
 
 
+# One thread unless asked: on a two-core machine shared with other work, two threads
+# made build --check of digits-cnn and textgen 15x slower and verify of textgen 9x
+# slower, and saved at most 10% when the machine was quiet (bench/threads.py, numbers in
+# bench/README.md). The weights are the same whatever the count, so `--threads N` is
+# only a question of speed, and one thread is never the slow choice by much.
+DEFAULT_THREADS = 1
+
+
 def threads_for(requested: int | None) -> int:
-    """The intra-op thread count a build runs with: the request, at most the usable cores.
+    """The intra-op thread count (and ctx.map's worker count) recipe code runs with: the
+    request, else DEFAULT_THREADS, at most the usable cores.
 
     More threads than cores only adds contention, and it is outside the range where
     thread-count invariance was measured (bench/numerics/README.md).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(requested or cores or 1, cores or 1)
+    return min(requested or DEFAULT_THREADS, cores or 1)
 
 
 def plan(recipe_dir: Path | str, store: Store) -> Plan:
