@@ -43,7 +43,8 @@ def main(digits_folder: Path, out: Path) -> None:
         inputs={"digits": digits_folder}, params=recipe["params"], seed=recipe["seed"],
         save_weights=lambda tensors, metadata=None: save_file(dict(tensors), str(out)),
         progress=lambda *args, **kwargs: None, log_metric=lambda *args, **kwargs: None,
-        checkpoint=lambda *args, **kwargs: False, resume=lambda: None)
+        checkpoint=lambda *args, **kwargs: False, resume=lambda: None,
+        resume_into=lambda *args, **kwargs: {}, training_state=lambda *args, **kwargs: {})
     train(ctx)
 
 
