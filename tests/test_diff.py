@@ -20,7 +20,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from reweigh import DiffOptions, build, diff
-from reweigh.audit import behaviour
+from reweigh.audit import behaviour, trigger
 from reweigh.audit.weights import layer_diffs
 from reweigh.compare import distances
 from reweigh.errors import UsageError
@@ -302,6 +302,34 @@ def test_behaviour_counts_moves_per_class_and_flags_only_real_shifts() -> None:
     assert difference[1][0] == 6 and difference[1][1] == -6
     assert [row["index"] for row in section["diverging"]] == [20, 21, 22]
     assert section["diverging"][0]["distance"] == 1.0
+
+
+def _candidate(target: int, success_b: float, success_a: float) -> trigger.Candidate:
+    return trigger.Candidate(target, ((7, 7),), ((1.0,),), success_a, success_b, victims=250)
+
+
+def test_a_trigger_that_leads_every_other_class_is_flagged_below_the_absolute_bar() -> None:
+    """A trigger fine-tuned into the last layer drives B on 0.77 of the inputs, A on 0.09:
+    below 0.8, but no other class comes near it (bench/trojans.py's fc2-3px-tr)."""
+    best = _candidate(7, 0.77, 0.09)
+    result = trigger.TriggerResult(best, (best, _candidate(5, 0.30, 0.10),
+                                          _candidate(2, 0.10, 0.15)))
+    assert not best.flagged and result.margin == pytest.approx(0.68 - 0.20)
+    assert result.flagged
+    section = trigger.to_json(result)
+    assert section["flagged"] and section["margin"] == pytest.approx(0.48)
+    assert section["thresholds"]["with_margin_at_least"] == trigger.MARGIN
+
+
+def test_honest_differences_spread_over_classes_are_not_flagged() -> None:
+    """Another seed: patches nearly as good in several classes (bench/trojans.py's
+    rebuild-seed4 led by 0.26 at most)."""
+    best = _candidate(3, 0.76, 0.12)
+    result = trigger.TriggerResult(best, (best, _candidate(0, 0.50, 0.12),
+                                          _candidate(9, 0.41, 0.05)))
+    assert result.margin == pytest.approx(0.64 - 0.38) and not result.flagged
+    alone = trigger.TriggerResult(_candidate(4, 0.45, 0.0), (_candidate(4, 0.45, 0.0),))
+    assert alone.margin == pytest.approx(0.45) and not alone.flagged  # too weak to stand out
 
 
 def test_identical_outputs_have_no_diverging_inputs() -> None:

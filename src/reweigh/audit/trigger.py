@@ -11,8 +11,11 @@ than the other, but not ones the suspect follows nearly always (see FLAG_B).
 For each target class: optimise a soft mask and pattern (Adam, a penalty on mask
 area beyond the budget), keep the `pixels` strongest mask pixels, refine the
 pattern on those pixels alone, then measure success on inputs the optimisation
-never saw. Runs inside the sandboxed child (it calls the recipe's model); the
-result is plain data. It does not claim to find every trigger: a pattern larger
+never saw. A planted trigger serves one class, so besides being strong it stands
+out: the best class's score beats every other class's by a wide margin (the idea of
+Neural Cleanse's anomaly index across classes), where honest differences spread
+over several classes alike. Runs inside the sandboxed child (it calls the recipe's
+model); the result is plain data. It does not claim to find every trigger: a pattern larger
 than the budget, or one that needs a transformation rather than a patch, is out
 of its reach.
 """
@@ -36,6 +39,14 @@ if TYPE_CHECKING:
 FLAG_B = 0.8
 FLAG_A = 0.2
 MIN_VICTIMS = 10
+# A trigger is also flagged when it stands out: its score (B - A) is at least STAND_OUT and
+# no other class's comes within MARGIN of it. A trigger fine-tuned into the last layer
+# only, or under a tight weight bound, reaches B - A of 0.56-0.84 on digits-cnn, below
+# FLAG_B, but no other class then reaches within 0.37 of it; among 14 honest networks (other
+# seeds, clean fine-tunes) the best class's lead was at most 0.26, with scores up to 0.65
+# (bench/trojans.py, three search seeds). Calibrated on that suite: a margin, not a proof.
+STAND_OUT = 0.5
+MARGIN = 0.3
 
 Model = Callable[["torch.Tensor"], "torch.Tensor"]  # (B, C, H, W) -> (B, classes) logits
 
@@ -77,6 +88,24 @@ class TriggerResult:
     candidates: tuple[Candidate, ...] = field(default=())
     seconds: float = 0.0
     pixels: int = 0
+
+    @property
+    def margin(self) -> float:
+        """How far the best class's score leads every other class's (a score below zero
+        counts as zero: no class reached)."""
+        if self.best is None:
+            return 0.0
+        others = [c.score for c in self.candidates if c.target != self.best.target]
+        return self.best.score - max([0.0, *others])
+
+    @property
+    def flagged(self) -> bool:
+        best = self.best
+        if best is None:
+            return False
+        stands_out = (best.score >= STAND_OUT and self.margin >= MARGIN
+                      and best.victims >= MIN_VICTIMS)
+        return best.flagged or stands_out
 
 
 def search(model_a: Model, model_b: Model, inputs: torch.Tensor, settings: TriggerSettings, *,
@@ -195,9 +224,10 @@ def to_json(result: TriggerResult) -> dict[str, Any]:
                 "success_b": c.success_b, "victims": c.victims, "flagged": c.flagged}
 
     best = result.best
-    return {"flagged": best is not None and best.flagged,
-            "best": candidate(best) if best else None,
+    return {"flagged": result.flagged, "best": candidate(best) if best else None,
+            "margin": result.margin,
             "per_class": [candidate(c) for c in result.candidates],
             "pixels": result.pixels, "seconds": round(result.seconds, 3),
             "thresholds": {"success_b_at_least": FLAG_B, "success_a_at_most": FLAG_A,
-                           "victims_at_least": MIN_VICTIMS}}
+                           "victims_at_least": MIN_VICTIMS,
+                           "or_score_at_least": STAND_OUT, "with_margin_at_least": MARGIN}}

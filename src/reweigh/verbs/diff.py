@@ -244,7 +244,8 @@ def _trigger_findings(section: dict[str, Any] | None) -> list[str]:
         return []
     best = section["best"]
     return [f"trigger: a {len(best['pixels'])}-pixel patch drives B to class {best['class']} "
-            f"on {best['success_b']:.0%} of unseen inputs; A follows on {best['success_a']:.0%}"]
+            f"on {best['success_b']:.0%} of unseen inputs; A follows on {best['success_a']:.0%}; "
+            f"it leads every other class by {section['margin']:.2f} (B minus A)"]
 
 
 def _text_findings(section: dict[str, Any] | None) -> list[str]:
