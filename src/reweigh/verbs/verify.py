@@ -54,7 +54,7 @@ from ..job import Replay
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
 from ..store import Store
-from ..weights import read_header
+from ..weights import WeightsFile, read_header
 from .build import RecipeCode, plan, sandboxed, threads_for
 
 STRETCHES = 3  # default Q: stretches of training whose largest update is always replayed
@@ -133,7 +133,7 @@ class VerifyReport:
 class _Subject:
     """What is verified: weights, the derivation they claim, its code and inputs."""
 
-    weights: Path
+    weights: WeightsFile  # checked on the way in: a malformed file is bad input (exit 2)
     code: RecipeCode
     tolerance: Tolerance
 
@@ -155,7 +155,6 @@ def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
     target = Path(target)
     with store.gc_lock(exclusive=False):  # gc waits: the item and inputs found stay
         subject = _subject(target, recipe, store)
-        read_header(subject.weights)  # a malformed file is bad input (exit 2), not a failure
         if parsed.derivation != subject.code.derivation.digest:
             raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}"
                              f", not of the verified weights' {subject.code.derivation.digest}")
@@ -218,7 +217,7 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
         if not target.is_file():
             raise UsageError(f"{target}: no such weights file")
         the_plan = plan(recipe, store)
-        return _Subject(target, the_plan.recipe_code, _tolerance(the_plan.recipe))
+        return _Subject(read_header(target), the_plan.recipe_code, _tolerance(the_plan.recipe))
     if target.is_file():
         raise UsageError(f"{target}: a weights file needs --recipe to say how it was built")
     item = store.resolve(str(target))
@@ -232,7 +231,8 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
         if found is None:
             raise UsageError(f"input {name} ({entry['digest']}) is not in the store")
         inputs[name] = found
-    return _Subject(item.weights, RecipeCode(Derivation(item.derivation, record), code, inputs),
+    derivation = Derivation(item.derivation, record)
+    return _Subject(read_header(item.weights), RecipeCode(derivation, code, inputs),
                     _tolerance(load_recipe(source / "recipe.toml")))
 
 
@@ -267,8 +267,7 @@ def _select(parsed: tr.Transcript, path: Path, subject: _Subject, sampling: Samp
     every = int(subject.code.derivation.record.get("checkpoint_every", 0))
     if problem := tr.grid_problem(parsed, every):
         raise UsageError(f"{path}: {problem}")
-    moved = states.updates([path.parent / c.file for c in parsed.checkpoints],
-                           read_header(subject.weights))
+    moved = states.updates([path.parent / c.file for c in parsed.checkpoints], subject.weights)
     updates = dict(enumerate(moved, start=1))
     count = len(parsed.checkpoints)
     return tr.choose(tr.segments(parsed), updates, seed=seed,
@@ -319,9 +318,10 @@ def _judge(subject: _Subject, pick: tr.Pick, updates: Mapping[int, float], folde
     difference = None if holds else states.difference(replayed, published)
     if segment.last and holds:
         weights = replay.out / "weights.safetensors"
-        holds = weights.is_file() and _same_weights(weights, subject.weights, allowed)
+        holds = weights.is_file() and _same_weights(weights, subject.weights.path, allowed)
         if not holds:
-            difference = states.difference(weights, subject.weights) if weights.is_file() else None
+            difference = (states.difference(weights, subject.weights.path) if weights.is_file()
+                          else None)
             note = "the final weights are not what training produces"
     if difference is not None:
         note = f"{note}: {difference.describe()}" if note else difference.describe()
