@@ -102,7 +102,7 @@ def _state(path: Path, checkpoint: bool = False) -> tuple[WeightsFile, dict[_Pla
     if not checkpoint and "reweigh.state" not in header.metadata:
         return header, {(("key", name),): name for name in header.tensors}, {}
     tensors, values = {}, {}
-    for place, (kind, body) in _leaves(check_state(path), (("key", "state"),)):
+    for place, (kind, body) in _leaves(check_state(header), (("key", "state"),)):
         (tensors if kind == "tensor" else values)[place] = body
     return header, tensors, values
 

@@ -253,17 +253,17 @@ def load_state(path: Path) -> Any:
     """The nested state `save_state` wrote (torch tensors where tensors were)."""
     from safetensors import safe_open
 
-    skeleton = check_state(path)
+    skeleton = check_state(read_header(path))
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     return _rebuild(skeleton, tensors)
 
 
-def check_state(path: Path) -> Any:
-    """A checkpoint's skeleton, checked without loading a tensor: a valid header, and a
-    `reweigh.state` whose every node is one that `save_state` writes and whose tensors
-    exist. Raises WeightsError naming the file and the node."""
-    header = read_header(path)
+def check_state(header: WeightsFile) -> Any:
+    """A checkpoint's skeleton, checked without loading a tensor: given its checked header
+    (`read_header`), a `reweigh.state` whose every node is one that `save_state` writes
+    and whose tensors exist. Raises WeightsError naming the file and the node."""
+    path = header.path
     text = header.metadata.get("reweigh.state")
     if text is None:
         raise WeightsError(f"{path}: __metadata__: no reweigh.state; not a checkpoint")
