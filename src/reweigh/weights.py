@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-from .digest import file_digest
+from .digest import file_digest, python_sorted_json
 from .errors import WeightsError
 
 MAX_HEADER = 100_000_000  # bytes: safetensors' own limit (MAX_HEADER_SIZE)
@@ -240,12 +240,10 @@ def save_state(state: Mapping[str, Any], path: Path) -> str:
     """
     tensors: dict[str, Any] = {}
     skeleton = _skeleton(state, tensors, "state")
-    # Plain json, not canonical_json: the skeleton must read back its exact Python types
-    # (RFC 8785 writes 1.0 as 1 and refuses ints past 2**53), and these bytes are what
-    # checkpoints of earlier builds were written with, so their digests still replay.
-    text = json.dumps(skeleton, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
-    save_tensors(tensors, path, {"reweigh.state": text})
+    # Not canonical_json: the skeleton must read back its exact Python types (RFC 8785
+    # writes 1.0 as 1 and refuses ints past 2**53), and these bytes are what checkpoints
+    # of earlier builds were written with, so their digests still replay.
+    save_tensors(tensors, path, {"reweigh.state": python_sorted_json(skeleton).decode()})
     return file_digest(path)
 
 
