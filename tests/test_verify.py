@@ -571,7 +571,7 @@ def _every_as_text(data: dict) -> None:
     (_entry_field, "checkpoints[3].note: not a field of a checkpoint entry"),
     (_boolean_step, "checkpoints[0]: needs step, file, digest and chain"),
     (_every_as_text, "checkpoint_every: expected a count of steps"),
-    ("twice", "cannot read the transcript: key 'derivation' given twice"),
+    ("twice", "cannot read the transcript: the key 'derivation' appears twice"),
 ])
 def test_a_malformed_transcript_exits_2_in_one_line_naming_the_field(
         built: tuple[Path, Path], tmp_path: Path, tamper: Any, reason: str) -> None:

@@ -112,20 +112,28 @@ def read_header(path: Path) -> WeightsFile:
     return _parse_header(path, header, text, 8 + length, size)
 
 
-def _checked_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refused when a key repeats (two readers must not see two files) or
-    when a string holds a lone surrogate (`\\ud800`: UTF-8 cannot encode it, so no other
-    reader, safetensors' included, takes it for a name)."""
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object (an `object_pairs_hook` for any file from elsewhere), refused with
+    ValueError when a key repeats: a reader that kept the first and one that kept the
+    last would read two different files."""
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
             raise ValueError(f"the key {key!r} appears twice")
+        seen[key] = value
+    return seen
+
+
+def _checked_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A header's JSON object: its keys unique, and no string holding a lone surrogate
+    (`\\ud800`: UTF-8 cannot encode it, so no other reader, safetensors' included, takes
+    it for a name)."""
+    for key, value in pairs:
         for text in (key, value):
             if isinstance(text, str) and (bad := _SURROGATE.search(text)):
                 raise ValueError(f"the string {text[:40]!r} holds a lone surrogate "
                                  f"{bad.group()!r}, which UTF-8 cannot encode")
-        seen[key] = value
-    return seen
+    return unique_keys(pairs)
 
 
 def _json_int(text: str) -> int | float:

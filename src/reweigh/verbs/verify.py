@@ -54,7 +54,7 @@ from ..job import Replay
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
 from ..store import Store
-from ..weights import WeightsFile, read_header
+from ..weights import WeightsFile, read_header, unique_keys
 from .build import RecipeCode, plan, sandboxed, threads_for
 
 STRETCHES = 3  # default Q: stretches of training whose largest update is always replayed
@@ -196,20 +196,10 @@ def _relation(recorded: dict[str, Any] | None, local: dict[str, Any]) -> EnvRela
 
 def _load(path: Path) -> tr.Transcript:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
     except (OSError, ValueError, RecursionError) as e:  # bad UTF-8 or JSON, huge ints, depth
         raise UsageError(f"{path}: cannot read the transcript: {e}") from e
     return tr.parse(data, str(path))
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are each given once: a reader that kept the first of two
-    and one that kept the last would otherwise read different transcripts."""
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        twice = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
-        raise ValueError(f"key {twice!r} given twice")
-    return found
 
 
 def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
