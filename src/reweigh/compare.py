@@ -111,11 +111,8 @@ class FileComparison:
 def compare_whole(a: WeightsFile, b: WeightsFile) -> FileComparison:
     """The tensors, the metadata and, where those agree on what the header says, how
     each header is written."""
-    tensors = tuple(compare_files(a, b))
-    metadata = metadata_differences(a, b)
-    same_entries = all(t.status in ("identical", "changed") for t in tensors)
-    layout = layout_differences(a, b) if same_entries and not metadata else ()
-    return FileComparison(tensors, metadata, layout)
+    return FileComparison(tuple(compare_files(a, b)), metadata_differences(a, b),
+                          layout_differences(a, b))
 
 
 def metadata_differences(a: WeightsFile, b: WeightsFile) -> tuple[MetadataDiff, ...]:
@@ -136,10 +133,11 @@ _SPACE = " \t\n\r"  # JSON's whitespace
 
 def layout_differences(a: WeightsFile, b: WeightsFile) -> tuple[str, ...]:
     """How two headers that say the same thing (the same tensors, dtypes, shapes and
-    metadata) are written differently; () when their text is the same. Nothing a reader
+    metadata) are written differently; () when their text is the same, or when they do
+    not say the same thing (then that is the difference to report). Nothing a reader
     sees, but bytes a publisher chose: the order of the tensors' data, of the keys,
     the whitespace, the padding, how strings are escaped."""
-    if a.header == b.header:
+    if a.header == b.header or _entries(a) != _entries(b) or a.metadata != b.metadata:
         return ()
     found: list[str] = []
     if _data_order(a) != _data_order(b):
@@ -159,6 +157,10 @@ def layout_differences(a: WeightsFile, b: WeightsFile) -> tuple[str, ...]:
                      "bytes)")
     return tuple(found) or ("how the same values are written (string escapes, or null for "
                             "an empty __metadata__)",)
+
+
+def _entries(file: WeightsFile) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {name: (info.dtype, info.shape) for name, info in file.tensors.items()}
 
 
 def _data_order(file: WeightsFile) -> list[str]:

@@ -119,10 +119,10 @@ def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | Non
         evaluation = the_plan.recipe.evaluate
         tolerance = evaluation.tolerance if evaluation else Tolerance()
         layers = layer_diffs(weights_a, weights_b, tolerance.weights_rel_l2)
-        metadata = metadata_differences(weights_a, weights_b)
         report = DiffReport(the_plan.recipe.name, file_a, file_b, digest_a, digest_b,
-                            tuple(layers), tolerance.weights_rel_l2, metadata=metadata,
-                            layout=() if metadata else layout_differences(weights_a, weights_b))
+                            tuple(layers), tolerance.weights_rel_l2,
+                            metadata=metadata_differences(weights_a, weights_b),
+                            layout=layout_differences(weights_a, weights_b))
         if evaluation is None:
             return replace(report, notes=("the recipe has no [evaluate]: weight space only",))
         if evaluation.audit is None:
