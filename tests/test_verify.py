@@ -16,11 +16,9 @@ from safetensors.numpy import load_file, save_file
 from reweigh import build
 from reweigh import transcript as tr
 from reweigh.compare import value_drift
-from reweigh.digest import file_digest
 from reweigh.store import Store
-from reweigh.transcript import chain
 
-from .forger import Forgery, forge
+from .forger import Forgery, forge, publish, rechain
 from .helpers import EXAMPLES, run_reweigh, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -37,24 +35,6 @@ def _verify(store: Path, *args: object) -> tuple[int, dict]:
     result = run_reweigh("verify", *args, "--json", store=store)
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout)
-
-
-def _published(item: Path, folder: Path) -> Path:
-    """A copy of the item's weights, transcript and checkpoints, as a publisher ships them."""
-    shutil.copytree(item, folder, ignore=shutil.ignore_patterns("source"))
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return folder
-
-
-def _rewrite_transcript(folder: Path) -> None:
-    """Recompute every digest and chain link, as a careful forger would."""
-    path = folder / "transcript.json"
-    data = json.loads(path.read_text())
-    entries = [{"step": c["step"], "file": c["file"], "digest": file_digest(folder / c["file"])}
-               for c in data["checkpoints"]]
-    data["checkpoints"] = chain(data["derivation"], entries)
-    path.write_text(json.dumps(data))
 
 
 def test_an_honest_transcript_holds_when_every_segment_is_replayed(
@@ -94,7 +74,7 @@ def _verify_fine_tuned(store: Path, folder: Path) -> tuple[int, dict]:
 def test_weights_fine_tuned_after_training_fail_the_last_segment(
         built: tuple[Path, Path], tmp_path: Path) -> None:
     store, item = built
-    code, report = _verify_fine_tuned(store, _published(item, tmp_path / "published"))
+    code, report = _verify_fine_tuned(store, publish(item, tmp_path / "published"))
     assert code == 1 and not report["holds"]
     (last,) = report["segments"]
     assert last["stop_step"] == 345 and not last["holds"]
@@ -107,12 +87,12 @@ def test_weights_fine_tuned_after_training_fail_the_last_segment(
 def test_a_replaced_middle_checkpoint_is_caught_when_its_segments_are_replayed(
         built: tuple[Path, Path], tmp_path: Path) -> None:
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     middle = folder / "checkpoints" / "step-000000170.safetensors"
-    other = _published(build(_other_seed(tmp_path), store=Store(tmp_path / "s2")).path,
+    other = publish(build(_other_seed(tmp_path), store=Store(tmp_path / "s2")).path,
                        tmp_path / "other")
     shutil.copyfile(other / "checkpoints" / "step-000000170.safetensors", middle)
-    _rewrite_transcript(folder)
+    rechain(folder)
     code, report = _verify(store, folder / "weights.safetensors", "--recipe",
                            EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
                            "--spot", "34")  # every segment: then the forgery is always caught
@@ -137,7 +117,7 @@ def _other_seed(tmp_path: Path) -> Path:
 def test_a_transcript_that_does_not_chain_fails_before_any_replay(
         built: tuple[Path, Path], tmp_path: Path) -> None:
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     data = json.loads((folder / "transcript.json").read_text())
     data["checkpoints"][0]["step"] = 4  # the link no longer follows
     (folder / "transcript.json").write_text(json.dumps(data))
@@ -173,7 +153,7 @@ def test_on_another_environment_segments_may_drift_within_the_recipes_tolerance(
     avx2 = run_reweigh("build", EXAMPLES / "digits-cnn", "--json", store=tmp_path / "avx2",
                        env={"ATEN_CPU_CAPABILITY": "avx2"})
     assert avx2.returncode == 0, avx2.stderr
-    folder = _published(Path(json.loads(avx2.stdout)["path"]), tmp_path / "published")
+    folder = publish(Path(json.loads(avx2.stdout)["path"]), tmp_path / "published")
     ours = json.loads((_item_of(store) / "transcript.json").read_text())
     theirs = json.loads((folder / "transcript.json").read_text())
     assert theirs["environment"]["cpu_capability"] != ours["environment"]["cpu_capability"]
@@ -188,9 +168,9 @@ def test_on_another_environment_segments_may_drift_within_the_recipes_tolerance(
     assert code == 1 and not report["segments"][-1]["holds"]
     # The slack across environments does not hide a forged checkpoint: one whose floats
     # were all moved by 0.1% (50 times the allowed drift, far less than another seed's).
-    forged = _published(Path(json.loads(avx2.stdout)["path"]), tmp_path / "forged")
+    forged = publish(Path(json.loads(avx2.stdout)["path"]), tmp_path / "forged")
     _scale_floats(forged / "checkpoints" / "step-000000170.safetensors", 1.001)
-    _rewrite_transcript(forged)
+    rechain(forged)
     code, report = _verify(store, forged / "weights.safetensors", "--recipe",
                            EXAMPLES / "digits-cnn", "--transcript", forged / "transcript.json",
                            "--spot", "34")
@@ -247,11 +227,11 @@ def test_a_copy_of_an_items_folder_is_not_taken_for_the_item(built: tuple[Path, 
 def test_a_hostile_start_checkpoint_is_refused_before_any_replay_naming_it(
         built: tuple[Path, Path], tmp_path: Path, skeleton: str, reason: str) -> None:
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     start = folder / "checkpoints" / "step-000000340.safetensors"
     save_file({"t0": np.zeros(2, dtype=np.float32)}, str(start),
               metadata={"reweigh.state": skeleton})
-    _rewrite_transcript(folder)
+    rechain(folder)
     result = run_reweigh("verify", folder / "weights.safetensors", "--recipe",
                          EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
                          "--spot", "0", store=store)  # the last segment starts at step 340
@@ -265,7 +245,7 @@ def test_malformed_weights_are_refused_before_any_replay(built: tuple[Path, Path
     """An offset written `-0`: safetensors' loader refuses the file, so verify does too
     (exit 2, one line), rather than replay and say `fails`."""
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     weights = folder / "weights.safetensors"
     data = weights.read_bytes()
     length = int.from_bytes(data[:8], "little")
@@ -281,7 +261,7 @@ def test_malformed_weights_are_refused_before_any_replay(built: tuple[Path, Path
 def test_a_checkpoint_that_leads_out_of_the_folder_breaks_the_chain(
         built: tuple[Path, Path], tmp_path: Path) -> None:
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     outside = tmp_path / "elsewhere.safetensors"
     middle = folder / "checkpoints" / "step-000000170.safetensors"
     shutil.move(middle, outside)
@@ -298,7 +278,7 @@ def test_a_made_up_environment_earns_no_slack(built: tuple[Path, Path], tmp_path
     """An empty or invented environment record must not count as "another environment",
     which would let each segment drift."""
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     data = json.loads((folder / "transcript.json").read_text())
     for bad, field in (({}, "python"), ({**data["environment"], "isa": 7}, "isa")):
         data["environment"] = bad
@@ -507,7 +487,7 @@ def test_a_transcript_is_refused_for_a_recipe_with_another_hyper_parameter_or_se
     """The transcript names its derivation: the learning rate, and the seed that orders the
     data, are in it."""
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     for old, new in (("lr = 0.001", "lr = 0.002"), ("seed = 20231", "seed = 99")):
         recipe = tmp_path / new.split()[0]
         shutil.copytree(EXAMPLES / "digits-cnn", recipe)
@@ -538,11 +518,11 @@ def test_a_transcript_whose_segments_are_not_the_derivations_is_refused(
     """Dropping a checkpoint (and rechaining) would make one segment of 20 steps whose
     update is larger than its neighbours' for honest reasons, a place to hide a forgery."""
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     data = json.loads((folder / "transcript.json").read_text())
     tamper(data)
     (folder / "transcript.json").write_text(json.dumps(data))
-    _rewrite_transcript(folder)
+    rechain(folder)
     result = run_reweigh("verify", item, "--transcript", folder / "transcript.json", "--spot",
                          "34", store=store)
     lines = result.stderr.strip().splitlines()
@@ -594,11 +574,11 @@ def test_a_malformed_checkpoint_that_no_replay_reads_is_refused_too(
         built: tuple[Path, Path], tmp_path: Path) -> None:
     """Measuring the updates reads every checkpoint, so each must be one."""
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     middle = folder / "checkpoints" / "step-000000100.safetensors"
     save_file({"t0": np.zeros(2, dtype=np.float32)}, str(middle),
               metadata={"reweigh.state": '{"evil": [1]}'})
-    _rewrite_transcript(folder)
+    rechain(folder)
     result = run_reweigh("verify", folder / "weights.safetensors", "--recipe",
                          EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
                          "--spot", "0", "--largest", "0", store=store)
@@ -612,7 +592,7 @@ def test_published_weights_with_a_hostile_state_skeleton_fail_saying_so(
     """The final weights are compared place by place when they carry a state skeleton; a
     hostile one is named, not a crash."""
     store, item = built
-    folder = _published(item, tmp_path / "published")
+    folder = publish(item, tmp_path / "published")
     weights = folder / "weights.safetensors"
     save_file(load_file(str(weights)), str(weights), metadata={"reweigh.state": "[1]"})
     code, report = _verify(store, weights, "--recipe", EXAMPLES / "digits-cnn", "--transcript",
