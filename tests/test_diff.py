@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,27 +144,22 @@ def test_files_that_differ_below_tolerance_say_so_instead_of_nothing_flagged(
     assert result.stdout.rstrip().endswith("verdict: differs below tolerance in 1 tensor")
 
 
-def _rewrite_header(source: Path, target: Path, header: dict) -> Path:
-    """A copy of a weights file with another header, its data kept."""
+def _rewrite_header(source: Path, target: Path, change: Callable[[str], str]) -> Path:
+    """A copy of a weights file whose header text is changed, its data kept."""
     data = source.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
-    text = json.dumps(header).encode()
+    text = change(data[8:8 + length].decode()).encode()
     target.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
     return target
-
-
-def _header(path: Path) -> dict:
-    data = path.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + length])
 
 
 @pytest.mark.slow
 def test_a_metadata_blob_beside_identical_tensors_is_flagged_naming_the_key(
         digits_cnn: tuple[Path, Path], tmp_path: Path) -> None:
     store, item = digits_cnn
-    header = {**_header(item / "weights.safetensors"), "__metadata__": {"payload": "x" * 5_000}}
-    blob = _rewrite_header(item / "weights.safetensors", tmp_path / "blob.safetensors", header)
+    blob = _rewrite_header(item / "weights.safetensors", tmp_path / "blob.safetensors",
+                           lambda text: json.dumps({**json.loads(text),
+                                                    "__metadata__": {"payload": "x" * 5_000}}))
     result = run_reweigh("diff", item, blob, "--recipe", RECIPE, "--no-trigger", "--json",
                          "--threads", 1, store=store)
     assert result.returncode == 1, result.stderr
@@ -209,12 +205,9 @@ def test_a_file_safetensors_would_refuse_is_bad_input_in_one_line(
     """An offset written `-0` reads as 0 to Python's json, but safetensors' loader, which
     runs the recipe's code, refuses it: diff refuses it first, in one line."""
     store, item = digits_cnn
-    source = item / "weights.safetensors"
-    data = source.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    text = data[8:8 + length].decode().replace('"data_offsets":[0,', '"data_offsets":[-0,', 1)
-    signed = tmp_path / "signed.safetensors"
-    signed.write_bytes(struct.pack("<Q", len(text)) + text.encode() + data[8 + length:])
+    signed = _rewrite_header(item / "weights.safetensors", tmp_path / "signed.safetensors",
+                             lambda text: text.replace('"data_offsets":[0,',
+                                                       '"data_offsets":[-0,', 1))
     result = run_reweigh("diff", item, signed, "--recipe", RECIPE, store=store)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
