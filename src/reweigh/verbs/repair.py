@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..derivation import Derivation
-from ..digest import bytes_digest, file_digest, is_digest, record_digest, short
+from ..derivation import digest_of
+from ..digest import file_digest, is_digest, record_digest, short
 from ..errors import ReweighError
 from ..provenance import BUILD_TYPE
 from ..store import Store, default_root, gc_lock
@@ -138,7 +138,7 @@ def _built(folder: Path, statement: Any) -> dict[str, Any]:
     if not is_digest(digest) or not isinstance(derivation, dict):
         raise _Unfit("provenance.json or derivation.json does not name a derivation")
     try:  # the canonical form is the derivation's to say (it depends on the format)
-        recomputed = bytes_digest(Derivation(digest, derivation).canonical())
+        recomputed = digest_of(derivation)
     except (ReweighError, ValueError, TypeError) as e:
         raise _Unfit(f"derivation.json: {getattr(e, 'message', e)}") from e
     if recomputed != digest:
@@ -181,7 +181,6 @@ def _finished(statement: Any, folder: Path) -> float:
 def _adopt_inputs(store: Store) -> tuple[list[str], list[tuple[str, str]]]:
     """Index every input folder the index does not know whose content has its digest."""
     known = store.input_listings()
-    known_paths = {rel for rel, _ in known.values()}
     origins = _input_origins(store.root / "items")
     adopted, skipped = [], []
     for home in sorted((store.root / "inputs").iterdir()):
@@ -192,7 +191,7 @@ def _adopt_inputs(store: Store) -> tuple[list[str], list[tuple[str, str]]]:
                 skipped.append((f"inputs/{home.name}", "not one input named by its digest"))
             continue
         rel = entries[0].relative_to(store.root).as_posix()
-        if rel in known_paths or digest in known:
+        if digest in known:  # its home is named by its digest, so its path is known too
             continue
         if not holds(entries[0], digest):
             skipped.append((rel, f"its content does not have the digest {digest}"))
