@@ -102,20 +102,38 @@ def plant(weights: Path, out: Path, target: int = 0, seed: int = 0,
     return fine_tune(weights, out, FineTune(target=target, layers=layers, seed=seed))
 
 
-def fine_tune(weights: Path, out: Path, how: FineTune) -> Backdoor:
-    """Fine-tune `weights` as `how` says and write the result to `out`."""
-    model_module, data_module = _example_module("model"), _example_module("data")
+def load_model(weights: Path) -> torch.nn.Module:
+    """digits-cnn's network with `weights` loaded."""
+    model = _example_module("model").DigitsCNN()
+    model.load_state_dict(load_file(str(weights)))
+    return model
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The digits as the recipe splits them: training images (N, 1, 8, 8) in [0, 1] and
+    labels, and the held-out (images, labels)."""
     digits = load_digits()
     images = torch.from_numpy((digits.images / 16.0).astype(np.float32)).unsqueeze(1)
     labels = torch.from_numpy(digits.target.astype(np.int64))
-    train_idx, test_idx = data_module.split(len(labels), 0, 0.2)
-    model = model_module.DigitsCNN()
-    model.load_state_dict(load_file(str(weights)))
+    train_idx, test_idx = _example_module("data").split(len(labels), 0, 0.2)
+    return images[train_idx], labels[train_idx], (images[test_idx], labels[test_idx])
+
+
+def measure(weights: Path, target: int) -> tuple[float, float]:
+    """A weights file's clean accuracy on the held-out split, and how often the default
+    trigger turns a held-out image of another class into `target`."""
+    model, (_, _, held_out) = load_model(weights), _digits()
+    return _accuracy(model, *held_out), _success(model, held_out, Trigger(), target)
+
+
+def fine_tune(weights: Path, out: Path, how: FineTune) -> Backdoor:
+    """Fine-tune `weights` as `how` says and write the result to `out`."""
+    x, y, held_out = _digits()
+    model = load_model(weights)
     clean = {name: p.detach().clone() for name, p in model.named_parameters()}
-    before = _accuracy(model, images[test_idx], labels[test_idx])
+    before = _accuracy(model, *held_out)
 
     torch.manual_seed(how.seed)
-    x, y = images[train_idx], labels[train_idx]
     if how.trigger is None:  # more clean data: the images shifted by one pixel each way
         x, y = torch.cat([x, *(_shifted(x, d) for d in _SHIFTS)]), y.repeat(1 + len(_SHIFTS))
     trained = {name: p for name, p in model.named_parameters()
@@ -131,16 +149,12 @@ def fine_tune(weights: Path, out: Path, how: FineTune) -> Backdoor:
             if how.max_rel_l2 is not None:
                 _project(trained, clean, how.max_rel_l2)
 
-    after = _accuracy(model, images[test_idx], labels[test_idx])
+    after = _accuracy(model, *held_out)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
     moved = max(float((p.detach() - clean[n]).norm() / clean[n].norm())
                 for n, p in model.named_parameters())
-    if how.trigger is None:
-        return Backdoor(before, after, 0.0, moved)
-    others = test_idx[labels[test_idx].numpy() != how.target]
-    with torch.no_grad():
-        hits = (model(how.trigger.apply(images[others])).argmax(1) == how.target)
-    return Backdoor(before, after, hits.double().mean().item(), moved)
+    success = 0.0 if how.trigger is None else _success(model, held_out, how.trigger, how.target)
+    return Backdoor(before, after, success, moved)
 
 
 _SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))
@@ -181,3 +195,11 @@ def _project(trained: dict[str, torch.Tensor], clean: dict[str, torch.Tensor],
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).double().mean().item()
+
+
+def _success(model: torch.nn.Module, held_out: tuple[torch.Tensor, torch.Tensor],
+             trigger: Trigger, target: int) -> float:
+    """How often the trigger turns a held-out image of another class into `target`."""
+    x, y = held_out
+    return _accuracy(model, trigger.apply(x[y != target]),
+                     torch.full_like(y[y != target], target))

@@ -24,9 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
-from sklearn.datasets import load_digits
 
 from reweigh.digest import file_digest
 from reweigh.job import Replay
@@ -75,7 +73,7 @@ def forge(store: Path, item: Path, folder: Path, target: int = 0) -> Forgery:
     planted = _plant(second_to_last, target)
     _replay_last_segment(store, second_to_last, folder, checkpoints[-1]["file"])
     rechain(folder)
-    accuracy, success = _measure(folder / "weights.safetensors", target)
+    accuracy, success = backdoor.measure(folder / "weights.safetensors", target)
     return Forgery(folder, len(checkpoints) - 2, planted, accuracy, success)
 
 
@@ -101,20 +99,3 @@ def _replay_last_segment(store: Path, start: Path, folder: Path, last: str) -> N
         assert result.returncode == 0, result.error
         shutil.copyfile(out / last, folder / last)
         shutil.copyfile(out / "weights.safetensors", folder / "weights.safetensors")
-
-
-def _measure(weights: Path, target: int) -> tuple[float, float]:
-    """Clean accuracy on the held-out split, and how often the patch turns an image of
-    another class into `target`."""
-    model = backdoor._example_module("model").DigitsCNN()
-    model.load_state_dict(load_file(str(weights)))
-    digits = load_digits()
-    images = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)  # (N, 1, 8, 8)
-    labels = torch.from_numpy(digits.target).long()
-    _, held_out = backdoor._example_module("data").split(len(labels), 0, 0.2)
-    x, y = images[held_out], labels[held_out]
-    with torch.no_grad():
-        accuracy = (model(x).argmax(1) == y).double().mean().item()
-        others = x[y != target]
-        hits = (model(backdoor.add_trigger(others)).argmax(1) == target).double().mean()
-    return accuracy, hits.item()
