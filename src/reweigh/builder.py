@@ -1,11 +1,12 @@
-"""Running recipe code in a separate, sandboxed process.
+"""Running recipe code in a separate, sandboxed process: the one way it is started.
 
-The child gets a scrubbed environment (fixed PYTHONHASHSEED, pinned numerics and
-thread counts, a private HOME and TMPDIR), no network (a Linux network namespace
-where `unshare` works, an audit-hook guard always), and only the recipe's hashed
-code files. It dies with its parent, so killing a build kills its training.
-Everything it writes goes to a directory under the store's tmp/; whether that
-directory becomes an item is the caller's decision (see `reweigh.verbs.build`).
+The child runs a typed `Job` in the OS-level sandbox (`reweigh.sandbox`: bubblewrap,
+namespaces, a seccomp filter, only the job's paths mounted), with an allow-listed
+environment (fixed PYTHONHASHSEED, pinned numerics and thread counts, a private HOME
+and TMPDIR) and an audit hook that names a refused connection or input write. It dies
+with its parent, so killing a build kills its training. Everything it writes goes to a
+directory under the store's tmp/; whether that directory becomes an item is the
+caller's decision (see `reweigh.verbs.build`).
 """
 
 from __future__ import annotations
@@ -84,12 +85,11 @@ def child_env(home: str, tmp: str, package_parent: str, threads: int,
 
 @dataclass
 class Launch:
-    """How one run starts: its command, environment, the job as it reads it, and the
-    fds it inherits besides the event pipe."""
+    """How one run starts: its command, environment, and the fds it inherits besides
+    the event pipe."""
 
     command: list[str]
     env: dict[str, str]
-    job: Job
     fds: tuple[int, ...] = ()
 
 
@@ -134,7 +134,7 @@ def launch_for(job: Job, work: Path, module: str, event_fd: int) -> Launch:
         spec_file.write_text(json.dumps(job.to_json()))
         return Launch([sys.executable, "-m", module, str(spec_file)],
                       child_env(str(work / "home"), str(work / "tmp"), package_parent,
-                                job.threads, event_fd), job)
+                                job.threads, event_fd))
     moved, mounts = inside_job(job, work)
     spec_file.write_text(json.dumps(moved.to_json()))
     mounts.append(sandbox.Mount(spec_file, sandbox.SPEC))
@@ -142,7 +142,7 @@ def launch_for(job: Job, work: Path, module: str, event_fd: int) -> Launch:
     return Launch([*sandbox.bwrap_args(mounts, program_fd), sys.executable, "-m", module,
                    sandbox.SPEC],
                   child_env(sandbox.HOME, "/tmp", sandbox.import_path(), job.threads, event_fd),
-                  moved, (program_fd,))
+                  (program_fd,))
 
 
 def _seccomp_fd() -> int:
@@ -154,11 +154,12 @@ def _seccomp_fd() -> int:
 
 
 def run_child(job: Job, work: Path, log: Path, reporter: Reporter, *,
-              isolation: str = sandbox.BUBBLEWRAP, hidden: tuple[str, ...] = (),
+              isolation: str | None = None, hidden: tuple[str, ...] = (),
               watch: Callable[[dict[str, Any]], bool] | None = None,
               stop_after_seconds: float | None = None,
               module: str = "reweigh.runtime") -> ChildResult:
-    """Run the runtime on `job` in the sandbox `isolation` names; stream its events;
+    """Run the runtime on `job` in the sandbox `isolation` asks for (None: the default,
+    see `sandbox.choose`; one that cannot be made here is refused); stream its events;
     its stdout and stderr go to `log`. `hidden` are host paths (the store, the home
     folder) the run must not see: it measures that they are out of sight. This is the
     one way recipe code is started: build, check, evaluation, replay, audit, estimate.
@@ -167,7 +168,7 @@ def run_child(job: Job, work: Path, log: Path, reporter: Reporter, *,
     kills it after that long whatever it is doing; either sets `stopped`. `module` runs
     in place of the runtime (the estimate's probe wraps it). Builds use none of them.
     """
-    job = replace(job, sandbox=Sandbox(isolation, hidden))
+    job = replace(job, sandbox=Sandbox(sandbox.choose(isolation), hidden))
     read_fd, write_fd = os.pipe()
     try:
         started = launch_for(job, work, module, write_fd)

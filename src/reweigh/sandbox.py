@@ -25,8 +25,6 @@ builder runs it. What actually held is measured inside the run by `measure()`.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -107,27 +105,26 @@ def _errno(code: int) -> int:
     return 0x00050000 | (code & 0xFFFF)
 
 
-class _ArgCmp(ctypes.Structure):
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
-                ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+# libseccomp's `struct scmp_arg_cmp`: argument index, comparison, two operands.
+ArgCmp = tuple[int, int, int, int]
 
 
-def _equals(arg: int, value: int) -> _ArgCmp:
+def _equals(arg: int, value: int) -> ArgCmp:
     """Argument `arg`'s low 32 bits equal `value` (the kernel reads these as a C int)."""
-    return _ArgCmp(arg, _CMP_MASKED_EQ, _LOW32, value)
+    return (arg, _CMP_MASKED_EQ, _LOW32, value)
 
 
-def _has_bits(arg: int, bits: int) -> _ArgCmp:
-    return _ArgCmp(arg, _CMP_MASKED_EQ, bits, bits)
+def _has_bits(arg: int, bits: int) -> ArgCmp:
+    return (arg, _CMP_MASKED_EQ, bits, bits)
 
 
-def _rules() -> list[tuple[str, int, list[_ArgCmp]]]:
+def _rules() -> list[tuple[str, int, list[ArgCmp]]]:
     """(system call, action, argument conditions) for every rule of the filter."""
     eperm = _errno(errno.EPERM)
     rules = [(name, eperm, []) for name in DENIED_CALLS]
     refused = [f for f in range(0, 46) if f not in ALLOWED_FAMILIES]
     rules += [("socket", _errno(errno.EAFNOSUPPORT), [_equals(0, f)]) for f in refused]
-    rules.append(("socket", _errno(errno.EAFNOSUPPORT), [_ArgCmp(0, _CMP_GE, 46, 0)]))
+    rules.append(("socket", _errno(errno.EAFNOSUPPORT), [(0, _CMP_GE, 46, 0)]))
     rules += [("clone", eperm, [_has_bits(0, CLONE_NEWUSER)]),
               # glibc falls back to clone() when clone3 is missing; clone3's flags sit in
               # memory that seccomp cannot read, so it is refused outright (as Flatpak does)
@@ -141,6 +138,13 @@ def seccomp_program() -> bytes:
     """The filter as a BPF program for `bwrap --seccomp`, compiled by libseccomp (the
     kept library behind Flatpak's, systemd's and Docker's filters). System calls of
     another ABI (32-bit or x32) kill the process: their numbers mean other calls."""
+    import ctypes  # here, not at import: only a command that starts a run needs it
+    import ctypes.util
+
+    class ArgCmpStruct(ctypes.Structure):
+        _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                    ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
     name = ctypes.util.find_library("seccomp")
     if name is None:
         raise SandboxUnavailable("libseccomp is not installed; the sandbox's system-call "
@@ -150,7 +154,7 @@ def seccomp_program() -> bytes:
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
-                                           ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
+                                           ctypes.c_uint, ctypes.POINTER(ArgCmpStruct)]
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
@@ -160,7 +164,7 @@ def seccomp_program() -> bytes:
             number = lib.seccomp_syscall_resolve_name(call.encode())
             if number < 0:  # a call this kernel's headers do not know: nothing to refuse
                 continue
-            array = (_ArgCmp * len(conditions))(*conditions)
+            array = (ArgCmpStruct * len(conditions))(*(ArgCmpStruct(*c) for c in conditions))
             status = lib.seccomp_rule_add_array(context, action, number, len(conditions), array)
             if status < 0:
                 raise OSError(-status, f"seccomp rule for {call}")

@@ -55,7 +55,7 @@ class RecipeCode:
     def folder(self) -> Path | None:
         """The folder the code files lie in (the recipe's, or a store item's source/)."""
         for rel, path in self.files.items():
-            return Path(str(path)[: -len(rel)] or ".")
+            return path.parents[len(Path(rel).parts) - 1]
         return None
 
 
@@ -139,12 +139,12 @@ def build(recipe_dir: Path | str, *, store: Store | None = None, threads: int | 
           check: bool = False, reporter: Reporter | None = None,
           sandbox: str | None = None) -> BuildReport:
     """Build the recipe (or reuse its item); with check, rebuild and compare bit for bit.
-    `sandbox`: "bubblewrap" (the default, else $REWEIGH_SANDBOX) or "none"."""
+    `sandbox`: "bubblewrap" or "none" (default: $REWEIGH_SANDBOX, else bubblewrap); it is
+    checked when a run starts, so reusing an item costs no probe of the sandbox."""
     store = store or Store()
-    isolation = sandboxing.choose(sandbox)
     with store.gc_lock(exclusive=False):  # gc waits: what plan() found stays
         return build_plan(plan(recipe_dir, store), store, threads_for(threads), check,
-                          reporter or QuietReporter(), isolation)
+                          reporter or QuietReporter(), sandbox)
 
 
 def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
@@ -195,7 +195,7 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         what = "checking" if purpose == "check" else "building"
         reporter.stage(f"{what} {recipe.name} {recipe.version} ({threads} threads)")
         before = _input_stats(the_plan)
-        result = run_child(job, work, log, reporter, isolation=sandboxing.choose(isolation),
+        result = run_child(job, work, log, reporter, isolation=isolation,
                            hidden=hidden_paths(store.root, the_plan.recipe.directory))
         raise_for_failure(result, log, f"{what} {recipe.name}", recipe.directory)
         if _input_stats(the_plan) != before:
@@ -258,8 +258,7 @@ def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, 
         job = stage_job(code, work, threads, mode, weights, replays, audit)
         out = Path(job.out)
         log = work / f"{label}.log"
-        result = run_child(job, work, log, reporter, isolation=sandboxing.choose(None),
-                           hidden=hidden_paths(store.root))
+        result = run_child(job, work, log, reporter, hidden=hidden_paths(store.root))
         try:
             raise_for_failure(result, log, what, code.folder)
         except BuildError as e:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import sandbox as sandboxing
 from ..builder import raise_for_failure, run_child
 from ..errors import UsageError
 from ..policy.estimate import (
@@ -103,7 +102,6 @@ def estimate_plan(the_plan: Plan, threads: int, seconds: float,
         watch = _Watch(seconds)
         log = work / "estimate.log"
         result = run_child(job, work, log, reporter, watch=watch, module=PROBE,
-                           isolation=sandboxing.choose(None),
                            hidden=hidden_paths(the_plan.recipe.directory),
                            stop_after_seconds=STARTUP_ALLOWANCE + 10 * seconds)
         if not result.stopped:
