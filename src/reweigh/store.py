@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .digest import bytes_digest, file_digest, short
+from .digest import bytes_digest, file_digest, short, tree_files
 from .errors import BuildError, UsageError
 from .store_index import create, transaction
 from .store_inputs import KeptInputs
 from .trees import discard, make_read_only, move_read_only, odd_entries, remove_tree
 
-__all__ = ["Corruption", "Store", "StoreItem", "default_root", "gc_lock", "make_read_only",
-           "remove_tree"]
+__all__ = ["Corruption", "Store", "StoreItem", "default_root", "file_rows", "gc_lock",
+           "make_read_only", "remove_tree"]
 
 
 @dataclass(frozen=True)
@@ -340,10 +340,8 @@ class Store:
             raise BuildError(f"the build's output holds {', '.join(odd[:5])}, which is not a "
                              "regular file or folder (a symbolic link, fifo, socket or device); "
                              "an item holds only files and folders")
-        target = self.root / "items" / item_name
-        files = [(p.relative_to(built).as_posix(), file_digest(p), p.stat().st_size)
-                 for p in sorted(built.rglob("*")) if p.is_file()]
-        move_read_only(built, target)
+        files = file_rows(built)
+        move_read_only(built, self.root / "items" / item_name)
         self.index_item(item_name, record, files, time.time())
         found = self.find(record["derivation"])
         assert found is not None
@@ -403,6 +401,13 @@ class Store:
         for item, relpath, digest in files:
             listings.setdefault(item, {})[relpath] = digest
         return listings
+
+
+def file_rows(folder: Path) -> list[tuple[str, str, int]]:
+    """An item's files as the index lists them: (relative path, digest, size), sorted;
+    the caller has refused links (`trees.odd_entries`)."""
+    return [(p.relative_to(folder).as_posix(), file_digest(p), p.stat().st_size)
+            for p in tree_files(folder)]
 
 
 def _alive(pid: str) -> bool:

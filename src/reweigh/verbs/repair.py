@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..derivation import digest_of
-from ..digest import file_digest, is_digest, record_digest, short
+from ..digest import is_digest, record_digest, short
 from ..errors import ReweighError
 from ..provenance import BUILD_TYPE
-from ..store import Store, default_root, gc_lock
+from ..store import Store, default_root, file_rows, gc_lock
 from ..store_index import set_aside
 from ..store_inputs import holds
 from ..trees import odd_entries
@@ -119,13 +119,14 @@ def read_item(folder: Path) -> _Found:
         raise _Unfit(f"{odd[0]} is not a regular file or folder")
     claimed = f"sha256:{_get(statement, 'subject', 0, 'digest', 'sha256')}"
     try:
-        weights = file_digest(folder / "weights.safetensors")
+        files = file_rows(folder)  # each file hashed once, the weights among them
     except OSError as e:
-        raise _Unfit(f"weights.safetensors: {e.strerror}") from e
+        raise _Unfit(f"its files cannot be read ({e})") from e
+    weights = next((digest for rel, digest, _ in files if rel == "weights.safetensors"), None)
+    if weights is None:
+        raise _Unfit("weights.safetensors is missing")
     if weights != claimed:
         raise _Unfit(f"weights.safetensors has {weights}, its provenance names {claimed}")
-    files = [(p.relative_to(folder).as_posix(), file_digest(p), p.stat().st_size)
-             for p in sorted(folder.rglob("*")) if p.is_file()]
     return _Found({**record, "weights_digest": weights}, files, _finished(statement, folder),
                   import_row)
 
