@@ -41,16 +41,21 @@ class KeptInputs:
     def path(self, digest: str) -> Path | None:
         """The input's file or folder in the store, when it is there and whole; None when
         it is not kept, or was kept but damaged (and is now removed)."""
-        with transaction(self.root) as db:
-            row = db.execute("SELECT path FROM inputs WHERE digest = ?", (digest,)).fetchone()
-            recorded = _recorded_stats(db, digest)
-        if row is None:
+        kept = self._kept(digest)
+        if kept is None:
             return None
-        path = self.root / row[0]
+        path, recorded = kept
         if recorded and tree_stats(path) == recorded:
             return path
         with self._lock(digest):
             return self._recheck(digest)
+
+    def _kept(self, digest: str) -> tuple[Path, list[FileStat]] | None:
+        """Where the index says the input is, and its files' statistics as recorded."""
+        with transaction(self.root) as db:
+            row = db.execute("SELECT path FROM inputs WHERE digest = ?", (digest,)).fetchone()
+            recorded = _recorded_stats(db, digest)
+        return None if row is None else (self.root / row[0], recorded)
 
     def add(self, staged: Path, digest: str, kind: str, origin: dict[str, Any]) -> Path:
         """Move a staged file or folder (already verified to have `digest`) into inputs/.
@@ -120,12 +125,10 @@ class KeptInputs:
     def _recheck(self, digest: str) -> Path | None:
         """Under the input's lock: rehash it; record its statistics again if it is whole
         (copied back with `cp -a`, say), remove it if it is not."""
-        with transaction(self.root) as db:
-            row = db.execute("SELECT path FROM inputs WHERE digest = ?", (digest,)).fetchone()
-            recorded = _recorded_stats(db, digest)
-        if row is None:  # another process removed it meanwhile
+        kept = self._kept(digest)
+        if kept is None:  # another process removed it meanwhile
             return None
-        path = self.root / row[0]
+        path, recorded = kept
         stats = tree_stats(path)
         if recorded and stats == recorded:  # another process rechecked it meanwhile
             return path
@@ -137,8 +140,8 @@ class KeptInputs:
             for table in ("inputs", "input_files"):
                 db.execute(f"DELETE FROM {table} WHERE digest = ?", (digest,))
         discard(path.parent, self.root / "tmp")
-        note(self.root, f"{row[0]}: damaged ({_damage(recorded, stats)}): removed; the next "
-             "build that needs it stages it again from its source")
+        note(self.root, f"{path.relative_to(self.root)}: damaged ({_damage(recorded, stats)}): "
+             "removed; the next build that needs it stages it again from its source")
         return None
 
 
