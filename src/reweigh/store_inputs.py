@@ -99,16 +99,20 @@ class KeptInputs:
     def discard_unknown(self) -> list[str]:
         """Remove what lies under inputs/ without an index row (debris of an add cut short
         between its move and its row, or of a removal cut short after its rows); the
-        caller holds the gc lock exclusively, so no build is adding one."""
+        caller holds the gc lock exclusively, so no build is adding one. The index is read
+        once; only a folder it does not know is looked up again, under the input's lock, in
+        case a caller without the gc lock has just added it."""
+        with transaction(self.root) as db:
+            known = {row[0] for row in db.execute("SELECT digest FROM inputs")}
         removed = []
         for home in sorted((self.root / "inputs").iterdir()):
             digest = f"sha256:{home.name}"
-            with self._lock(digest), transaction(self.root) as db:
-                indexed = db.execute("SELECT 1 FROM inputs WHERE digest = ?",
-                                     (digest,)).fetchone()
-            if indexed is None:
-                discard(home, self.root / "tmp")
-                removed.append(home.name)
+            if digest in known:
+                continue
+            with self._lock(digest):
+                if self._kept(digest) is None:
+                    discard(home, self.root / "tmp")
+                    removed.append(home.name)
         return removed
 
     @contextlib.contextmanager
