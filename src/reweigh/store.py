@@ -39,10 +39,10 @@ from .digest import bytes_digest, file_digest, short, tree_files
 from .errors import BuildError, UsageError
 from .store_index import create, transaction
 from .store_inputs import KeptInputs
-from .trees import discard, make_read_only, move_read_only, odd_entries, remove_tree
+from .trees import discard, move_read_only, odd_entries, remove_tree
 
 __all__ = ["Corruption", "Store", "StoreItem", "default_root", "file_rows", "gc_lock",
-           "make_read_only", "remove_tree"]
+           "remove_tree"]
 
 
 @dataclass(frozen=True)

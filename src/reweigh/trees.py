@@ -48,9 +48,9 @@ def _seal(path: Path | str) -> None:
     files untouched (chmod would follow a link to its target)."""
     mode = os.lstat(path).st_mode
     if stat.S_ISDIR(mode) or (stat.S_ISREG(mode) and mode & 0o111):
-        os.chmod(path, 0o555)
+        os.chmod(path, READ_ONLY_FOLDER)
     elif stat.S_ISREG(mode):
-        os.chmod(path, 0o444)
+        os.chmod(path, READ_ONLY_FILE)
 
 
 def make_read_only(path: Path, keep_top: bool = False) -> None:
