@@ -275,3 +275,22 @@ def test_inputs_kept_before_their_files_were_recorded_are_still_reused(
         recorded = db.execute("SELECT relpath FROM input_files ORDER BY relpath").fetchall()
     assert recorded == [("a.txt",), ("b/c.txt",), ("b/d.txt",), ("e.txt",)]
     assert not (store / "logs" / "store.log").exists()
+
+
+def test_a_kept_input_is_reused_on_a_stat_of_its_files_and_rehashed_only_when_one_moved(
+        tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reuse must not read the data: the kept copy is rehashed only when a file's size,
+    inode or times moved, and then once, after which a stat suffices again."""
+    from reweigh import store_inputs
+
+    recipe, opened = load_recipe(_corpus_recipe(tmp_path / "r", seed=1)), Store(store)
+    (first,) = resolve_inputs(recipe, opened)
+    rehashed: list[Path] = []
+    digest_of = store_inputs.path_digest
+    monkeypatch.setattr(store_inputs, "path_digest",
+                        lambda path: rehashed.append(path) or digest_of(path))
+    assert resolve_inputs(recipe, opened) == (first,) and rehashed == []
+    os.utime(first.path / "a.txt")  # touched: maybe changed
+    assert resolve_inputs(recipe, opened) == (first,) and rehashed == [first.path]
+    assert resolve_inputs(recipe, opened) == (first,) and rehashed == [first.path]
+    assert not (store / "logs" / "store.log").exists()
