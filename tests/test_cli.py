@@ -54,3 +54,26 @@ def test_each_command_that_runs_recipe_code_says_its_thread_default(command: str
 def test_recipe_code_runs_on_one_thread_unless_asked(tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r")
     assert run_json("build", recipe, store=store)["threads"] == 1
+
+
+# What `reweigh build` of a built recipe, piped, leaves unimported: it draws no bar and
+# parses no licence, and each of these costs milliseconds at start-up (-X importtime).
+LAZY = ("tqdm",)
+IMPORTED = """
+import sys
+from reweigh.cli.main import main
+code = main(sys.argv[1:])
+print(sorted(name for name in {lazy!r} if name in sys.modules))
+sys.exit(code)
+"""
+
+
+def test_reusing_a_built_item_imports_neither_bars_nor_the_licence_parser(
+        tmp_path: Path, store: Path) -> None:
+    recipe = write_recipe(tmp_path / "r")
+    assert run_reweigh("build", recipe, store=store).returncode == 0
+    result = subprocess.run([sys.executable, "-c", IMPORTED.format(lazy=LAZY), "build",
+                             str(recipe), "--store", str(store)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"

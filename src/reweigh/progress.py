@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Reporter(Protocol):
@@ -59,6 +60,8 @@ class TerminalReporter:
         bar.update(done - bar.n)  # the events carry counts so far; tqdm adds increments
 
     def _start(self, done: int, total: int, unit: str) -> tqdm:
+        from tqdm import tqdm  # imported by the first bar drawn: piped or --json, never
+
         self.finish()
         self.bar = tqdm(total=total if total > 0 else None, initial=done, unit=unit,
                         unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
