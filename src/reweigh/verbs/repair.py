@@ -83,11 +83,9 @@ def repair_store(store_root: Path | None = None) -> RepairReport:
 
 
 def _adopt_items(store: Store) -> tuple[list[str], list[tuple[str, str]]]:
-    known = set(store.item_listings())
     adopted, skipped = [], []
-    for folder in sorted((store.root / "items").iterdir()):
-        if folder.name in known:
-            continue
+    for name in store.unknown_items():
+        folder = store.root / "items" / name
         try:
             found = read_item(folder)
         except _Unfit as e:
@@ -181,7 +179,7 @@ def _finished(statement: Any, folder: Path) -> float:
 
 def _adopt_inputs(store: Store) -> tuple[list[str], list[tuple[str, str]]]:
     """Index every input folder the index does not know whose content has its digest."""
-    known = store.input_listings()
+    known = {digest for digest, _, _ in store.input_records()}
     origins = _input_origins(store.root / "items")
     adopted, skipped = [], []
     for home in sorted((store.root / "inputs").iterdir()):
