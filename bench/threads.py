@@ -5,10 +5,10 @@ For each recipe: build it once at one thread into a fresh store (not timed), wri
 copy of its weights with one tensor scaled by 1.001 (the suspect for `challenge` and
 `diff`), then time, as fresh processes the way a user runs them and alternating the
 thread counts run by run, `build --check` (a whole second training), `verify --spot 2`
-(two random segments and the last), `challenge --published COPY` (two evaluations)
-and `diff ITEM COPY` (the audit, with its trigger search). Prints the median wall time
-of each and the ratio to one thread; the load average before and after says how busy
-the (shared) machine was.
+(the first segment, the largest update of each of 3 stretches, two random segments and
+the last), `challenge --published COPY` (two evaluations) and `diff ITEM COPY` (the
+audit, with its trigger search). Prints the median wall time of each and the ratio to
+one thread; the load average before and after says how busy the (shared) machine was.
 
 Usage: python bench/threads.py [--runs N] [--threads T ...] [--skip CMD ...] [RECIPE ...]
 (default: digits-cnn and textgen, 3 runs, 1 thread and all usable cores).
