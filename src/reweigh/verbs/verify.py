@@ -159,9 +159,9 @@ def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
             raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}"
                              f", not of the verified weights' {subject.code.derivation.digest}")
         problems = _chain_problems(parsed, transcript.parent)
-        all_segments = tr.segments(parsed)
+        segments_total = len(parsed.checkpoints)  # one segment ends at each checkpoint
         if problems:
-            return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
+            return VerifyReport(target, parsed.derivation, transcript, segments_total, seed,
                                 False, tuple(problems), (), 0.0)
         selection, moved = _select(parsed, transcript, subject, sampling, seed)
         chosen = [p.segment for p in selection.picks]
@@ -173,7 +173,7 @@ def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
             results = tuple(_judge(subject, pick, moved, transcript.parent, replay, allowed)
                             for pick in selection.picks)
         fraction = sum(s.steps for s in chosen) / total
-        return VerifyReport(target, parsed.derivation, transcript, len(all_segments), seed,
+        return VerifyReport(target, parsed.derivation, transcript, segments_total, seed,
                             True, (), results, fraction, relation.value, allowed,
                             selection.stretches, selection.drawn, selection.population,
                             {m: selection.catch(m) for m in SPREADS})
