@@ -223,13 +223,16 @@ def _compare_tensor(a: WeightsFile, b: WeightsFile, name: str) -> TensorDiff:
     return TensorDiff(name, "changed", ia.shape, ia.dtype, max_abs, rel_l2)
 
 
-def tensor_distances(a: WeightsFile, b: WeightsFile,
-                     name: str) -> tuple[float, float, float] | None:
-    """`distances` of one tensor of the same shape and dtype in both files, or None when
-    its stored bytes are equal (the cheap test, done first)."""
-    if same_bytes(a.raw(name).reshape(-1).view(np.uint8), b.raw(name).reshape(-1).view(np.uint8)):
+def tensor_distances(a: WeightsFile, b: WeightsFile, name: str,
+                     name_b: str | None = None) -> tuple[float, float, float] | None:
+    """`distances` of a tensor of the same shape and dtype in both files (called `name` in
+    A and `name_b`, by default the same, in B), or None when its stored bytes are equal
+    (the cheap test, done first)."""
+    name_b = name if name_b is None else name_b
+    if same_bytes(a.raw(name).reshape(-1).view(np.uint8),
+                  b.raw(name_b).reshape(-1).view(np.uint8)):
         return None
-    return distances(a.values(name).reshape(-1), b.values(name).reshape(-1))
+    return distances(a.values(name).reshape(-1), b.values(name_b).reshape(-1))
 
 
 def same_bytes(x: np.ndarray, y: np.ndarray) -> bool:

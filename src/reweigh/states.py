@@ -22,7 +22,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from .compare import compare_files, distances, same_bytes, value_drift
+from .compare import compare_files, distances, tensor_distances, value_drift
 from .errors import WeightsError
 from .weights import WeightsFile, check_state, read_header
 
@@ -133,24 +133,21 @@ def difference(replayed: Path, published: Path) -> Difference:
         b, tb, vb = _state(published)
     except WeightsError as e:  # the published file (ours was written by save_state)
         return Difference(0, 0, None, math.inf, math.inf, unreadable=str(e))
-    measured = []
-    for place in ta.keys() | tb.keys():
+    places, measured = ta.keys() | tb.keys(), []
+    for place in places:
         ia, ib = a.tensors.get(ta.get(place, "")), b.tensors.get(tb.get(place, ""))
         if ia is None or ib is None or (ia.shape, ia.dtype) != (ib.shape, ib.dtype):
             measured.append((math.inf, math.inf, place))
-        elif not same_bytes(a.raw(ia.name).reshape(-1).view("u1"),
-                            b.raw(ib.name).reshape(-1).view("u1")):
-            max_abs, rel, _ = distances(a.values(ia.name).reshape(-1),
-                                        b.values(ib.name).reshape(-1))
+        elif (moved := tensor_distances(a, b, ia.name, ib.name)) is not None:
+            max_abs, rel, _ = moved
             measured.append((rel, max_abs, place))
     missing = object()
-    values = sorted(_shown(p) for p in va.keys() | vb.keys()
-                    if _typed(va.get(p, missing)) != _typed(vb.get(p, missing)))
+    values = tuple(sorted(_shown(p) for p in va.keys() | vb.keys()
+                          if _typed(va.get(p, missing)) != _typed(vb.get(p, missing))))
     top = max(measured, key=lambda m: (m[0], m[1]), default=None)
     if top is None:
-        return Difference(0, len(ta.keys() | tb.keys()), None, 0.0, 0.0, tuple(values))
-    return Difference(len(measured), len(ta.keys() | tb.keys()), _shown(top[2]), top[0], top[1],
-                      tuple(values))
+        return Difference(0, len(places), None, 0.0, 0.0, values)
+    return Difference(len(measured), len(places), _shown(top[2]), top[0], top[1], values)
 
 
 def _typed(value: Any) -> tuple[type, Any]:
