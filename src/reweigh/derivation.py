@@ -60,14 +60,16 @@ class Derivation:
 
 def canonical_form(record: dict[str, Any]) -> bytes:
     """The bytes a derivation record's digest is computed over, as its format says."""
-    match record.get("format"):
-        case "reweigh.derivation/2":
-            return canonical_json(record)
-        case "reweigh.derivation/1":
-            return python_sorted_json(record)
-        case other:
-            raise UsageError(f"derivation record: format: {other!r} is not one this reweigh "
-                             f"knows ({FORMAT} or {FORMAT_V1})")
+    return canonical_json(record) if _format(record) == FORMAT else python_sorted_json(record)
+
+
+def _format(record: dict[str, Any]) -> str:
+    """The record's format, refused unless this reweigh knows it."""
+    found = record.get("format")
+    if found not in (FORMAT, FORMAT_V1):
+        raise UsageError(f"derivation record: format: {found!r} is not one this reweigh "
+                         f"knows ({FORMAT} or {FORMAT_V1})")
+    return found
 
 
 def digest_of(record: dict[str, Any]) -> str:
@@ -155,9 +157,9 @@ def read_record(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: cannot read the derivation record ({e})") from e
     if not isinstance(record, dict):
         raise UsageError(f"{path}: not a derivation record (an object)")
-    canonical_form(record)  # refuses a format this reweigh does not know
-    for pointer in record.get("float_params", []) if record["format"] == FORMAT else []:
-        _restore_float(record, pointer, path)
+    if _format(record) == FORMAT:  # /1 records name no float_params
+        for pointer in record.get("float_params", []):
+            _restore_float(record, pointer, path)
     return record
 
 
