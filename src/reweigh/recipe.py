@@ -24,7 +24,6 @@ from .errors import RecipeError
 
 RECIPE_FILE = "recipe.toml"
 MAX_RECIPE_BYTES = 1 << 20
-MAX_INT = MAX_SAFE_INTEGER  # beyond it an integer is not I-JSON (RFC 8785 refuses it)
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
 MAX_STRING = 10_000
 MAX_DEPTH = 4
@@ -390,7 +389,7 @@ class _Validator:
         if isinstance(value, bool):
             return value
         if isinstance(value, int):
-            if abs(value) > MAX_INT:
+            if abs(value) > MAX_SAFE_INTEGER:  # not I-JSON beyond it
                 raise self.fail(where, "integer beyond 2**53 - 1 in magnitude, which canonical "
                                 "JSON (RFC 8785) cannot hold exactly")
             return value
