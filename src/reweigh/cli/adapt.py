@@ -12,14 +12,7 @@ from pathlib import Path
 from ..adapt import DEFAULT_LR, STRATEGIES, Settings
 from ..progress import reporter_for
 from ..verbs.adapt import adapt
-from .common import (
-    add_json_option,
-    add_sandbox_option,
-    add_store_option,
-    add_threads_option,
-    open_store,
-    print_json,
-)
+from .common import add_run_options, open_store, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,12 +43,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--version", default=Settings.version, help="the new recipe's version")
     parser.add_argument("--license", default=None,
                         help="SPDX licence of your data (default NOASSERTION)")
-    add_threads_option(parser)
-    add_sandbox_option(parser)
     parser.add_argument("--check", action="store_true",
                         help="rebuild and compare bit for bit with the item")
-    add_store_option(parser)
-    add_json_option(parser)
+    add_run_options(parser)
     parser.set_defaults(run=run)
 
 

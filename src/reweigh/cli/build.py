@@ -6,14 +6,7 @@ import argparse
 
 from ..progress import reporter_for
 from ..verbs.build import build
-from .common import (
-    add_json_option,
-    add_sandbox_option,
-    add_store_option,
-    add_threads_option,
-    open_store,
-    print_json,
-)
+from .common import add_run_options, open_store, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,10 +14,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("recipe", help="recipe directory or its recipe.toml")
     parser.add_argument("--check", action="store_true",
                         help="rebuild and compare bit for bit with the stored item")
-    add_threads_option(parser)
-    add_sandbox_option(parser)
-    add_store_option(parser)
-    add_json_option(parser)
+    add_run_options(parser)
     parser.set_defaults(run=run)
 
 

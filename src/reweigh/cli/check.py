@@ -14,16 +14,7 @@ from ..policy.policies import POLICIES
 from ..policy.report import Line, PolicyReport, Status
 from ..progress import reporter_for
 from ..verbs.check import CheckReport, check
-from .common import (
-    add_json_option,
-    add_sandbox_option,
-    add_store_option,
-    add_threads_option,
-    colour,
-    open_store,
-    positive_float,
-    print_json,
-)
+from .common import add_run_options, colour, open_store, positive_float, print_json
 
 TONES = {"good": "32", "partial": "33", "bad": "31"}
 STATUS_COLOURS = {Status.OK: "32", Status.INFO: "36", Status.UNKNOWN: "33"}
@@ -39,10 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         f"{REFERENCE.cores} cores = {DEFAULT_MAX_CORE_HOURS:g})")
     parser.add_argument("--estimate-seconds", type=positive_float, default=5.0,
                         help="seconds of training to time when the recipe is not built yet")
-    add_threads_option(parser)
-    add_sandbox_option(parser)
-    add_store_option(parser)
-    add_json_option(parser)
+    add_run_options(parser)
     parser.set_defaults(run=run)
 
 

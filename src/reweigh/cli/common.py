@@ -42,6 +42,15 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
                         "at most the usable cores; the weights are the same whatever N)")
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that runs recipe code: --threads, --sandbox, --store
+    and --json, in that order."""
+    add_threads_option(parser)
+    add_sandbox_option(parser)
+    add_store_option(parser)
+    add_json_option(parser)
+
+
 def use_sandbox(args: argparse.Namespace) -> None:
     """Make the command's --sandbox the choice of every run it starts."""
     if getattr(args, "sandbox", None):

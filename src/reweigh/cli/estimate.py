@@ -11,15 +11,7 @@ import argparse
 from ..policy.estimate import DEFAULT_MAX_CORE_HOURS, REFERENCE
 from ..progress import reporter_for
 from ..verbs.estimate import DEFAULT_SECONDS, EstimateReport, estimate
-from .common import (
-    add_json_option,
-    add_sandbox_option,
-    add_store_option,
-    add_threads_option,
-    open_store,
-    positive_float,
-    print_json,
-)
+from .common import add_run_options, open_store, positive_float, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,12 +20,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--seconds", type=positive_float, default=DEFAULT_SECONDS,
                         help="seconds of training to time after start-up (default: "
                         f"{DEFAULT_SECONDS:g})")
-    add_threads_option(parser)
-    add_sandbox_option(parser)
     parser.add_argument("--max-core-hours", type=positive_float, default=DEFAULT_MAX_CORE_HOURS,
                         help=f"the budget to compare with (default: {DEFAULT_MAX_CORE_HOURS:g})")
-    add_store_option(parser)
-    add_json_option(parser)
+    add_run_options(parser)
     parser.set_defaults(run=run)
 
 
