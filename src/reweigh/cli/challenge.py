@@ -8,10 +8,7 @@ from ..compare import Verdict
 from ..progress import reporter_for
 from ..verbs.challenge import ChallengeReport, challenge
 from .common import (
-    add_json_option,
-    add_sandbox_option,
-    add_store_option,
-    add_threads_option,
+    add_run_options,
     colour,
     open_store,
     print_json,
@@ -29,10 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         help="the publisher's provenance.json (says which environment built it)")
     parser.add_argument("--require", choices=["identical", "equivalent"], default="equivalent",
                         help="the verdict that counts as success (default: equivalent)")
-    add_threads_option(parser)
-    add_sandbox_option(parser)
-    add_store_option(parser)
-    add_json_option(parser)
+    add_run_options(parser)
     parser.set_defaults(run=run)
 
 

@@ -18,10 +18,7 @@ from ..errors import UsageError
 from ..progress import reporter_for
 from ..verbs.diff import DiffOptions, DiffReport, diff
 from .common import (
-    add_json_option,
-    add_sandbox_option,
-    add_store_option,
-    add_threads_option,
+    add_run_options,
     colour,
     non_negative_int,
     open_store,
@@ -47,10 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         help="a probe set for text models (default: the recipe's)")
     parser.add_argument("--length", type=positive_int, default=8, metavar="N",
                         help="tokens each text model writes per prompt (default 8)")
-    add_threads_option(parser)
-    add_sandbox_option(parser)
-    add_store_option(parser)
-    add_json_option(parser)
+    add_run_options(parser)
     parser.set_defaults(run=run)
 
 

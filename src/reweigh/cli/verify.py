@@ -9,10 +9,7 @@ from fractions import Fraction
 from ..progress import reporter_for
 from ..verbs.verify import STRETCHES, Sampling, VerifyReport, verify
 from .common import (
-    add_json_option,
-    add_sandbox_option,
-    add_store_option,
-    add_threads_option,
+    add_run_options,
     colour,
     non_negative_int,
     open_store,
@@ -35,10 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         "0: none): a count, or a share of the segments")
     parser.add_argument("--seed", type=int, default=None, help="seed for choosing segments")
     parser.add_argument("--recipe", default=None, help="the recipe, when TARGET is a file")
-    add_threads_option(parser)
-    add_sandbox_option(parser)
-    add_store_option(parser)
-    add_json_option(parser)
+    add_run_options(parser)
     parser.set_defaults(run=run)
 
 
