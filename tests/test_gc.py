@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -209,3 +210,19 @@ def test_gc_refuses_to_take_a_whole_store_for_debris_when_its_index_was_lost(
     result = run_reweigh("gc", "--grace", "0", store=store_root)
     assert result.returncode == 1
     assert "reweigh store repair" in result.stderr and item.path.is_dir()
+
+
+def test_gc_removes_nothing_while_the_index_has_lost_the_row_of_a_whole_item(
+        tmp_path: Path) -> None:
+    """A lost row is not debris: the item may be installed, and gc cannot know. Before,
+    only an index that had lost every row stopped gc; one lost row deleted the item."""
+    store_root = tmp_path / "store"
+    store = Store(store_root)
+    kept = build(_with_data(tmp_path, "kept", "1"), store=store)
+    lost = build(_with_data(tmp_path, "lost", "2"), store=store)
+    with sqlite3.connect(store_root / "index.sqlite") as db:
+        db.execute("DELETE FROM items WHERE path = ?", (lost.path.name,))
+    result = run_reweigh("gc", "--grace", "0", store=store_root)
+    assert result.returncode == 1
+    assert lost.path.name in result.stderr and "reweigh store repair" in result.stderr
+    assert kept.path.is_dir() and lost.path.is_dir()

@@ -208,17 +208,17 @@ class Store:
 
     def forget(self, items: list[str], inputs: list[str]) -> None:
         """Remove items (by directory name) and inputs (by digest): their index rows in one
-        transaction, then every folder without a row, each moved aside before it is
-        deleted; the caller holds the gc lock exclusively. So what goes also includes
-        debris of commits interrupted between their rename and their row, and of an
-        earlier gc killed between its rows and its files."""
+        transaction, then the items' folders and every input folder without a row, each
+        moved aside before it is deleted; the caller holds the gc lock exclusively and has
+        made sure that no item folder is unknown to the index (a whole item without its
+        row is a lost row, for `store repair`, not debris)."""
         with self._db() as db:
             for table, key in (("items", "path"), ("item_files", "item"),
                                ("item_inputs", "item"), ("checks", "item"), ("imports", "item")):
                 db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in items])
             for table in ("inputs", "input_files"):
                 db.executemany(f"DELETE FROM {table} WHERE digest = ?", [(d,) for d in inputs])
-        for name in self.unknown_items():
+        for name in items:
             discard(self.root / "items" / name, self.root / "tmp")
         self._inputs.discard_unknown()
 

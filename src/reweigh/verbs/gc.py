@@ -83,7 +83,7 @@ def gc(store: Store | None = None, *, dry_run: bool = False,
         cleared = [] if dry_run else store.clear_trash()
         profiles = store.roots(prune=not dry_run)
         weights = {i.path.name: i.weights_digest for i in store.items()}
-        _refuse_lost_index(store, weights)
+        _refuse_lost_index(store)
         dependencies = store.item_dependencies()
         live = live_items(profile_roots(store, profiles), weights, dependencies)
         needed = set().union(*(dependencies.get(i, set()) for i in live))
@@ -98,11 +98,16 @@ def gc(store: Store | None = None, *, dry_run: bool = False,
                     cleared)
 
 
-def _refuse_lost_index(store: Store, weights: dict[str, str]) -> None:
-    if not weights and (unknown := store.unknown_items()):
-        raise StoreError(f"{store.root / 'index.sqlite'} knows none of the {len(unknown)} "
-                         "item folders in items/: it was lost or replaced, and gc would "
-                         "remove them all", hint="`reweigh store repair` indexes them again")
+def _refuse_lost_index(store: Store) -> None:
+    """An item folder the index does not know is a whole item whose row was lost (or a
+    commit interrupted after its rename): gc cannot tell which profile needs it, so it
+    removes nothing until `store repair` has indexed it again."""
+    if unknown := store.unknown_items():
+        more = ", ..." if len(unknown) > 1 else ""
+        raise StoreError(f"{store.root / 'index.sqlite'} does not know {len(unknown)} of the "
+                         f"item folders in items/ ({unknown[0]}{more}): gc removes nothing "
+                         "while they may be needed",
+                         hint="`reweigh store repair` indexes them again")
 
 
 def _size(path: Path) -> int:
