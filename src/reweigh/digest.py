@@ -45,8 +45,10 @@ def canonical_json(value: Any) -> bytes:
 
 def python_sorted_json(value: Any) -> bytes:
     """Python's `json.dumps` with sorted keys: how reweigh.derivation/1 records were
-    canonicalised. Kept only to recompute and explain their digests; no specification
-    defines it (keys sorted by code point, not UTF-16 unit; Python's float repr)."""
+    canonicalised, kept to recompute and explain their digests; no specification
+    defines it (keys sorted by code point, not UTF-16 unit; Python's float repr). Also
+    the form of checkpoint skeletons, which must read back their Python types exactly
+    and are not a record anyone else recomputes."""
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")

@@ -18,7 +18,6 @@ from .environment import fingerprint
 from .inputs import ResolvedInput
 from .policy.estimate import DEFAULT_MAX_CORE_HOURS
 from .policy.evidence import RecipeFacts, StoreRecord, build_cost, from_recipe
-from .policy.policies import judge_all, markdown
 from .policy.report import Settings
 from .recipe import Recipe
 
@@ -50,21 +49,23 @@ def statement(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...]
     env = run["environment"]
     return in_toto(
         run["weights_digest"], BUILD_TYPE,
-        {"recipe": {"name": recipe.name, "version": recipe.version, "seed": recipe.seed,
-                    "entry": str(recipe.entry), "params": recipe.params,
-                    "license": vars(recipe.license)},
-         "derivation": drv.digest},
-        {"threads": run["threads"], "numerics": env.get("numerics")}, dependencies,
-        {"id": BUILDER_ID, "version": {"reweigh": __version__, **env.get("packages", {})}},
-        {"invocationId": f"attempt-{run['attempt']}", "startedOn": _time(run["started"]),
-         "finishedOn": _time(run["finished"])},
-        {**env, "fingerprint": fingerprint(env)})
+        external={"recipe": {"name": recipe.name, "version": recipe.version,
+                             "seed": recipe.seed, "entry": str(recipe.entry),
+                             "params": recipe.params, "license": vars(recipe.license)},
+                  "derivation": drv.digest},
+        internal={"threads": run["threads"], "numerics": env.get("numerics")},
+        dependencies=dependencies,
+        builder={"id": BUILDER_ID,
+                 "version": {"reweigh": __version__, **env.get("packages", {})}},
+        metadata={"invocationId": f"attempt-{run['attempt']}",
+                  "startedOn": _time(run["started"]), "finishedOn": _time(run["finished"])},
+        environment={**env, "fingerprint": fingerprint(env)})
 
 
-def in_toto(weights_digest: str, build_type: str, external: dict[str, Any],
-            internal: dict[str, Any], dependencies: list[dict[str, Any]],
-            builder: dict[str, Any], metadata: dict[str, Any],
-            environment: dict[str, Any]) -> dict[str, Any]:
+def in_toto(weights_digest: str, build_type: str, *, external: dict[str, Any],
+            dependencies: list[dict[str, Any]], builder: dict[str, Any],
+            internal: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
+            environment: dict[str, Any] | None = None) -> dict[str, Any]:
     """An in-toto Statement v1 about an item's weights with a SLSA Provenance v1 predicate:
     the one form of every item's provenance.json, built or imported."""
     return {
@@ -73,10 +74,10 @@ def in_toto(weights_digest: str, build_type: str, external: dict[str, Any],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "buildDefinition": {"buildType": build_type, "externalParameters": external,
-                                "internalParameters": internal,
+                                "internalParameters": internal or {},
                                 "resolvedDependencies": dependencies},
-            "runDetails": {"builder": builder, "metadata": metadata,
-                           "environment": environment},
+            "runDetails": {"builder": builder, "metadata": metadata or {},
+                           "environment": environment or {}},
         },
     }
 
@@ -154,6 +155,8 @@ def policy_section(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput,
                         environments=(fingerprint(run["environment"]),))
     evidence = from_recipe(facts, store=store, cost=build_cost(run),
                            weights_digest=run["weights_digest"])
+    from .policy.policies import judge_all, markdown  # the licence stack: only a build pays
+
     reports = judge_all(evidence, Settings(DEFAULT_MAX_CORE_HOURS))
     return markdown(reports, "Judged when these weights were built, from the recipe, its "
                     "inputs and this build's measured cost. `reweigh check` judges again with "

@@ -202,11 +202,11 @@ def _flatten(prefix: str, value: Any, tensors: dict[str, Any], skipped: list[str
 def _write_files(out: Path, weights_digest: str, parameters: dict[str, Any]) -> None:
     """provenance.json (in-toto + SLSA, build type: import), metrics.json, MODEL_CARD.md."""
     statement = in_toto(
-        weights_digest, IMPORT_BUILD_TYPE, parameters, {},
-        [{"name": f"imported:{parameters['source']}",
-          "digest": {"sha256": parameters["source_digest"].split(":", 1)[1]},
-          **({"uri": parameters["origin"]} if parameters["origin"] else {})}],
-        {"id": IMPORTER_ID, "version": {"reweigh": __version__}}, {}, {})
+        weights_digest, IMPORT_BUILD_TYPE, external=parameters,
+        dependencies=[{"name": f"imported:{parameters['source']}",
+                       "digest": {"sha256": parameters["source_digest"].split(":", 1)[1]},
+                       **({"uri": parameters["origin"]} if parameters["origin"] else {})}],
+        builder={"id": IMPORTER_ID, "version": {"reweigh": __version__}})
     (out / "provenance.json").write_text(json.dumps(statement, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps({"evaluation": {}}, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(_card(parameters, weights_digest))
