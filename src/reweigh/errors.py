@@ -83,6 +83,14 @@ class IndexUnreadable(StoreError):
     exit_code = 2
 
 
+class SignatureError(ReweighError):
+    """A signature, key or substitute does not hold: an untrusted, revoked or expired key,
+    fewer distinct trusted signers than required, signers that disagree, a file that is not
+    what its signature says, a transfer cut short. Nothing was written to the store."""
+
+    exit_code = 1
+
+
 class CheckFailed(ReweighError):
     """A rebuild or comparison did not give the required result."""
 
