@@ -1,10 +1,32 @@
-"""Shared fixtures: a fresh store per test."""
+"""Shared fixtures: a fresh store per test, and the shipped examples built once per run.
+
+Training is what makes this suite slow, so each example a test reads (and each variant of
+one: another seed, a shorter training) is built at most once per test run, when a test first
+asks for it, into a store of its own under the session's temporary folder:
+`examples.built("digits-cnn")`. Nothing is kept between runs: every run trains afresh, so
+a change to the builder or to an example is tested by the run that follows it.
+
+Tests read these stores; they may run the commands that read a store (challenge, diff,
+verify, check, show), which leave only check records and scratch folders behind. A test
+that must change a store in a way another test could see (build into it, `--check` it,
+count its attempts, collect it) works on its own copy: `examples.copy("digits-cnn",
+tmp_path)`. At the end of the run each shared store must still hold exactly its one item,
+with the weights it was built with; a test that built into one fails the run there.
+
+Tests about building itself (determinism across thread counts and stores, `--check`, the
+sandbox, an unprivileged user) still build what they test.
+"""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .helpers import EXAMPLES, variant
 
 
 @pytest.fixture
@@ -12,20 +34,103 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
-# --- session-wide builds for the audit tests (diff, report): each trains once -------------
+# --- the examples, built once per run -------------------------------------------------------
+
+TEXTGEN_SMOKE_STEPS = 400  # of the shipped 1500: enough to learn its corpus (test_textgen)
+
+# The recipes the shared stores are built from: a name -> (where to put a variant) -> recipe.
+RECIPES: dict[str, Callable[[Path], Path]] = {
+    "digits-cnn": lambda _: EXAMPLES / "digits-cnn",
+    "digits-logreg": lambda _: EXAMPLES / "digits-logreg",
+    "connect4-zero-smoke": lambda _: EXAMPLES / "connect4-zero" / "smoke.toml",
+    # another seed: every tensor differs, the architecture and the data do not
+    "digits-cnn-seed-4242": lambda where: variant("digits-cnn", where,
+                                                  "seed = 20231", "seed = 4242"),
+    "textgen-smoke": lambda where: variant("textgen", where, "\nsteps = 1500\n",
+                                           f"\nsteps = {TEXTGEN_SMOKE_STEPS}\n"),
+}
+
+
+@dataclass(frozen=True)
+class Built:
+    """A store holding one built recipe: the store's root, the item's folder, the recipe."""
+
+    store: Path
+    item: Path
+    recipe: Path
+
+    def moved(self, root: Path) -> Built:
+        """The same item in a copy of the store at `root`."""
+        return Built(root, root / self.item.relative_to(self.store), self.recipe)
+
+
+class Examples:
+    """The shared stores, each built on first use (one thread: on a busy two-core machine
+    two threads spin against each other; the weights are the same either way, which
+    test_build checks with builds of its own)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._built: dict[tuple[str, int], Built] = {}
+        self._failed: dict[tuple[str, int], str] = {}
+
+    def built(self, name: str, threads: int = 1) -> Built:
+        """`name` built with `threads` threads into a store of its own; `threads` other
+        than 1 gives a second, independent build."""
+        from reweigh import build
+        from reweigh.store import Store
+
+        key = (name, threads)
+        if key in self._failed:  # one failed build, reported once, not retried by every test
+            pytest.fail(f"the shared build of {name} failed earlier: {self._failed[key]}")
+        if key not in self._built:
+            folder = self.root / (name if threads == 1 else f"{name}-{threads}-threads")
+            recipe = RECIPES[name](folder / "recipe")
+            try:
+                report = build(recipe, store=Store(folder / "store"), threads=threads)
+            except Exception as e:
+                self._failed[key] = f"{type(e).__name__}: {e}"
+                raise
+            self._built[key] = Built(folder / "store", report.path, recipe)
+        return self._built[key]
+
+    def copy(self, name: str, where: Path, threads: int = 1) -> Built:
+        """A copy of the shared store of `name` at where/store, for a test that changes it.
+        Item and input folders keep their names (their content addresses) and their
+        read-only modes; the index keeps its rows, attempts and checks."""
+        built = self.built(name, threads)
+        shutil.copytree(built.store, where / "store", symlinks=True)
+        return built.moved(where / "store")
+
+    def check_untouched(self) -> None:
+        """Each shared store still holds its one item, with the weights it was built with."""
+        from reweigh.digest import file_digest
+        from reweigh.store import Store
+
+        for (name, _), built in self._built.items():
+            items = Store(built.store).items()
+            assert [i.path for i in items] == [built.item], (
+                f"a test changed the shared store of {name} ({built.store}): it holds "
+                f"{[i.path.name for i in items]}; change a copy instead (examples.copy)")
+            assert file_digest(built.item / "weights.safetensors") == items[0].weights_digest, (
+                f"a test changed the weights of the shared {name} item")
+
 
 @pytest.fixture(scope="session")
-def digits_cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A clean build of examples/digits-cnn: (store, item). One thread: on a busy two-core
-    machine, two threads spin against each other; the weights are the same either way."""
-    from reweigh import build
-    from reweigh.store import Store
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
+    shared = Examples(tmp_path_factory.mktemp("examples"))
+    yield shared
+    shared.check_untouched()
 
-    from .helpers import EXAMPLES
 
-    store = tmp_path_factory.mktemp("digits-cnn") / "store"
-    return store, build(EXAMPLES / "digits-cnn", store=Store(store), threads=1).path
+@pytest.fixture(scope="session")
+def digits_cnn(examples: Examples) -> tuple[Path, Path]:
+    """The shared build of examples/digits-cnn: (store, item)."""
+    built = examples.built("digits-cnn")
+    return built.store, built.item
 
+
+# --- session-wide audits of the shared build (diff, report) ----------------------------------
 
 @pytest.fixture(scope="session")
 def backdoor_diff(digits_cnn: tuple[Path, Path],
@@ -37,7 +142,7 @@ def backdoor_diff(digits_cnn: tuple[Path, Path],
     import torch
 
     from . import backdoor
-    from .helpers import EXAMPLES, run_reweigh
+    from .helpers import run_reweigh
 
     store, item = digits_cnn
     folder = tmp_path_factory.mktemp("backdoor")

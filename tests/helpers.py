@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,17 @@ import numpy as np
 def train(ctx):
     ctx.save_weights({"w": np.arange(4, dtype=np.float32) * ctx.params.get("scale", 1.0)})
 """
+
+
+def variant(example: str, where: Path, old: str, new: str) -> Path:
+    """A copy of examples/EXAMPLE at `where` whose recipe.toml says `new` for `old` (which
+    must be there, so that a change to the example cannot make the variant the same)."""
+    shutil.copytree(EXAMPLES / example, where, ignore=shutil.ignore_patterns("__pycache__"))
+    toml = where / "recipe.toml"
+    text = toml.read_text()
+    assert text.count(old) == 1, f"examples/{example}/recipe.toml: no single {old!r}"
+    toml.write_text(text.replace(old, new))
+    return where
 
 
 def run_reweigh(*args: object, store: Path | None = None, timeout: float = 600,

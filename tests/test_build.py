@@ -12,6 +12,7 @@ import pytest
 from reweigh import build
 from reweigh.store import Store
 
+from .conftest import Examples
 from .helpers import EXAMPLES, run_json, run_reweigh, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -29,27 +30,36 @@ def test_more_threads_than_cores_are_capped_at_the_cores(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("example", ["digits-logreg", "digits-cnn"])
 def test_each_example_builds_to_one_digest_with_one_thread_and_with_two(
-        example: str, tmp_path: Path) -> None:
-    one = run_json("build", EXAMPLES / example, "--threads", "1", store=tmp_path / "a")
-    two = run_json("build", EXAMPLES / example, "--threads", "2", store=tmp_path / "b")
-    assert not one["reused"] and not two["reused"]
-    assert (one["threads"], two["threads"]) == (1, 2)
-    assert one["derivation"] == two["derivation"]
-    assert one["weights_digest"] == two["weights_digest"]
-    metrics = json.loads((Path(one["path"]) / "metrics.json").read_text())
+        example: str, examples: Examples) -> None:
+    """Two builds from scratch, into two stores: the shared one on one thread, a second one
+    on two (test_diff compares the two CNNs' answers too)."""
+    one, two = examples.built(example), examples.built(example, threads=2)
+    assert one.store != two.store
+    records = [Store(b.store).attempts() for b in (one, two)]
+    assert [[(a["purpose"], a["status"], a["threads"]) for a in r] for r in records] == [
+        [("build", "built", 1)], [("build", "built", 2)]]
+    items = [Store(b.store).resolve(b.item.name) for b in (one, two)]
+    assert items[0].derivation == items[1].derivation
+    assert items[0].weights_digest == items[1].weights_digest
+    for built, threads in ((one, 1), (two, 2)):  # each says how it was built
+        statement = json.loads((built.item / "provenance.json").read_text())
+        assert statement["predicate"]["runDetails"]["environment"]["threads"] == threads
+    metrics = json.loads((one.item / "metrics.json").read_text())
     assert metrics["evaluation"]["accuracy"] >= 0.95
 
 
-def test_check_rebuilds_and_says_the_weights_are_bit_identical(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    first = run_json("build", EXAMPLES / "digits-cnn", "--threads", "1", store=store)
-    checked = run_reweigh("build", EXAMPLES / "digits-cnn", "--check", "--threads", "2",
-                          store=store)
+def test_check_rebuilds_and_says_the_weights_are_bit_identical(examples: Examples,
+                                                               tmp_path: Path) -> None:
+    first = examples.copy("digits-cnn", tmp_path)
+    checked = run_reweigh("build", EXAMPLES / "digits-cnn", "--check", store=first.store)
     assert checked.returncode == 0, checked.stderr
     assert "bit-identical" in checked.stdout
-    assert checked.stdout.strip().splitlines()[-1] == first["path"]
-    checks = Store(store).checks(Store(store).resolve(first["path"]))
+    assert checked.stdout.strip().splitlines()[-1] == str(first.item)
+    checks = Store(first.store).checks(Store(first.store).resolve(str(first.item)))
     assert [(c["kind"], c["result"]) for c in checks] == [("rebuild", "identical")]
+    attempts = Store(first.store).attempts()
+    assert [(a["purpose"], a["status"]) for a in attempts] == [("build", "built"),
+                                                               ("check", "built")]
 
 
 def test_a_second_build_reuses_the_item(tmp_path: Path) -> None:
@@ -60,11 +70,13 @@ def test_a_second_build_reuses_the_item(tmp_path: Path) -> None:
     assert second.path == first.path and second.weights_digest == first.weights_digest
 
 
-def test_changing_a_parameter_gives_a_new_derivation_and_a_new_item(tmp_path: Path) -> None:
+def test_changing_a_parameter_gives_a_new_derivation_and_a_new_item(
+        examples: Examples, tmp_path: Path) -> None:
     recipe = tmp_path / "logreg"
     shutil.copytree(EXAMPLES / "digits-logreg", recipe)
-    store = tmp_path / "store"
+    store = examples.copy("digits-logreg", tmp_path).store
     first = run_json("build", recipe, store=store)
+    assert first["reused"]  # the same recipe in another folder: the same derivation
     text = (recipe / "recipe.toml").read_text()
     (recipe / "recipe.toml").write_text(text.replace("C = 1.0", "C = 0.5"))
     second = run_json("build", recipe, store=store)
@@ -89,39 +101,40 @@ def test_build_prints_the_store_path_last_and_json_has_the_contract_keys(
 
 
 def test_an_item_holds_weights_provenance_metrics_card_transcript_and_log(
-        tmp_path: Path) -> None:
-    data = run_json("build", EXAMPLES / "digits-logreg", store=tmp_path / "store")
-    item = Path(data["path"])
+        examples: Examples) -> None:
+    built = examples.built("digits-logreg")
+    item = built.item
+    weights_digest = Store(built.store).resolve(str(item)).weights_digest
     for name in ("weights.safetensors", "provenance.json", "metrics.json", "MODEL_CARD.md",
                  "build.log", "transcript.json", "derivation.json"):
         assert (item / name).is_file(), name
     statement = json.loads((item / "provenance.json").read_text())
     assert statement["_type"] == "https://in-toto.io/Statement/v1"
     assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
-    assert statement["subject"][0]["digest"]["sha256"] == data["weights_digest"][7:]
+    assert statement["subject"][0]["digest"]["sha256"] == weights_digest[7:]
     env = statement["predicate"]["runDetails"]["environment"]
     for key in ("python", "packages", "blas", "cpu_model", "isa", "threads", "numerics"):
         assert env[key], key
     assert env["packages"]["torch"] and env["packages"]["scikit-learn"]
     card = (item / "MODEL_CARD.md").read_text()
     assert card.startswith("---\nlicense: \"CC0-1.0\"")
-    assert data["weights_digest"] in card and "accuracy" in card
+    assert weights_digest in card and "accuracy" in card
     deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
     digits = next(d for d in deps if d["name"] == "input:digits")
     assert digits["annotations"]["package"] == "scikit-learn"
     assert digits["annotations"]["version"]
 
 
-def test_the_cnn_transcript_chains_its_checkpoints(tmp_path: Path) -> None:
-    data = run_json("build", EXAMPLES / "digits-cnn", store=tmp_path / "store")
-    transcript = json.loads((Path(data["path"]) / "transcript.json").read_text())
+def test_the_cnn_transcript_chains_its_checkpoints(digits_cnn: tuple[Path, Path]) -> None:
+    _, item = digits_cnn
+    transcript = json.loads((item / "transcript.json").read_text())
     steps = [c["step"] for c in transcript["checkpoints"]]
     assert steps == [*range(10, 341, 10), 345]  # every 10th batch, and the last
     links = [c["chain"] for c in transcript["checkpoints"]]
     assert len(set(links)) == 35
     assert transcript["environment"]["threads"] >= 1  # where it was recorded, for verify
     for entry in transcript["checkpoints"]:
-        assert (Path(data["path"]) / entry["file"]).is_file()
+        assert (item / entry["file"]).is_file()
 
 
 def test_check_catches_a_recipe_that_is_not_deterministic_and_names_the_tensor(

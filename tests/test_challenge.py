@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from reweigh import build
 from reweigh.cli.common import print_json
-from reweigh.store import Store
 
 from . import backdoor
+from .conftest import Examples
 from .helpers import EXAMPLES, run_reweigh
 
 pytestmark = pytest.mark.slow
@@ -25,11 +24,9 @@ RECIPE = EXAMPLES / "digits-cnn"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One clean build shared by the module: (store, item)."""
-    store = tmp_path_factory.mktemp("challenge") / "store"
-    report = build(RECIPE, store=Store(store))
-    return store, report.path
+def built(digits_cnn: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The session's clean build: (store, item)."""
+    return digits_cnn
 
 
 def _challenge(store: Path, published: Path, *extra: object) -> tuple[int, dict]:
@@ -40,11 +37,26 @@ def _challenge(store: Path, published: Path, *extra: object) -> tuple[int, dict]
 
 
 def _other_environment(item: Path, tmp_path: Path) -> Path:
-    """A provenance statement like the item's, but claiming another CPU's kernels."""
+    """A provenance statement like the item's, but claiming a genuinely other platform:
+    another torch (where the recipe's tolerance applies)."""
     statement = json.loads((item / "provenance.json").read_text())
     env = statement["predicate"]["runDetails"]["environment"]
-    env["cpu_capability"] = "AVX2" if env["cpu_capability"] != "AVX2" else "DEFAULT"
+    env["platform"]["packages"]["torch"] = "2.12.0+cpu"
     path = tmp_path / "published-provenance.json"
+    path.write_text(json.dumps(statement))
+    return path
+
+
+def forged_environment(item: Path, tmp_path: Path) -> Path:
+    """A provenance statement like the item's, edited to claim another CPU's kernels:
+    AVX-512 and native settings, on this architecture with these libraries."""
+    statement = json.loads((item / "provenance.json").read_text())
+    env = statement["predicate"]["runDetails"]["environment"]
+    env["cpu_capability"] = env["platform"]["capability"] = "AVX512"
+    env["isa"] = [*env["isa"], "avx512f"]
+    env["platform"]["settings"]["env"]["ATEN_CPU_CAPABILITY"] = "avx512"
+    env["platform"]["name"] = "x86-64-v4"
+    path = tmp_path / "forged-provenance.json"
     path.write_text(json.dumps(statement))
     return path
 
@@ -60,13 +72,9 @@ def test_the_same_file_is_identical(built: tuple[Path, Path], tmp_path: Path) ->
 
 
 def test_a_file_trained_with_another_seed_is_different(built: tuple[Path, Path],
-                                                       tmp_path: Path) -> None:
+                                                       examples: Examples) -> None:
     store, _ = built
-    other = tmp_path / "other-seed"
-    shutil.copytree(RECIPE, other)
-    text = (other / "recipe.toml").read_text()
-    (other / "recipe.toml").write_text(text.replace("seed = 20231", "seed = 4242"))
-    other_item = build(other, store=Store(tmp_path / "other-store")).path
+    other_item = examples.built("digits-cnn-seed-4242").item
     code, report = _challenge(store, other_item / "weights.safetensors")
     assert code == 1
     assert report["verdict"] == "different"
@@ -122,10 +130,18 @@ def test_one_ulp_is_different_here_but_equivalent_from_another_environment(
     code, report = _challenge(store, published, "--published-provenance", same_env)
     assert code == 1 and report["environment"] == "same"
 
+    # A claim of other kernels on this architecture with these libraries earns no slack:
+    # the recipe's platform pins the kernels (issue 12's edited provenance).
+    forged = forged_environment(item, tmp_path)
+    code, report = _challenge(store, published, "--published-provenance", forged)
+    assert code == 1 and report["verdict"] == "different" and report["environment"] == "same"
+    assert any("earns no slack" in reason for reason in report["reasons"])
+
     other = _other_environment(item, tmp_path)
     code, report = _challenge(store, published, "--published-provenance", other)
     assert code == 0 and report["verdict"] == "equivalent"
-    assert report["environment_differences"] == ["cpu_capability"]
+    assert report["environment_differences"] == ["packages"]
+    assert any("packages.torch: 2.12.0+cpu there" in r for r in report["reasons"])
     assert report["behaviour"]["agreement"] == 1.0
     code, report = _challenge(store, published, "--published-provenance", other,
                               "--require", "identical")

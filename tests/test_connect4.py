@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .helpers import EXAMPLES, run_json, run_reweigh
+from .conftest import Examples
+from .helpers import EXAMPLES, run_json
 
 C4 = EXAMPLES / "connect4-zero"
 SMOKE = C4 / "smoke.toml"
@@ -98,21 +99,27 @@ def test_packed_positions_unpack_to_the_same_planes() -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("c4") / "store"
+def smoke_store(examples: Examples) -> Path:
+    """The run's shared build of the smoke variant (one self-play process)."""
+    return examples.built("connect4-zero-smoke").store
 
 
 @pytest.fixture(scope="module")
 def smoke_build(smoke_store: Path) -> dict:
-    return run_json("build", SMOKE, "--threads", "2", store=smoke_store)
+    from reweigh.store import Store
+
+    item = Store(smoke_store).resolve("connect4-zero-smoke")
+    return {"path": str(item.path), "weights_digest": item.weights_digest}
 
 
 @pytest.mark.slow
 def test_self_play_builds_identically_on_one_and_on_two_processes(
-        smoke_store: Path, smoke_build: dict) -> None:
-    again = run_json("build", SMOKE, "--check", "--threads", "1", store=smoke_store)
+        examples: Examples, smoke_build: dict, tmp_path: Path) -> None:
+    store = examples.copy("connect4-zero-smoke", tmp_path).store
+    again = run_json("build", SMOKE, "--check", "--threads", "2", store=store)
     assert again["weights_digest"] == smoke_build["weights_digest"]
     assert again["check"]["identical"] is True
+    assert again["reused"] and again["threads"] == 2  # the item of one, rebuilt on two
     metrics = json.loads((Path(smoke_build["path"]) / "metrics.json").read_text())
     for opponent in ("random", "alphabeta"):
         rates = [metrics["evaluation"][f"{kind}_rate_vs_{opponent}"]
@@ -144,7 +151,8 @@ def test_the_engine_speaks_the_protocol(smoke_store: Path, smoke_build: dict) ->
 
 @pytest.mark.slow
 def test_the_engine_refuses_weights_that_do_not_fit(tmp_path: Path, smoke_store: Path,
-                                                    smoke_build: dict) -> None:
+                                                    smoke_build: dict,
+                                                    examples: Examples) -> None:
     from safetensors.numpy import load_file, save_file
 
     tensors = load_file(str(Path(smoke_build["path"]) / "weights.safetensors"))
@@ -154,10 +162,8 @@ def test_the_engine_refuses_weights_that_do_not_fit(tmp_path: Path, smoke_store:
                      store=smoke_store)
     assert result.returncode == 2
     assert "policy.weight" in result.stderr and "Traceback" not in result.stderr
-    digits = EXAMPLES / "digits-logreg"
-    other = run_reweigh("build", digits, store=smoke_store)
-    assert other.returncode == 0, other.stderr
-    result = _engine("--network", "digits-logreg", "--protocol", store=smoke_store)
+    logreg_store = examples.built("digits-logreg").store
+    result = _engine("--network", "digits-logreg", "--protocol", store=logreg_store)
     assert result.returncode == 2 and "not a Connect Four network" in result.stderr
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from reweigh import DiffOptions, build, diff
+from reweigh import DiffOptions, diff
 from reweigh.audit import behaviour, trigger
 from reweigh.audit.weights import layer_diffs
 from reweigh.compare import distances
@@ -28,6 +27,7 @@ from reweigh.errors import UsageError
 from reweigh.store import Store
 from reweigh.weights import read_header
 
+from .conftest import Examples
 from .helpers import EXAMPLES, run_reweigh
 
 RECIPE = EXAMPLES / "digits-cnn"
@@ -96,9 +96,9 @@ def test_the_human_output_lists_the_findings_and_what_was_skipped(
 
 @pytest.mark.slow
 def test_two_clean_builds_flag_no_layer_class_trigger_or_answer(
-        digits_cnn: tuple[Path, Path], tmp_path: Path) -> None:
+        digits_cnn: tuple[Path, Path], examples: Examples) -> None:
     store, item = digits_cnn
-    again = build(RECIPE, store=Store(tmp_path / "rebuild"), threads=1).path
+    again = examples.built("digits-cnn", threads=2).item  # built on its own, on two threads
     result = run_reweigh("diff", item, again, "--recipe", RECIPE, "--json", "--threads", 1,
                          store=store)
     assert result.returncode == 0, result.stderr
@@ -114,13 +114,9 @@ def test_two_clean_builds_flag_no_layer_class_trigger_or_answer(
 
 @pytest.mark.slow
 def test_another_seed_differs_everywhere_but_hides_no_trigger(
-        digits_cnn: tuple[Path, Path], tmp_path: Path) -> None:
+        digits_cnn: tuple[Path, Path], examples: Examples) -> None:
     store, item = digits_cnn
-    other = tmp_path / "other-seed"
-    shutil.copytree(RECIPE, other)
-    text = (other / "recipe.toml").read_text()
-    (other / "recipe.toml").write_text(text.replace("seed = 20231", "seed = 4242"))
-    other_item = build(other, store=Store(tmp_path / "other"), threads=1).path
+    other_item = examples.built("digits-cnn-seed-4242").item
     report = diff(item, other_item, RECIPE, store=Store(store), options=DiffOptions(threads=1))
     assert all(layer.flagged for layer in report.layers)
     assert report.trigger is not None and not report.trigger["flagged"]
@@ -222,10 +218,11 @@ def test_a_missing_file_or_item_is_bad_input(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_recipe_without_an_audit_entry_still_gives_the_disagreement(tmp_path: Path) -> None:
+def test_a_recipe_without_an_audit_entry_still_gives_the_disagreement(
+        examples: Examples, tmp_path: Path) -> None:
     """digits-logreg has an evaluation but no audit entry: answers only, and a note."""
-    store = Store(tmp_path / "store")
-    item = build(EXAMPLES / "digits-logreg", store=store, threads=1).path
+    built = examples.built("digits-logreg")
+    store, item = Store(built.store), built.item
     tensors = load_file(str(item / "weights.safetensors"))
     name = next(n for n in sorted(tensors) if tensors[n].dtype.kind == "f")
     tensors[name] = tensors[name] * tensors[name].dtype.type(1.5)

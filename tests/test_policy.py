@@ -25,6 +25,7 @@ from reweigh.policy.evidence import Cost, DataSource, DataStatus, Evidence, Orig
 from reweigh.policy.report import Settings, Status, Verdict
 from reweigh.store import Store
 
+from .conftest import Examples
 from .helpers import EXAMPLES, run_reweigh, write_recipe
 
 DATA_INPUT = '[inputs.data]\npath = "data.txt"'
@@ -61,11 +62,12 @@ def recipe_with(directory: Path, *, code: str = "MIT", data: str = "CC0-1.0",
 
 
 @pytest.fixture(scope="module")
-def examples_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """digits-logreg built and rebuilt once (--check); digits-cnn left unbuilt."""
-    store = tmp_path_factory.mktemp("policy") / "store"
+def examples_store(examples: Examples, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits-logreg built (the run's shared build, copied) and rebuilt once (--check);
+    digits-cnn left unbuilt."""
+    store = examples.copy("digits-logreg", tmp_path_factory.mktemp("policy")).store
     report = build(EXAMPLES / "digits-logreg", store=Store(store), check=True)
-    assert report.check is not None and report.check.identical
+    assert report.reused and report.check is not None and report.check.identical
     return store
 
 

@@ -1,14 +1,13 @@
 """examples/textgen: a text model built from source on its own generated corpus, and diff's
 text probes on it (a fine-tune toward one word after one topic; two clean builds).
 
-The tests build a smoke variant of the shipped recipe (fewer training steps, nothing else
-changed) so that the module trains in seconds.
+The tests read the run's shared build of a smoke variant of the shipped recipe (fewer
+training steps, nothing else changed), so that it trains in seconds.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import tomllib
 from pathlib import Path
 
@@ -20,29 +19,18 @@ from reweigh.audit.probes import load_probes
 from reweigh.store import Store
 
 from . import textbias
+from .conftest import Examples
 from .helpers import EXAMPLES, run_reweigh
 
 pytestmark = pytest.mark.slow
 FOLDER = EXAMPLES / "textgen"
-SMOKE_STEPS = 400
-
-
-def smoke_recipe(where: Path) -> Path:
-    """The shipped recipe with fewer training steps."""
-    shutil.copytree(FOLDER, where, ignore=shutil.ignore_patterns("__pycache__"))
-    text = (where / "recipe.toml").read_text()
-    assert "\nsteps = 1500\n" in text
-    (where / "recipe.toml").write_text(text.replace("\nsteps = 1500\n",
-                                                    f"\nsteps = {SMOKE_STEPS}\n"))
-    return where
 
 
 @pytest.fixture(scope="module")
-def textgen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(store, item, recipe) of one smoke build."""
-    root = tmp_path_factory.mktemp("textgen")
-    recipe = smoke_recipe(root / "recipe")
-    return root / "store", build(recipe, store=Store(root / "store"), threads=1).path, recipe
+def textgen(examples: Examples) -> tuple[Path, Path, Path]:
+    """(store, item, recipe) of the run's shared smoke build (conftest.RECIPES)."""
+    built = examples.built("textgen-smoke")
+    return built.store, built.item, built.recipe
 
 
 def _params(recipe: Path) -> dict:

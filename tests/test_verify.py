@@ -18,6 +18,7 @@ from reweigh import transcript as tr
 from reweigh.compare import value_drift
 from reweigh.store import Store
 
+from .conftest import Examples
 from .forger import Forgery, forge, publish, rechain
 from .helpers import EXAMPLES, run_reweigh, write_recipe
 
@@ -61,14 +62,15 @@ def test_spot_may_be_a_share_of_the_segments(built: tuple[Path, Path]) -> None:
         assert "--spot" in result.stderr
 
 
-def _verify_fine_tuned(store: Path, folder: Path) -> tuple[int, dict]:
+def _verify_fine_tuned(store: Path, folder: Path, *extra: object) -> tuple[int, dict]:
     """Nudge the published final weights (as a fine-tune would), then verify the last
     segment only."""
     tensors = load_file(str(folder / "weights.safetensors"))
     tensors["fc2.bias"] = tensors["fc2.bias"] + np.float32(0.01)
     save_file(tensors, str(folder / "weights.safetensors"))
     return _verify(store, folder / "weights.safetensors", "--recipe", EXAMPLES / "digits-cnn",
-                   "--transcript", folder / "transcript.json", "--spot", "0", "--largest", "0")
+                   "--transcript", folder / "transcript.json", "--spot", "0", "--largest", "0",
+                   *extra)
 
 
 def test_weights_fine_tuned_after_training_fail_the_last_segment(
@@ -85,12 +87,11 @@ def test_weights_fine_tuned_after_training_fail_the_last_segment(
 
 
 def test_a_replaced_middle_checkpoint_is_caught_when_its_segments_are_replayed(
-        built: tuple[Path, Path], tmp_path: Path) -> None:
+        built: tuple[Path, Path], examples: Examples, tmp_path: Path) -> None:
     store, item = built
     folder = publish(item, tmp_path / "published")
     middle = folder / "checkpoints" / "step-000000170.safetensors"
-    other = publish(build(_other_seed(tmp_path), store=Store(tmp_path / "s2")).path,
-                       tmp_path / "other")
+    other = publish(examples.built("digits-cnn-seed-4242").item, tmp_path / "other")
     shutil.copyfile(other / "checkpoints" / "step-000000170.safetensors", middle)
     rechain(folder)
     code, report = _verify(store, folder / "weights.safetensors", "--recipe",
@@ -104,14 +105,6 @@ def test_a_replaced_middle_checkpoint_is_caught_when_its_segments_are_replayed(
         difference = segment["difference"]
         assert difference["tensors"] >= 8 and difference["largest"].startswith("state.")
         assert 0 < difference["rel_l2"] < math.inf and difference["largest"] in segment["note"]
-
-
-def _other_seed(tmp_path: Path) -> Path:
-    recipe = tmp_path / "other-seed"
-    shutil.copytree(EXAMPLES / "digits-cnn", recipe)
-    text = (recipe / "recipe.toml").read_text()
-    (recipe / "recipe.toml").write_text(text.replace("seed = 20231", "seed = 99"))
-    return recipe
 
 
 def test_a_transcript_that_does_not_chain_fails_before_any_replay(
@@ -135,45 +128,43 @@ def test_a_transcript_that_does_not_chain_fails_before_any_replay(
 
 def test_a_transcript_of_another_recipe_is_refused(built: tuple[Path, Path],
                                                    tmp_path: Path) -> None:
-    store, item = built
-    other = build(write_recipe(tmp_path / "r"), store=Store(store)).path
+    _, item = built
+    other_store = tmp_path / "store"  # the shared store stays as built
+    other = build(write_recipe(tmp_path / "r"), store=Store(other_store)).path
     result = run_reweigh("verify", other, "--transcript", item / "transcript.json", "--spot",
-                         "1", store=store)
+                         "1", store=other_store)
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert "transcript.json: derivation: the transcript is of" in line
 
 
-def test_on_another_environment_segments_may_drift_within_the_recipes_tolerance(
+def test_on_another_platform_segments_may_drift_within_the_recipes_tolerance(
         built: tuple[Path, Path], tmp_path: Path) -> None:
-    """A transcript recorded with AVX2 kernels (other bits than this machine's default
-    AVX-512 ones), verified here: each segment is judged by its drift, and fine-tuned
-    final weights still fail."""
-    store, _ = built
-    avx2 = run_reweigh("build", EXAMPLES / "digits-cnn", "--json", store=tmp_path / "avx2",
-                       env={"ATEN_CPU_CAPABILITY": "avx2"})
-    assert avx2.returncode == 0, avx2.stderr
-    folder = publish(Path(json.loads(avx2.stdout)["path"]), tmp_path / "published")
-    ours = json.loads((_item_of(store) / "transcript.json").read_text())
-    theirs = json.loads((folder / "transcript.json").read_text())
-    assert theirs["environment"]["cpu_capability"] != ours["environment"]["cpu_capability"]
+    """A transcript recorded on the recipe's platform (x86-64-v3), replayed on x86-64-v2
+    (`--platform`: other kernels, other bits): each segment is judged by its drift, and
+    fine-tuned final weights or a forged checkpoint still fail."""
+    store, item = built
+    folder = publish(item, tmp_path / "published")
+    on_v2 = ("--platform", "x86-64-v2")
     code, report = _verify(store, folder / "weights.safetensors", "--recipe",
                            EXAMPLES / "digits-cnn", "--transcript", folder / "transcript.json",
-                           "--spot", "3", "--seed", "7")
+                           "--spot", "3", "--seed", "7", *on_v2)
     assert code == 0 and report["environment"] == "other", report
+    assert any("x86-64-v2" in reason for reason in report["environment_reasons"])
     assert 0 < report["tolerance"] < 1e-3
     drifts = [s["drift"] for s in report["segments"] if s["drift"] is not None]
-    assert all(d <= report["tolerance"] for d in drifts)
-    code, report = _verify_fine_tuned(store, folder)
+    assert drifts and all(d <= report["tolerance"] for d in drifts)
+    assert max(drifts) > 0  # the two platforms really compute other bits
+    code, report = _verify_fine_tuned(store, folder, *on_v2)
     assert code == 1 and not report["segments"][-1]["holds"]
-    # The slack across environments does not hide a forged checkpoint: one whose floats
+    # The slack across platforms does not hide a forged checkpoint: one whose floats
     # were all moved by 0.1% (50 times the allowed drift, far less than another seed's).
-    forged = publish(Path(json.loads(avx2.stdout)["path"]), tmp_path / "forged")
+    forged = publish(item, tmp_path / "forged")
     _scale_floats(forged / "checkpoints" / "step-000000170.safetensors", 1.001)
     rechain(forged)
     code, report = _verify(store, forged / "weights.safetensors", "--recipe",
                            EXAMPLES / "digits-cnn", "--transcript", forged / "transcript.json",
-                           "--spot", "34")
+                           "--spot", "34", *on_v2)
     assert code == 1 and report["chain_ok"] and report["environment"] == "other"
     failed = [(s["start_step"], s["stop_step"]) for s in report["segments"] if not s["holds"]]
     assert failed == [(160, 170), (170, 180)]
