@@ -80,7 +80,7 @@ class Claim:
     def agreement(self) -> tuple[str, str, tuple[FileEntry, ...]]:
         """What signers must share to count together: the derivation, the weights and
         every file."""
-        return self.derivation, self.weights_digest, self.files
+        return self.derivation, self.weights_digest, tuple(sorted(self.files))
 
 
 @dataclass(frozen=True)
@@ -153,10 +153,14 @@ def sign(claim: Claim, signer: Signer, now: float) -> bytes:
     return json.dumps(bundle, indent=2).encode() + b"\n"
 
 
-def bundle_keyid(data: bytes, what: str) -> str:
-    """The key id a bundle names (its hint), read without trusting anything else."""
-    envelope = _bundle(data, what)
-    return envelope[0]
+def bundle_claim(data: bytes, what: str) -> Claim:
+    """The claim a bundle carries, read strictly but NOT verified: for passing a bundle on
+    (a mirror, `publish`), never for deciding whether to trust it."""
+    hint, _, payload, _ = _bundle(data, what)
+    claim = read_claim(payload, what)
+    if claim.keyid != hint:
+        raise SignatureError(f"{what}: predicate.reweigh.keyid: not the bundle's key")
+    return claim
 
 
 def verify(data: bytes, key: PublicKey, what: str) -> Verified:
