@@ -33,7 +33,8 @@ from .helpers import run_reweigh, write_recipe
 
 def _derivation(recipe: Path, store: Path) -> Derivation:
     loaded = load_recipe(recipe)
-    return derive(loaded, resolve_inputs(loaded, Store(store)), hash_code(code_files(loaded)))
+    return derive(loaded, resolve_inputs(loaded, Store(store)), hash_code(code_files(loaded)),
+                  "x86-64-v3")
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import environment, sandbox
+from . import environment, numerics, sandbox
 from .entries import render_traceback
 from .errors import BuildError, EntryResultError
 from .job import Job, Sandbox
@@ -65,7 +65,7 @@ def stage_source(code: dict[str, Path], work: Path) -> Path:
 
 
 def child_env(home: str, tmp: str, package_parent: str, threads: int,
-              event_fd: int) -> dict[str, str]:
+              event_fd: int, platform: numerics.Platform) -> dict[str, str]:
     """The whole environment of the process that runs recipe code: an allow-list."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -79,7 +79,7 @@ def child_env(home: str, tmp: str, package_parent: str, threads: int,
         "PYTHONNOUSERSITE": "1",
         "PYTHONPATH": package_parent,
         "REWEIGH_EVENT_FD": str(event_fd),
-        **environment.build_env(threads),
+        **environment.build_env(threads, platform),
     }
 
 
@@ -127,6 +127,7 @@ def inside_job(job: Job, work: Path) -> tuple[Job, list[sandbox.Mount]]:
 def launch_for(job: Job, work: Path, module: str, event_fd: int) -> Launch:
     """The command that runs `module` on `job`, isolated as the job's sandbox says."""
     spec_file = work / "job.json"
+    platform = numerics.here(job.platform)  # exit 2 when this machine cannot run it
     if job.sandbox.kind == sandbox.NONE:
         for sub in ("home", "tmp"):
             (work / sub).mkdir(exist_ok=True)
@@ -134,14 +135,15 @@ def launch_for(job: Job, work: Path, module: str, event_fd: int) -> Launch:
         spec_file.write_text(json.dumps(job.to_json()))
         return Launch([sys.executable, "-m", module, str(spec_file)],
                       child_env(str(work / "home"), str(work / "tmp"), package_parent,
-                                job.threads, event_fd))
+                                job.threads, event_fd, platform))
     moved, mounts = inside_job(job, work)
     spec_file.write_text(json.dumps(moved.to_json()))
     mounts.append(sandbox.Mount(spec_file, sandbox.SPEC))
     program_fd = _seccomp_fd()
     return Launch([*sandbox.bwrap_args(mounts, program_fd), sys.executable, "-m", module,
                    sandbox.SPEC],
-                  child_env(sandbox.HOME, "/tmp", sandbox.import_path(), job.threads, event_fd),
+                  child_env(sandbox.HOME, "/tmp", sandbox.import_path(), job.threads, event_fd,
+                            platform),
                   (program_fd,))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .numerics import EnvRelation
 from .recipe import Tolerance
 from .weights import WeightsFile
 
@@ -37,12 +38,6 @@ class Verdict(Enum):
     def meets(self, required: Verdict) -> bool:
         order = [Verdict.DIFFERENT, Verdict.EQUIVALENT, Verdict.IDENTICAL]
         return order.index(self) >= order.index(required)
-
-
-class EnvRelation(Enum):
-    SAME = "same"  # the published file was built on this environment
-    UNKNOWN = "unknown"  # nothing says where it was built
-    OTHER = "other"  # it says it was built on another environment
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,10 @@ def code_files(recipe: Recipe) -> dict[str, Path]:
 
 
 def derive(recipe: Recipe, inputs: tuple[ResolvedInput, ...],
-           code: dict[str, str]) -> Derivation:
-    """The pure heart: everything that shapes the weights, as one canonical record."""
+           code: dict[str, str], platform: str) -> Derivation:
+    """The pure heart: everything that shapes the weights, as one canonical record.
+    `platform` is the numerics platform's name (x86-64-v3, say), as Nix's `system`: one
+    recipe built for two platforms is two derivations."""
     record = {
         "format": FORMAT,
         "name": recipe.name,
@@ -115,6 +117,7 @@ def derive(recipe: Recipe, inputs: tuple[ResolvedInput, ...],
         "params": recipe.params,
         "float_params": whole_floats(recipe),
         "checkpoint_every": recipe.checkpoint_every,
+        "platform": platform,
         "inputs": {i.name: {"kind": i.kind, "digest": i.digest} for i in inputs},
         "code": dict(sorted(code.items())),
     }

@@ -8,9 +8,10 @@ The builder sets these before the training code imports anything, and records
 each one, so a verifier knows exactly which knobs were turned.
 
 The record is captured inside the build process (it is the one whose numerics
-matter). Its *fingerprint* keeps only the fields that can change the bits
-(library versions, CPU architecture and instruction sets, numerics settings)
-and leaves out those that must not (thread count, host name, timings).
+matter), in two parts: `platform`, the fields that decide the bits (architecture,
+platform level, library versions, every pinned setting; see `reweigh.numerics`), and
+the incidental facts beside it (CPU model, core and thread counts, the OS, isolation).
+Its *fingerprint* is the platform's digest: equal fingerprints, equal bits.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .digest import record_digest
+from . import numerics
 
 # Environment variables the build process starts with (read by MKL/oneDNN/ATen at load time).
 PINNED_ENV: dict[str, str] = {
@@ -46,29 +47,33 @@ ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx51
              "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve")
 # pillow decodes the images of adapted recipes (reweigh adapt), so its version is recorded
 PACKAGES = ("torch", "numpy", "scikit-learn", "safetensors", "pillow", "reweigh")
-PASSED_THROUGH = ("ATEN_CPU_CAPABILITY",)
-# The fields that can change the bits, and the type each must have in a claimed record.
+# The fields of a record written before platforms (a legacy record) that could change the
+# bits, and the type each must have in a claimed record.
 FINGERPRINT_TYPES: dict[str, type] = {"python": str, "packages": dict, "blas": dict,
                                       "cpu_arch": str, "isa": list, "cpu_capability": str,
                                       "numerics": dict}
 FINGERPRINT_FIELDS = tuple(FINGERPRINT_TYPES)
+PLATFORM_TYPES: dict[str, type] = {"name": str, "arch": str, "python": str, "packages": dict,
+                                   "blas": dict, "settings": dict, "capability": str,
+                                   "device": str}
 
 
-def build_env(threads: int) -> dict[str, str]:
-    """Thread counts and pinned numerics for the child's environment."""
+def build_env(threads: int, platform: numerics.Platform) -> dict[str, str]:
+    """Thread counts, pinned numerics and the platform's settings for the child's
+    environment. A native build passes the user's kernel caps through (to build as a
+    machine without AVX-512 would, say); the record then names them."""
     count = str(threads)
-    # A kernel set chosen by the user (to build as a machine without AVX-512 would, say)
-    # passes through; the environment record then names it, so it is never hidden.
-    chosen = {key: os.environ[key] for key in PASSED_THROUGH if os.environ.get(key)}
     return {**PINNED_ENV, "OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count,
-            "OPENBLAS_NUM_THREADS": count, **chosen}
+            "OPENBLAS_NUM_THREADS": count, **platform.env}
 
 
 def apply_torch_numerics(threads: int) -> None:
-    """Called in the build process before any training code runs."""
+    """Called in the build process (and each ctx.map worker) before any training code."""
     import torch
 
     torch.set_num_threads(threads)
+    numerics.hold_mkl_threads(mkl_threads())
+    torch.set_flush_denormal(False)
     torch.use_deterministic_algorithms(PINNED_TORCH["use_deterministic_algorithms"])
     torch.utils.deterministic.fill_uninitialized_memory = PINNED_TORCH[  # type: ignore[attr-defined]
         "fill_uninitialized_memory"]
@@ -93,31 +98,69 @@ def _on_threads(torch: Any, function: Callable[..., Any], count: int) -> Callabl
     return wrapped
 
 
+def mkl_threads() -> int | None:
+    """MKL's own thread count in this process (None: torch's). MKL's COMPATIBLE path
+    gives other bits at other thread counts, so it runs on one."""
+    return 1 if os.environ.get("MKL_CBWR") == "COMPATIBLE" else None
+
+
+SETTINGS = (*PINNED_ENV, *numerics.CAPS, "MKL_CBWR")
+
+
 def numerics_record() -> dict[str, Any]:
-    env = {key: os.environ.get(key) for key in (*PINNED_ENV, "MKL_CBWR", "ATEN_CPU_CAPABILITY")}
-    return {"env": env, "torch": dict(PINNED_TORCH)}
+    """The settings that decide the bits, as this process has them."""
+    env = {key: os.environ.get(key) for key in sorted(SETTINGS)}
+    return {"env": env, "torch": {**PINNED_TORCH, "mkl_threads": mkl_threads(),
+                                  "flush_denormal": False}}
 
 
-def capture(threads: int, isolation: dict[str, Any]) -> dict[str, Any]:
-    """The full environment record, taken inside the build process."""
+def capture(threads: int, isolation: dict[str, Any],
+            platform_name: str = numerics.NATIVE) -> dict[str, Any]:
+    """The full environment record, taken inside the build process: the platform (the
+    fields that decide the bits) and the incidental facts beside it."""
     import numpy
     import torch
 
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
+    settings = numerics_record()
+    capability = torch.backends.cpu.get_cpu_capability()
+    fields: dict[str, Any] = {
+        "arch": platform.machine(), "device": "cpu", "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
         "blas": {"torch": _torch_blas(torch), "numpy": _numpy_blas(numpy)},
+        "settings": settings, "capability": capability}
+    if platform_name == numerics.NATIVE:  # the machine's own kernels: its CPU decides
+        fields |= {"cpu_model": _cpu_model(), "isa": _isa_flags()}
+    return {
+        "platform": numerics.record(platform_name, fields),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "packages": fields["packages"],
+        "blas": fields["blas"],
         "cpu_model": _cpu_model(),
         "cpu_arch": platform.machine(),
         "isa": _isa_flags(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": capability,
+        "cores": os.cpu_count(),
         "threads": threads,
-        "numerics": numerics_record(),
+        "numerics": settings,
         "os": f"{platform.system()} {platform.release()}",
         "network_isolation": network_label(isolation),
         "isolation": isolation,
     }
+
+
+def platform_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The platform part of an environment record; a record written before platforms
+    existed ran on its machine's own kernels, so it reads as a native platform."""
+    found = record.get("platform")
+    if isinstance(found, dict):
+        return found
+    legacy = record.get("numerics") if isinstance(record.get("numerics"), dict) else {}
+    return numerics.record(numerics.NATIVE, {
+        "arch": record.get("cpu_arch"), "device": "cpu", "python": record.get("python"),
+        "packages": record.get("packages"), "blas": record.get("blas"), "settings": legacy,
+        "capability": record.get("cpu_capability"), "cpu_model": record.get("cpu_model"),
+        "isa": record.get("isa")})
 
 
 def network_label(isolation: dict[str, Any]) -> str:
@@ -133,9 +176,17 @@ def claim_problem(record: Any) -> str | None:
     must not pass for "another environment", which would earn a published file slack."""
     if not isinstance(record, dict):
         return "expected an environment record (an object)"
-    for key, kind in FINGERPRINT_TYPES.items():
-        if not isinstance(record.get(key), kind):
-            return f"{key}: missing or not a {kind.__name__}"
+    if "platform" in record:
+        found = record["platform"]
+        if not isinstance(found, dict):
+            return "platform: not an object"
+        for key, kind in PLATFORM_TYPES.items():
+            if not isinstance(found.get(key), kind):
+                return f"platform.{key}: missing or not a {kind.__name__}"
+    else:
+        for key, kind in FINGERPRINT_TYPES.items():
+            if not isinstance(record.get(key), kind):
+                return f"{key}: missing or not a {kind.__name__}"
     try:
         fingerprint(record)
     except (ValueError, TypeError, RecursionError) as e:
@@ -144,13 +195,14 @@ def claim_problem(record: Any) -> str | None:
 
 
 def fingerprint(record: dict[str, Any]) -> str:
-    """The digest of the fields that can change the bits; equal fingerprints, equal bits."""
-    return record_digest({key: record.get(key) for key in FINGERPRINT_FIELDS})
+    """The digest of the platform, recomputed: equal fingerprints, equal bits."""
+    return numerics.digest_of(platform_of(record))
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Which bit-relevant fields differ between two environment records."""
-    return [key for key in FINGERPRINT_FIELDS if a.get(key) != b.get(key)]
+    """Which fields of the two records' platforms differ, genuine ones first."""
+    pa, pb = platform_of(a), platform_of(b)
+    return numerics.genuine_differences(pa, pb) + numerics.pinned_differences(pa, pb)
 
 
 def _version(name: str) -> str | None:

@@ -7,7 +7,8 @@ the sandbox in one place (`with_paths`), so nothing reads the instructions by st
 
 Modes: `build` trains (the whole training, or `replays`: segments from checkpoints) and
 evaluates the result; `evaluate` runs the recipe's evaluation on each of `weights`;
-`audit` runs its audit entry on the two `weights` (diff).
+`audit` runs its audit entry on the two `weights` (diff); `platform` runs no recipe code
+and only reports the environment (`reweigh platform`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-MODES = ("build", "evaluate", "audit")
+MODES = ("build", "evaluate", "audit", "platform")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Job:
     replays: tuple[Replay, ...] = ()
     audit: AuditSettings | None = None
     sandbox: Sandbox = field(default_factory=lambda: Sandbox("none"))
+    platform: str = "native"  # the numerics platform's name (reweigh.numerics)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +80,8 @@ class Job:
             audit=None if audit is None else AuditSettings(
                 audit["entry"], int(audit["top"]), float(audit["agreement"]), audit["trigger"],
                 tuple((str(t), str(p)) for t, p in audit["probes"]), int(audit["length"])),
-            sandbox=Sandbox(data["sandbox"]["kind"], tuple(data["sandbox"]["hidden"])))
+            sandbox=Sandbox(data["sandbox"]["kind"], tuple(data["sandbox"]["hidden"])),
+            platform=str(data.get("platform", "native")))
 
     def with_paths(self, place: Callable[[str, str, bool], str],
                    file: Callable[[str], str]) -> Job:
@@ -106,7 +109,9 @@ def for_derivation(record: dict[str, Any], src: str, out: str, inputs: dict[str,
     return Job(mode=mode, src=src, out=out, entry=record["entry"],
                evaluate=record["evaluate"], params=record["params"], seed=record["seed"],
                checkpoint_every=record["checkpoint_every"], threads=threads, inputs=inputs,
-               weights=weights, replays=replays, audit=audit)
+               weights=weights, replays=replays, audit=audit,
+               # records older than platforms ran on their machine's own kernels
+               platform=record.get("platform", "native"))
 
 
 def _name(path: str) -> str:

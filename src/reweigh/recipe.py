@@ -22,6 +22,7 @@ from typing import Any, Literal, overload
 from .digest import MAX_SAFE_INTEGER, is_digest
 from .errors import RecipeError
 
+from .numerics import LEVELS, NATIVE, PORTABLE
 RECIPE_FILE = "recipe.toml"
 MAX_RECIPE_BYTES = 1 << 20
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
@@ -106,6 +107,10 @@ class Recipe:
     @property
     def file(self) -> Path:
         return self.directory / self.file_name
+    # The numerics platform (reweigh.numerics): "portable", a level such as "x86-64-v4",
+    # or "native" with platform_reason saying why the recipe gives up portable bits.
+    platform: str = "portable"
+    platform_reason: str | None = None
 
     def input(self, name: str) -> InputSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -146,7 +151,9 @@ def parse_recipe(data: dict[str, Any], directory: Path, label: str,
     v = _Validator(label)
     v.no_unknown(data, TOP_FIELDS, "")
     build = v.table(data, "build", required=True)
-    v.no_unknown(build, {"entry", "code", "checkpoint_every"}, "build")
+    v.no_unknown(build, {"entry", "code", "checkpoint_every", "platform", "platform_reason"},
+                 "build")
+    platform, platform_reason = _platform(v, build)
     code = tuple(v.string_list(build, "code", "build.code") or ["*.py"])
     for i, pattern in enumerate(code):
         v.relative_path(pattern, f"build.code[{i}]")
@@ -171,9 +178,24 @@ def parse_recipe(data: dict[str, Any], directory: Path, label: str,
 
 
 def _license(v: _Validator, table: dict[str, Any]) -> License:
+        platform=platform,
+        platform_reason=platform_reason,
     v.no_unknown(table, {"code", "data", "weights"}, "license")
     parts = {}
     for key in ("code", "data", "weights"):
+def _platform(v: _Validator, build: dict[str, Any]) -> tuple[str, str | None]:
+    """[build] platform and platform_reason: a known platform; native only with a reason."""
+    platform = v.string(build, "platform", where="build.platform", required=False) or PORTABLE
+    if platform not in (PORTABLE, NATIVE, *LEVELS):
+        raise RecipeError(v.label, "build.platform", f"{platform!r} is not one of "
+                          f"{', '.join([PORTABLE, NATIVE, *LEVELS])}")
+    reason = v.string(build, "platform_reason", where="build.platform_reason", required=False)
+    if platform == NATIVE and not (reason or "").strip():
+        raise RecipeError(v.label, "build.platform_reason", "a native platform gives up bits "
+                          "that other machines can reproduce; say why in platform_reason")
+    return platform, reason
+
+
         parts[key] = v.matching(table, key, _SPDX_RE, "an SPDX licence expression",
                                 where=f"license.{key}")
     return License(**parts)

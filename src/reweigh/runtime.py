@@ -30,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import environment, sandbox
+from . import environment, numerics, sandbox
 from .entries import recipe_frames
 from .job import Job, Replay, Sandbox
 
@@ -375,7 +375,12 @@ def run(job: Job) -> None:
     threads = job.threads
     environment.apply_torch_numerics(threads)
     isolation = isolation_held(job.sandbox)
-    emit("environment", record=environment.capture(threads, isolation))
+    record = environment.capture(threads, isolation, job.platform)
+    if problem := numerics.measured_problem(job.platform, record["cpu_capability"]):
+        raise RuntimeError(problem)
+    emit("environment", record=record)
+    if job.mode == "platform":
+        return
     # torch and the torch._dynamo it pulls in are some 300k objects that live until the
     # end: out of the collector's sight, its passes over the recipe's objects (during
     # training and the one at the end, `_finish`) are short.

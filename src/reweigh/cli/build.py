@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'reused' if report.reused else 'built'} {report.name} {report.version}")
     print(f"  derivation      {report.derivation}")
     print(f"  weights         {report.weights_digest}")
+    print(f"  platform        {report.platform} ({report.platform_digest})")
     if report.check is not None:
         if report.check.identical:
             print("  check           rebuilt weights are bit-identical")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import sandbox
+from .. import numerics, sandbox
 from ..store import Store
 
 
@@ -43,18 +43,30 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options of every command that runs recipe code: --threads, --sandbox, --store
-    and --json, in that order."""
+    """The options of every command that runs recipe code: --threads, --sandbox,
+    --platform, --store and --json, in that order."""
     add_threads_option(parser)
     add_sandbox_option(parser)
+    add_platform_option(parser)
     add_store_option(parser)
     add_json_option(parser)
 
 
+def add_platform_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--platform", choices=(numerics.PORTABLE, numerics.NATIVE, *numerics.LEVELS),
+        help="build on this numerics platform instead of the recipe's (another derivation, "
+             "recorded; a rebuild on another platform can only be equivalent); default: "
+             "the recipe's [build] platform, portable unless it says otherwise "
+             f"(also ${numerics.ENV_CHOICE})")
+
+
 def use_sandbox(args: argparse.Namespace) -> None:
-    """Make the command's --sandbox the choice of every run it starts."""
+    """Make the command's --sandbox and --platform the choice of every run it starts."""
     if getattr(args, "sandbox", None):
         os.environ[sandbox.ENV_CHOICE] = args.sandbox
+    if getattr(args, "platform", None):
+        os.environ[numerics.ENV_CHOICE] = args.platform
 
 
 def _bounded_int(text: str, low: int, high: int) -> int:

@@ -27,7 +27,10 @@ from .common import use_sandbox
 COMMANDS = {"build": "build", "challenge": "challenge", "list": "list", "show": "show",
             "path": "path", "store": "store", "verify": "verify", "check": "check",
             "estimate": "estimate", "import": "import_", "adapt": "adapt",
-            "install": "install", "profile": "profile", "gc": "gc", "diff": "diff"}
+            "install": "install", "profile": "profile", "gc": "gc", "diff": "diff",
+            "platform": "platform",
+            "keys": "keys", "sign": "sign", "publish": "publish", "serve": "serve",
+            "pull": "pull", "rebuild": "rebuild", "weather": "weather"}
 INTERNAL_ERROR = 70
 CLOSED_PIPE = 128 + 13  # SIGPIPE
 

@@ -31,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
     for name, value in info["metrics"].items():
         print(f"metric {name:11} {value:.6g}")
     env = info["environment"]
+    platform = env.get("platform") or {}
+    print(f"platform           {platform.get('name', 'native (recorded before platforms)')}, "
+          f"{platform.get('arch', env.get('cpu_arch'))}, kernels "
+          f"{platform.get('capability', env.get('cpu_capability'))}")
     print(f"environment        torch {env.get('packages', {}).get('torch')}, "
           f"{env.get('cpu_capability')}, {env.get('threads')} threads, "
           f"network {env.get('network_isolation')}")

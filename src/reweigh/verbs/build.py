@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import provenance, transcript
+from .. import numerics, provenance, transcript
 from .. import sandbox as sandboxing
 from ..builder import (
     ChildResult,
@@ -92,12 +92,15 @@ class BuildReport:
     reused: bool
     threads: int
     check: CheckResult | None = None
+    platform: str = "native"  # the numerics platform's name (the derivation's)
+    platform_digest: str = ""  # the item's recorded platform (environment.platform)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "path": str(self.path), "name": self.name, "version": self.version,
             "derivation": self.derivation, "weights_digest": self.weights_digest,
-            "reused": self.reused, "threads": self.threads}
+            "reused": self.reused, "threads": self.threads, "platform": self.platform,
+            "platform_digest": self.platform_digest}
         if self.check is not None:
             data["check"] = {
                 "identical": self.check.identical,
@@ -125,14 +128,28 @@ def threads_for(requested: int | None) -> int:
     return min(requested or DEFAULT_THREADS, cores or 1)
 
 
-def plan(recipe_dir: Path | str, store: Store) -> Plan:
-    """Everything that decides the derivation, resolved; nothing is built."""
+def plan(recipe_dir: Path | str, store: Store, *, own_platform: bool = False) -> Plan:
+    """Everything that decides the derivation, resolved; nothing is built. The platform
+    is the one `--platform` ($REWEIGH_PLATFORM) asks for, else (or with `own_platform`)
+    the recipe's."""
     recipe = load_recipe(recipe_dir)
+    platform = recipe_platform(recipe) if own_platform else platform_name(recipe)
     code = code_files(recipe)  # refuse bad code files before any input enters the store
     check_entries(recipe, code)
     whole_floats(recipe)  # a parameter the derivation cannot hold, refused before inputs
     inputs = resolve_inputs(recipe, store)
-    return Plan(recipe, inputs, code, derive(recipe, inputs, hash_code(code)))
+    return Plan(recipe, inputs, code, derive(recipe, inputs, hash_code(code), platform))
+
+
+def platform_name(recipe: Recipe) -> str:
+    """The numerics platform a build of `recipe` runs on here (its name)."""
+    asked = os.environ.get(numerics.ENV_CHOICE) or recipe.platform
+    return numerics.default_name(asked, numerics.machine_arch())
+
+
+def recipe_platform(recipe: Recipe) -> str:
+    """The platform the recipe itself names, on this machine's architecture."""
+    return numerics.default_name(recipe.platform, numerics.machine_arch())
 
 
 def build(recipe_dir: Path | str, *, store: Store | None = None, threads: int | None = None,
@@ -159,7 +176,8 @@ def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
             remove_tree(out.parent)
         result = check_item(the_plan, store, item, threads, reporter, isolation) if check else None
     return BuildReport(item.path, item.name, item.version, item.derivation, item.weights_digest,
-                       reused, threads, result)
+                       reused, threads, result, drv.record.get("platform", numerics.NATIVE),
+                       item.environment_digest)
 
 
 def check_item(the_plan: Plan, store: Store, item: StoreItem, threads: int,

@@ -25,8 +25,9 @@ from ..compare import (
     decide,
 )
 from ..digest import file_digest
-from ..environment import claim_problem, differences, fingerprint
+from ..environment import claim_problem, platform_of
 from ..errors import UsageError
+from ..numerics import relate
 from ..policy.evidence import UNISOLATED_NOTE
 from ..policy.gather import isolation_of
 from ..progress import QuietReporter, Reporter
@@ -34,7 +35,7 @@ from ..provenance import environment_of
 from ..recipe import Tolerance
 from ..store import Store, StoreItem
 from ..weights import read_header
-from .build import Plan, build_plan, plan, sandboxed, threads_for
+from .build import Plan, build_plan, plan, recipe_platform, sandboxed, threads_for
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
         item = store.resolve(built.path.name)
         compared = compare_whole(read_header(item.weights), published_file)
         tensors = compared.tensors
-        relation, differing = _relation(item, claimed)
+        relation, differing, why = _relation(item, claimed, recipe_platform(the_plan.recipe))
         behaviour = None
         needs_evidence = any(t.status != "identical" for t in tensors)
         if needs_evidence and the_plan.recipe.evaluate and all(
@@ -99,6 +100,8 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
         evaluation = the_plan.recipe.evaluate
         tolerance = evaluation.tolerance if evaluation else Tolerance()
         verdict, reasons = decide(compared, behaviour, tolerance, relation)
+        if verdict is not Verdict.IDENTICAL:
+            reasons = [*reasons, *why]
         isolation = isolation_of(item.path)
         if isolation == "none":
             reasons = [*reasons, f"the rebuild compared against was {UNISOLATED_NOTE}"]
@@ -128,13 +131,12 @@ def _claimed_environment(path: Path | str | None) -> dict[str, Any] | None:
     return env
 
 
-def _relation(item: StoreItem, claimed: dict[str, Any] | None) -> tuple[EnvRelation, list[str]]:
-    if claimed is None:
-        return EnvRelation.UNKNOWN, []
+def _relation(item: StoreItem, claimed: dict[str, Any] | None,
+              recipe_platform: str) -> tuple[EnvRelation, list[str], list[str]]:
+    """The rebuild's platform (the item's record) against the claimed one (see relate)."""
     local = environment_of(json.loads((item.path / "provenance.json").read_text())) or {}
-    if fingerprint(claimed) == fingerprint(local):
-        return EnvRelation.SAME, []
-    return EnvRelation.OTHER, differences(local, claimed)
+    return relate(platform_of(local), None if claimed is None else platform_of(claimed),
+                  recipe_platform)
 
 
 def _behaviour(the_plan: Plan, store: Store, item: StoreItem, published: Path, threads: int,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -48,9 +49,10 @@ from ..builder import ChildResult
 from ..compare import EnvRelation
 from ..derivation import Derivation, read_record
 from ..digest import file_digest
-from ..environment import fingerprint
+from ..environment import platform_of
 from ..errors import UsageError
 from ..job import Replay
+from ..numerics import ENV_CHOICE, NATIVE, default_name, machine_arch, relate
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
 from ..store import Store
@@ -110,6 +112,7 @@ class VerifyReport:
     drawn: int = 0  # K: segments drawn at random
     population: int = 0  # the segments they were drawn from
     catch: dict[int, float] = field(default_factory=dict)  # m forged segments -> odds
+    environment_reasons: tuple[str, ...] = ()  # the platforms' relation in words
 
     @property
     def holds(self) -> bool:
@@ -122,6 +125,7 @@ class VerifyReport:
                 "seed": self.seed, "chain_ok": self.chain_ok, "problems": list(self.problems),
                 "segments": [r.to_json() for r in self.results],
                 "compute_fraction": self.compute_fraction, "environment": self.environment,
+                "environment_reasons": list(self.environment_reasons),
                 "tolerance": self.tolerance,
                 "sampling": {"stretches": self.stretches, "random": self.drawn,
                              "drawn_from": self.population},
@@ -168,7 +172,8 @@ def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
         total = parsed.checkpoints[-1].step
         tolerance = segment_tolerance(subject.tolerance, total, max(s.steps for s in chosen))
         with _replayed(subject, chosen, transcript.parent, store, threads, reporter) as replay:
-            relation = _relation(parsed.environment, replay.result.environment)
+            relation, why = _relation(parsed.environment, replay.result.environment,
+                                      subject.code.derivation.record)
             allowed = tolerance if relation is EnvRelation.OTHER else 0.0
             results = tuple(_judge(subject, pick, moved, transcript.parent, replay, allowed)
                             for pick in selection.picks)
@@ -176,7 +181,7 @@ def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
         return VerifyReport(target, parsed.derivation, transcript, segments_total, seed,
                             True, (), results, fraction, relation.value, allowed,
                             selection.stretches, selection.drawn, selection.population,
-                            {m: selection.catch(m) for m in SPREADS})
+                            {m: selection.catch(m) for m in SPREADS}, tuple(why))
 
 
 def segment_tolerance(tolerance: Tolerance, total_steps: int, segment_steps: int) -> float:
@@ -188,10 +193,13 @@ def segment_tolerance(tolerance: Tolerance, total_steps: int, segment_steps: int
     return tolerance.weights_rel_l2 * math.sqrt(segment_steps / total_steps)
 
 
-def _relation(recorded: dict[str, Any] | None, local: dict[str, Any]) -> EnvRelation:
-    if not recorded:
-        return EnvRelation.UNKNOWN
-    return EnvRelation.SAME if fingerprint(recorded) == fingerprint(local) else EnvRelation.OTHER
+def _relation(recorded: dict[str, Any] | None, local: dict[str, Any],
+              derivation: dict[str, Any]) -> tuple[EnvRelation, list[str]]:
+    """The replay's platform against the one the transcript records (see relate): the
+    derivation names the platform the transcript must have been recorded on."""
+    relation, _, why = relate(platform_of(local), platform_of(recorded) if recorded else None,
+                              derivation.get("platform", NATIVE))
+    return relation, why
 
 
 def _load(path: Path) -> tr.Transcript:
@@ -206,7 +214,7 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
     if recipe is not None:
         if not target.is_file():
             raise UsageError(f"{target}: no such weights file")
-        the_plan = plan(recipe, store)
+        the_plan = plan(recipe, store, own_platform=True)  # --platform moves the replay only
         return _Subject(read_header(target), the_plan.recipe_code, _tolerance(the_plan.recipe))
     if target.is_file():
         raise UsageError(f"{target}: a weights file needs --recipe to say how it was built")
@@ -282,7 +290,12 @@ def _replayed(subject: _Subject, chosen: list[tr.Segment], folder: Path, store: 
                                for s in chosen))
     replays = tuple(Replay(str(folder / s.start.file) if s.start else None,
                            None if s.last else s.stop.step) for s in chosen)
-    with sandboxed(store, subject.code, threads, reporter, "replaying segments", "replay",
+    code = subject.code
+    if asked := os.environ.get(ENV_CHOICE):  # --platform: replay on another platform
+        drv = code.derivation
+        moved = {**drv.record, "platform": default_name(asked, machine_arch())}
+        code = replace(code, derivation=Derivation(drv.digest, moved))
+    with sandboxed(store, code, threads, reporter, "replaying segments", "replay",
                    replays=replays) as (result, out):
         began = {s.stop.step: at for s, at in zip(chosen, result.segments_began, strict=False)}
         yield _Replay(out, result, began)

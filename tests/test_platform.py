@@ -1,0 +1,337 @@
+"""The numerics platform (issue 12): one digest per recipe whatever CPU the machine
+emulates and whatever the thread count; claims of other kernels earn no slack; a
+genuinely other platform is still judged by the recipe's tolerance, and says so."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from reweigh import numerics
+from reweigh.digest import file_digest
+from reweigh.errors import RecipeError, UsageError
+from reweigh.numerics import EnvRelation, relate
+from reweigh.recipe import parse_recipe
+
+from .conftest import Examples
+from .helpers import EXAMPLES, run_reweigh
+from .test_challenge import forged_environment
+
+X86_V4 = numerics.LEVELS["x86-64-v4"].flags | {"avx512_vnni"}
+X86_V3 = numerics.LEVELS["x86-64-v3"].flags
+
+
+# --- which level a machine offers, and what a name stands for ---------------------------------
+
+@pytest.mark.parametrize(("flags", "env", "rank", "limit"), [
+    (X86_V4, {}, 4, None),
+    (X86_V3, {}, 3, "lacks avx512bw, avx512cd, avx512dq, avx512f, avx512vl"),
+    (X86_V4, {"ATEN_CPU_CAPABILITY": "avx2"}, 3, "ATEN_CPU_CAPABILITY=avx2 allows no more"),
+    (X86_V4, {"ATEN_CPU_CAPABILITY": "default"}, 2, "ATEN_CPU_CAPABILITY=default"),
+    (X86_V4, {"ONEDNN_MAX_CPU_ISA": "avx2"}, 3, "ONEDNN_MAX_CPU_ISA=avx2"),
+    (X86_V4, {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, 2, "MKL_ENABLE_INSTRUCTIONS=SSE4_2"),
+    (X86_V4, {"ATEN_CPU_CAPABILITY": "avx512"}, 4, None),  # a cap above the machine: no cap
+    (X86_V3 - {"fma"}, {}, 2, "lacks fma (x86-64-v3)"),
+    (frozenset(), {}, 0, "lacks"),
+])
+def test_the_level_a_machine_offers_is_its_flags_lowered_by_any_cap(
+        flags: frozenset[str], env: dict[str, str], rank: int, limit: str | None) -> None:
+    found, limits = numerics.offered("x86_64", flags, env)
+    assert found == rank
+    assert (limit is None and not limits) or any(limit in line for line in limits)
+
+
+def test_portable_is_x86_64_v3_pinned_in_every_library() -> None:
+    assert numerics.default_name("portable", "x86_64") == "x86-64-v3"
+    platform = numerics.resolve("x86-64-v3", "x86_64", X86_V4, {"ATEN_CPU_CAPABILITY": "avx512"})
+    assert platform.env == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                            "DNNL_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE",
+                            "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert platform.mkl_threads == 1
+    # native keeps the machine's kernels, and only passes on what the user capped
+    native = numerics.resolve("native", "x86_64", X86_V4, {"ATEN_CPU_CAPABILITY": "avx2"})
+    assert native.env == {"ATEN_CPU_CAPABILITY": "avx2"} and native.mkl_threads is None
+
+
+@pytest.mark.parametrize(("name", "arch", "flags", "env", "message"), [
+    ("x86-64-v4", "x86_64", X86_V3, {}, "cannot build on platform x86-64-v4: the CPU lacks"),
+    ("x86-64-v3", "x86_64", X86_V4, {"ATEN_CPU_CAPABILITY": "default"},
+     "ATEN_CPU_CAPABILITY=default allows no more than x86-64-v2"),
+    ("x86-64-v3", "aarch64", frozenset({"asimd"}), {}, "is for x86_64 machines"),
+    ("x86-64-v9", "x86_64", X86_V4, {}, "is not one of portable, native, x86-64-v2"),
+])
+def test_a_platform_this_machine_cannot_run_is_refused_saying_why(
+        name: str, arch: str, flags: frozenset[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        numerics.resolve(name, arch, flags, env)
+    assert message in caught.value.message
+
+
+def _recipe(build: str) -> dict[str, Any]:
+    return {"name": "r", "version": "1.0.0", "seed": 1,
+            "license": {"code": "MIT", "data": "MIT", "weights": "MIT"},
+            "build": {"entry": "train.py:train", **json.loads(build)}}
+
+
+@pytest.mark.parametrize(("build", "field", "reason"), [
+    ('{"platform": "native"}', "build.platform_reason", "say why"),
+    ('{"platform": "native", "platform_reason": "  "}', "build.platform_reason", "say why"),
+    ('{"platform": "avx2"}', "build.platform", "is not one of"),
+    ('{"platform": 3}', "build.platform", "must be a string"),
+])
+def test_a_recipe_names_a_known_platform_and_gives_a_reason_to_go_native(
+        build: str, field: str, reason: str) -> None:
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe(_recipe(build), Path("/r"), "recipe.toml")
+    assert field in str(caught.value) and reason in str(caught.value)
+    kept = parse_recipe(_recipe('{"platform": "native", "platform_reason": "GPU kernels"}'),
+                        Path("/r"), "recipe.toml")
+    assert kept.platform == "native" and kept.platform_reason == "GPU kernels"
+    assert parse_recipe(_recipe("{}"), Path("/r"), "recipe.toml").platform == "portable"
+
+
+# --- how a claimed platform relates to the one measured here ----------------------------------
+
+LOCAL = numerics.record("x86-64-v3", {
+    "arch": "x86_64", "device": "cpu", "python": "3.11.7",
+    "packages": {"torch": "2.13.0+cpu", "numpy": "2.4.6", "reweigh": "0.1.0"},
+    "blas": {"torch": "mkl 2024.2", "numpy": "scipy-openblas 0.3.31"},
+    "settings": {"env": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"},
+                 "torch": {"mkl_threads": 1}},
+    "capability": "AVX2"})
+
+
+def _claim(**changes: Any) -> dict[str, Any]:
+    claim = copy.deepcopy(LOCAL)
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        here = claim
+        for key in parents:
+            here = here[key]
+        here[last] = value
+    return claim
+
+
+@pytest.mark.parametrize(("claim", "recipe", "relation", "phrase"), [
+    pytest.param(None, "x86-64-v3", EnvRelation.UNKNOWN, None, id="no-claim"),
+    pytest.param(_claim(), "x86-64-v3", EnvRelation.SAME, "built on this platform",
+                 id="the-same-platform"),
+    pytest.param(_claim(digest="sha256:" + "0" * 64), "x86-64-v3", EnvRelation.SAME,
+                 "built on this platform", id="a-wrong-digest-is-recomputed-not-believed"),
+    # the attack of issue 12: other kernels claimed on this architecture, these libraries
+    pytest.param(_claim(capability="AVX512"), "x86-64-v3", EnvRelation.SAME,
+                 "earns no slack", id="claims-avx512-kernels"),
+    pytest.param(_claim(name="x86-64-v4", settings__env__ATEN_CPU_CAPABILITY="avx512"),
+                 "x86-64-v3", EnvRelation.SAME, "earns no slack", id="claims-another-level"),
+    pytest.param(_claim(name="native", cpu_model="Other CPU", isa=["avx2"]), "x86-64-v3",
+                 EnvRelation.SAME, "earns no slack", id="claims-native-kernels"),
+    # genuinely other platforms: the recipe's tolerance applies, and the reason says which
+    pytest.param(_claim(packages__torch="2.12.0+cpu"), "x86-64-v3", EnvRelation.OTHER,
+                 "packages.torch: 2.12.0+cpu there, 2.13.0+cpu here", id="another-torch"),
+    pytest.param(_claim(arch="aarch64"), "x86-64-v3", EnvRelation.OTHER,
+                 "arch: aarch64 there, x86_64 here", id="another-architecture"),
+    pytest.param(_claim(device="cuda"), "x86-64-v3", EnvRelation.OTHER,
+                 "device: cuda there, cpu here", id="a-gpu"),
+    pytest.param(_claim(), "x86-64-v4", EnvRelation.OTHER,
+                 "rebuilt on platform x86-64-v3, not on the recipe's x86-64-v4",
+                 id="rebuilt-here-on-another-platform-than-the-recipes"),
+])
+def test_only_a_genuinely_other_platform_earns_slack(
+        claim: dict[str, Any] | None, recipe: str, relation: EnvRelation,
+        phrase: str | None) -> None:
+    found, _, reasons = relate(LOCAL, claim, recipe)
+    assert found is relation
+    assert phrase is None or any(phrase in reason for reason in reasons), reasons
+
+
+def test_between_two_native_builds_the_cpu_model_is_a_genuine_difference() -> None:
+    local = numerics.record("native", {**{k: v for k, v in LOCAL.items()
+                                          if k not in ("name", "digest")},
+                                       "cpu_model": "A", "isa": ["avx2"]})
+    other = numerics.record("native", {**{k: v for k, v in local.items()
+                                          if k not in ("name", "digest")}, "cpu_model": "B"})
+    found, differing, _ = relate(local, other, "native")
+    assert found is EnvRelation.OTHER and differing == ["cpu_model"]
+
+
+# --- the emulation matrix: one digest per recipe ---------------------------------------------
+
+# CPUs emulated on this one (each setting lowers what the machine offers, as an older CPU
+# would) and thread counts; none may change a portable build's weights.
+EMULATED = [
+    pytest.param(("--threads", "2"), {"ATEN_CPU_CAPABILITY": "avx512",
+                                      "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+                                      "MKL_ENABLE_INSTRUCTIONS": "AVX512"}, id="avx512-2-threads"),
+    pytest.param(("--threads", "1"), {"ATEN_CPU_CAPABILITY": "avx2",
+                                      "ONEDNN_MAX_CPU_ISA": "AVX2",
+                                      "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, id="avx2-1-thread"),
+]
+
+def _build(recipe: Path, store: Path, args: tuple[str, ...], env: dict[str, str]) -> dict:
+    result = run_reweigh("build", recipe, "--json", *args, store=store, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["digits-logreg", "digits-cnn", "textgen-smoke",
+                                     "connect4-zero-smoke"])
+@pytest.mark.parametrize(("args", "env"), EMULATED)
+def test_every_example_gives_one_digest_on_every_emulated_cpu_and_thread_count(
+        examples: Examples, tmp_path: Path, example: str, args: tuple[str, ...],
+        env: dict[str, str]) -> None:
+    shared = examples.built(example)  # built with one thread and no cap
+    report = _build(shared.recipe, tmp_path / "store", args, env)
+    assert report["reused"] is False and report["platform"] == "x86-64-v3"
+    assert report["weights_digest"] == file_digest(shared.item / "weights.safetensors"), example
+    assert report["platform_digest"] == _platform(shared.item)["digest"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "env"), EMULATED)
+def test_an_adapted_recipe_gives_one_digest_on_every_emulated_cpu(
+        adapted_recipe: tuple[Path, Path, str], tmp_path: Path, args: tuple[str, ...],
+        env: dict[str, str]) -> None:
+    store, recipe, digest = adapted_recipe
+    shutil.copytree(store, tmp_path / "store", symlinks=True)
+    for item in (tmp_path / "store" / "items").iterdir():  # leave only the base
+        if "shapes" in item.name:
+            item.chmod(0o755)
+            shutil.rmtree(item)
+    report = _build(recipe, tmp_path / "store", args, env)
+    assert report["reused"] is False and report["weights_digest"] == digest
+
+
+@pytest.fixture(scope="module")
+def adapted_recipe(examples: Examples, tmp_path_factory: pytest.TempPathFactory
+                   ) -> tuple[Path, Path, str]:
+    """digits-cnn adapted to drawn shapes in a copy of the shared store: (store, the
+    derived recipe, its weights digest)."""
+    root = tmp_path_factory.mktemp("platform-adapt")
+    base = examples.copy("digits-cnn", root)
+    spec = importlib.util.spec_from_file_location("shapes", EXAMPLES / "digits-cnn" / "shapes.py")
+    assert spec and spec.loader
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+    data = shapes.write_dataset(root / "shapes", 10, seed=0)
+    result = run_reweigh("adapt", "digits-cnn", "--data", data, "--name", "shapes", "--out",
+                         root / "recipe", "--strategy", "head", "--json", store=base.store)
+    assert result.returncode == 0, result.stderr
+    return base.store, root / "recipe", json.loads(result.stdout)["weights_digest"]
+
+
+@pytest.mark.slow
+def test_native_numerics_follow_the_emulated_cpu_where_portable_ones_do_not(
+        examples: Examples, tmp_path: Path) -> None:
+    """The knobs the platform pins really decide the bits: without them (native), capping
+    the kernels changes digits-cnn's weights."""
+    recipe = examples.built("digits-cnn").recipe
+    native = ("--platform", "native")
+    wide = _build(recipe, tmp_path / "a", native, {"ATEN_CPU_CAPABILITY": "avx2"})
+    narrow = _build(recipe, tmp_path / "b", native, {"ATEN_CPU_CAPABILITY": "default",
+                                                    "ONEDNN_MAX_CPU_ISA": "SSE41"})
+    assert wide["platform"] == narrow["platform"] == "native"
+    assert wide["weights_digest"] != narrow["weights_digest"]
+    assert wide["derivation"] != examples.built("digits-cnn").item.name  # another derivation
+
+
+def _platform(item: Path) -> dict[str, Any]:
+    statement = json.loads((item / "provenance.json").read_text())
+    return statement["predicate"]["runDetails"]["environment"]["platform"]
+
+
+# --- challenge: forged claims earn nothing, another platform is judged by tolerance -----------
+
+def _nudged(weights: Path, out: Path, how: str) -> Path:
+    tensors = load_file(str(weights))
+    if how == "ulp":
+        tensors["fc1.bias"] = np.nextafter(tensors["fc1.bias"], np.float32(np.inf))
+    elif how == "scale":
+        tensors = {k: v * np.float32(1.0001) for k, v in tensors.items()}
+    else:  # an fp16 round trip
+        tensors = {k: v.astype(np.float16).astype(np.float32) for k, v in tensors.items()}
+    save_file(tensors, str(out))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ulp", "scale", "fp16"])
+def test_an_edited_provenance_claiming_avx512_earns_no_slack(
+        digits_cnn: tuple[Path, Path], tmp_path: Path, how: str) -> None:
+    """Issue 12's attack: a provenance copied from the item with only the kernels edited
+    made each of these `equivalent`; on one architecture with one torch it is `different`."""
+    store, item = digits_cnn
+    published = _nudged(item / "weights.safetensors", tmp_path / "w.safetensors", how)
+    result = run_reweigh("challenge", EXAMPLES / "digits-cnn", "--published", published,
+                         "--published-provenance", forged_environment(item, tmp_path), "--json",
+                         store=store)
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["verdict"] == "different", report["reasons"]
+    assert report["environment"] == "same"
+    assert any("earns no slack" in reason for reason in report["reasons"])
+
+
+@pytest.mark.slow
+def test_a_rebuild_on_another_platform_is_equivalent_at_best_and_says_which(
+        examples: Examples, tmp_path: Path) -> None:
+    """The recipe's platform is x86-64-v3; rebuilt here on x86-64-v2 (`--platform`), the
+    published x86-64-v3 weights differ in their last bits and pass as equivalent only."""
+    built = examples.copy("digits-cnn", tmp_path)
+    published = tmp_path / "published.safetensors"
+    shutil.copyfile(built.item / "weights.safetensors", published)
+    result = run_reweigh("challenge", built.recipe, "--published", published, "--platform",
+                         "x86-64-v2", "--json", store=built.store)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["verdict"] == "equivalent", report["reasons"]
+    assert report["environment"] == "other"
+    assert any("rebuilt on platform x86-64-v2, not on the recipe's x86-64-v3" in r
+               for r in report["reasons"])
+    assert any(t["status"] == "changed" for t in report["tensors"])
+    result = run_reweigh("challenge", built.recipe, "--published", published, "--platform",
+                         "x86-64-v2", "--require", "identical", store=built.store)
+    assert result.returncode == 1
+
+
+# --- reweigh platform ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_platform_measures_this_machine_and_matches_an_item_built_here(
+        digits_cnn: tuple[Path, Path]) -> None:
+    store, item = digits_cnn
+    result = run_reweigh("platform", item.name, "--json", store=store)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["asked"] == "x86-64-v3" and report["item"]["matches"] is True
+    assert report["platform"]["digest"] == _platform(item)["digest"]
+    assert "x86-64-v3" in report["levels"]
+    # as a machine without AVX2 would see it: the item's platform cannot be built here
+    capped = run_reweigh("platform", item.name, "--json", store=store,
+                         env={"ATEN_CPU_CAPABILITY": "default"})
+    assert capped.returncode == 1
+    data = json.loads(capped.stdout)
+    assert data["offered"] == "x86-64-v2" and "allows no more than x86-64-v2" in data["problem"]
+    # on another level the item's platform is not this one, field by field
+    other = run_reweigh("platform", item.name, "--platform", "x86-64-v2", "--json", store=store)
+    assert other.returncode == 1
+    differences = json.loads(other.stdout)["item"]["differences"]
+    assert any(line.startswith("settings.env.ATEN_CPU_CAPABILITY: avx2 there, default here")
+               for line in differences)
+
+
+@pytest.mark.slow
+def test_a_build_a_capped_machine_cannot_run_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = run_reweigh("build", EXAMPLES / "digits-logreg", store=tmp_path / "store",
+                         env={"ATEN_CPU_CAPABILITY": "default"})
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()
+    assert len(line) == 1 and "cannot build on platform x86-64-v3" in line[0]
+    assert not (tmp_path / "store" / "items").exists() or not any(
+        (tmp_path / "store" / "items").iterdir())
