@@ -438,6 +438,8 @@ VALID: dict[str, Any] = {
         "inside": {"package": "scikit-learn", "resource": "sklearn/datasets/data/iris.csv"},
         "remote": {"url": "https://example.org/data.csv", "digest": ZERO},
         "base": {"item": "digits-cnn"},
+        "catalogues": {"debian": "iso-codes", "version": "1:4.15.0-1", "architecture": "all",
+                       "digest": ZERO, "files": ["usr/share/locale/de/*/*.mo"]},
     },
     "build": {"entry": "train.py:train", "code": ["*.py", "lib/*.py"], "checkpoint_every": 5},
     "params": {"lr": 0.001, "epochs": 3, "layers": [16, 32], "flag": True, "mode": "fast",
@@ -455,14 +457,16 @@ EDGE_VALUES = [
     "train.py:train", "train.py:train\n", "../train.py:train", "/train.py:train",
     "a/../t.py:f", "t.py:", ":f", "t.py:1f", "scikit-learn", "digits", "mnist", "-pkg",
     "http://example.org/x", "https://example.org/x\n", "https:// x", "ftp://example.org/x",
-    "https://a\x00b", ZERO, ZERO + "\n", ZERO.upper(), ZERO[:-1], "sha256:", "md5:00",
+    "https://a\x00b", "iso-codes", "4.15.0-1", "1:2.39-1", "a:1", "all", "AMD64",
+    ZERO, ZERO + "\n", ZERO.upper(), ZERO[:-1], "sha256:", "md5:00",
     0, 1, -1, 2, 0.0, -0.0, 0.5, 1.0, 1.5, -0.5, 7.0, 1e-3, 1e20, 1e308,
     2**32 - 1, 2**32, 10**9, 10**9 + 1, 2**53, 2**53 + 1, -(2**53), -(2**53) - 1, 2**63 - 1,
     10**400, math.inf, -math.inf, True, False, [], {}, [[[[[]]]]], {"a": {"b": {"c": {"d": 1}}}},
     datetime.date(1979, 5, 27), datetime.datetime(1979, 5, 27, 7, 32),
 ]
 KEYS = sorted({*VALID, "entry", "code", "checkpoint_every", "path", "package", "url", "item",
-               "dataset", "resource", "digest", "tolerance", "weights_rel_l2", "agreement",
+               "dataset", "resource", "digest", "debian", "architecture", "files",
+               "tolerance", "weights_rel_l2", "agreement",
                "metric", "metric_delta", "audit", "probes", "data", "weights", "a\n", "a.b",
                "_x", "9a", "x" * 64, "x" * 65})
 

@@ -2,11 +2,14 @@
 
 Every input ends up as a read-only file or folder under the store's `inputs/`,
 named by its digest, whatever it came from: a file or folder in the recipe, a data
-set shipped inside an installed package, a URL (downloaded once, verified), or
-another store item (a base model to fine-tune). A declared digest that does not
-match is an error, never a warning, and nothing unverified enters the store.
-A kept copy found damaged when it is reused is no copy (`Store.input_path` removes it
-and says so in the store's log): the input is staged again from its source here.
+set shipped inside an installed package, a URL (downloaded once, verified), a Debian
+binary package (the .deb found or fetched with `apt-get download`, verified by its
+pinned digest, unpacked by `debian`), or another store item (a base model to
+fine-tune). A declared digest that does not match is an error, never a warning, and
+nothing unverified enters the store. A kept copy found damaged when it is reused is no
+copy (`Store.input_path` removes it and says so in the store's log): the input is staged
+again from its source here. `$REWEIGH_SOURCES` names folders of files to use instead of
+downloading (each named by its SHA-256, or a .deb by its archive name), still verified.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .digest import ALGORITHM, path_digest
+from . import debian
+from .digest import ALGORITHM, file_digest, path_digest
 from .errors import DigestMismatch, InputError, ReweighError
 from .recipe import InputSpec, Recipe
 from .store import Store, remove_tree
@@ -53,7 +57,7 @@ class ResolvedInput:
 def resolve_inputs(recipe: Recipe, store: Store) -> tuple[ResolvedInput, ...]:
     """Resolve and verify every input, then keep them: a bad input leaves nothing behind."""
     resolvers = {"path": _from_recipe, "package": _from_package, "url": _from_url,
-                 "item": _from_item}
+                 "item": _from_item, "debian": _from_debian}
     staging = store.new_staging_dir()
     try:
         pending = [resolvers[spec.kind](recipe, spec, store, staging) for spec in recipe.inputs]
@@ -189,10 +193,23 @@ def _from_url(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -> _
     name = re.sub(r"[^A-Za-z0-9._-]", "_", spec.source.rstrip("/").rsplit("/", 1)[-1])
     target = staging / f"{len(list(staging.iterdir()))}" / (name.lstrip(".") or "download")
     target.parent.mkdir()
-    actual = _download(spec.source, target, label)
+    local = _local_copy(spec.digest)
+    if local is not None:  # a copy in $REWEIGH_SOURCES: no download (Guix's build does this)
+        shutil.copyfile(local, target)
+        origin["copied_from"] = str(local)
+    actual = file_digest(target) if local is not None else _download(spec.source, target, label)
     if actual != spec.digest:
         raise DigestMismatch(f"{label}.url", spec.digest, actual)
     return _Pending(spec.name, "url", actual, origin, staged=target)
+
+
+def _local_copy(digest: str) -> Path | None:
+    """A file named by the digest's hex digits in a folder of $REWEIGH_SOURCES."""
+    hex_name = digest.split(":", 1)[1]
+    for folder in debian.local_sources()[:-1]:  # not apt's cache: it holds .debs only
+        if (folder / hex_name).is_file():
+            return folder / hex_name
+    return None
 
 
 def _download(url: str, target: Path, label: str) -> str:
@@ -227,3 +244,30 @@ def _from_item(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -> 
     origin = {"item": item.path.name, "derivation": item.derivation, "name": item.name,
               "version": item.version}
     return _Pending(spec.name, "item", item.weights_digest, origin, item.path)
+
+
+def _from_debian(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -> _Pending:
+    """A Debian package's files: kept unpacked, by the digest of the tree of the files the
+    recipe selects; found again by the .deb's digest and the selection, so a kept copy
+    needs no download."""
+    label = f"{_label(recipe, spec)}.debian"
+    pin = spec.debian
+    assert pin is not None
+    match = {"deb": pin.digest, "files": list(pin.files)}
+    kept = store.find_input("debian", match)
+    if kept is not None and (path := store.input_path(kept[0])) is not None:
+        return _Pending(spec.name, "debian", kept[0], kept[1], path)
+    slot = staging / f"{len(list(staging.iterdir()))}"
+    slot.mkdir()
+    deb, url = debian.fetch(pin, slot, label)
+    folder = slot / "unpacked" / f"{pin.package}_{pin.version.replace(':', '%3a')}"
+    unpacked = debian.unpack(deb, folder, pin.files, label)
+    digest = path_digest(folder)
+    origin = {**_debian_origin(pin, url), "unpacked_files": unpacked.files,
+              "links_left_out": unpacked.links_left_out}
+    return _Pending(spec.name, "debian", digest, origin, store.input_path(digest), folder)
+
+
+def _debian_origin(pin: debian.DebianPin, url: str | None) -> dict[str, Any]:
+    return {"debian": pin.package, "version": pin.version, "architecture": pin.architecture,
+            "deb": pin.digest, "files": list(pin.files), **({"url": url} if url else {})}

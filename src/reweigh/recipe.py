@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, overload
 
+from .debian import ARCHITECTURE_RE, PACKAGE_RE, VERSION_RE, DebianPin
 from .digest import MAX_SAFE_INTEGER, is_digest
 from .errors import RecipeError
-
 from .numerics import LEVELS, NATIVE, PORTABLE
+
 RECIPE_FILE = "recipe.toml"
 MAX_RECIPE_BYTES = 1 << 20
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
@@ -39,7 +40,8 @@ _PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 TOP_FIELDS = {"name", "version", "description", "seed", "license", "inputs", "build",
               "params", "evaluate"}
-INPUT_KINDS = ("path", "package", "url", "item")
+INPUT_KINDS = ("path", "package", "url", "item", "debian")
+DEBIAN_FIELDS = {"version", "architecture", "files"}
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,15 @@ class License:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One declared input; exactly one of path/package/url/item says where it comes from."""
+    """One declared input; exactly one of path/package/url/item/debian says where it
+    comes from."""
 
     name: str
     kind: str
-    source: str  # the path, package name, URL or item reference
+    source: str  # the path, package name, URL, item reference or Debian package name
     resource: str | None = None  # for packages: a data set name or a path inside the package
-    digest: str | None = None  # pinned content digest, required for URLs
+    digest: str | None = None  # pinned digest, required for URLs and Debian packages (.deb)
+    debian: DebianPin | None = None  # for Debian packages: version, architecture, files
 
 
 @dataclass(frozen=True)
@@ -103,14 +107,14 @@ class Recipe:
     evaluate: Evaluation | None = None
     checkpoint_every: int = 0  # 0: the recipe decides when to call ctx.checkpoint
     file_name: str = RECIPE_FILE  # the variant read, beside the code
-
-    @property
-    def file(self) -> Path:
-        return self.directory / self.file_name
     # The numerics platform (reweigh.numerics): "portable", a level such as "x86-64-v4",
     # or "native" with platform_reason saying why the recipe gives up portable bits.
     platform: str = "portable"
     platform_reason: str | None = None
+
+    @property
+    def file(self) -> Path:
+        return self.directory / self.file_name
 
     def input(self, name: str) -> InputSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -174,15 +178,11 @@ def parse_recipe(data: dict[str, Any], directory: Path, label: str,
         checkpoint_every=v.integer(build, "checkpoint_every", "build.checkpoint_every", 0,
                                    10**9, required=False) or 0,
         file_name=file_name,
+        platform=platform,
+        platform_reason=platform_reason,
     )
 
 
-def _license(v: _Validator, table: dict[str, Any]) -> License:
-        platform=platform,
-        platform_reason=platform_reason,
-    v.no_unknown(table, {"code", "data", "weights"}, "license")
-    parts = {}
-    for key in ("code", "data", "weights"):
 def _platform(v: _Validator, build: dict[str, Any]) -> tuple[str, str | None]:
     """[build] platform and platform_reason: a known platform; native only with a reason."""
     platform = v.string(build, "platform", where="build.platform", required=False) or PORTABLE
@@ -196,6 +196,10 @@ def _platform(v: _Validator, build: dict[str, Any]) -> tuple[str, str | None]:
     return platform, reason
 
 
+def _license(v: _Validator, table: dict[str, Any]) -> License:
+    v.no_unknown(table, {"code", "data", "weights"}, "license")
+    parts = {}
+    for key in ("code", "data", "weights"):
         parts[key] = v.matching(table, key, _SPDX_RE, "an SPDX licence expression",
                                 where=f"license.{key}")
     return License(**parts)
@@ -214,7 +218,7 @@ def _inputs(v: _Validator, table: dict[str, Any]) -> list[InputSpec]:
 
 
 def _input(v: _Validator, name: str, entry: dict[str, Any], where: str) -> InputSpec:
-    v.no_unknown(entry, {*INPUT_KINDS, "dataset", "resource", "digest"}, where)
+    v.no_unknown(entry, {*INPUT_KINDS, "dataset", "resource", "digest", *DEBIAN_FIELDS}, where)
     kinds = [k for k in INPUT_KINDS if k in entry]
     if len(kinds) != 1:
         raise RecipeError(v.label, where, f"needs exactly one of {', '.join(INPUT_KINDS)}")
@@ -224,7 +228,7 @@ def _input(v: _Validator, name: str, entry: dict[str, Any], where: str) -> Input
     # is_digest uses re.match, whose '$' also matches before a final newline
     if digest is not None and (not is_digest(digest) or digest.endswith("\n")):
         raise RecipeError(v.label, f"{where}.digest", "expected sha256:<64 lowercase hex digits>")
-    resource = None
+    resource, pin = None, None
     if kind == "path":
         v.relative_path(source, f"{where}.path")
     elif kind == "package":
@@ -236,9 +240,40 @@ def _input(v: _Validator, name: str, entry: dict[str, Any], where: str) -> Input
             raise RecipeError(v.label, f"{where}.url", "expected an http:// or https:// URL")
         if digest is None:
             raise RecipeError(v.label, f"{where}.digest", "a URL input needs a digest")
+    elif kind == "debian":
+        pin = _debian(v, entry, where, source, digest)
+    _no_foreign_fields(v, entry, kind, where)
+    return InputSpec(name=name, kind=kind, source=source, resource=resource, digest=digest,
+                     debian=pin)
+
+
+def _no_foreign_fields(v: _Validator, entry: dict[str, Any], kind: str, where: str) -> None:
+    """Fields of one kind of input given to another are refused, not ignored."""
     if kind != "package" and ({"dataset", "resource"} & entry.keys()):
         raise RecipeError(v.label, where, "'dataset' and 'resource' apply to package inputs only")
-    return InputSpec(name=name, kind=kind, source=source, resource=resource, digest=digest)
+    if kind != "debian" and (DEBIAN_FIELDS & entry.keys()):
+        raise RecipeError(v.label, where, "'version', 'architecture' and 'files' apply to "
+                          "debian inputs only")
+
+
+def _debian(v: _Validator, entry: dict[str, Any], where: str, package: str,
+            digest: str | None) -> DebianPin:
+    """A Debian binary package: name, version and architecture as the archive writes
+    them, the .deb's SHA-256, and which of its files to keep (default: all)."""
+    if not PACKAGE_RE.fullmatch(package):
+        raise RecipeError(v.label, f"{where}.debian", "not a Debian package name")
+    version = v.matching(entry, "version", VERSION_RE, "a Debian version such as 4.15.0-1",
+                         where=f"{where}.version")
+    architecture = v.matching(entry, "architecture", ARCHITECTURE_RE,
+                              "a Debian architecture such as all or amd64",
+                              where=f"{where}.architecture")
+    if digest is None:
+        raise RecipeError(v.label, f"{where}.digest", "a debian input needs the .deb's "
+                          "digest (apt-cache show PACKAGE=VERSION lists its SHA256)")
+    files = tuple(v.string_list(entry, "files", f"{where}.files") or ["*"])
+    for i, pattern in enumerate(files):
+        v.relative_path(pattern, f"{where}.files[{i}]")
+    return DebianPin(package, version, architecture, digest, files)
 
 
 def _package_resource(v: _Validator, entry: dict[str, Any], where: str) -> str:

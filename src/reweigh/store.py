@@ -365,6 +365,10 @@ class Store:
         """The input in the store, if it is there and whole (see `KeptInputs.path`)."""
         return self._inputs.path(digest)
 
+    def find_input(self, kind: str, match: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """A kept input of `kind` whose origin holds `match` (see `KeptInputs.find`)."""
+        return self._inputs.find(kind, match)
+
     def add_input(self, staged: Path, digest: str, kind: str, origin: dict[str, Any]) -> Path:
         """Move a staged file or folder (already verified to have `digest`) into inputs/."""
         return self._inputs.add(staged, digest, kind, origin)

@@ -57,6 +57,21 @@ class KeptInputs:
             recorded = _recorded_stats(db, digest)
         return None if row is None else (self.root / row[0], recorded)
 
+    def find(self, kind: str, match: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The digest and origin of a kept input of `kind` whose origin holds every item
+        of `match` (the Debian package a .deb was unpacked into), newest first."""
+        with transaction(self.root) as db:
+            rows = db.execute("SELECT digest, origin FROM inputs WHERE kind = ? "
+                              "ORDER BY added_at DESC", (kind,)).fetchall()
+        for digest, origin in rows:
+            try:
+                recorded = json.loads(origin)
+            except ValueError:
+                continue
+            if isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in match.items()):
+                return str(digest), recorded
+        return None
+
     def add(self, staged: Path, digest: str, kind: str, origin: dict[str, Any]) -> Path:
         """Move a staged file or folder (already verified to have `digest`) into inputs/.
         Whatever lies at its place without an index row (a copy whose adding or removal

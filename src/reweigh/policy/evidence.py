@@ -7,8 +7,8 @@ evidence exists); `gather` adds what the store knows (builds, rebuilds, challeng
 imports, measured cost). The record says what is there and where it came from; it
 does not judge (licences are judged by the policies, through `licenses`).
 
-Training data: the data inputs of a recipe (`path`, `package`, `url`) are its training
-data, each verified by digest. A recipe that needs no data (self-play, synthetic data)
+Training data: the data inputs of a recipe (`path`, `package`, `url`, `debian`) are its
+training data, each verified by digest. A recipe that needs no data (self-play, synthetic data)
 says `license.data = "NONE"` (SPDX's "no licence" value: there is nothing to license).
 A recipe that declares a data licence but names no data input trained on data that is
 not part of the recipe: its data is *unavailable* (Debian's "ToxicCandy" case).
@@ -23,7 +23,7 @@ from typing import Any
 from ..inputs import ResolvedInput
 from ..recipe import Recipe
 
-DATA_KINDS = ("path", "package", "url")
+DATA_KINDS = ("path", "package", "url", "debian")
 UNISOLATED_NOTE = ("built unisolated (--sandbox none): nothing proves the training read only "
                    "its declared inputs; rebuild it in the sandbox")
 
@@ -123,6 +123,9 @@ def describe_origin(kind: str, origin: dict[str, Any]) -> str:
         return f"{origin.get('package')} {origin.get('version', '')}, {what}".replace("  ", " ")
     if kind == "url":
         return str(origin.get("url"))
+    if kind == "debian":
+        return (f"Debian package {origin.get('debian')} {origin.get('version')} "
+                f"({origin.get('architecture')}, .deb {origin.get('deb')})")
     if kind == "path":
         return f"{origin.get('path')} in the recipe"
     return str(origin.get("item") or origin)
@@ -142,8 +145,8 @@ def data_status(data_licence: str | None, sources: tuple[DataSource, ...],
                                         "synthetic data)")
     return DataStatus.UNAVAILABLE, (
         f"the recipe declares training data under {data_licence} but names no data input "
-        "(path, package or url): the data the weights were trained on is not part of the "
-        "recipe")
+        "(path, package, url or debian): the data the weights were trained on is not part of "
+        "the recipe")
 
 
 @dataclass(frozen=True)
