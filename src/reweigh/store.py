@@ -24,7 +24,6 @@ are reused, in `store_inputs`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -37,8 +36,9 @@ from typing import Any
 
 from .digest import bytes_digest, file_digest, short, tree_files
 from .errors import BuildError, UsageError
-from .store_index import create, transaction
+from .store_index import compact, create, transaction
 from .store_inputs import KeptInputs
+from .store_locks import gc_lock, locked, remove_unused
 from .trees import discard, move_read_only, odd_entries, remove_tree
 
 __all__ = ["Corruption", "Store", "StoreItem", "default_root", "file_rows", "gc_lock",
@@ -72,19 +72,6 @@ def default_root() -> Path:
         return Path(env)
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "reweigh" / "store"
-
-
-@contextlib.contextmanager
-def gc_lock(root: Path, exclusive: bool) -> Iterator[None]:
-    """Shared by builds and installs, exclusive for `gc` and `store repair` (like Guix's
-    gc lock); a function of the root, since repair takes it before the index opens."""
-    (root / "locks").mkdir(parents=True, exist_ok=True)
-    with open(root / "locks" / "gc.lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Store:
@@ -156,13 +143,9 @@ class Store:
         """Hold the derivation's lock; a second builder waits here, then finds the item.
         It holds the gc lock shared too, so `gc` never removes what a build is using."""
         path = self.root / "locks" / f"{short(derivation, 64)}.lock"
-        with self.gc_lock(exclusive=False), open(path, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                self._clear_debris(derivation)
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with self.gc_lock(exclusive=False), locked(path):
+            self._clear_debris(derivation)
+            yield
 
     def gc_lock(self, exclusive: bool) -> contextlib.AbstractContextManager[None]:
         """Shared by builds and installs, exclusive for `gc` and `store repair`."""
@@ -221,6 +204,14 @@ class Store:
         for name in items:
             discard(self.root / "items" / name, self.root / "tmp")
         self._inputs.discard_unknown()
+
+    def tidy(self) -> list[str]:
+        """After a collection: remove the lock files nobody holds (a derivation's or an
+        input's is made again when next needed) and give the index's free pages back to
+        the file system; the lock files removed."""
+        removed = remove_unused(self.root / "locks")
+        compact(self.root)
+        return removed
 
     def unknown_items(self) -> list[str]:
         """Folders in items/ that the index does not know."""

@@ -93,6 +93,20 @@ def create(root: Path) -> None:
         db.executescript(SCHEMA)
 
 
+def compact(root: Path) -> None:
+    """Give the index's free pages back to the file system (VACUUM) and empty its
+    write-ahead log into it: rows deleted by `gc` otherwise leave the file as large as
+    it ever was. VACUUM runs outside any transaction; it waits for other connections as
+    a transaction does."""
+    index = root / INDEX
+    with _readable(index), contextlib.closing(
+            sqlite3.connect(index, timeout=60, isolation_level=None)) as db:
+        db.execute("PRAGMA busy_timeout=60000")
+        if db.execute("PRAGMA freelist_count").fetchone()[0]:
+            db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def set_aside(root: Path) -> Path | None:
     """Move an unreadable index (and its WAL files, which belong to it) aside as
     `index.sqlite.broken-<time>`; None, and nothing moved, when the index reads and

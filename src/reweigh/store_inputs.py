@@ -18,7 +18,6 @@ rehashes everything.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import sqlite3
 import time
@@ -29,6 +28,7 @@ from typing import Any
 from .digest import path_digest, short
 from .errors import ReweighError
 from .store_index import transaction
+from .store_locks import locked
 from .trees import FileStat, discard, move_read_only, tree_stats
 
 
@@ -134,12 +134,8 @@ class KeptInputs:
     def _lock(self, digest: str) -> Iterator[None]:
         """Held while an input is rechecked, removed or added: of two processes that both
         find it damaged, the second must not remove the good copy the first put back."""
-        with open(self.root / "locks" / f"input-{short(digest, 64)}.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with locked(self.root / "locks" / f"input-{short(digest, 64)}.lock"):
+            yield
 
     def _recheck(self, digest: str) -> Path | None:
         """Under the input's lock: rehash it; record its statistics again if it is whole

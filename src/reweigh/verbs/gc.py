@@ -6,8 +6,10 @@ by one pure function: the roots, every item whose weights a live item took as an
 input (a fine-tuned network keeps its base), and every input a live item was built
 from. Everything else goes: the index rows in one transaction, then the files. The
 whole collection holds the store's gc lock exclusively, so it never runs beside a
-build or an install. Inputs younger than `GRACE_SECONDS` stay: a build may have
-just resolved them and not yet taken its lock.
+build or an install. Then the lock files nobody holds are removed and the index is
+compacted, so a store that built and collected many items keeps no trace of them
+(`store_locks` says why removing a lock file is safe). Inputs younger than
+`GRACE_SECONDS` stay: a build may have just resolved them and not yet taken its lock.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ class GcReport:
     freed_bytes: int
     dry_run: bool = False
     cleared: list[str] = field(default_factory=list)  # what interrupted removals left
+    locks: list[str] = field(default_factory=list)  # lock files nobody held, removed
 
     def to_json(self) -> dict[str, Any]:
         return {"roots": [str(r) for r in self.roots], "kept": self.kept,
                 "removed_items": self.removed_items, "removed_inputs": self.removed_inputs,
                 "freed_bytes": self.freed_bytes, "dry_run": self.dry_run,
-                "cleared": self.cleared}
+                "cleared": self.cleared, "removed_locks": self.locks}
 
 
 def live_items(roots: Iterable[str], weights: dict[str, str],
@@ -92,10 +95,12 @@ def gc(store: Store | None = None, *, dry_run: bool = False,
                   if digest not in needed and added < started - grace]
         freed = sum(_size(store.root / "items" / i) for i in doomed) + sum(
             _size(store.root / rel) for _, rel in inputs)
+        locks = []
         if not dry_run:
             store.forget(doomed, [digest for digest, _ in inputs])
+            locks = store.tidy()
     return GcReport(profiles, sorted(live), doomed, [d for d, _ in inputs], freed, dry_run,
-                    cleared)
+                    cleared, locks)
 
 
 def _refuse_lost_index(store: Store) -> None:
