@@ -26,9 +26,11 @@ sys.path.insert(0, str(EXAMPLE))
 PINNED = "--pinned" in sys.argv
 FAST_EXIT = "--fast-exit" in sys.argv
 if PINNED:  # before torch is imported: MKL reads its settings once
-    from reweigh import environment
+    from reweigh import environment, numerics
 
-    os.environ.update(environment.build_env(int(os.environ.get("THREADS", "2"))))
+    os.environ.update(environment.build_env(int(os.environ.get("THREADS", "2")),
+                                            numerics.here(numerics.default_name(
+                                                numerics.PORTABLE, numerics.machine_arch()))))
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402

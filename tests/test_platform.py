@@ -335,3 +335,10 @@ def test_a_build_a_capped_machine_cannot_run_exits_2_with_one_line(tmp_path: Pat
     assert len(line) == 1 and "cannot build on platform x86-64-v3" in line[0]
     assert not (tmp_path / "store" / "items").exists() or not any(
         (tmp_path / "store" / "items").iterdir())
+
+
+def test_the_recipe_schema_lists_every_platform_reweigh_knows() -> None:
+    from reweigh.schema import recipe_schema
+
+    build = recipe_schema()["properties"]["build"]["properties"]
+    assert build["platform"]["enum"] == [numerics.PORTABLE, numerics.NATIVE, *numerics.LEVELS]
