@@ -263,6 +263,12 @@ def _record_evaluation(result: ChildResult, event: dict[str, Any]) -> None:
         "metrics": event.get("metrics", {}), "predictions": event.get("predictions", [])}
 
 
+def _record_error(result: ChildResult, event: dict[str, Any]) -> None:
+    result.error = str(event["message"])
+    result.bad_result = bool(event.get("bad_result"))
+    result.frames = list(event.get("frames") or [])
+
+
 # How each event of the build process is kept in its ChildResult.
 _RECORD: dict[str, Callable[[ChildResult, dict[str, Any]], None]] = {
     "metric": lambda r, e: r.metrics.append({k: e.get(k) for k in ("name", "value", "step")}),
@@ -273,9 +279,7 @@ _RECORD: dict[str, Callable[[ChildResult, dict[str, Any]], None]] = {
     "audit": lambda r, e: setattr(r, "audit", e.get("data")),
     "environment": lambda r, e: setattr(r, "environment", e["record"]),
     "violation": lambda r, e: r.violations.append(str(e["message"])),
-    "error": lambda r, e: (setattr(r, "error", str(e["message"])),
-                           setattr(r, "bad_result", bool(e.get("bad_result"))),
-                           setattr(r, "frames", list(e.get("frames") or []))),
+    "error": _record_error,
 }
 
 

@@ -172,7 +172,7 @@ def _restore_float(record: dict[str, Any], pointer: Any, path: Path) -> None:
     if not isinstance(pointer, str) or not pointer.startswith("/"):
         raise fail
     *steps, last = [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
-    parent = record.get("params")
+    parent: Any = record.get("params")
     try:
         for token in steps:
             parent = parent[_index(parent, token)]

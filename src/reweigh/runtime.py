@@ -360,7 +360,7 @@ def evaluate(job: Job, inputs: dict[str, Path], weights_file: Path) -> dict[str,
         got = "no 'metrics' dict" if isinstance(result, dict) else type(result).__name__
         raise BadEntryResult(f"{where} {got}; an evaluation returns "
                              "{'metrics': {...}, 'predictions': [...]}")
-    predictions = result.get("predictions")
+    predictions: Any = result.get("predictions")
     predictions = predictions.tolist() if hasattr(predictions, "tolist") else predictions
     if not isinstance(predictions, list | tuple):
         raise BadEntryResult(f"{where} no 'predictions' list: one class index per evaluated "

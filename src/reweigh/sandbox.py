@@ -121,7 +121,7 @@ def _has_bits(arg: int, bits: int) -> ArgCmp:
 def _rules() -> list[tuple[str, int, list[ArgCmp]]]:
     """(system call, action, argument conditions) for every rule of the filter."""
     eperm = _errno(errno.EPERM)
-    rules = [(name, eperm, []) for name in DENIED_CALLS]
+    rules: list[tuple[str, int, list[ArgCmp]]] = [(name, eperm, []) for name in DENIED_CALLS]
     refused = [f for f in range(0, 46) if f not in ALLOWED_FAMILIES]
     rules += [("socket", _errno(errno.EAFNOSUPPORT), [_equals(0, f)]) for f in refused]
     rules.append(("socket", _errno(errno.EAFNOSUPPORT), [(0, _CMP_GE, 46, 0)]))

@@ -101,7 +101,8 @@ def _state(path: Path, checkpoint: bool = False) -> tuple[WeightsFile, dict[_Pla
     header = read_header(path)
     if not checkpoint and "reweigh.state" not in header.metadata:
         return header, {(("key", name),): name for name in header.tensors}, {}
-    tensors, values = {}, {}
+    tensors: dict[_Place, str] = {}
+    values: dict[_Place, Any] = {}
     for place, (kind, body) in _leaves(check_state(header), (("key", "state"),)):
         (tensors if kind == "tensor" else values)[place] = body
     return header, tensors, values

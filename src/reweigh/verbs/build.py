@@ -177,7 +177,7 @@ def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
         result = check_item(the_plan, store, item, threads, reporter, isolation) if check else None
     return BuildReport(item.path, item.name, item.version, item.derivation, item.weights_digest,
                        reused, threads, result, drv.record.get("platform", numerics.NATIVE),
-                       item.environment_digest)
+                       item.environment_digest or "")
 
 
 def check_item(the_plan: Plan, store: Store, item: StoreItem, threads: int,

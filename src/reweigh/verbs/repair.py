@@ -162,7 +162,7 @@ def _imported(statement: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     row = {"source_name": _text(params, "source"), "source_digest": claims["source_digest"],
            "format": _text(params, "format"), "license": claims["license"],
            "origin": claims["origin"], "no_training_data": int(bool(claims["no_training_data"]))}
-    record = {"derivation": identity, "name": _text(params, "name"),
+    record: dict[str, Any] = {"derivation": identity, "name": _text(params, "name"),
               "version": _text(params, "version"), "environment_digest": None, "inputs": {}}
     return record, row
 
