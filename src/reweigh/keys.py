@@ -132,18 +132,22 @@ class TrustedKey:
 
     def describe(self, now: float) -> str:
         """`alice (valid until 2027-01-01T00:00:00Z)`, `bob (revoked on ...: reason)`."""
-        state = self.status(now)
-        if state is KeyStatus.REVOKED:
+        return f"{self.name} ({self.state(now)})"
+
+    def state(self, now: float) -> str:
+        """`valid until ...`, `revoked on ...: reason`, `expired on ...`, ..."""
+        status = self.status(now)
+        if status is KeyStatus.REVOKED:
             assert self.revoked_at is not None
             why = f": {self.reason}" if self.reason else ""
-            return f"{self.name} (revoked on {timestamp(self.revoked_at)}{why})"
-        if state is KeyStatus.EXPIRED:
+            return f"revoked on {timestamp(self.revoked_at)}{why}"
+        if status is KeyStatus.EXPIRED:
             assert self.until is not None
-            return f"{self.name} (expired on {timestamp(self.until)})"
-        if state is KeyStatus.NOT_YET:
+            return f"expired on {timestamp(self.until)}"
+        if status is KeyStatus.NOT_YET:
             assert self.not_before is not None
-            return f"{self.name} (not valid before {timestamp(self.not_before)})"
-        return f"{self.name} (valid{' until ' + timestamp(self.until) if self.until else ''})"
+            return f"not valid before {timestamp(self.not_before)}"
+        return f"valid{' until ' + timestamp(self.until) if self.until else ''}"
 
     def to_json(self, now: float | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -111,7 +111,7 @@ class Caches:
                     continue
                 if key is None or keyid not in valid:
                     refusals.append(Refusal(keyid, key.name if key else None, source.label,
-                                            key.describe(self.now) if key else "not trusted"))
+                                            key.state(self.now) if key else "not trusted"))
                     continue
                 agreeing = sum(v.claim.weights_digest == info.entry.weights_digest
                                for v in votes)

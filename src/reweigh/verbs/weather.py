@@ -114,7 +114,7 @@ def _signatures(caches: Caches, listed: dict[str, list[tuple[Source, layout.Entr
                 if key is not None and keyid in valid:
                     tasks.append((item, source, entry, keyid))
                 else:
-                    status = key.describe(caches.now) if key else "not trusted"
+                    status = key.state(caches.now) if key else "not trusted"
                     found.setdefault(item, []).append(
                         Signature(keyid, key.name if key else None, source.label, status, None))
     with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:

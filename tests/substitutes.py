@@ -1,0 +1,127 @@
+"""Helpers for the substitute tests: parties with their own key rings, a published item,
+cache folders served on 127.0.0.1, and the tampering a hostile server would do."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from reweigh.cache import layout
+from reweigh.cache.archive import write_archive
+from reweigh.cache.server import serve
+from reweigh.keys import KeyRing
+from reweigh.signing import FileEntry
+
+
+@dataclass(frozen=True)
+class Party:
+    """Someone with a signing key of their own (a publisher, a rebuilder, an attacker)."""
+
+    name: str
+    ring: KeyRing
+
+    @property
+    def line(self) -> str:
+        own = self.ring.own()[0]
+        return own.key.line(self.name)
+
+    @property
+    def keyid(self) -> str:
+        return self.ring.own()[0].key.keyid
+
+
+def party(root: Path, name: str, algorithm: str = "ed25519") -> Party:
+    ring = KeyRing(root / f"keys-{name}")
+    ring.generate(name, algorithm)
+    return Party(name, ring)
+
+
+def puller(root: Path, *trusted: Party) -> KeyRing:
+    """A user who trusts exactly `trusted`."""
+    ring = KeyRing(root / "keys-puller")
+    for someone in trusted:
+        ring.trust(ring_key(someone), someone.name)
+    return ring
+
+
+def ring_key(someone: Party):
+    return someone.ring.own()[0].key
+
+
+@contextlib.contextmanager
+def served(folder: Path) -> Iterator[str]:
+    """`reweigh serve`'s server on a free port of 127.0.0.1, stopped at the end."""
+    running = serve(folder)
+    try:
+        yield running.url
+    finally:
+        running.close()
+
+
+def item_dir(cache: Path, item: str) -> Path:
+    return cache / "items" / item
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1))
+
+
+def repack(cache: Path, item: str, source: Path, files: tuple[FileEntry, ...]) -> None:
+    """Replace the cache's archive of `item` with one of `files` from `source`, and make
+    its info record agree (a consistent, lying server)."""
+    target = cache / layout.archive_path(item)
+    written = write_archive(source, files, target)
+    info_file = cache / layout.info_path(item)
+    info = read_json(info_file)
+    info["archive"].update(digest=written.digest, size=written.size,
+                           unpacked_size=written.unpacked)
+    write_json(info_file, info)
+
+
+def copy_item(item_path: Path, target: Path) -> Path:
+    shutil.copytree(item_path, target)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+class _Dying(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, but sends only the first half of any archive and then drops the
+    connection, as a server killed mid-transfer does."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def copyfile(self, source, outputfile) -> None:
+        if self.path.endswith(".tar.zst"):
+            data = source.read()
+            outputfile.write(data[: len(data) // 2])
+            outputfile.flush()
+            self.connection.shutdown(2)
+            self.close_connection = True
+            return
+        super().copyfile(source, outputfile)
+
+
+@contextlib.contextmanager
+def dying_server(folder: Path) -> Iterator[str]:
+    handler = lambda *a, **k: _Dying(*a, directory=str(folder), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -1,0 +1,532 @@
+"""Signed substitutes: publish, serve on 127.0.0.1, pull with K of N distinct keys, and
+every attack the issue names refused with nothing written."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from reweigh.cache import layout
+from reweigh.errors import ReweighError
+from reweigh.keys import KeyRing
+from reweigh.signing import FileEntry, bundle_claim, sign
+from reweigh.store import Store, file_rows
+from reweigh.verbs.publish import publish
+from reweigh.verbs.pull import pull
+
+from .helpers import run_reweigh, store_is_empty, write_recipe
+from .substitutes import (
+    Party,
+    copy_item,
+    dying_server,
+    item_dir,
+    party,
+    puller,
+    read_json,
+    repack,
+    served,
+    write_json,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One small built item in the publisher's store, and three parties with keys."""
+    from reweigh import build
+
+    root = tmp_path_factory.mktemp("substitutes")
+    recipe = write_recipe(root / "recipe")
+    store = root / "publisher-store"
+    item = build(recipe, store=Store(store), threads=1).path
+    return {"root": root, "store": store, "item": item, "recipe": recipe,
+            **{name: party(root, name) for name in ("alice", "bob", "carol", "mallory")}}
+
+
+def _publish(world: dict, cache: Path, *signers: Party, archive: bool = True) -> None:
+    """Publish the item into `cache`, signed by each of `signers` (each in a store of
+    their own, like independent parties)."""
+    for index, someone in enumerate(signers or (None,)):
+        store = Store(world["store"]) if index == 0 else _store_with_item(world, someone)
+        shutil.rmtree(store.root / "signatures", ignore_errors=True)  # only this signer's
+        publish([world["item"].name], cache, store=store, archive=archive and index == 0,
+                sign_with=someone.name if someone else None,
+                keyring=someone.ring if someone else KeyRing(world["root"] / "nobody"))
+
+
+def _store_with_item(world: dict, someone: Party) -> Store:
+    """A second party's store holding the same item (as after a pull or a rebuild)."""
+    root = world["root"] / f"store-{someone.name}"
+    store = Store(root)
+    if store.find(Store(world["store"]).resolve(world["item"].name).derivation) is None:
+        published = world["root"] / f"seed-{someone.name}"
+        publish([world["item"].name], published, store=Store(world["store"]),
+                sign_with="alice", keyring=world["alice"].ring)
+        pull(world["item"].name, [str(published)], store=store,
+             keyring=puller(world["root"] / f"seed-ring-{someone.name}", world["alice"]))
+    return store
+
+
+@dataclass
+class Result:
+    """What the command line makes of a pull: exit code, stdout (JSON), stderr."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _pull(world: dict, tmp_path: Path, *sources: str, require: int = 1,
+          ring: KeyRing | None = None, cli: bool = False) -> Result:
+    """Pull the item through the real command (`cli`), or through the library verb in this
+    process (cheaper), its errors turned into what the command line would show."""
+    ring = ring or puller(tmp_path, world["alice"], world["bob"], world["carol"])
+    if cli:
+        args = ["pull", world["item"].name]
+        for source in sources:
+            args += ["--from", source]
+        done = run_reweigh(*args, "--require", require, "--keys", ring.root, "--json",
+                           store=tmp_path / "store")
+        return Result(done.returncode, done.stdout, done.stderr)
+    try:
+        report = pull(world["item"].name, list(sources), require=require,
+                      store=Store(tmp_path / "store"), keyring=ring)
+    except ReweighError as e:
+        return Result(e.exit_code, "", f"reweigh: {e.one_line()}\n")
+    return Result(0, json.dumps(report.to_json()), "")
+
+
+def _refused(result, tmp_path: Path, *words: str) -> None:
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and line.startswith("reweigh: "), line
+    assert "Traceback" not in line
+    for word in words:
+        assert word in line, line
+    assert store_is_empty(tmp_path / "store")
+
+
+# --- K of N over a real server ------------------------------------------------------
+
+@pytest.mark.parametrize("require", [1, 2, 3])
+def test_pull_installs_what_k_distinct_trusted_keys_signed(world: dict, tmp_path: Path,
+                                                           require: int) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"], world["bob"], world["carol"])
+    with served(cache) as url:
+        result = _pull(world, tmp_path, url, require=require, cli=require == 2)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["signers"]) == require  # it stops fetching once K verified
+    assert set(report["signers"]) <= {"alice", "bob", "carol"}
+    pulled = Path(report["path"])
+    assert (pulled / "weights.safetensors").read_bytes() == \
+        (world["item"] / "weights.safetensors").read_bytes()
+    from reweigh.verbs.store import verify_store
+
+    assert verify_store(Store(tmp_path / "store")) == []
+    assert report["requests"] == 2 + require  # one index, one info, one bundle per signer
+
+
+def test_pull_with_four_required_of_three_signers_is_refused(world: dict,
+                                                             tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"], world["bob"], world["carol"])
+    with served(cache) as url:
+        result = _pull(world, tmp_path, url, require=4)
+    _refused(result, tmp_path, "3 of the 4", "nothing was written")
+
+
+def test_signatures_from_a_rebuilders_cache_count_with_the_publishers(world: dict,
+                                                                      tmp_path: Path) -> None:
+    publisher, rebuilder = tmp_path / "publisher", tmp_path / "rebuilder"
+    _publish(world, publisher, world["alice"])
+    _publish(world, rebuilder, world["bob"], archive=False)
+    assert not (rebuilder / layout.archive_path(world["item"].name)).exists()
+    with served(publisher) as first, served(rebuilder) as second:
+        result = _pull(world, tmp_path, first, second, require=2)
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads(result.stdout)["signers"]) == ["alice", "bob"]
+
+
+def test_pull_stops_at_the_first_server_that_suffices(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    with served(cache) as url:
+        # the second server does not exist: it must never be asked
+        result = _pull(world, tmp_path, url, "http://127.0.0.1:9", require=1)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["problems"] == []
+
+
+# --- refusals: each one line, exit 1, nothing written -------------------------------
+
+def test_an_unsigned_item_is_refused(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache)
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url), tmp_path, "0 of the 1", "unsigned")
+
+
+def test_a_signature_by_an_untrusted_key_is_refused(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["mallory"])
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url), tmp_path, "0 of the 1", "not trusted")
+
+
+def test_a_signature_by_a_revoked_key_is_refused(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    ring = puller(tmp_path, world["alice"])
+    ring.revoke("alice", "key leaked")
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url, ring=ring), tmp_path, "revoked on",
+                 "key leaked")
+    with pytest.raises(Exception, match="revoked"):  # and it is not trusted again
+        ring.trust(world["alice"].ring.own()[0].key, "alice")
+
+
+def test_a_signature_by_an_expired_key_is_refused(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    ring = KeyRing(tmp_path / "ring")
+    trusted = run_reweigh("keys", "trust", world["alice"].line, "--until", "2020-01-01",
+                          "--keys", ring.root)
+    assert trusted.returncode == 0 and "vouches for nothing now" in trusted.stdout
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url, ring=ring, cli=True), tmp_path,
+                 "expired on 2020-01-01T00:00:00Z")
+
+
+def test_one_key_signing_at_two_servers_counts_once(world: dict, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    _publish(world, first, world["alice"])
+    _publish(world, second, world["alice"])
+    index = read_json(first / "index.json")  # and an index that lists it twice
+    index["items"][world["item"].name]["signers"] *= 2
+    write_json(first / "index.json", index)
+    with served(first) as a, served(second) as b:
+        _refused(_pull(world, tmp_path, a, b, require=2), tmp_path,
+                 "1 of the 2 distinct trusted signatures required (alice)")
+
+
+def test_one_key_trusted_under_two_names_counts_once(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    ring = puller(tmp_path, world["alice"])
+    trust = read_json(ring.root / "trust.json")  # edited by hand: the ring refuses it
+    twin = dict(trust["keys"][0], name="alias",
+                public_key=world["alice"].line.replace("alice:", "alias:"))
+    trust["keys"].append(twin)
+    write_json(ring.root / "trust.json", trust)
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url, require=2, ring=ring), tmp_path, "1 of the 2")
+
+
+def test_a_bundle_with_two_signatures_is_refused(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    bundle_file = item_dir(cache, world["item"].name) / "signatures" / \
+        f"{world['alice'].keyid}.sig"
+    bundle = read_json(bundle_file)
+    bundle["dsseEnvelope"]["signatures"] *= 2
+    write_json(bundle_file, bundle)
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url, require=1), tmp_path, "exactly one signature")
+
+
+def test_a_tampered_archive_under_a_good_signature_is_refused(world: dict,
+                                                              tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    forged = copy_item(world["item"], tmp_path / "forged")
+    weights = bytearray((forged / "weights.safetensors").read_bytes())
+    weights[-1] ^= 0x01  # one bit of one weight
+    (forged / "weights.safetensors").write_bytes(bytes(weights))
+    info = read_json(cache / layout.info_path(world["item"].name))
+    files = tuple(FileEntry(f["path"], f["digest"], f["size"]) for f in info["files"])
+    repack(cache, world["item"].name, forged, files)  # the server's records agree with it
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url), tmp_path, "weights.safetensors",
+                 "its signatures say")
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*.part"))  # no resume from it
+
+
+def test_an_info_record_that_lies_about_the_files_is_refused(world: dict,
+                                                             tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    info_file = cache / layout.info_path(world["item"].name)
+    info = read_json(info_file)
+    for entry in info["files"]:
+        if entry["path"] == "MODEL_CARD.md":
+            entry["digest"] = "sha256:" + "0" * 64
+    write_json(info_file, info)
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url), tmp_path, "list other files than alice signed")
+
+
+def test_an_info_record_that_lies_about_the_derivation_is_refused(world: dict,
+                                                                  tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    real = world["item"].name
+    fake_derivation = "sha256:" + "ab" * 32
+    fake = f"{'ab' * 16}-{real.split('-', 1)[1]}"
+    shutil.copytree(item_dir(cache, real), item_dir(cache, fake))
+    info = read_json(cache / layout.info_path(fake))
+    info.update(item=fake, derivation=fake_derivation)
+    write_json(cache / layout.info_path(fake), info)
+    index = read_json(cache / "index.json")
+    index["items"] = {fake: dict(index["items"][real], derivation=fake_derivation)}
+    write_json(cache / "index.json", index)
+    ring = puller(tmp_path, world["alice"])
+    with served(cache) as url:
+        result = run_reweigh("pull", fake_derivation, "--from", url, "--keys", ring.root,
+                             store=tmp_path / "store")
+    _refused(result, tmp_path, "0 of the 1", f"signs {real}")
+
+
+def test_a_server_that_lies_about_the_archive_digest_is_refused(world: dict,
+                                                                tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    info_file = cache / layout.info_path(world["item"].name)
+    info = read_json(info_file)
+    info["archive"]["digest"] = "sha256:" + "1" * 64
+    write_json(info_file, info)
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url), tmp_path, "its record says sha256:1111")
+
+
+def test_a_truncated_archive_is_refused(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    archive = cache / layout.archive_path(world["item"].name)
+    archive.write_bytes(archive.read_bytes()[:-100])
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url), tmp_path, "truncated: the cache has")
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*.part"))
+
+
+def test_a_server_killed_mid_transfer_leaves_nothing_and_the_next_pull_resumes(
+        world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    size = read_json(cache / layout.info_path(world["item"].name))["archive"]["size"]
+    with dying_server(cache) as url:
+        _refused(_pull(world, tmp_path, url, cli=True), tmp_path, "stopped after",
+                 "pull again to resume")
+    parts = list((tmp_path / "store" / "tmp").glob("pull-*.part"))
+    assert len(parts) == 1 and 0 < parts[0].stat().st_size < size
+    kept = parts[0].stat().st_size
+    with served(cache) as url:
+        result = _pull(world, tmp_path, url)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["resumed_from"] == kept and report["received"] == size - kept
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*.part"))
+    from reweigh.verbs.store import verify_store
+
+    assert verify_store(Store(tmp_path / "store")) == []
+
+
+def test_a_file_name_that_leaves_the_item_is_refused(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    info = read_json(cache / layout.info_path(world["item"].name))
+    files = tuple(FileEntry(f["path"], f["digest"], f["size"]) for f in info["files"])
+    evil = tmp_path / "evil"
+    copy_item(world["item"], evil)
+    (tmp_path / "escape.txt").write_text("owned")
+    escape = FileEntry("../escape.txt", "sha256:" + "0" * 64, 5)  # evil/../escape.txt
+    repack(cache, world["item"].name, evil, (escape, *files))
+    (tmp_path / "escape.txt").unlink()
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url), tmp_path, "'../escape.txt'",
+                 "would leave the item's folder")
+    assert not (tmp_path / "escape.txt").exists()
+    assert not any(p.name == "escape.txt" for p in (tmp_path / "store").rglob("*"))
+
+
+def test_a_trusted_signer_cannot_sign_a_path_outside_the_item(world: dict,
+                                                              tmp_path: Path) -> None:
+    from reweigh.verbs.sign import item_claim
+
+    store = Store(world["store"])
+    claim = item_claim(store, store.resolve(world["item"].name))
+    evil = replace(claim, files=(FileEntry("../../etc/cron.d/x", "sha256:" + "0" * 64, 1),
+                                 *claim.files))
+    bundle = sign(evil, world["alice"].ring.signer("alice"), 0)
+    with pytest.raises(Exception, match="not a plain relative path"):
+        bundle_claim(bundle, "forged")
+
+
+def test_trusted_signers_that_disagree_stop_the_pull_and_weather_says_so(
+        world: dict, tmp_path: Path) -> None:
+    """carol (trusted) signs other weights for the same derivation, published on a
+    signatures-only server asked first: the pull refuses, weather exits 1."""
+    from reweigh.cache.folder import CacheFolder
+    from reweigh.verbs.sign import item_claim
+
+    honest, other = tmp_path / "honest", tmp_path / "other"
+    _publish(world, honest, world["alice"])
+    store = Store(world["store"])
+    claim = item_claim(store, store.resolve(world["item"].name))
+    bad_weights = "sha256:" + "5" * 64
+    files = tuple(replace(f, digest=bad_weights) if f.path == "weights.safetensors" else f
+                  for f in claim.files)
+    disagreeing = replace(claim, weights_digest=bad_weights, files=files, role="rebuilder")
+    bundle = sign(disagreeing, world["carol"].ring.signer("carol"), 0)
+    folder = CacheFolder(other)
+    with folder.locked() as entries:
+        folder.put_signature(entries, bundle_claim(bundle, "x"), world["carol"].keyid, bundle)
+    ring = puller(tmp_path, world["alice"], world["carol"])
+    with served(other) as first, served(honest) as second:
+        _refused(_pull(world, tmp_path, first, second, ring=ring), tmp_path,
+                 "trusted signers disagree", "alice signed weights", "carol signed weights")
+        weather = run_reweigh("weather", "--from", first, "--from", second, "--keys",
+                              ring.root, "--json")
+    assert weather.returncode == 1, weather.stderr
+    report = json.loads(weather.stdout)
+    assert report["items"][0]["agreement"] == "disagree"
+    assert {s["name"]: s["weights_digest"] for s in report["items"][0]["signatures"]} == {
+        "alice": claim.weights_digest, "carol": bad_weights}
+
+
+def test_weather_reports_coverage_signers_and_agreement(world: dict, tmp_path: Path) -> None:
+    publisher, rebuilder = tmp_path / "publisher", tmp_path / "rebuilder"
+    _publish(world, publisher, world["alice"], world["mallory"])
+    _publish(world, rebuilder, world["bob"], archive=False)
+    ring = puller(tmp_path, world["alice"], world["bob"])
+    with served(publisher) as first, served(rebuilder) as second:
+        result = run_reweigh("weather", "--from", first, "--from", second, "--keys",
+                             ring.root, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(s["items"], s["archives"]) for s in report["servers"]] == [(1, 1), (1, 0)]
+    item = report["items"][0]
+    assert item["agreement"] == "agree"
+    status = {s["name"] or "unknown": s["status"] for s in item["signatures"]}
+    assert status == {"alice": "verified", "bob": "verified", "unknown": "not trusted"}
+    assert report["requests"] == 4  # two indexes, two trusted bundles; mallory's not fetched
+
+
+def test_a_pulled_bundle_is_kept_and_passed_on_by_a_mirror(world: dict,
+                                                           tmp_path: Path) -> None:
+    cache, mirror = tmp_path / "cache", tmp_path / "mirror"
+    _publish(world, cache, world["alice"])
+    ring = puller(tmp_path, world["alice"])
+    store = Store(tmp_path / "store")
+    pull(world["item"].name, [str(cache)], store=store, keyring=ring)
+    publish([world["item"].name], mirror, store=store, keyring=ring)
+    with served(mirror) as url:
+        result = _pull(world, tmp_path / "second", url, ring=ring)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["signers"] == ["alice"]
+
+
+def test_a_pulled_item_can_be_rebuilt_and_its_rebuilder_counts(world: dict,
+                                                                tmp_path: Path) -> None:
+    publisher, rebuilder_cache = tmp_path / "publisher", tmp_path / "rebuilder"
+    _publish(world, publisher, world["alice"])
+    with served(publisher) as url:
+        result = run_reweigh("rebuild", world["item"].name, "--from", url, "--to",
+                             rebuilder_cache, "--keys", world["bob"].ring.root, "--json",
+                             "--threads", 1, store=tmp_path / "bob-store")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["identical"] and report["published_to"]
+    bundle = Path(report["published_to"]).read_bytes()
+    claim = bundle_claim(bundle, "rebuilder")
+    assert claim.role == "rebuilder" and claim.rebuilt["weights_digest"] == claim.weights_digest
+    with served(publisher) as first, served(rebuilder_cache) as second:
+        pulled = _pull(world, tmp_path, first, second, require=2,
+                       ring=puller(tmp_path, world["alice"], world["bob"]))
+    assert pulled.returncode == 0, pulled.stderr
+    assert sorted(json.loads(pulled.stdout)["signers"]) == ["alice", "bob"]
+
+
+def test_a_rebuild_that_gives_other_weights_is_not_signed(world: dict,
+                                                          tmp_path: Path) -> None:
+    """A publisher ships weights its recipe does not build: the rebuilder says so."""
+    store = Store(world["store"])
+    item = world["item"]
+    forged = copy_item(item, tmp_path / "forged")
+    weights = bytearray((forged / "weights.safetensors").read_bytes())
+    weights[-1] ^= 0x40
+    (forged / "weights.safetensors").write_bytes(bytes(weights))
+    provenance = read_json(forged / "provenance.json")
+    digest = hashlib.sha256(bytes(weights)).hexdigest()
+    provenance["subject"][0]["digest"]["sha256"] = digest
+    write_json(forged / "provenance.json", provenance)
+    cache = tmp_path / "cache"
+    publish([item.name], cache, store=store, keyring=KeyRing(tmp_path / "none"))
+    info_file = cache / layout.info_path(item.name)
+    info = read_json(info_file)
+    rows = file_rows(forged)
+    info["files"] = [{"path": p, "digest": d, "size": s} for p, d, s in rows]
+    info["weights_digest"] = f"sha256:{digest}"
+    write_json(info_file, info)
+    index = read_json(cache / "index.json")
+    index["items"][item.name]["weights_digest"] = f"sha256:{digest}"
+    write_json(cache / "index.json", index)
+    repack(cache, item.name, forged, tuple(FileEntry(*row) for row in rows))
+    result = run_reweigh("rebuild", item.name, "--from", cache, "--keys",
+                         world["bob"].ring.root, "--json", "--threads", 1,
+                         store=tmp_path / "bob-store")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert not report["identical"] and report["signature"] is None
+    assert report["published_weights_digest"] == f"sha256:{digest}"
+
+
+def test_sign_refuses_an_item_changed_in_place(world: dict, tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    pull(world["item"].name, [str(cache)], store=store, keyring=puller(tmp_path,
+                                                                       world["alice"]))
+    item = store.resolve(world["item"].name)
+    card = item.path / "MODEL_CARD.md"
+    item.path.chmod(0o755)
+    card.chmod(0o644)
+    card.write_text("edited")
+    result = run_reweigh("sign", item.path.name, "--keys", world["alice"].ring.root,
+                         store=tmp_path / "store")
+    assert result.returncode == 1
+    assert "not those the store recorded" in result.stderr
+
+
+def test_sign_writes_a_bundle_binding_derivation_weights_files_and_platform(
+        world: dict, tmp_path: Path) -> None:
+    output = tmp_path / "item.sig"
+    result = run_reweigh("sign", world["item"].name, "--keys", world["alice"].ring.root,
+                         "--output", output, "--json", store=world["store"])
+    assert result.returncode == 0, result.stderr
+    bundle = json.loads(output.read_text())
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    ours = statement["predicate"]["reweigh"]
+    item = Store(world["store"]).resolve(world["item"].name)
+    assert ours["derivation"] == item.derivation
+    assert ours["weights_digest"] == item.weights_digest
+    provenance = read_json(item.path / "provenance.json")
+    environment = provenance["predicate"]["runDetails"]["environment"]
+    assert ours["platform"] == environment["platform"]
+    listed = {r["name"] for r in statement["predicate"]["resources"]}
+    assert listed == {p.relative_to(item.path).as_posix()
+                      for p in item.path.rglob("*") if p.is_file()}
+    assert bundle["verificationMaterial"]["publicKey"]["hint"] == world["alice"].keyid
+
+
+def test_pull_of_an_item_no_cache_has_is_bad_input(world: dict, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    result = run_reweigh("pull", "no-such-item", "--from", cache, store=tmp_path / "store")
+    assert result.returncode == 2 and "no cache has it" in result.stderr
