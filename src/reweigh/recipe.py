@@ -85,6 +85,22 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """Which checkpoints an item keeps (`[build] keep_every`, `keep_last`): every n-th and
+    the last m; 0 for both (the default) keeps them all. The transcript lists the digests
+    of all of them either way; this only decides which files the store holds. It cannot
+    change the weights, so it is no part of the derivation."""
+
+    every: int = 0
+    last: int = 0
+
+    def keeps(self, index: int, count: int) -> bool:
+        """Whether the index-th (from 1) of `count` checkpoints is kept."""
+        return (self.every == 0 and self.last == 0) or (
+            self.every > 0 and index % self.every == 0) or index > count - self.last
+
+
+@dataclass(frozen=True)
 class Evaluation:
     entry: EntryPoint
     tolerance: Tolerance
@@ -111,6 +127,7 @@ class Recipe:
     # or "native" with platform_reason saying why the recipe gives up portable bits.
     platform: str = "portable"
     platform_reason: str | None = None
+    retention: Retention = Retention()
 
     @property
     def file(self) -> Path:
@@ -155,8 +172,8 @@ def parse_recipe(data: dict[str, Any], directory: Path, label: str,
     v = _Validator(label)
     v.no_unknown(data, TOP_FIELDS, "")
     build = v.table(data, "build", required=True)
-    v.no_unknown(build, {"entry", "code", "checkpoint_every", "platform", "platform_reason"},
-                 "build")
+    v.no_unknown(build, {"entry", "code", "checkpoint_every", "platform", "platform_reason",
+                         "keep_every", "keep_last"}, "build")
     platform, platform_reason = _platform(v, build)
     code = tuple(v.string_list(build, "code", "build.code") or ["*.py"])
     for i, pattern in enumerate(code):
@@ -180,6 +197,9 @@ def parse_recipe(data: dict[str, Any], directory: Path, label: str,
         file_name=file_name,
         platform=platform,
         platform_reason=platform_reason,
+        retention=Retention(
+            v.integer(build, "keep_every", "build.keep_every", 0, 10**9, required=False) or 0,
+            v.integer(build, "keep_last", "build.keep_last", 0, 10**9, required=False) or 0),
     )
 
 
