@@ -77,14 +77,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW) if path else -1
         except OSError:
             fd = -1
-        if fd < 0:
+        st = os.fstat(fd) if fd >= 0 else None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            if fd >= 0:
+                os.close(fd)
             self._status(404, "not found")
             return
         with os.fdopen(fd, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                self._status(404, "not found")
-                return
             self._send_file(handle, st, path or Path(), body)
 
     def _send_file(self, handle: object, st: os.stat_result, path: Path, body: bool) -> None:
