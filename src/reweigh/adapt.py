@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .adapt_template import adapt_data
+from .adapt_template import adapt_data, augment
 from .digest import path_digest
 from .errors import InputError, UsageError
 from .network import INTERFACE_FILE, Interface
@@ -31,7 +31,7 @@ from .recipe import RECIPE_FILE
 from .store import StoreItem, remove_tree
 
 STRATEGIES = ("head", "full", "scratch")
-TEMPLATE_FILES = ("finetune.py", "adapt_data.py")
+TEMPLATE_FILES = ("finetune.py", "adapt_data.py", "augment.py")
 TEMPLATE_LICENSE = "GPL-3.0-or-later"  # the licence of the fine-tuning code (reweigh's)
 SEED = 1
 
@@ -42,10 +42,16 @@ class Settings:
 
     name: str
     strategy: str = "full"
-    epochs: int = 60
+    epochs: int = 200  # at most: early stopping (patience) usually ends training sooner
     lr: float | None = None  # None: the strategy's default (DEFAULT_LR)
     batch_size: int = 32
     held_out: float = 0.25
+    # which random changes training images get (AUGMENT's kinds); None: all of them for
+    # a network that takes images, none for others; () none
+    augment: tuple[str, ...] | None = None
+    # stop after this many epochs without a better held-out loss, keeping the best
+    # epoch's weights; None: PATIENCE when examples are held out, 0 (off) otherwise
+    patience: int | None = None
     label_column: str = "label"
     version: str = "1.0.0"
     license: str | None = None  # the data's licence (SPDX); None: NOASSERTION
@@ -53,6 +59,20 @@ class Settings:
 
 # A new head on fixed features takes a larger step than a whole network being nudged.
 DEFAULT_LR = {"head": 0.01, "full": 0.002, "scratch": 0.002}
+
+# How much each random change may do (adapt_template/augment.py says what each means):
+# sized from the learning curve in bench/adapt.py, where drawings from another program
+# came smaller and further off centre, fainter and grainier than the ones trained on.
+AUGMENT: dict[str, Any] = {
+    "shift": 0.1875,  # of the side: 1.5 pixels of 8
+    "scale": [0.35, 1.2],
+    "rotate": 17.0,  # degrees
+    "ink": [0.3, 1.0],
+    "noise": 0.05,
+}
+assert tuple(AUGMENT) == augment.KINDS
+PATIENCE = 30  # epochs
+TABLE_NOTES = {"augment": "  # random changes to training images (augment.py); none when empty"}
 
 
 @dataclass(frozen=True)
@@ -111,12 +131,32 @@ def combine_licenses(*expressions: str) -> str:
     return " AND ".join(f"({p})" if " " in p else p for p in parts)
 
 
-def params(settings: Settings, data: Data) -> dict[str, Any]:
+def augmentation(settings: Settings, kind: str) -> dict[str, Any]:
+    """The random changes the recipe's training applies, with their sizes (params.augment);
+    only images are changed."""
+    kinds = settings.augment if settings.augment is not None else (
+        augment.KINDS if kind == "image" else ())
+    if kinds and kind != "image":
+        raise UsageError(f"--augment: the base network takes {kind}; only images are "
+                         "augmented (use --no-augment)")
+    return {name: AUGMENT[name] for name in augment.KINDS if name in kinds}
+
+
+def patience(settings: Settings) -> int:
+    if settings.patience is not None:
+        return settings.patience
+    return PATIENCE if settings.held_out > 0 else 0
+
+
+def params(settings: Settings, data: Data, kind: str) -> dict[str, Any]:
+    """The recipe's [params]; `kind` is what the base takes (image, features, text)."""
     return {
         "strategy": settings.strategy, "epochs": settings.epochs,
+        "patience": patience(settings),
         "lr": settings.lr if settings.lr is not None else DEFAULT_LR[settings.strategy],
         "batch_size": settings.batch_size, "held_out": settings.held_out, "split_seed": 0,
-        "layout": data.layout, "label_column": settings.label_column}
+        "layout": data.layout, "label_column": settings.label_column,
+        "augment": augmentation(settings, kind)}
 
 
 def recipe_toml(settings: Settings, base: Base, data: Data, data_digest: str) -> str:
@@ -147,12 +187,24 @@ def recipe_toml(settings: Settings, base: Base, data: Data, data_digest: str) ->
         'entry = "finetune.py:train"',
         f"code = {_toml([*TEMPLATE_FILES, INTERFACE_FILE, 'base/*.py'])}",
         f"checkpoint_every = {max(1, settings.epochs // 4)}", "",
-        "[params]",
-        *[f"{key} = {_toml(value)}" for key, value in params(settings, data).items()], "",
+        *_params_toml(params(settings, data, base.interface.input.kind)), "",
         "[evaluate]",
         'entry = "finetune.py:evaluate"', "",
     ]
     return "\n".join(lines)
+
+
+def _params_toml(values: dict[str, Any]) -> list[str]:
+    """[params], then a table per dict-valued parameter ([params.augment]), which TOML
+    wants after the plain keys."""
+    plain = [f"{key} = {_toml(value)}" for key, value in values.items()
+             if not isinstance(value, dict)]
+    tables = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            tables += ["", f"[params.{key}]{TABLE_NOTES.get(key, '')}",
+                       *[f"{k} = {_toml(v)}" for k, v in value.items()]]
+    return ["[params]", *plain, *tables]
 
 
 def _toml(value: Any) -> str:

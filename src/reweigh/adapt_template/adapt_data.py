@@ -4,9 +4,10 @@ Three layouts: a folder with one sub-folder per class holding PNG or JPEG images
 or holding UTF-8 `.txt` files (for text networks); or a CSV file with a header, a
 label column and one column per input value. Images are decoded (Pillow), made grey
 or RGB as the network takes them, turned ink-bright on a dark ground when they are
-grey and drawn dark on light, padded to a square, area-averaged to the input size
-and put on the network's 0..scale range; the same code reads the data in the build
-and when a program recognises one file, so both see the same input.
+grey and drawn dark on light, the paper's own grey taken as the ground, padded to a
+square, area-averaged to the input size and put on the network's 0..scale range; the
+same code reads the data in the build and when a program recognises one file, so both
+see the same input.
 
 Every problem raises `BadData` naming the file and the reason. This file is copied
 into each derived recipe and depends on numpy and Pillow only.
@@ -176,6 +177,8 @@ def _read_image(path: Path, shape: tuple[int, ...], scale: float) -> np.ndarray:
     pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)  # (C, h, w)
     if channels == 1 and _border(pixels[0]).mean() > 0.5:
         pixels = 1.0 - pixels  # dark ink on light paper -> bright ink on a dark ground
+    if channels == 1:
+        pixels = _paper_to_zero(pixels)
     square = _pad_square(pixels)  # (C, s, s)
     rows = _area_weights(square.shape[1], height)  # (H, s)
     cols = _area_weights(square.shape[2], width)  # (W, s)
@@ -185,6 +188,18 @@ def _read_image(path: Path, shape: tuple[int, ...], scale: float) -> np.ndarray:
 
 def _border(grey: np.ndarray) -> np.ndarray:
     return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+
+
+def _paper_to_zero(pixels: np.ndarray) -> np.ndarray:
+    """Grey or tinted paper becomes the dark ground that white paper gives: the paper's
+    level (the median of the border, where a drawing rarely reaches) goes to 0, full ink
+    stays 1. Without it, a scan of grey paper or the margin of a photo reaches the network
+    as a grey veil its training never showed it, and the square padding around it as a
+    black frame. White paper (a level of 0) is left exactly as it was."""
+    level = float(np.median(_border(pixels[0])))
+    if level <= 0.0:
+        return pixels
+    return np.clip((pixels - level) / (1.0 - level), 0.0, 1.0)
 
 
 def _pad_square(pixels: np.ndarray) -> np.ndarray:

@@ -7,6 +7,13 @@ new head alone (cheap, good with few examples); `full` loads them and trains eve
 layer; `scratch` trains the same architecture from random weights, the baseline that
 says what the base's weights are worth. The held-out examples are chosen class by
 class from `split_seed`, so every build of the recipe is judged on the same ones.
+
+Training images are changed at random, batch by batch (`augment.py`; the kinds and
+their sizes are `params.augment`, empty for none), with draws from the generator
+that orders the batches, which every checkpoint saves. With `patience` above 0 and
+examples held out, training stops once the held-out loss has not improved for
+`patience` epochs (or at `epochs`), and the weights are those of its best epoch; the
+held-out share then chose the epoch as well as judging it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 
 import torch
 from adapt_data import read_dataset, split
+from augment import augment, check
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,32 +77,82 @@ def trainable(model: torch.nn.Module, face: dict, strategy: str) -> list[torch.n
 def train(ctx) -> None:
     p = ctx.params
     face = interface()
+    changes = p.get("augment", {})
+    check(changes)
     x, y = examples(ctx, face)
-    chosen, _ = split(y.numpy(), p["split_seed"], p["held_out"])
-    x, y = x[torch.from_numpy(chosen)], y[torch.from_numpy(chosen)]  # (N, ...), (N,)
+    chosen, held = (torch.from_numpy(i) for i in split(y.numpy(), p["split_seed"],
+                                                          p["held_out"]))
+    x_held, y_held = x[held], y[held]  # (M, ...), (M,): never changed, never trained on
+    x, y = x[chosen], y[chosen]  # (N, ...), (N,)
+    patience = p.get("patience", 0) if len(y_held) else 0
     model = network(face)
     if p["strategy"] != "scratch":
         start_from_base(ctx, face, model)
     model.train(p["strategy"] != "head")  # head only: the frozen body keeps its eval mode
     optimizer = torch.optim.Adam(trainable(model, face, p["strategy"]), lr=p["lr"])
-    order = torch.Generator().manual_seed(ctx.seed)
-    first = ctx.resume_into(model, optimizer, order).get("epoch", 0) + 1
-    batches = math.ceil(len(y) / p["batch_size"])
-    for epoch in range(first, p["epochs"] + 1):
-        permutation = torch.randperm(len(y), generator=order)
-        running = 0.0
-        for b in range(batches):
-            index = permutation[b * p["batch_size"]:(b + 1) * p["batch_size"]]
-            loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            running += loss.item()
-        ctx.progress(epoch, p["epochs"], f"epoch {epoch} loss {running / batches:.3f}")
-        ctx.log_metric("train_loss", running / batches, step=epoch)
-        ctx.checkpoint(epoch, ctx.training_state(model, optimizer, order, epoch=epoch),
-                       final=epoch == p["epochs"])
+    order = torch.Generator().manual_seed(ctx.seed)  # batch order and every augmentation
+    state = ctx.resume_into(model, optimizer, order)
+    epoch = done = state.get("epoch", 0)
+    best = state.get("best")  # the best epoch so far, its held-out loss and weights
+    if patience and best is None:
+        best = {"epoch": 0, "loss": held_out_loss(model, x_held, y_held),
+                "weights": copy_weights(model)}
+    for epoch in range(done + 1, p["epochs"] + 1):
+        loss = one_epoch(model, optimizer, (x, y), p["batch_size"], changes, order)
+        ctx.progress(epoch, p["epochs"], f"epoch {epoch} loss {loss:.3f}")
+        ctx.log_metric("train_loss", loss, step=epoch)
+        if patience:
+            judged = held_out_loss(model, x_held, y_held)
+            ctx.log_metric("held_out_loss", judged, step=epoch)
+            if judged < best["loss"]:
+                best = {"epoch": epoch, "loss": judged, "weights": copy_weights(model)}
+        last = epoch == p["epochs"] or bool(patience and epoch - best["epoch"] >= patience)
+        ctx.checkpoint(epoch, ctx.training_state(model, optimizer, order, epoch=epoch,
+                                                 best=best), final=last)
+        if last:
+            break
+    if patience:
+        model.load_state_dict(best["weights"])
+        ctx.log_metric("best_epoch", best["epoch"])
+    ctx.log_metric("epochs_trained", epoch)
     ctx.save_weights(model.state_dict())
+
+
+def one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              data: tuple[torch.Tensor, torch.Tensor], batch_size: int, changes: dict,
+              order: torch.Generator) -> float:
+    """One pass over the training examples in an order drawn from `order`, each batch
+    changed by `augment` (with draws from `order` too); the mean training loss."""
+    x, y = data
+    permutation = torch.randperm(len(y), generator=order)
+    batches = math.ceil(len(y) / batch_size)
+    running = 0.0
+    for b in range(batches):
+        index = permutation[b * batch_size:(b + 1) * batch_size]
+        inputs = augment(x[index], changes, order) if changes else x[index]
+        loss = torch.nn.functional.cross_entropy(model(inputs), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+    return running / batches
+
+
+def held_out_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy on the held-out examples (0.0 when there are none), the
+    model's training mode kept."""
+    if len(y) == 0:
+        return 0.0
+    mode = model.training
+    model.eval()
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x), y).item()
+    model.train(mode)
+    return loss
+
+
+def copy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 def evaluate(ctx) -> dict:

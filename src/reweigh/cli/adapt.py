@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..adapt import DEFAULT_LR, STRATEGIES, Settings
+from ..adapt import AUGMENT, DEFAULT_LR, PATIENCE, STRATEGIES, Settings
 from ..progress import reporter_for
 from ..verbs.adapt import adapt
 from .common import add_run_options, open_store, print_json
@@ -37,7 +37,19 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                             f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items()) + ")")
     parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
     parser.add_argument("--held-out", type=float, default=Settings.held_out,
-                        help="fraction of each class kept out of training to evaluate on")
+                        help="fraction of each class kept out of training to evaluate on "
+                        "(and to stop on)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop when the held-out loss has not improved for this many "
+                        f"epochs and keep the best epoch's weights (default {PATIENCE}; "
+                        "0: train all --epochs)")
+    augmenting = parser.add_mutually_exclusive_group()
+    augmenting.add_argument("--augment", default=None, metavar="KINDS",
+                            help="random changes to training images, comma-separated: "
+                            f"{','.join(AUGMENT)} (default: all, for a network that takes "
+                            "images); recorded in the recipe's [params.augment]")
+    augmenting.add_argument("--no-augment", dest="augment", action="store_const",
+                            const="none", help="train on the images exactly as given")
     parser.add_argument("--label-column", default=Settings.label_column,
                         help="the CSV column holding the class (default: label)")
     parser.add_argument("--version", default=Settings.version, help="the new recipe's version")
@@ -53,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(name=args.name, strategy=args.strategy, epochs=args.epochs, lr=args.lr,
                         batch_size=args.batch_size, held_out=args.held_out,
                         label_column=args.label_column, version=args.version,
-                        license=args.license)
+                        license=args.license, augment=_kinds(args.augment),
+                        patience=args.patience)
     report = adapt(args.base, args.data, settings, out=args.out, store=open_store(args),
                    threads=args.threads, check=args.check, reporter=reporter_for(args.json))
     failed = report.build.check is not None and not report.build.check.identical
@@ -69,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{name} {count}" for name, count in data.counts.items()))
     print(f"  derivation      {report.build.derivation}")
     print(f"  weights         {report.build.weights_digest}")
+    print(f"  augment         {', '.join(report.augment) or 'none'}")
+    training = report.training
+    if "epochs_trained" in training:
+        stop = (f", best held-out loss at epoch {training['best_epoch']}"
+                if "best_epoch" in training else "")
+        print(f"  trained         {training['epochs_trained']} epochs{stop}")
     for name, value in report.metrics.items():
         print(f"  {'held-out ' + name:15} {value:.4f}")  # a long name still gets its space
     if report.build.check is not None:
@@ -76,3 +95,11 @@ def run(args: argparse.Namespace) -> int:
                                       f"MISMATCH: rebuilt {report.build.check.rebuilt_digest}"))
     print(report.build.path)
     return 1 if failed else 0
+
+
+def _kinds(text: str | None) -> tuple[str, ...] | None:
+    """--augment's comma-separated kinds ("none": no change); None when not given."""
+    if text is None:
+        return None
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    return () if kinds in ((), ("none",)) else kinds

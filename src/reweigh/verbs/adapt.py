@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..adapt import STRATEGIES, Base, Data, Settings, inspect_data, recipe_toml, write_recipe
+from ..adapt import (
+    STRATEGIES,
+    Base,
+    Data,
+    Settings,
+    augmentation,
+    inspect_data,
+    patience,
+    recipe_toml,
+    write_recipe,
+)
+from ..adapt_template.augment import KINDS as AUGMENT_KINDS
 from ..errors import RecipeError, UsageError
 from ..network import item_params, read_interface
 from ..progress import QuietReporter, Reporter
@@ -32,7 +43,10 @@ class AdaptReport:
     data: Data
     strategy: str
     build: BuildReport
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # the evaluation's, on the held-out share
+    augment: dict[str, Any]  # the random changes training applied, with their sizes
+    patience: int  # 0: no early stopping
+    training: dict[str, float]  # the training's last metrics (epochs_trained, best_epoch, ...)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,7 +57,8 @@ class AdaptReport:
                      "weights_digest": self.base.weights_digest},
             "data": {"path": str(self.data.path), "layout": self.data.layout,
                      "classes": list(self.data.classes), "counts": self.data.counts},
-            "metrics": self.metrics}
+            "metrics": self.metrics, "augment": self.augment, "patience": self.patience,
+            "training": self.training}
 
 
 def adapt(base: str | Path, data: str | Path, settings: Settings, *, out: Path | None = None,
@@ -60,10 +75,12 @@ def adapt(base: str | Path, data: str | Path, settings: Settings, *, out: Path |
         target = (out or Path.cwd() / f"{settings.name}-recipe").absolute()
         _check_recipe_text(settings, the_base, examples, target)
         reused = write_recipe(target, settings, the_base, examples)
+        changes = augmentation(settings, the_base.interface.input.kind)
         report = build(target, store=store, threads=threads, check=check, reporter=reporter)
-    metrics = json.loads((report.path / "metrics.json").read_text()).get("evaluation", {})
+    metrics = json.loads((report.path / "metrics.json").read_text())
     return AdaptReport(target, reused, the_base.item, examples, settings.strategy, report,
-                       metrics)
+                       metrics.get("evaluation", {}), changes, patience(settings),
+                       metrics.get("training", {}))
 
 
 def check_settings(settings: Settings) -> None:
@@ -77,6 +94,15 @@ def check_settings(settings: Settings) -> None:
         raise UsageError("--held-out: expected a fraction from 0 up to (not including) 1")
     if settings.lr is not None and not (math.isfinite(settings.lr) and 0 < settings.lr <= 10):
         raise UsageError("--lr: expected a positive learning rate")
+    unknown = [kind for kind in settings.augment or () if kind not in AUGMENT_KINDS]
+    if unknown:
+        raise UsageError(f"--augment: unknown kind {unknown[0]!r}; expected some of "
+                         f"{','.join(AUGMENT_KINDS)}, or none")
+    if settings.patience is not None and not 0 <= settings.patience <= 100_000:
+        raise UsageError("--patience: expected 0 (no early stopping) to 100000 epochs")
+    if settings.patience and settings.held_out == 0:
+        raise UsageError("--patience: early stopping watches the held-out examples; "
+                         "with --held-out 0 there are none (give --patience 0)")
 
 
 def load_base(ref: str, store: Store, threads: int | None, reporter: Reporter) -> Base:
