@@ -48,8 +48,12 @@ class Forgery:
 
 
 def publish(item: Path, folder: Path) -> Path:
-    """A copy of an item's weights, transcript and checkpoints, as a publisher ships them."""
-    shutil.copytree(item, folder, ignore=shutil.ignore_patterns("source"))
+    """An item's weights, transcript and checkpoint files, as a publisher ships them
+    (`reweigh export transcript`, less the source), writable."""
+    from reweigh.verbs.export import export_transcript
+
+    export_transcript(str(item), folder, Store(item.parents[1]))
+    shutil.rmtree(folder / "source")
     for path in [folder, *folder.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return folder

@@ -40,7 +40,7 @@ class ChildResult:
     returncode: int = 0
     environment: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # step, file, digest, at
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # step, file, at
     segments_began: list[float] = field(default_factory=list)  # when each replay started
     evaluations: dict[int, dict[str, Any]] = field(default_factory=dict)
     audit: dict[str, Any] | None = None  # what `diff` measured (mode "audit")
@@ -273,7 +273,7 @@ def _record_error(result: ChildResult, event: dict[str, Any]) -> None:
 _RECORD: dict[str, Callable[[ChildResult, dict[str, Any]], None]] = {
     "metric": lambda r, e: r.metrics.append({k: e.get(k) for k in ("name", "value", "step")}),
     "checkpoint": lambda r, e: r.checkpoints.append(
-        {**{k: e[k] for k in ("step", "file", "digest")}, "at": time.monotonic()}),
+        {**{k: e[k] for k in ("step", "file")}, "at": time.monotonic()}),
     "segment": lambda r, e: r.segments_began.append(time.monotonic()),
     "evaluation": _record_evaluation,
     "audit": lambda r, e: setattr(r, "audit", e.get("data")),

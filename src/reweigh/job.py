@@ -23,10 +23,13 @@ MODES = ("build", "evaluate", "audit", "platform")
 @dataclass(frozen=True)
 class Replay:
     """A segment to replay: from the checkpoint `start` (None: from scratch) to the
-    checkpoint at step `stop` (None: to the end of training)."""
+    checkpoint at step `stop` (None: to the end of training). `from_out`, a path in the
+    job's output folder, starts it from a checkpoint an earlier replay of the same job
+    wrote instead (a verifier replays through segments whose start was not kept)."""
 
     start: str | None
     stop: int | None
+    from_out: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ class Job:
             evaluate=data.get("evaluate"), params=data["params"], seed=int(data["seed"]),
             checkpoint_every=int(data["checkpoint_every"]), threads=int(data["threads"]),
             inputs=dict(data["inputs"]), weights=tuple(data.get("weights") or ()),
-            replays=tuple(Replay(r["start"], r["stop"]) for r in data.get("replays") or ()),
+            replays=tuple(Replay(r["start"], r["stop"], r.get("from_out"))
+                          for r in data.get("replays") or ()),
             audit=None if audit is None else AuditSettings(
                 audit["entry"], int(audit["top"]), float(audit["agreement"]), audit["trigger"],
                 tuple((str(t), str(p)) for t, p in audit["probes"]), int(audit["length"])),

@@ -25,7 +25,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -212,8 +212,8 @@ class BuildContext:
 
         path = self.out / "checkpoints" / f"step-{step:09d}.safetensors"
         path.parent.mkdir(exist_ok=True)
-        digest = save_state(state, path)
-        emit("checkpoint", step=step, file=path.relative_to(self.out).as_posix(), digest=digest)
+        save_state(state, path)  # the builder hashes it, once, as it keeps it
+        emit("checkpoint", step=step, file=path.relative_to(self.out).as_posix())
         stop = self.replay.stop if self.replay else None
         if stop is not None and step >= stop:
             raise ReplayDone(step)
@@ -418,6 +418,12 @@ def _train(job: Job, train: Callable[[BuildContext], Any],
     """The whole training, or one replayed segment of it (from a fresh seeding, as in a
     process of its own: a segment may only depend on the checkpoint it starts from)."""
     seed_everything(job.seed)
+    if replay is not None and replay.from_out is not None:  # from an earlier replay's end
+        start = (out / replay.from_out).resolve()
+        if not start.is_relative_to(out.resolve()) or not start.is_file():
+            raise RuntimeError(f"the replay cannot start from {replay.from_out}: no "
+                               "checkpoint an earlier replay wrote")
+        replay = replace(replay, start=str(start))
     ctx = BuildContext(inputs, job.params, job.seed, out, job.threads, job.checkpoint_every,
                        replay)
     emit("segment", start=replay and replay.start, stop=replay and replay.stop)

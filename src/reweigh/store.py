@@ -5,6 +5,8 @@ Layout under the root (`$REWEIGH_STORE`, else `$XDG_DATA_HOME/reweigh/store`):
     index.sqlite            items, their files, inputs, build attempts, checks, imports
     items/<hash>-<name>-<version>/   one build output, read-only once committed
     inputs/<hex>/<name>     inputs by content digest (downloads, recipe files, package data)
+    chunks/<2 hex>/<hex>    the chunks of kept checkpoints, by content, compressed
+                            (`store_checkpoints`); an item keeps manifests naming them
     tmp/                    builds in progress; moved into items/ with one rename;
                             trash-*: what is being removed, moved aside first
     locks/                  one lock file per derivation (and per input, for its repair)
@@ -30,12 +32,14 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .digest import bytes_digest, file_digest, short, tree_files
-from .errors import BuildError, UsageError
+from .errors import BuildError, ReweighError, UsageError
+from .store_checkpoints import Chunks, Manifest
 from .store_index import compact, create, transaction
 from .store_inputs import KeptInputs
 from .store_locks import gc_lock, locked, remove_unused
@@ -83,6 +87,7 @@ class Store:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         create(self.root)
         self._inputs = KeptInputs(self.root)
+        self.chunks = Chunks(self.root)
 
     # --- index -----------------------------------------------------------------
     def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
@@ -197,13 +202,47 @@ class Store:
         row is a lost row, for `store repair`, not debris)."""
         with self._db() as db:
             for table, key in (("items", "path"), ("item_files", "item"),
-                               ("item_inputs", "item"), ("checks", "item"), ("imports", "item")):
+                               ("item_inputs", "item"), ("checks", "item"), ("imports", "item"),
+                               ("item_checkpoints", "item"), ("item_chunks", "item")):
                 db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in items])
             for table in ("inputs", "input_files"):
                 db.executemany(f"DELETE FROM {table} WHERE digest = ?", [(d,) for d in inputs])
         for name in items:
             discard(self.root / "items" / name, self.root / "tmp")
         self._inputs.discard_unknown()
+        for digest in self.unused_chunks():
+            self.chunks.path(digest).unlink(missing_ok=True)
+
+    def unused_chunks(self, without: tuple[str, ...] = ()) -> list[str]:
+        """Chunk files no item's checkpoints need (once the items `without` are gone): a
+        build adds its chunks before it commits, but holds the gc lock meanwhile, so under
+        the gc lock held exclusively these are garbage."""
+        with self._db() as db:
+            rows = db.execute("SELECT DISTINCT chunk FROM item_chunks WHERE item NOT IN "
+                              f"({', '.join('?' * len(without))})", without).fetchall()
+        needed = {row[0] for row in rows}
+        return [digest for digest in self.chunks.all() if digest not in needed]
+
+    def kept_checkpoint(self, digest: str) -> Manifest | None:
+        """The manifest of a checkpoint with this digest that an item keeps, or None."""
+        with self._db() as db:
+            rows = db.execute("SELECT item, relpath FROM item_checkpoints WHERE digest = ?",
+                              (digest,)).fetchall()
+        for item, relpath in rows:
+            try:
+                return Manifest.read(self.root / "items" / item / relpath)
+            except ReweighError:
+                continue  # a damaged manifest; `store verify` says so
+        return None
+
+    def chunk_references(self) -> dict[str, set[str]]:
+        """Each chunk the items' kept checkpoints need -> the items that need it."""
+        with self._db() as db:
+            rows = db.execute("SELECT item, chunk FROM item_chunks").fetchall()
+        found: dict[str, set[str]] = {}
+        for item, chunk in rows:
+            found.setdefault(chunk, set()).add(item)
+        return found
 
     def tidy(self) -> list[str]:
         """After a collection: remove the lock files nobody holds (a derivation's or an
@@ -318,20 +357,23 @@ class Store:
         return self._item(row) if row else None
 
     # --- committing ------------------------------------------------------------------
-    def commit(self, built: Path, item_name: str, record: dict[str, Any]) -> StoreItem:
+    def commit(self, built: Path, item_name: str, record: dict[str, Any],
+               known: dict[str, str] | None = None) -> StoreItem:
         """Move a finished build directory into items/ with one rename, then index it.
 
         `record` holds derivation, name, version, weights_digest, environment_digest and
         inputs ({name: digest}). The caller holds the derivation's lock. An item holds
         regular files and folders only: a link could point anywhere, and a fifo or a
-        device is no weights, so either is refused and nothing enters items/.
+        device is no weights, so either is refused and nothing enters items/. `known`:
+        the digests of files the caller hashed as it wrote or copied them (relative path
+        -> digest), which are not read again; the rest are hashed in parallel.
         """
         odd = odd_entries(built)
         if odd:
             raise BuildError(f"the build's output holds {', '.join(odd[:5])}, which is not a "
                              "regular file or folder (a symbolic link, fifo, socket or device); "
                              "an item holds only files and folders")
-        files = file_rows(built)
+        files = file_rows(built, known)
         move_read_only(built, self.root / "items" / item_name)
         self.index_item(item_name, record, files, time.time())
         found = self.find(record["derivation"])
@@ -350,6 +392,11 @@ class Store:
                            [(item_name, *f) for f in files])
             db.executemany("INSERT INTO item_inputs VALUES (?, ?, ?)",
                            [(item_name, n, d) for n, d in record.get("inputs", {}).items()])
+            checkpoints = _manifests(self.root / "items" / item_name)
+            db.executemany("INSERT INTO item_checkpoints VALUES (?, ?, ?)",
+                           [(item_name, rel, m.digest) for rel, m in checkpoints.items()])
+            db.executemany("INSERT OR IGNORE INTO item_chunks VALUES (?, ?)",
+                           [(item_name, c) for m in checkpoints.values() for c, _ in m.chunks])
 
     # --- inputs by content (`store_inputs` keeps them) ---------------------------------
     def input_path(self, digest: str) -> Path | None:
@@ -398,11 +445,38 @@ class Store:
         return listings
 
 
-def file_rows(folder: Path) -> list[tuple[str, str, int]]:
+def file_rows(folder: Path, known: dict[str, str] | None = None) -> list[tuple[str, str, int]]:
     """An item's files as the index lists them: (relative path, digest, size), sorted;
-    the caller has refused links (`trees.odd_entries`)."""
-    return [(p.relative_to(folder).as_posix(), file_digest(p), p.stat().st_size)
-            for p in tree_files(folder)]
+    the caller has refused links (`trees.odd_entries`). Files are hashed in parallel,
+    one per core (hashlib releases the interpreter's lock); those in `known` are not
+    read."""
+    known = known or {}
+    paths = tree_files(folder)
+    rels = [p.relative_to(folder).as_posix() for p in paths]
+    todo = [(rel, p) for rel, p in zip(rels, paths, strict=True) if rel not in known]
+    with ThreadPoolExecutor(min(len(todo), cores()) or 1) as pool:
+        hashed = dict(zip((rel for rel, _ in todo),
+                          pool.map(file_digest, (p for _, p in todo)), strict=True))
+    return [(rel, known.get(rel) or hashed[rel], p.stat().st_size)
+            for rel, p in zip(rels, paths, strict=True)]
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+def _manifests(item: Path) -> dict[str, Manifest]:
+    """The manifests of the checkpoints an item keeps (`checkpoints/*.json`), by relative
+    path; one that does not read is left out (`store verify` names it)."""
+    found = {}
+    for path in sorted((item / "checkpoints").glob("*.json")):
+        try:
+            found[path.relative_to(item).as_posix()] = Manifest.read(path)
+        except ReweighError:
+            continue
+    return found
 
 
 def _alive(pid: str) -> bool:

@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE TABLE IF NOT EXISTS checks (
   id INTEGER PRIMARY KEY AUTOINCREMENT, item TEXT NOT NULL, kind TEXT NOT NULL,
   result TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS item_checkpoints (
+  item TEXT NOT NULL, relpath TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (item, relpath));
+CREATE INDEX IF NOT EXISTS item_checkpoints_by_digest ON item_checkpoints (digest);
+CREATE TABLE IF NOT EXISTS item_chunks (
+  item TEXT NOT NULL, chunk TEXT NOT NULL, PRIMARY KEY (item, chunk));
 CREATE TABLE IF NOT EXISTS imports (
   item TEXT PRIMARY KEY, source_name TEXT NOT NULL, source_digest TEXT NOT NULL,
   format TEXT NOT NULL, license TEXT, origin TEXT, no_training_data INTEGER NOT NULL,

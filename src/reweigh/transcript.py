@@ -32,14 +32,19 @@ from .environment import claim_problem
 from .errors import UsageError
 
 FORMAT = "reweigh.transcript/1"
+# /2: the recipe keeps some checkpoints' files only (`retention`); an entry without `file`
+# records a checkpoint whose digest is chained but whose file was not kept.
+FORMAT_2 = "reweigh.transcript/2"
 FIELDS = frozenset({"format", "derivation", "checkpoint_every", "environment", "checkpoints"})
+FIELDS_2 = FIELDS | {"retention"}
 ENTRY_FIELDS = frozenset({"step", "file", "digest", "chain"})
+RETENTION_FIELDS = frozenset({"keep_every", "keep_last"})
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     step: int
-    file: str  # relative to the transcript's folder
+    file: str | None  # relative to the transcript's folder; None: not kept
     digest: str
     chain: str
 
@@ -50,6 +55,7 @@ class Transcript:
     checkpoint_every: int
     checkpoints: tuple[Checkpoint, ...]
     environment: dict[str, Any] | None = None  # where it was recorded; None: not said
+    retention: dict[str, int] | None = None  # as the recipe said (format /2)
 
 
 @dataclass(frozen=True)
@@ -82,10 +88,11 @@ def chain(derivation: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]
 
 def parse(data: Any, label: str) -> Transcript:
     """Validate a transcript's JSON; bad structure is bad input (exit 2), named by field."""
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UsageError(f"{label}: format: not a {FORMAT} transcript")
-    if unknown := sorted(data.keys() - FIELDS):
-        raise UsageError(f"{label}: {unknown[0]}: not a field of a {FORMAT} transcript")
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_2):
+        raise UsageError(f"{label}: format: not a {FORMAT} or {FORMAT_2} transcript")
+    version = data["format"]
+    if unknown := sorted(data.keys() - (FIELDS_2 if version == FORMAT_2 else FIELDS)):
+        raise UsageError(f"{label}: {unknown[0]}: not a field of a {version} transcript")
     if not is_digest(data.get("derivation")):
         raise UsageError(f"{label}: derivation: expected a sha256 digest")
     every = data.get("checkpoint_every")
@@ -94,7 +101,7 @@ def parse(data: Any, label: str) -> Transcript:
     entries = data.get("checkpoints")
     if not isinstance(entries, list) or not entries:
         raise UsageError(f"{label}: checkpoints: the transcript records no checkpoint")
-    checkpoints = tuple(_checkpoint(entry, f"{label}: checkpoints[{i}]")
+    checkpoints = tuple(_checkpoint(entry, f"{label}: checkpoints[{i}]", version == FORMAT_2)
                         for i, entry in enumerate(entries))
     steps = [c.step for c in checkpoints]
     if steps != sorted(set(steps)) or steps[0] <= 0:
@@ -104,23 +111,35 @@ def parse(data: Any, label: str) -> Transcript:
     environment = data.get("environment")
     if environment is not None and (problem := claim_problem(environment)):
         raise UsageError(f"{label}: environment: {problem}")
-    return Transcript(data["derivation"], every, checkpoints, environment)
+    return Transcript(data["derivation"], every, checkpoints, environment,
+                      _retention(data.get("retention"), label))
+
+
+def _retention(value: Any, label: str) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and value.keys() <= RETENTION_FIELDS
+            and all(_count(v) for v in value.values())):
+        raise UsageError(f"{label}: retention: expected keep_every and keep_last, counts")
+    return dict(value)
 
 
 def _count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _checkpoint(entry: Any, label: str) -> Checkpoint:
+def _checkpoint(entry: Any, label: str, file_optional: bool = False) -> Checkpoint:
+    file = entry.get("file") if isinstance(entry, dict) else None
     if not (isinstance(entry, dict) and _count(entry.get("step"))
-            and isinstance(entry.get("file"), str) and is_digest(entry.get("digest"))
-            and is_digest(entry.get("chain"))):
-        raise UsageError(f"{label}: needs step, file, digest and chain")
+            and (isinstance(file, str) or (file_optional and "file" not in entry))
+            and is_digest(entry.get("digest")) and is_digest(entry.get("chain"))):
+        raise UsageError(f"{label}: needs step, {'' if file_optional else 'file, '}digest "
+                         "and chain")
     if unknown := sorted(entry.keys() - ENTRY_FIELDS):
         raise UsageError(f"{label}.{unknown[0]}: not a field of a checkpoint entry")
-    if ".." in entry["file"].split("/") or entry["file"].startswith("/"):
+    if file is not None and (".." in file.split("/") or file.startswith("/")):
         raise UsageError(f"{label}.file: leaves the transcript's folder")
-    return Checkpoint(entry["step"], entry["file"], entry["digest"], entry["chain"])
+    return Checkpoint(entry["step"], file, entry["digest"], entry["chain"])
 
 
 def grid_problem(transcript: Transcript, every: int) -> str | None:
@@ -200,9 +219,11 @@ def choose(all_segments: list[Segment], updates: Mapping[int, float], *, stretch
            spot: int, seed: int) -> Selection:
     """Always the last segment. With `stretches` > 0, the first, and the segment with the
     largest update in each of `stretches` equal stretches of the ones between (`updates`:
-    segment index -> its update). Then `spot` drawn at random (seeded) from the rest."""
+    segment index -> its update; a segment without one, whose checkpoints were not kept,
+    is left out of the stretches). Then `spot` drawn at random (seeded) from the rest."""
     *head, last = all_segments
     first, middle = (head[0], head[1:]) if head else (None, [])
+    middle = [s for s in middle if s.index in updates]
     why = {last.index: Why.LAST}
     if stretches and first is not None:
         why[first.index] = Why.FIRST
@@ -235,3 +256,46 @@ def catch_probability(population: int, drawn: int, forged: int) -> float:
         return 1.0
     return float(1 - Fraction(math.comb(population - forged, drawn),
                               math.comb(population, drawn)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The segments to run to replay the chosen ones when some checkpoints were not kept.
+
+    A chosen segment whose start checkpoint was kept is replayed from it, as always. One
+    whose start was not kept is replayed from the nearest kept checkpoint before it (from
+    scratch when there is none), through the segments between, each of which must
+    reproduce its recorded digest too: the coverage of the choice stays, the replay
+    grows. Segments the caller allows to skip (`verify --kept-only`: random picks) are
+    skipped instead when their start was not kept, and named in the report."""
+
+    runs: tuple[Segment, ...]  # in training order, each once
+    chained: frozenset[int]  # segments that start from the replay of the one before
+    origin: dict[int, int]  # chosen segment index -> index of the first segment run for it
+    skipped: frozenset[int]  # chosen segments not replayed (kept_only)
+
+    def steps(self) -> int:
+        return sum(s.steps for s in self.runs)
+
+
+def replay_plan(all_segments: Sequence[Segment], chosen: Sequence[Segment],
+                kept: frozenset[int] | set[int],
+                skippable: frozenset[int] | set[int] = frozenset()) -> Plan:
+    """Which segments to run for `chosen`, given the indices of the checkpoints whose
+    files are at hand (`kept`; segment i starts at checkpoint i - 1); a chosen segment in
+    `skippable` whose start was not kept is skipped."""
+    runs: set[int] = set()
+    origin: dict[int, int] = {}
+    skipped = set()
+    for segment in chosen:
+        first = segment.index
+        while first > 0 and first - 1 not in kept:
+            first -= 1
+        if first != segment.index and segment.index in skippable:
+            skipped.add(segment.index)
+            continue
+        origin[segment.index] = first
+        runs.update(range(first, segment.index + 1))
+    chained = frozenset(i for i in runs if i > 0 and i - 1 not in kept)
+    return Plan(tuple(all_segments[i] for i in sorted(runs)), chained, origin,
+                frozenset(skipped))

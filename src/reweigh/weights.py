@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-from .digest import file_digest, python_sorted_json
+from .digest import python_sorted_json
 from .errors import WeightsError
 
 MAX_HEADER = 100_000_000  # bytes: safetensors' own limit (MAX_HEADER_SIZE)
@@ -238,8 +238,9 @@ def save_tensors(tensors: Mapping[str, Any], path: Path,
     save_file(converted, str(path), metadata=dict(metadata or {}))
 
 
-def save_state(state: Mapping[str, Any], path: Path) -> str:
-    """Write a nested training state as safetensors; return the file's digest.
+def save_state(state: Mapping[str, Any], path: Path) -> None:
+    """Write a nested training state as safetensors. It is not hashed here: the builder
+    reads each checkpoint once, for its digest and its chunks (`store_checkpoints`).
 
     Tensors and arrays become entries named `t0`, `t1`, ... in the order met; the
     nesting (dicts with any scalar keys, lists, tuples, numbers, strings) is kept as
@@ -252,7 +253,6 @@ def save_state(state: Mapping[str, Any], path: Path) -> str:
     # writes 1.0 as 1 and refuses ints past 2**53), and these bytes are what checkpoints
     # of earlier builds were written with, so their digests still replay.
     save_tensors(tensors, path, {"reweigh.state": python_sorted_json(skeleton).decode()})
-    return file_digest(path)
 
 
 def load_state(path: Path) -> Any:

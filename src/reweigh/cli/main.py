@@ -28,7 +28,7 @@ COMMANDS = {"build": "build", "challenge": "challenge", "list": "list", "show": 
             "path": "path", "store": "store", "verify": "verify", "check": "check",
             "estimate": "estimate", "import": "import_", "adapt": "adapt",
             "install": "install", "profile": "profile", "gc": "gc", "diff": "diff",
-            "platform": "platform",
+            "platform": "platform", "export": "export",
             "keys": "keys", "sign": "sign", "publish": "publish", "serve": "serve",
             "pull": "pull", "rebuild": "rebuild", "weather": "weather"}
 INTERNAL_ERROR = 70

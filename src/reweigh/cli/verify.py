@@ -1,5 +1,5 @@
 """reweigh verify ITEM-or-FILE --transcript T --spot K [--largest Q] [--seed S] [--recipe R]
-[--json]."""
+[--kept-only] [--json]."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                                  "the last, the first, the largest updates, and random ones")
     parser.add_argument("target", help="a store item, or a weights file (with --recipe)")
     parser.add_argument("--transcript", required=True, help="transcript.json; its checkpoint "
-                        "files lie beside it")
+                        "files lie beside it, or are kept in the store")
     parser.add_argument("--spot", type=_spot, required=True,
                         help="how many random segments to replay besides the last: a "
                         "count, or a share of all the segments such as 5%%")
@@ -32,6 +32,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         "0: none): a count, or a share of the segments")
     parser.add_argument("--seed", type=int, default=None, help="seed for choosing segments")
     parser.add_argument("--recipe", default=None, help="the recipe, when TARGET is a file")
+    parser.add_argument("--kept-only", action="store_true",
+                        help="skip (and name) a random pick whose start checkpoint was not "
+                        "kept, instead of replaying it from the nearest kept one before it "
+                        "(the first, the last and the largest updates are always replayed)")
     add_run_options(parser)
     parser.set_defaults(run=run)
 
@@ -50,7 +54,8 @@ def _spot(text: str) -> int | Fraction:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = verify(args.target, args.transcript, Sampling(args.spot, args.largest, args.seed),
+    report = verify(args.target, args.transcript,
+                    Sampling(args.spot, args.largest, args.seed, args.kept_only),
                     recipe=args.recipe, store=open_store(args), threads=args.threads,
                     reporter=reporter_for(args.json))
     if args.json:
@@ -65,7 +70,8 @@ def render(report: VerifyReport) -> None:
     for problem in report.problems:
         print(f"  chain: {problem}")
     for r in report.results:
-        mark = colour("holds", "32") if r.holds else colour("FAILS", "31")
+        mark = (colour("skipped", "33") if r.skipped else colour("holds", "32") if r.holds
+                else colour("FAILS", "31"))
         update = "" if r.update is None else f"update {r.update:.2e}"
         print(f"  segment {r.index:3} steps {r.start_step:>6}..{r.stop_step:<6} {mark}"
               f"  {r.seconds:6.1f} s  {r.why.value:<8} {update:<16} {r.note}".rstrip())
@@ -76,8 +82,12 @@ def render(report: VerifyReport) -> None:
                        "stretches")
         if report.drawn:
             why.append(f"{report.drawn} drawn at random from the {report.population} others")
-        print(f"replayed {len(report.results)} segments, {report.compute_fraction:.1%} of "
+        replayed = [r for r in report.results if not r.skipped]
+        print(f"replayed {len(replayed)} segments, {report.compute_fraction:.1%} of "
               f"training: {'; '.join(why)}")
+        if skipped := [r for r in report.results if r.skipped]:
+            print(f"skipped {len(skipped)} chosen segments: "
+                  + ", ".join(f"{r.start_step}..{r.stop_step}" for r in skipped))
         odds = ", ".join(f"{m} segment{'s' if m > 1 else ''} {p:.1%}"
                          for m, p in report.catch.items())
         print(f"a forged segment with its stretch's largest update is always caught; a forgery "

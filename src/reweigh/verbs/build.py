@@ -35,7 +35,8 @@ from ..inputs import ResolvedInput, resolve_inputs
 from ..job import AuditSettings, Job, Replay, for_derivation
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, load_recipe
-from ..store import Store, StoreItem, remove_tree
+from ..store import Store, StoreItem, cores, remove_tree
+from ..store_checkpoints import Keeper, Kept
 from ..weights import read_header
 
 if TYPE_CHECKING:
@@ -172,7 +173,8 @@ def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
         reused = item is not None
         if item is None:
             out, record = run_build(the_plan, store, threads, reporter, "build", isolation)
-            item = store.commit(out, drv.item_name, record)
+            known = record.pop("known")
+            item = store.commit(out, drv.item_name, record, known)
             remove_tree(out.parent)
         result = check_item(the_plan, store, item, threads, reporter, isolation) if check else None
     return BuildReport(item.path, item.name, item.version, item.derivation, item.weights_digest,
@@ -213,18 +215,27 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         what = "checking" if purpose == "check" else "building"
         reporter.stage(f"{what} {recipe.name} {recipe.version} ({threads} threads)")
         before = _input_stats(the_plan)
-        result = run_child(job, work, log, reporter, isolation=isolation,
-                           hidden=hidden_paths(store.root, the_plan.recipe.directory))
-        raise_for_failure(result, log, f"{what} {recipe.name}", recipe.directory)
-        if _input_stats(the_plan) != before:
-            raise BuildError("an input changed during the build; inputs are read-only",
-                             details=log_tail(log))
+        # Checkpoints are hashed (and the kept ones stored as chunks) while training goes
+        # on; a --check rebuild only needs their digests.
+        keeper = Keeper(out, store.chunks if purpose == "build" else None,
+                        recipe.retention.every, recipe.retention.last, cores())
+        try:
+            result = run_child(job, work, log, reporter, isolation=isolation,
+                               hidden=hidden_paths(store.root, the_plan.recipe.directory),
+                               watch=lambda event: _checkpointed(keeper, event))
+            raise_for_failure(result, log, f"{what} {recipe.name}", recipe.directory)
+            if _input_stats(the_plan) != before:
+                raise BuildError("an input changed during the build; inputs are read-only",
+                                 details=log_tail(log))
+            kept = keeper.finish()
+        finally:
+            keeper.close()
         run = {"weights_digest": file_digest(out / "weights.safetensors"),
                "environment": result.environment, "started": result.started,
                "finished": result.finished, "threads": threads, "attempt": attempt}
         read_header(out / "weights.safetensors")
         metrics = result.evaluations.get(0, {}).get("metrics", {})
-        _write_item_files(the_plan, out, run, metrics, result)
+        _write_item_files(the_plan, out, run, metrics, result, kept)
         shutil.copyfile(log, out / "build.log")
         shutil.copytree(work / "src", out / "source")  # what a verifier replays
         shutil.copyfile(recipe.file, out / "source" / "recipe.toml")
@@ -232,15 +243,24 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         record = {"derivation": drv.digest, "name": recipe.name, "version": recipe.version,
                   "weights_digest": run["weights_digest"],
                   "environment_digest": fingerprint(result.environment),
-                  "inputs": {i.name: i.digest for i in the_plan.inputs}}
+                  "inputs": {i.name: i.digest for i in the_plan.inputs},
+                  "known": {"weights.safetensors": run["weights_digest"]}}
         return out, record
     except BaseException as e:
-        kept = store.keep_log(log, f"{drv.item_name}-attempt-{_nth(store, drv.digest, attempt)}")
+        log_kept = store.keep_log(log, f"{drv.item_name}-attempt-"
+                                       f"{_nth(store, drv.digest, attempt)}")
         store.end_attempt(attempt, "failed", getattr(e, "message", str(e)))
         remove_tree(work)
-        if isinstance(e, BuildError) and kept:
-            e.hint = f"log: {kept}"
+        if isinstance(e, BuildError) and log_kept:
+            e.hint = f"log: {log_kept}"
         raise
+
+
+def _checkpointed(keeper: Keeper, event: dict[str, Any]) -> bool:
+    """Hand each checkpoint the build reports to the keeper; never stops the build."""
+    if event.get("type") == "checkpoint":
+        keeper.add(event.get("step"), event.get("file"))
+    return False
 
 
 def _nth(store: Store, derivation: str, attempt: int) -> int:
@@ -313,7 +333,7 @@ def _input_stats(the_plan: Plan) -> list[tuple[str, int, int, int, int]]:
 
 
 def _write_item_files(the_plan: Plan, out: Path, run: dict[str, Any], metrics: dict[str, float],
-                      result: Any) -> None:
+                      result: Any, kept: list[Kept]) -> None:
     recipe, drv = the_plan.recipe, the_plan.derivation
     statement = provenance.statement(recipe, drv, the_plan.inputs, run)
     (out / "provenance.json").write_text(json.dumps(statement, indent=2) + "\n")
@@ -322,8 +342,7 @@ def _write_item_files(the_plan: Plan, out: Path, run: dict[str, Any], metrics: d
         {"evaluation": metrics, "training": _last_values(result.metrics),
          "history": result.metrics}, indent=2) + "\n")
     (out / "transcript.json").write_text(json.dumps(
-        _transcript(drv, recipe.checkpoint_every, result.checkpoints, result.environment),
-        indent=2) + "\n")
+        _transcript(drv, recipe, kept, result.environment), indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(
         provenance.model_card(recipe, drv, the_plan.inputs, run, metrics))
 
@@ -332,8 +351,27 @@ def _last_values(history: list[dict[str, Any]]) -> dict[str, float]:
     return {entry["name"]: entry["value"] for entry in history}
 
 
-def _transcript(drv: Derivation, every: int, checkpoints: list[dict[str, Any]],
+def _transcript(drv: Derivation, recipe: Recipe, kept: list[Kept],
                 environment: dict[str, Any]) -> dict[str, Any]:
-    entries = [{k: c[k] for k in ("step", "file", "digest")} for c in checkpoints]
-    return {"format": transcript.FORMAT, "derivation": drv.digest, "checkpoint_every": every,
-            "environment": environment, "checkpoints": transcript.chain(drv.digest, entries)}
+    """The transcript: every checkpoint's step and digest, chained; `file` where the
+    checkpoint's file is kept (in the store's chunks, named by the item's manifest; an
+    exported transcript has the file there). A transcript that keeps them all is the
+    format /1 that earlier reweigh writes and reads."""
+    every = recipe.checkpoint_every
+    entries = [{"step": k.step, "digest": k.digest,
+                **({"file": k.file} if k.manifest or not _pruned(recipe) else {})}
+               for k in kept]
+    data: dict[str, Any] = {"format": transcript.FORMAT, "derivation": drv.digest,
+                            "checkpoint_every": every, "environment": environment,
+                            "checkpoints": transcript.chain(drv.digest, entries)}
+    if _pruned(recipe):
+        data["format"] = transcript.FORMAT_2
+        data["retention"] = {"keep_every": recipe.retention.every,
+                             "keep_last": recipe.retention.last}
+    return data
+
+
+def _pruned(recipe: Recipe) -> bool:
+    """Whether the recipe keeps fewer checkpoint files than it records."""
+    every, last = recipe.retention.every, recipe.retention.last
+    return not (every == 1 or (every == 0 and last == 0))

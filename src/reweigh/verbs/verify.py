@@ -43,7 +43,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .. import states
+from .. import kept, states
 from .. import transcript as tr
 from ..builder import ChildResult
 from ..compare import EnvRelation
@@ -55,7 +55,7 @@ from ..job import Replay
 from ..numerics import ENV_CHOICE, NATIVE, default_name, machine_arch, relate
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
-from ..store import Store
+from ..store import Store, remove_tree
 from ..weights import WeightsFile, read_header, unique_keys
 from .build import RecipeCode, plan, sandboxed, threads_for
 
@@ -73,6 +73,7 @@ class Sampling:
     spot: int | Fraction
     largest: int | Fraction = STRETCHES
     seed: int | None = None  # None: a fresh random seed
+    kept_only: bool = False  # skip a random pick whose start checkpoint was not kept
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class SegmentResult:
     why: tr.Why = tr.Why.RANDOM  # why it was replayed
     update: float | None = None  # its measured update (None: the first, unmeasurable)
     difference: states.Difference | None = None  # what differed, when it fails
+    start_kept: bool = True  # whether the checkpoint it starts from was kept
+    replayed_from: int = 0  # the step its replay started from (earlier when not kept)
+    skipped: bool = False  # not replayed: its start was not kept (--kept-only)
 
     def to_json(self) -> dict[str, Any]:
         return {**vars(self), "why": self.why.value,
@@ -114,9 +118,11 @@ class VerifyReport:
     catch: dict[int, float] = field(default_factory=dict)  # m forged segments -> odds
     environment_reasons: tuple[str, ...] = ()  # the platforms' relation in words
 
+    kept: int = 0  # checkpoints whose files were at hand (beside it or in the store)
+
     @property
     def holds(self) -> bool:
-        return self.chain_ok and all(r.holds for r in self.results)
+        return self.chain_ok and all(r.holds for r in self.results if not r.skipped)
 
     def to_json(self) -> dict[str, Any]:
         return {"verdict": "holds" if self.holds else "fails", "holds": self.holds,
@@ -124,6 +130,8 @@ class VerifyReport:
                 "transcript": str(self.transcript), "segments_total": self.segments_total,
                 "seed": self.seed, "chain_ok": self.chain_ok, "problems": list(self.problems),
                 "segments": [r.to_json() for r in self.results],
+                "kept_checkpoints": self.kept,
+                "skipped": [r.index for r in self.results if r.skipped],
                 "compute_fraction": self.compute_fraction, "environment": self.environment,
                 "environment_reasons": list(self.environment_reasons),
                 "tolerance": self.tolerance,
@@ -162,26 +170,43 @@ def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
         if parsed.derivation != subject.code.derivation.digest:
             raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}"
                              f", not of the verified weights' {subject.code.derivation.digest}")
-        problems = _chain_problems(parsed, transcript.parent)
-        segments_total = len(parsed.checkpoints)  # one segment ends at each checkpoint
-        if problems:
-            return VerifyReport(target, parsed.derivation, transcript, segments_total, seed,
-                                False, tuple(problems), (), 0.0)
-        selection, moved = _select(parsed, transcript, subject, sampling, seed)
-        chosen = [p.segment for p in selection.picks]
-        total = parsed.checkpoints[-1].step
-        tolerance = segment_tolerance(subject.tolerance, total, max(s.steps for s in chosen))
-        with _replayed(subject, chosen, transcript.parent, store, threads, reporter) as replay:
-            relation, why = _relation(parsed.environment, replay.result.environment,
-                                      subject.code.derivation.record)
-            allowed = tolerance if relation is EnvRelation.OTHER else 0.0
-            results = tuple(_judge(subject, pick, moved, transcript.parent, replay, allowed)
-                            for pick in selection.picks)
-        fraction = sum(s.steps for s in chosen) / total
+        scratch = store.new_staging_dir()  # checkpoints written out of the store's chunks
+        try:
+            found = kept.find(parsed, transcript.parent, store, scratch)
+            return _verified(parsed, transcript, subject, found, sampling, seed, store,
+                             threads, reporter)
+        finally:
+            remove_tree(scratch)
+
+
+def _verified(parsed: tr.Transcript, transcript: Path, subject: _Subject, found: kept.Found,
+              sampling: Sampling, seed: int, store: Store, threads: int,
+              reporter: Reporter) -> VerifyReport:
+    target, segments_total = subject.weights.path, len(parsed.checkpoints)
+    if found.problems:
         return VerifyReport(target, parsed.derivation, transcript, segments_total, seed,
-                            True, (), results, fraction, relation.value, allowed,
-                            selection.stretches, selection.drawn, selection.population,
-                            {m: selection.catch(m) for m in SPREADS}, tuple(why))
+                            False, tuple(found.problems), (), 0.0, kept=len(found.files))
+    selection, moved = _select(parsed, transcript, subject, sampling, seed, found.files)
+    segments = tr.segments(parsed)
+    random = {p.segment.index for p in selection.picks if p.why is tr.Why.RANDOM}
+    runs = tr.replay_plan(segments, [p.segment for p in selection.picks], set(found.files),
+                          random if sampling.kept_only else set())
+    total = parsed.checkpoints[-1].step
+    longest = max(segments[i].stop.step - _start_of(runs, first)
+                  for i, first in runs.origin.items())
+    tolerance = segment_tolerance(subject.tolerance, total, longest)
+    with _replayed(subject, runs, found.files, store, threads, reporter) as replay:
+        relation, why = _relation(parsed.environment, replay.result.environment,
+                                  subject.code.derivation.record)
+        allowed = tolerance if relation is EnvRelation.OTHER else 0.0
+        results = tuple(_judge(subject, pick, moved, found.files, replay, allowed, runs)
+                        for pick in selection.picks)
+    drawn = sum(1 for r in results if r.why is tr.Why.RANDOM and not r.skipped)
+    return VerifyReport(target, parsed.derivation, transcript, segments_total, seed,
+                        True, (), results, runs.steps() / total, relation.value, allowed,
+                        selection.stretches, drawn, selection.population,
+                        {m: tr.catch_probability(selection.population, drawn, m)
+                         for m in SPREADS}, tuple(why), len(found.files))
 
 
 def segment_tolerance(tolerance: Tolerance, total_steps: int, segment_steps: int) -> float:
@@ -238,35 +263,20 @@ def _tolerance(recipe: Recipe) -> Tolerance:
     return recipe.evaluate.tolerance if recipe.evaluate else Tolerance()
 
 
-def _chain_problems(parsed: tr.Transcript, folder: Path) -> list[str]:
-    problems = []
-    root = folder.resolve()
-    for c in parsed.checkpoints:
-        path = folder / c.file
-        try:
-            if not path.resolve().is_relative_to(root):
-                problems.append(f"step {c.step}: {c.file} leads out of the transcript's folder")
-            elif not path.is_file():
-                problems.append(f"step {c.step}: checkpoint file {c.file} is missing")
-            elif file_digest(path) != c.digest:
-                problems.append(f"step {c.step}: {c.file} does not have its recorded digest")
-        except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission
-            problems.append(f"step {c.step}: {c.file} cannot be read ({e})")
-    problems += [f"step {step}: the chain link does not follow from the entries before it"
-                 for step in tr.broken_links(parsed)]
-    return problems
-
-
 def _select(parsed: tr.Transcript, path: Path, subject: _Subject, sampling: Sampling,
-            seed: int) -> tuple[tr.Selection, dict[int, float]]:
+            seed: int, files: dict[int, Path]) -> tuple[tr.Selection, dict[int, float]]:
     """The segments to replay, and each segment's update by index (the first has none:
-    it starts from the initialisation, which is not published). Refused first: segments
-    other than the derivation's, and a malformed checkpoint."""
+    it starts from the initialisation, which is not published). When checkpoints were
+    not kept, an update is measured between consecutive kept ones and belongs to the
+    segment ending at the later (whose replay runs from the earlier); segments ending at
+    a checkpoint not kept have none. Refused first: segments other than the
+    derivation's, and a malformed checkpoint."""
     every = int(subject.code.derivation.record.get("checkpoint_every", 0))
     if problem := tr.grid_problem(parsed, every):
         raise UsageError(f"{path}: {problem}")
-    moved = states.updates([path.parent / c.file for c in parsed.checkpoints], subject.weights)
-    updates = dict(enumerate(moved, start=1))
+    at_hand = sorted(files)
+    moved = states.updates([files[i] for i in at_hand], subject.weights)
+    updates = {stop: update for stop, update in zip(at_hand[1:], moved, strict=True)}
     count = len(parsed.checkpoints)
     return tr.choose(tr.segments(parsed), updates, seed=seed,
                      stretches=tr.spot_count(sampling.largest, count),
@@ -281,14 +291,18 @@ class _Replay:
 
 
 @contextlib.contextmanager
-def _replayed(subject: _Subject, chosen: list[tr.Segment], folder: Path, store: Store,
+def _replayed(subject: _Subject, runs: tr.Plan, files: dict[int, Path], store: Store,
               threads: int, reporter: Reporter) -> Iterator[_Replay]:
-    """Replay the chosen segments in one sandboxed process; its output lives as long
-    as the caller judges it."""
+    """Replay the planned segments in one sandboxed process, in training order, each
+    from its kept start checkpoint or from the checkpoint the replay before it wrote;
+    its output lives as long as the caller judges it."""
+    chosen = runs.runs
     reporter.stage(f"replaying {len(chosen)} segments: "
                    + ", ".join(f"{(s.start.step if s.start else 0)}..{s.stop.step}"
                                for s in chosen))
-    replays = tuple(Replay(str(folder / s.start.file) if s.start else None,
+    replays = tuple(Replay(None, None if s.last else s.stop.step, _written(s.start.step))
+                    if s.index in runs.chained and s.start else
+                    Replay(str(files[s.index - 1]) if s.start else None,
                            None if s.last else s.stop.step) for s in chosen)
     code = subject.code
     if asked := os.environ.get(ENV_CHOICE):  # --platform: replay on another platform
@@ -301,35 +315,118 @@ def _replayed(subject: _Subject, chosen: list[tr.Segment], folder: Path, store: 
         yield _Replay(out, result, began)
 
 
-def _judge(subject: _Subject, pick: tr.Pick, updates: Mapping[int, float], folder: Path,
-           replay: _Replay, allowed: float) -> SegmentResult:
+def _written(step: int) -> str:
+    """Where a replay writes the checkpoint at `step`, in its output folder."""
+    return f"checkpoints/step-{step:09d}.safetensors"
+
+
+def _made(replay: _Replay, step: int) -> tuple[Path, str] | None:
+    """The checkpoint the replay wrote at `step` and its digest, hashed here (the
+    replayed code's own report of it is not taken on trust)."""
+    path = replay.out / _written(step)
+    reported = any(c["step"] == step for c in replay.result.checkpoints)
+    if not reported or not path.is_file() or path.is_symlink():
+        return None
+    return path, file_digest(path)
+
+
+def _judge(subject: _Subject, pick: tr.Pick, updates: Mapping[int, float],
+           files: dict[int, Path], replay: _Replay, allowed: float,
+           runs: tr.Plan) -> SegmentResult:
     segment = pick.segment
-    made = next((c for c in replay.result.checkpoints if c["step"] == segment.stop.step), None)
     start_step = segment.start.step if segment.start else 0
-    seconds = (made["at"] - replay.began[segment.stop.step]) if made else 0.0
+    kept_start = segment.start is None or segment.index - 1 in files
     result = SegmentResult(segment.index, start_step, segment.stop.step, segment.stop.digest,
-                           None, False, seconds, "the replay made no checkpoint there",
-                           why=pick.why, update=updates.get(segment.index))
+                           None, False, 0.0, "", why=pick.why,
+                           update=updates.get(segment.index), start_kept=kept_start,
+                           replayed_from=start_step)
+    if segment.index in runs.skipped:
+        return replace(result, skipped=True,
+                       note=f"not replayed: its start (step {start_step}) was not kept")
+    origin = runs.origin[segment.index]
+    first = _start_of(runs, origin)
+    result = replace(result, replayed_from=first,
+                     seconds=_seconds(replay, runs, origin, segment.index),
+                     note="" if kept_start else
+                     f"its start (step {start_step}) was not kept: replayed from step {first}")
+    if (broken := _through(runs, origin, segment.index, replay, allowed)) is not None:
+        return replace(result, note=f"{result.note}, which did not reproduce step {broken}")
+    made = _made(replay, segment.stop.step)
     if made is None:
-        return result
-    replayed, published = replay.out / made["file"], folder / segment.stop.file
-    holds, note, drift = made["digest"] == segment.stop.digest, "", None
+        return replace(result, note=_joined(result.note, "the replay made no checkpoint there"))
+    return _compared(subject, segment, made, files.get(segment.index), replay, allowed,
+                     result)
+
+
+def _compared(subject: _Subject, segment: tr.Segment, made: tuple[Path, str],
+              published: Path | None, replay: _Replay, allowed: float,
+              result: SegmentResult) -> SegmentResult:
+    """A replayed segment's end against the transcript: its digest; on another platform
+    its drift from the published checkpoint (when that was kept); for the last segment,
+    the weights training ends with."""
+    replayed, digest = made
+    holds, note, drift = digest == segment.stop.digest, result.note, None
     if not holds and allowed > 0:
+        if published is None:
+            return replace(result, replayed=digest, skipped=True, note=_joined(
+                note, f"its end (step {segment.stop.step}) was not kept, so on another "
+                "platform it cannot be compared within tolerance"))
         drift = states.drift(replayed, published)
         holds = drift <= allowed
-        note = f"drift {drift:.2e} {'within' if holds else 'beyond'} {allowed:.2e}"
-    difference = None if holds else states.difference(replayed, published)
+        note = _joined(note, f"drift {drift:.2e} {'within' if holds else 'beyond'} "
+                       f"{allowed:.2e}")
+    difference = None
+    if not holds:
+        difference = states.difference(replayed, published) if published else None
+        if difference is None:
+            note = _joined(note, "the replay did not reproduce its recorded digest")
     if segment.last and holds:
         weights = replay.out / "weights.safetensors"
         holds = weights.is_file() and _same_weights(weights, subject.weights.path, allowed)
         if not holds:
             difference = (states.difference(weights, subject.weights.path) if weights.is_file()
                           else None)
-            note = "the final weights are not what training produces"
+            note = _joined(note, "the final weights are not what training produces")
     if difference is not None:
         note = f"{note}: {difference.describe()}" if note else difference.describe()
-    return replace(result, replayed=made["digest"], holds=holds, note=note, drift=drift,
+    return replace(result, replayed=digest, holds=holds, note=note, drift=drift,
                    difference=difference)
+
+
+def _joined(note: str, more: str) -> str:
+    return f"{note}; {more}" if note else more
+
+
+def _start_of(runs: tr.Plan, origin: int) -> int:
+    """The step the replay of segment `origin` starts from (0: from scratch)."""
+    segment = next(s for s in runs.runs if s.index == origin)
+    return segment.start.step if segment.start else 0
+
+
+def _through(runs: tr.Plan, origin: int, index: int, replay: _Replay,
+             allowed: float) -> int | None:
+    """On the platform the transcript was recorded on, every segment replayed on the way
+    to a chosen one whose start was not kept must reproduce its checkpoint's digest: the
+    first step where one did not, or None. (On another platform only kept checkpoints
+    can be compared within tolerance, and drift carries over: the chosen segment's end
+    decides.)"""
+    if allowed > 0:
+        return None
+    for segment in runs.runs:
+        if origin <= segment.index < index:
+            made = _made(replay, segment.stop.step)
+            if made is None or made[1] != segment.stop.digest:
+                return segment.stop.step
+    return None
+
+
+def _seconds(replay: _Replay, runs: tr.Plan, origin: int, index: int) -> float:
+    """How long the replay of the chosen segment took, with the segments before it that
+    it needed."""
+    steps = [s.stop.step for s in runs.runs if origin <= s.index <= index]
+    made = [c["at"] for c in replay.result.checkpoints if c["step"] == steps[-1]]
+    began = replay.began.get(steps[0])
+    return made[0] - began if made and began is not None else 0.0
 
 
 def _same_weights(replayed: Path, published: Path, allowed: float) -> bool:

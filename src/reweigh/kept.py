@@ -1,0 +1,76 @@
+"""The checkpoint files a transcript names: found beside it, or kept in the store; checked.
+
+A published transcript comes with its checkpoint files in its folder (`reweigh export
+transcript` writes one so). A store item's transcript names the same files, but the
+store keeps them as chunks (`store_checkpoints`), so a file not beside the transcript is
+looked up in the store by its digest and written out into a scratch folder. Either way
+a file is only handed out when it has its recorded digest. An entry without a file
+(format /2: the recipe's retention did not keep it) is no problem here: its digest is
+chained all the same, and `transcript.replay_plan` replays through it.
+
+Where a checkpoint is neither beside the transcript nor in the store, it is missing, as
+before; a binary cache that serves checkpoints by digest would be one more place to
+look (not yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import transcript as tr
+from .digest import file_digest
+from .errors import WeightsError
+from .store import Store
+from .store_checkpoints import materialise
+
+
+@dataclass
+class Found:
+    files: dict[int, Path] = field(default_factory=dict)  # checkpoint index -> checked file
+    problems: list[str] = field(default_factory=list)
+    from_store: int = 0  # how many were written out of the store's chunks
+
+
+def find(parsed: tr.Transcript, folder: Path, store: Store, scratch: Path) -> Found:
+    """Every kept checkpoint's file, checked against its digest, and what is wrong: a
+    file that leads out of the folder, is missing or does not have its digest, and a
+    chain link that does not follow."""
+    found = Found()
+    root = folder.resolve()
+    for index, c in enumerate(parsed.checkpoints):
+        if c.file is None:
+            continue
+        path = folder / c.file
+        try:
+            if not path.resolve().is_relative_to(root):
+                found.problems.append(f"step {c.step}: {c.file} leads out of the "
+                                      "transcript's folder")
+            elif path.is_file():
+                if file_digest(path) == c.digest:
+                    found.files[index] = path
+                else:
+                    found.problems.append(f"step {c.step}: {c.file} does not have its "
+                                          "recorded digest")
+            elif (problem := _from_store(c, index, store, scratch, found)) is not None:
+                found.problems.append(f"step {c.step}: {problem}")
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission
+            found.problems.append(f"step {c.step}: {c.file} cannot be read ({e})")
+    found.problems += [f"step {step}: the chain link does not follow from the entries "
+                       "before it" for step in tr.broken_links(parsed)]
+    return found
+
+
+def _from_store(c: tr.Checkpoint, index: int, store: Store, scratch: Path,
+                found: Found) -> str | None:
+    """Write the checkpoint out of the store's chunks; what went wrong, or None."""
+    manifest = store.kept_checkpoint(c.digest)
+    if manifest is None:
+        return f"checkpoint file {c.file} is missing"
+    try:
+        found.files[index] = materialise(manifest, store.chunks,
+                                         scratch / f"{index:06d}-{Path(c.file or '').name}")
+    except WeightsError as e:
+        return f"{c.file}: kept in the store, but damaged ({e.message})"
+    found.from_store += 1
+    return None
