@@ -209,6 +209,7 @@ class Store:
                 db.executemany(f"DELETE FROM {table} WHERE digest = ?", [(d,) for d in inputs])
         for name in items:
             discard(self.root / "items" / name, self.root / "tmp")
+            discard(self.root / "signatures" / name, self.root / "tmp")  # its kept bundles
         self._inputs.discard_unknown()
         for digest in self.unused_chunks():
             self.chunks.path(digest).unlink(missing_ok=True)
