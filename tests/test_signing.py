@@ -157,3 +157,18 @@ def test_a_claim_whose_sizes_disagree_with_its_resources_is_refused(imported: di
                   for f in claim.files)
     with pytest.raises(SignatureError, match="not a size"):
         bundle_claim(sign(replace(claim, files=files), ring.signer("alice"), 0), "bundle")
+
+
+def test_gc_removes_a_pulled_items_kept_signatures_with_it(imported: dict,
+                                                          tmp_path: Path) -> None:
+    from reweigh.verbs.gc import gc
+
+    cache = tmp_path / "cache"
+    publish([imported["item"].name], cache, sign_with="alice", store=imported["store"],
+            keyring=imported["ring"])
+    store = Store(tmp_path / "store")
+    pull("tiny", [str(cache)], store=store, keyring=imported["ring"])
+    kept = tmp_path / "store" / "signatures" / imported["item"].name
+    assert len(list(kept.glob("*.sig"))) == 1
+    gc(store, grace=0)
+    assert store.items() == [] and not kept.exists()

@@ -30,7 +30,7 @@ from ..errors import SignatureError
 from ..signing import FileEntry, safe_relative
 
 LEVEL = 3
-_CHUNK = 1 << 20
+_CHUNK = 4 << 20
 _BLOCK = 512
 # pax headers and the end of the archive, per file and once: what a tar of the listed
 # files may hold beyond their bytes (generous: long names, pax records)
@@ -155,7 +155,7 @@ def extract(chunks: Iterable[bytes], files: tuple[FileEntry, ...], target: Path,
     stream = io.BufferedReader(_Bounded(raw, unpack_limit(files), what), _CHUNK)
     seen: set[str] = set()
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
             for member in tar:
                 if member.isdir() and member.name in parents:
                     continue

@@ -20,8 +20,11 @@ part is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +217,50 @@ def _check_item(folder: Path, claim: Claim) -> tuple[dict[str, Any], dict[str, A
     return record, found.import_row
 
 
+_DONE = object()
+
+
+def ahead(chunks: Iterator[bytes], depth: int = 32) -> Iterator[bytes]:
+    """`chunks`, produced on a thread of its own up to `depth` chunks ahead of the reader
+    (receiving, writing and hashing on one core while the reader unpacks on another);
+    its errors come out here, and a reader that stops early stops it."""
+    pending: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        pending.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            pending.put(_DONE)
+        except BaseException as e:  # handed to the reader, which raises it
+            pending.put(e)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while (item := pending.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                pending.get(timeout=0.1)
+        worker.join()
+
+
 class Transfer:
     """An archive's bytes in order: first those an interrupted pull left in `part`, then
     the rest from the server, appended to `part` as they come; the size and digest are
@@ -236,8 +283,8 @@ class Transfer:
                 self.total += len(data)
                 yield data
             self.resumed_from = self.total
-            if self.total < self.archive.size:
-                yield from self._rest(handle, hasher)
+            if self.total < self.archive.size:  # received on a thread of its own, so the
+                yield from ahead(self._rest(handle, hasher))  # unpacking runs meanwhile
         url = f"{self.source.label}/{self.rel}"
         if self.total < self.archive.size:
             self.part.unlink(missing_ok=True)
