@@ -23,7 +23,7 @@ from .substitutes import served
 def folder(tmp_path: Path) -> Path:
     root = tmp_path / "cache"
     (root / "items" / "x").mkdir(parents=True)
-    (root / "items" / "x" / "blob").write_bytes(os.urandom(300_000))
+    (root / "items" / "x" / "blob").write_bytes(os.urandom(100_000))
     (root / "index.json").write_text("{}")
     (tmp_path / "secret").write_text("outside the cache")
     (root / ".lock").write_text("")

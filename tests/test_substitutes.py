@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reweigh.cache import layout
-from reweigh.errors import ReweighError
+from reweigh.errors import CheckFailed, ReweighError
 from reweigh.keys import KeyRing
 from reweigh.signing import FileEntry, bundle_claim, sign
 from reweigh.store import Store, file_rows
@@ -485,6 +485,10 @@ def test_a_rebuild_that_gives_other_weights_is_not_signed(world: dict,
     report = json.loads(result.stdout)
     assert not report["identical"] and report["signature"] is None
     assert report["published_weights_digest"] == f"sha256:{digest}"
+    # the rebuilder's store now holds the honest build: a pull never replaces it
+    with pytest.raises(CheckFailed, match="already holds"):
+        pull(item.name, [str(cache)], store=Store(tmp_path / "bob-store"),
+             keyring=world["bob"].ring)
 
 
 def test_sign_refuses_an_item_changed_in_place(world: dict, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from ..cache.archive import extract
 from ..cache.client import Source, Unreachable, new_client
 from ..cache.lookup import Caches, Found
 from ..cache.trust import Refusal, Tally, tally
-from ..errors import SignatureError, UsageError
+from ..errors import CheckFailed, SignatureError, UsageError
 from ..keys import KeyRing
 from ..progress import QuietReporter, Reporter
 from ..signing import Claim
@@ -85,7 +85,12 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
         if not found:
             raise UsageError(f"{ref}: no cache has it ({_asked(caches)})")
         local = store.find(found[0][1].derivation)
-        if local is not None and local.weights_digest == found[0][1].weights_digest:
+        if local is not None and local.weights_digest != found[0][1].weights_digest:
+            raise CheckFailed(f"{ref}: the store already holds {local.path.name} with weights "
+                              f"{local.weights_digest}, and {found[0][0].label} lists "
+                              f"{found[0][1].weights_digest} for the same derivation; not "
+                              "replaced (compare them: reweigh weather, reweigh rebuild)")
+        if local is not None:
             return PullReport(local.path, local.path.name, local.derivation,
                               local.weights_digest, True, None, (), require,
                               requests=caches.requests, problems=tuple(caches.problems))
@@ -230,13 +235,7 @@ def ahead(chunks: Iterator[bytes], depth: int = 32) -> Iterator[bytes]:
     def produce() -> None:
         try:
             for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        pending.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not _hand_over(pending, stop, chunk):
                     return
             pending.put(_DONE)
         except BaseException as e:  # handed to the reader, which raises it
@@ -259,6 +258,17 @@ def ahead(chunks: Iterator[bytes], depth: int = 32) -> Iterator[bytes]:
             with contextlib.suppress(queue.Empty):
                 pending.get(timeout=0.1)
         worker.join()
+
+
+def _hand_over(pending: queue.Queue[Any], stop: threading.Event, chunk: bytes) -> bool:
+    """Queue `chunk` for the reader; False when the reader stopped meanwhile."""
+    while not stop.is_set():
+        try:
+            pending.put(chunk, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 class Transfer:
