@@ -172,3 +172,20 @@ def test_gc_removes_a_pulled_items_kept_signatures_with_it(imported: dict,
     assert len(list(kept.glob("*.sig"))) == 1
     gc(store, grace=0)
     assert store.items() == [] and not kept.exists()
+
+
+def test_a_signed_platform_claim_is_read_only_under_a_trusted_key_for_those_weights(
+        imported: dict, tmp_path: Path) -> None:
+    from reweigh.verbs.sign import signed_platform
+
+    report = sign_item(imported["item"].name, key="alice", output=tmp_path / "item.sig",
+                       store=imported["store"], keyring=imported["ring"])
+    weights = imported["store"].resolve(imported["item"].name).weights_digest
+    with pytest.raises(SignatureError, match="claims no platform"):  # an import has none
+        signed_platform(tmp_path / "item.sig", weights, imported["ring"])
+    with pytest.raises(SignatureError, match="not the published file's"):
+        signed_platform(tmp_path / "item.sig", "sha256:" + "0" * 64, imported["ring"])
+    stranger = KeyRing(tmp_path / "stranger")
+    with pytest.raises(SignatureError, match="not trusted"):
+        signed_platform(tmp_path / "item.sig", weights, stranger)
+    assert report.keyid == imported["ring"].own()[0].key.keyid

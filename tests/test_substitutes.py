@@ -527,6 +527,10 @@ def test_sign_writes_a_bundle_binding_derivation_weights_files_and_platform(
     assert listed == {p.relative_to(item.path).as_posix()
                       for p in item.path.rglob("*") if p.is_file()}
     assert bundle["verificationMaterial"]["publicKey"]["hint"] == world["alice"].keyid
+    from reweigh.verbs.sign import signed_platform
+
+    ring = puller(tmp_path, world["alice"])  # what challenge would take as signed
+    assert signed_platform(output, item.weights_digest, ring) == environment["platform"]
 
 
 def test_pull_of_an_item_no_cache_has_is_bad_input(world: dict, tmp_path: Path) -> None:

@@ -91,3 +91,36 @@ def platform_claim(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     if isinstance(recorded, str) and recorded.startswith("sha256:"):
         return platform, recorded
     return platform, (fingerprint(env) if env and claim_problem(env) is None else None)
+
+
+def signed_platform(bundle: Path, weights_digest: str,
+                    keyring: KeyRing | None = None) -> dict[str, Any]:
+    """The platform a signed bundle claims for the weights `weights_digest`: verified with
+    a key of the trust list that is valid now, or SignatureError. For `challenge` and
+    `verify`, where only a signed environment claim should earn a published file the
+    slack between platforms; the record returned is the provenance's `platform`, or for a
+    build from before platforms `{"fingerprint": ...}`."""
+    from ..signing import bundle_claim, verify
+
+    keyring = keyring or KeyRing()
+    what = str(bundle)
+    try:
+        data = bundle.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{bundle}: cannot read the signature ({e.strerror})") from e
+    keyid = bundle_claim(data, what).keyid
+    key = keyring.valid().get(keyid)
+    if key is None:
+        known = keyring.lookup(keyid)
+        state = known.describe(time.time()) if known else f"key {keyid[:16]}, not trusted"
+        raise SignatureError(f"{bundle}: signed by {state}; an unsigned or untrusted "
+                             "environment claim earns no slack")
+    claim = verify(data, key.key, what).claim
+    if claim.weights_digest != weights_digest:
+        raise SignatureError(f"{bundle}: signs weights {claim.weights_digest}, not the "
+                             f"published file's {weights_digest}")
+    if claim.platform is not None:
+        return claim.platform
+    if claim.environment_fingerprint is not None:
+        return {"fingerprint": claim.environment_fingerprint}
+    raise SignatureError(f"{bundle}: claims no platform (an imported item)")
