@@ -34,6 +34,8 @@ from .substitutes import (
     write_json,
 )
 
+pytestmark = pytest.mark.slow  # every test here reads one sandboxed build (two rebuild)
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
