@@ -188,7 +188,9 @@ def _install(store: Store, source: Source, info: layout.Info, claim: Claim) -> _
             record, import_row = _check_item(folder, claim)
             if import_row is not None:
                 store.record_import(claim.item, import_row)
-            store.commit(folder, claim.item, record)
+            # read_item has just hashed every file and found the signed digests: the
+            # index takes those instead of reading the files once more
+            store.commit(folder, claim.item, record, {f.path: f.digest for f in claim.files})
             part.unlink(missing_ok=True)
         except Unreachable as e:
             raise SignatureError(f"the transfer of {what} stopped after "
