@@ -28,6 +28,7 @@ from .errors import InputError, UsageError
 ALGORITHM = "sha256"
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+_COPY_CHUNK = 8 << 20
 
 
 # The largest integer magnitude RFC 8785 accepts (I-JSON, RFC 7493: exact as a double).
@@ -66,6 +67,21 @@ def file_digest(path: Path) -> str:
     """Digest of a file's bytes, read in large chunks (runs near memory bandwidth)."""
     with open(path, "rb", buffering=0) as handle:
         return f"{ALGORITHM}:{hashlib.file_digest(handle, 'sha256').hexdigest()}"
+
+
+def copy_hashing(source: Path, target: Path) -> str:
+    """Copy a file and return the digest of the bytes copied, reading it once: the digest
+    is of exactly what was written, even if the source changes meanwhile."""
+    hasher = hashlib.sha256()
+    buffer = bytearray(_COPY_CHUNK)
+    view = memoryview(buffer)
+    with open(source, "rb", buffering=0) as reader, open(target, "wb", buffering=0) as writer:
+        while count := reader.readinto(buffer):
+            hasher.update(view[:count])
+            written = 0
+            while written < count:
+                written += writer.write(view[written:count]) or 0
+    return f"{ALGORITHM}:{hasher.hexdigest()}"
 
 
 def tree_files(root: Path) -> list[Path]:

@@ -96,8 +96,11 @@ def encode(data: bytes | memoryview, itemsize: int) -> bytes:
 
     raw = memoryview(data)
     if itemsize > 1 and len(raw) % itemsize == 0:
-        planes = np.frombuffer(raw, np.uint8).reshape(-1, itemsize).T  # (itemsize, count)
-        parts = [np.ascontiguousarray(plane).data for plane in planes]
+        elements = np.frombuffer(raw, np.uint8).reshape(-1, itemsize)  # (count, itemsize)
+        planes = np.empty((itemsize, len(elements)), np.uint8)  # (itemsize, count)
+        for k in range(itemsize):  # a column at a time: far faster than a transposed copy
+            planes[k] = elements[:, k]
+        parts = [memoryview(plane) for plane in planes]
     else:
         itemsize, parts = 1, [raw]
     out = [_MAGIC, bytes([itemsize])]
@@ -137,8 +140,10 @@ def decode(stored: bytes, label: str) -> bytes:
         raise WeightsError(f"{label}: a chunk with bytes beyond its planes")
     if itemsize == 1:
         return planes[0]
-    joined = np.stack([np.frombuffer(p, np.uint8) for p in planes])  # (itemsize, count)
-    return joined.T.tobytes()
+    elements = np.empty((len(planes[0]), itemsize), np.uint8)  # (count, itemsize)
+    for k, plane in enumerate(planes):
+        elements[:, k] = np.frombuffer(plane, np.uint8)
+    return elements.tobytes()
 
 
 def chunk_digest(data: bytes | memoryview) -> str:

@@ -15,14 +15,14 @@ to safetensors. Nothing is ever unpickled otherwise.
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..digest import file_digest, record_digest, short
+from ..digest import copy_hashing, file_digest, record_digest, short
 from ..errors import UsageError, WeightsError
 from ..policy import licenses
 from ..provenance import in_toto
@@ -75,32 +75,40 @@ def import_weights(file: Path | str, *, name: str, version: str = "imported",
     claims = Claims(license, origin, no_training_data)
     _validate(source, name, version, claims)
     store = store or Store()
-    source_digest = file_digest(source)
-    record = {"format": "reweigh.import/1", "name": name, "version": version,
-              "source_digest": source_digest, "license": license, "origin": origin,
-              "no_training_data": no_training_data}
-    identity = record_digest(record)
-    item_name = f"{short(identity)}-{name}-{version}"
-    with store.lock(identity):
-        item = store.find(identity)
-        if item is not None:
-            return _report(item, source, True)
-        staged = store.new_build_dir(identity)
-        try:
-            out = staged / "out"
-            out.mkdir()
-            fmt, skipped = _convert(source, out / "weights.safetensors")
-            weights_digest = file_digest(out / "weights.safetensors")
-            _write_files(out, weights_digest, {**record, "source": source.name, "format": fmt,
-                                               "skipped": list(skipped)})
-            store.record_import(item_name, {
-                "source_name": source.name, "source_digest": source_digest, "format": fmt,
-                "license": license, "origin": origin, "no_training_data": int(no_training_data)})
-            item = store.commit(out, item_name, {
-                "derivation": identity, "name": name, "version": version,
-                "weights_digest": weights_digest, "environment_digest": None, "inputs": {}})
-        finally:
-            remove_tree(staged)
+    staging = store.new_staging_dir()
+    try:
+        # Read once: the file is hashed while it is copied in (or, a PyTorch file, hashed
+        # and then loaded), and the copy is what is checked and kept.
+        copied = _stage(source, staging / "weights.safetensors")
+        record = {"format": "reweigh.import/1", "name": name, "version": version,
+                  "source_digest": copied.source_digest, "license": license,
+                  "origin": origin, "no_training_data": no_training_data}
+        identity = record_digest(record)
+        item_name = f"{short(identity)}-{name}-{version}"
+        with store.lock(identity):
+            item = store.find(identity)
+            if item is not None:
+                return _report(item, source, True)
+            staged = store.new_build_dir(identity)
+            try:
+                out = staged / "out"
+                out.mkdir()
+                os.replace(staging / "weights.safetensors", out / "weights.safetensors")
+                _write_files(out, copied.weights_digest,
+                             {**record, "source": source.name, "format": copied.format,
+                              "skipped": list(copied.skipped)})
+                store.record_import(item_name, {
+                    "source_name": source.name, "source_digest": copied.source_digest,
+                    "format": copied.format, "license": license, "origin": origin,
+                    "no_training_data": int(no_training_data)})
+                item = store.commit(out, item_name, {
+                    "derivation": identity, "name": name, "version": version,
+                    "weights_digest": copied.weights_digest, "environment_digest": None,
+                    "inputs": {}}, known={"weights.safetensors": copied.weights_digest})
+            finally:
+                remove_tree(staged)
+    finally:
+        remove_tree(staging)
     return _report(item, source, False)
 
 
@@ -130,12 +138,25 @@ def _report(item: StoreItem, source: Path, reused: bool) -> ImportReport:
                         tuple(parameters.get("skipped", [])), reused)
 
 
-def _convert(source: Path, target: Path) -> tuple[str, tuple[str, ...]]:
-    """Copy a safetensors file as is, or convert a PyTorch file loaded weights-only."""
+@dataclass(frozen=True)
+class _Copied:
+    source_digest: str
+    weights_digest: str
+    format: str
+    skipped: tuple[str, ...]
+
+
+def _stage(source: Path, target: Path) -> _Copied:
+    """A safetensors file copied as is, hashed as it is copied (one read), its copy's
+    header checked; or a PyTorch file hashed, loaded weights-only and converted, and the
+    converted file hashed."""
     if sniff_format(source) == "pytorch":
-        return _from_pytorch(source, target)
-    shutil.copyfile(source, target)
-    return SAFETENSORS, ()
+        source_digest = file_digest(source)
+        fmt, skipped = _from_pytorch(source, target)
+        return _Copied(source_digest, file_digest(target), fmt, skipped)
+    digest = copy_hashing(source, target)
+    read_header(target)  # what is kept is what was checked, whatever the source does next
+    return _Copied(digest, digest, SAFETENSORS, ())
 
 
 def _from_pytorch(source: Path, target: Path) -> tuple[str, tuple[str, ...]]:

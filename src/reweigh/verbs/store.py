@@ -8,11 +8,14 @@ was lost or replaced), so that an empty index never reads as a verified store.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..digest import file_digest
-from ..store import Corruption, Store, StoreItem
+from ..errors import WeightsError
+from ..store import Corruption, Store, StoreItem, cores
+from ..store_checkpoints import chunk_digest, decode
 from ..store_inputs import holds
 from ..trees import tree_stats
 
@@ -56,7 +59,29 @@ def verify_store(store: Store | None = None) -> list[Corruption]:
     known = {rel for rel, _ in inputs.values()}
     problems.extend(Corruption(rel, "", "unknown") for rel in _input_entries(store.root)
                     if rel not in known)
+    problems.extend(_verify_chunks(store))
     return problems
+
+
+def _verify_chunks(store: Store) -> list[Corruption]:
+    """Every chunk of kept checkpoints read back and rehashed (in parallel), and every
+    chunk an item's manifest names present."""
+    present = list(store.chunks.all())
+    with ThreadPoolExecutor(cores()) as pool:
+        damaged = [d for d, ok in zip(present, pool.map(_chunk_holds, [store] * len(present),
+                                                        present), strict=True) if not ok]
+    missing = sorted(set(store.chunk_references()) - set(present))
+    where = lambda d: store.chunks.path(d).relative_to(store.root).as_posix()  # noqa: E731
+    return ([Corruption(where(d), "", "modified") for d in damaged]
+            + [Corruption(where(d), "", "missing") for d in missing])
+
+
+def _chunk_holds(store: Store, digest: str) -> bool:
+    try:
+        data = decode(store.chunks.path(digest).read_bytes(), digest)
+    except (OSError, WeightsError):
+        return False
+    return chunk_digest(data) == digest
 
 
 def _verify_item(root: Path, item: str, listing: dict[str, str]) -> list[Corruption]:
