@@ -100,7 +100,7 @@ def encode(data: bytes | memoryview, itemsize: int) -> bytes:
         planes = np.empty((itemsize, len(elements)), np.uint8)  # (itemsize, count)
         for k in range(itemsize):  # a column at a time: far faster than a transposed copy
             planes[k] = elements[:, k]
-        parts = [memoryview(plane) for plane in planes]
+        parts = [plane.data for plane in planes]
     else:
         itemsize, parts = 1, [raw]
     out = [_MAGIC, bytes([itemsize])]
