@@ -1,18 +1,21 @@
-"""Reading a user's examples: layouts, image conversion, CSV parsing (fuzzed), splitting."""
+"""Reading a user's examples: layouts, image conversion, CSV parsing (fuzzed), splitting;
+the random changes training applies to images (augment), and how a recipe records them."""
 
 from __future__ import annotations
 
 import string
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from reweigh.adapt import combine_licenses
-from reweigh.adapt_template import adapt_data
+from reweigh.adapt import AUGMENT, PATIENCE, Data, Settings, combine_licenses, params, params_toml
+from reweigh.adapt_template import adapt_data, augment
 from reweigh.adapt_template.adapt_data import BadData, detect, read_dataset, split
 from reweigh.errors import UsageError
 from reweigh.network import parse_interface
@@ -44,6 +47,22 @@ def test_a_wide_image_is_centred_on_a_square_and_averaged_by_area(tmp_path: Path
     # padded to 8x8 (two background rows above, two below): the lit row is row 5, so
     # each bottom 4x4 block is a quarter lit
     assert np.allclose(x, [[[0.0, 0.0], [4.0, 4.0]]])
+
+
+def test_grey_paper_becomes_the_ground_and_white_paper_is_left_as_it_was(
+        tmp_path: Path) -> None:
+    paper = np.full((32, 32), 255)
+    paper[8:16, :] = 0
+    white = adapt_data.read_example(_png(tmp_path / "white.png", paper), GREY)
+    grey_paper = np.where(paper == 255, 205, 0)  # the same band on grey paper
+    grey = adapt_data.read_example(_png(tmp_path / "grey.png", grey_paper), GREY)
+    assert np.array_equal(grey, white)  # the paper's grey is taken away, full ink kept
+    wide = np.full((16, 32), 215)  # a wide sheet of grey paper, padded to a square
+    wide[4:12, 8:24] = 40  # grey pencil: rows 3-4 and columns 2-5 of the 8x8
+    x = adapt_data.read_example(_png(tmp_path / "wide.png", wide), GREY)
+    expected = np.zeros((1, 8, 8))
+    expected[0, 3:5, 2:6] = 16 * (215 - 40) / 215  # no veil of grey, no frame around it
+    assert np.allclose(x, expected, atol=1e-4)
 
 
 def test_area_weights_keep_the_mean() -> None:
@@ -172,3 +191,91 @@ def test_any_folder_tree_gives_a_layout_or_bad_data(
         assert e.reason and str(root) in e.path
         return
     assert layout in ("images", "text") and len(classes) >= 2 and len(x) == len(y)
+
+
+# --- augmentation ------------------------------------------------------------------------
+
+def _batch() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(16, 1, 8, 8, generator=g)  # (N, C, H, W) on 0..1
+
+
+def _changed(x: torch.Tensor, settings: dict, seed: int = 0) -> torch.Tensor:
+    return augment.augment(x, settings, torch.Generator().manual_seed(seed))
+
+
+def test_augmentation_is_drawn_from_the_generator_alone_and_leaves_the_batch_alone() -> None:
+    x = _batch()
+    kept = x.clone()
+    first = _changed(x, AUGMENT)
+    assert torch.equal(x, kept) and first.shape == x.shape and first.dtype == x.dtype
+    assert torch.equal(first, _changed(x, AUGMENT))  # the same draws, the same bits
+    assert not torch.equal(first, _changed(x, AUGMENT, seed=1))
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
+    assert _changed(x, {}) is x
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = _changed(x, AUGMENT)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, first)
+
+
+def test_each_kind_of_augmentation_does_what_it_says() -> None:
+    ones = torch.ones(4, 1, 8, 8)
+    # zoomed by one half: the picture fills the middle 4x4, the ground (0) the rest
+    half = _changed(ones, {"scale": [0.5, 0.5]})
+    assert torch.allclose(half.sum(dim=(1, 2, 3)), torch.full((4,), 16.0))
+    assert torch.equal(half[:, 0, 2:6, 2:6], torch.ones(4, 4, 4))
+    assert torch.allclose(_changed(ones, {"ink": [0.5, 0.5]}), ones * 0.5)
+    dot = torch.zeros(64, 1, 8, 8)
+    dot[:, 0, 3:5, 3:5] = 1.0  # a 2x2 dot in the middle
+    moved = _changed(dot, {"shift": 0.25})  # up to 2 pixels each way
+    rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    mass = moved.sum(dim=(1, 2, 3))
+    centre_y = (moved[:, 0] * rows).sum(dim=(1, 2)) / mass
+    centre_x = (moved[:, 0] * cols).sum(dim=(1, 2)) / mass
+    assert torch.allclose(mass, torch.full((64,), 4.0), atol=1e-5)  # moved, not lost
+    assert float((centre_y - 3.5).abs().max()) <= 2.0 + 1e-5
+    assert float((centre_x - 3.5).abs().max()) > 1.0  # and it does move
+    turned = _changed(dot, {"rotate": 180.0})
+    assert torch.allclose(turned.sum(dim=(1, 2, 3)), torch.full((64,), 4.0), atol=0.5)
+    grey = torch.full((8, 1, 8, 8), 0.5)
+    noise = _changed(grey, {"noise": 0.05}) - grey
+    assert 0.04 < float(noise.std()) < 0.06
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    ({"blur": 1}, "params.augment.blur: unknown"),
+    ({"scale": 0.5}, "params.augment.scale: expected [low, high]"),
+    ({"scale": [1.2, 0.5]}, "params.augment.scale: expected 0 < low <= high"),
+    ({"ink": [0, 1]}, "params.augment.ink: expected 0 < low <= high"),
+    ({"noise": "a lot"}, "params.augment.noise: expected a number"),
+    ({"noise": 2}, "params.augment.noise: out of range"),
+    ({"rotate": 400}, "params.augment.rotate: out of range"),
+    ({"shift": float("nan")}, "params.augment.shift: expected a number"),
+])
+def test_a_hand_edited_augmentation_is_refused_naming_the_setting(
+        settings: dict, reason: str) -> None:
+    augment.check(AUGMENT)
+    with pytest.raises(ValueError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        augment.check(settings)
+
+
+def _params(kind: str = "image", **options: object) -> dict:
+    data = Data(Path("d"), "images", ("a", "b"), {"a": 4, "b": 4})
+    text = "\n".join(params_toml(params(Settings("x", **options), data, kind)))
+    return tomllib.loads(text)["params"]
+
+
+def test_the_recipe_records_the_augmentation_and_the_early_stopping_asked_for() -> None:
+    default = _params()
+    assert default["augment"] == AUGMENT and default["patience"] == PATIENCE
+    assert _params(augment=())["augment"] == {}
+    assert _params(augment=("noise", "shift")) ["augment"] == {
+        "shift": AUGMENT["shift"], "noise": AUGMENT["noise"]}
+    assert _params(held_out=0.0)["patience"] == 0 and _params(patience=7)["patience"] == 7
+    assert _params("features")["augment"] == {} and _params("text")["augment"] == {}
+    with pytest.raises(UsageError, match="--augment: the base network takes text"):
+        _params("text", augment=("noise",))

@@ -187,14 +187,14 @@ def recipe_toml(settings: Settings, base: Base, data: Data, data_digest: str) ->
         'entry = "finetune.py:train"',
         f"code = {_toml([*TEMPLATE_FILES, INTERFACE_FILE, 'base/*.py'])}",
         f"checkpoint_every = {max(1, settings.epochs // 4)}", "",
-        *_params_toml(params(settings, data, base.interface.input.kind)), "",
+        *params_toml(params(settings, data, base.interface.input.kind)), "",
         "[evaluate]",
         'entry = "finetune.py:evaluate"', "",
     ]
     return "\n".join(lines)
 
 
-def _params_toml(values: dict[str, Any]) -> list[str]:
+def params_toml(values: dict[str, Any]) -> list[str]:
     """[params], then a table per dict-valued parameter ([params.augment]), which TOML
     wants after the plain keys."""
     plain = [f"{key} = {_toml(value)}" for key, value in values.items()

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  augment         {', '.join(report.augment) or 'none'}")
     training = report.training
     if "epochs_trained" in training:
-        stop = (f", best held-out loss at epoch {training['best_epoch']}"
+        stop = (f", kept the best: epoch {training['best_epoch']}"
                 if "best_epoch" in training else "")
         print(f"  trained         {training['epochs_trained']} epochs{stop}")
     for name, value in report.metrics.items():
