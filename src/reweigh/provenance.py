@@ -132,6 +132,9 @@ def model_card(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...
         "## Evaluation", "",
         *([f"- {k}: {v:.6g}" for k, v in sorted(metrics.items())] or ["- none declared"]), "",
         "## Environment", "",
+        f"- numerics platform: {drv.record.get('platform', 'native')} "
+        f"(`{fingerprint(env)}`)" + (f"; native because: {recipe.platform_reason}"
+                                     if recipe.platform_reason else ""),
         f"- Python {env.get('python')}, packages: "
         + ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items()),
         f"- BLAS: {env.get('blas')}",
@@ -141,7 +144,8 @@ def model_card(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...
         f"- network isolation: {env.get('network_isolation')}", "",
         "## Rebuild", "",
         f"`reweigh build {recipe.name}/ --check` rebuilds these weights from source; the same "
-        "derivation on the same environment gives a bit-identical `weights.safetensors`.", "",
+        "derivation on the same numerics platform (any machine that offers it, with the same "
+        "library versions) gives a bit-identical `weights.safetensors`.", "",
         *policy_section(recipe, drv, inputs, run),
     ]
     return "\n".join(front + body)

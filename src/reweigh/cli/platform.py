@@ -54,8 +54,9 @@ def _render(report: PlatformReport) -> None:
         env = (p.get("settings") or {}).get("env") or {}
         pinned = " ".join(f"{k}={v}" for k, v in sorted(env.items()) if v is not None)
         print(f"platform    {p.get('name')} {p.get('digest')}")
+        blas = ", ".join(map(str, (p.get("blas") or {}).values()))
         print(f"  versions  python {p.get('python')}, torch {packages.get('torch')}, numpy "
-              f"{packages.get('numpy')}; blas {', '.join(map(str, (p.get('blas') or {}).values()))}")
+              f"{packages.get('numpy')}; blas {blas}")
         print(f"  kernels   {p.get('capability')}; {pinned}")
     if report.item is not None:
         item = report.item

@@ -8,7 +8,7 @@ median of the per-round ratios (portable / native), and both weights digests (th
 digest on both would mean the machine's kernels are the portable ones). Budget: at most
 1.10x on digits-cnn and connect4-zero.
 
-Usage: python bench/platform.py [--rounds N] [--threads T] [--examples a,b] [--full]
+Usage: python bench/platforms.py [--rounds N] [--threads T] [--examples a,b] [--full]
 (--full: connect4-zero's and textgen's full recipes instead of their smoke variants)
 """
 
