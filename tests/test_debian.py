@@ -8,7 +8,6 @@ the real `apt-get`, which answers from its local package lists without the netwo
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from reweigh.debian import DebianError, DebianPin, data_member, unpack
 
+from .debs import hostile_deb, member
 from .helpers import run_reweigh, store_is_empty, write_recipe
 
 READ_PACKAGE = """
@@ -125,45 +125,12 @@ def test_a_missing_package_says_how_to_get_it(tmp_path: Path, store: Path) -> No
     assert store_is_empty(store)
 
 
-# --- hostile packages, written by hand ----------------------------------------------------
-
-def _ar(members: list[tuple[str, bytes]]) -> bytes:
-    out = b"!<arch>\n"
-    for name, data in members:
-        header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
-        out += header + data + (b"\n" if len(data) % 2 else b"")
-    return out
-
-
-def _tar(entries: list[tarfile.TarInfo], contents: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.GNU_FORMAT) as tar:
-        for info in entries:
-            data = contents.get(info.name)
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buffer.getvalue()
-
-
-def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.mode = kind, link, 0o644
-    return info
-
-
-def hostile_deb(path: Path, entries: list[tarfile.TarInfo],
-                contents: dict[str, bytes]) -> Path:
-    control = _tar([_member("./control")], {"./control": b"Package: evil\n"})
-    path.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.gz", control),
-                          ("data.tar.gz", _tar(entries, contents))]))
-    return path
-
+# --- hostile packages, written by hand (tests/debs.py) -----------------------------------
 
 ESCAPES = {
-    "dot-dot": ([_member("./usr/../../escaped.mo")], {"./usr/../../escaped.mo": b"x"}),
-    "absolute": ([_member("/tmp/escaped.mo")], {"/tmp/escaped.mo": b"x"}),
-    "hard link out": ([_member("./usr/a.mo", tarfile.LNKTYPE, "../../etc/passwd")], {}),
+    "dot-dot": ([member("./usr/../../escaped.mo")], {"./usr/../../escaped.mo": b"x"}),
+    "absolute": ([member("/tmp/escaped.mo")], {"/tmp/escaped.mo": b"x"}),
+    "hard link out": ([member("./usr/a.mo", tarfile.LNKTYPE, "../../etc/passwd")], {}),
 }
 
 
@@ -183,11 +150,11 @@ def test_a_member_that_leaves_the_package_is_refused(
 
 
 def test_a_name_given_twice_and_a_selection_of_nothing_are_refused(tmp_path: Path) -> None:
-    twice = hostile_deb(tmp_path / "twice.deb", [_member("./a.mo"), _member("./a.mo")],
+    twice = hostile_deb(tmp_path / "twice.deb", [member("./a.mo"), member("./a.mo")],
                         {"./a.mo": b"x"})
     with pytest.raises(DebianError, match="given twice"):
         unpack(twice, tmp_path / "out1", ("*",), "label")
-    fine = hostile_deb(tmp_path / "fine.deb", [_member("./a.mo")], {"./a.mo": b"x"})
+    fine = hostile_deb(tmp_path / "fine.deb", [member("./a.mo")], {"./a.mo": b"x"})
     with pytest.raises(DebianError, match=r"no file of fine\.deb matches"):
         unpack(fine, tmp_path / "out2", ("usr/*",), "label")
     assert unpack(fine, tmp_path / "out3", ("*",), "label").files == 1
@@ -209,7 +176,7 @@ def test_a_damaged_deb_is_refused_with_a_debian_error(
     never another exception and never a file outside its folder."""
     base = tmp_path / "base.deb"
     if not base.exists():
-        hostile_deb(base, [_member("./usr/a.mo"), _member("./usr/b.mo")],
+        hostile_deb(base, [member("./usr/a.mo"), member("./usr/b.mo")],
                     {"./usr/a.mo": b"A" * 300, "./usr/b.mo": b"B" * 50})
     data = bytearray(base.read_bytes())
     for at, value in cuts:

@@ -21,6 +21,7 @@ bytes are hashed here.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 import shutil
@@ -108,12 +109,14 @@ def find_local(pin: DebianPin, label: str) -> Path | None:
     return None
 
 
-def fetch(pin: DebianPin, folder: Path, label: str) -> tuple[Path, str | None]:
-    """The .deb in `folder` (downloaded with apt-get unless a local copy exists) and the
-    address it came from (None for a local copy), its digest checked."""
+def fetch(pin: DebianPin, folder: Path, label: str) -> tuple[Path, str]:
+    """The .deb in `folder` (downloaded with apt-get unless a local copy exists), its
+    digest checked, and where anyone can download it: the address apt used, or for a
+    local copy snapshot.debian.org's, which serves every file Debian ever published by
+    its SHA-1."""
     local = find_local(pin, label)
     if local is not None:
-        return local, None
+        return local, snapshot_url(local)
     url, listed = _apt_uri(pin, folder, label)
     if listed is not None and listed != pin.digest:
         raise DigestMismatch(f"{label}: the archive's index for {pin.apt_name}", pin.digest,
@@ -128,7 +131,15 @@ def fetch(pin: DebianPin, folder: Path, label: str) -> tuple[Path, str | None]:
     if actual != pin.digest:
         raise DigestMismatch(f"{label}: {pin.file_name} from {url or 'apt-get'}", pin.digest,
                              actual)
-    return deb, url
+    return deb, url or snapshot_url(deb)
+
+
+def snapshot_url(deb: Path) -> str:
+    sha1 = hashlib.sha1()
+    with open(deb, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha1.update(chunk)
+    return f"https://snapshot.debian.org/file/{sha1.hexdigest()}"
 
 
 def _apt_uri(pin: DebianPin, folder: Path, label: str) -> tuple[str | None, str | None]:

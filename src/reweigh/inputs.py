@@ -268,6 +268,6 @@ def _from_debian(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -
     return _Pending(spec.name, "debian", digest, origin, store.input_path(digest), folder)
 
 
-def _debian_origin(pin: debian.DebianPin, url: str | None) -> dict[str, Any]:
+def _debian_origin(pin: debian.DebianPin, url: str) -> dict[str, Any]:
     return {"debian": pin.package, "version": pin.version, "architecture": pin.architecture,
-            "deb": pin.digest, "files": list(pin.files), **({"url": url} if url else {})}
+            "deb": pin.digest, "files": list(pin.files), "url": url}

@@ -1,9 +1,12 @@
 """reweigh export transcript ITEM DIR [--json]: an item's weights, transcript and kept
-checkpoints as plain files, to publish beside the weights for `reweigh verify`."""
+checkpoints as plain files, to publish beside the weights for `reweigh verify`.
+reweigh export guix RECIPE [-o FILE]: the recipe as a GNU Guix package definition."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from ..verbs.export import export_transcript
 from .common import add_store_option, open_store, print_json
@@ -19,6 +22,16 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     transcript.add_argument("--json", action="store_true", help="print a JSON report")
     add_store_option(transcript)
     transcript.set_defaults(run=run)
+    guix = what.add_parser("guix", help="a GNU Guix package definition that rebuilds the "
+                           "recipe (guix build -f)")
+    guix.add_argument("recipe", type=Path, help="recipe directory or recipe file")
+    guix.add_argument("--base-url", default=None, help="where the recipe's files are "
+                      "published (default: file:// URLs of this copy)")
+    guix.add_argument("--home-page", default=None, help="the package's home page")
+    guix.add_argument("-o", "--output", type=Path, default=None,
+                      help="write the definition to this file instead of standard output")
+    add_store_option(guix)
+    guix.set_defaults(run=run_guix)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,4 +41,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{report.folder}: {report.checkpoints} of the {report.recorded} checkpoints the "
               "transcript records, with the item's files")
+    return 0
+
+
+def run_guix(args: argparse.Namespace) -> int:
+    from ..verbs.export_guix import export_guix
+
+    text = export_guix(args.recipe, store=open_store(args), base_url=args.base_url,
+                       home_page=args.home_page)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
     return 0
