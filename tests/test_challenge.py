@@ -29,6 +29,20 @@ def built(digits_cnn: tuple[Path, Path]) -> tuple[Path, Path]:
     return digits_cnn
 
 
+@pytest.fixture(scope="module")
+def elsewhere(examples: Examples, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared store that also holds the recipe built on x86-64-v2 (another
+    numerics platform than the recipe's x86-64-v3): a challenge there with `--platform
+    x86-64-v2` compares with that rebuild, across platforms. Returns the store."""
+    built = examples.copy("digits-cnn", tmp_path_factory.mktemp("elsewhere"))
+    result = run_reweigh("build", RECIPE, *ON_V2, store=built.store)
+    assert result.returncode == 0, result.stderr
+    return built.store
+
+
+ON_V2 = ("--platform", "x86-64-v2")
+
+
 def _challenge(store: Path, published: Path, *extra: object) -> tuple[int, dict]:
     result = run_reweigh("challenge", RECIPE, "--published", published, "--json", *extra,
                          store=store)
@@ -38,7 +52,7 @@ def _challenge(store: Path, published: Path, *extra: object) -> tuple[int, dict]
 
 def _other_environment(item: Path, tmp_path: Path) -> Path:
     """A provenance statement like the item's, but claiming a genuinely other platform:
-    another torch (where the recipe's tolerance applies)."""
+    another torch (unsigned: the publisher's word only)."""
     statement = json.loads((item / "provenance.json").read_text())
     env = statement["predicate"]["runDetails"]["environment"]
     env["platform"]["packages"]["torch"] = "2.12.0+cpu"
@@ -98,7 +112,7 @@ def test_a_file_with_one_tensor_scaled_is_different_and_that_tensor_is_named_fir
 
 
 def test_a_hidden_trigger_fine_tune_is_never_equivalent(built: tuple[Path, Path],
-                                                        tmp_path: Path) -> None:
+                                                        elsewhere: Path, tmp_path: Path) -> None:
     store, item = built
     published = tmp_path / "trigger.safetensors"
     planted = backdoor.plant(item / "weights.safetensors", published, target=0)
@@ -106,16 +120,16 @@ def test_a_hidden_trigger_fine_tune_is_never_equivalent(built: tuple[Path, Path]
     assert planted.clean_accuracy_after >= planted.clean_accuracy_before - 0.01
     code, report = _challenge(store, published)
     assert code == 1 and report["verdict"] == "different"
-    # Even when it claims another environment, where tolerance applies, it is not equivalent.
-    code, report = _challenge(store, published, "--published-provenance",
-                              _other_environment(item, tmp_path))
+    # Even against a rebuild on another platform, where tolerance applies, it is not
+    # equivalent.
+    code, report = _challenge(elsewhere, published, *ON_V2)
     assert report["environment"] == "other"
     assert code == 1 and report["verdict"] == "different"
     assert any("relative L2" in reason for reason in report["reasons"])
 
 
-def test_one_ulp_is_different_here_but_equivalent_from_another_environment(
-        built: tuple[Path, Path], tmp_path: Path) -> None:
+def test_one_ulp_is_different_here_but_equivalent_from_another_platform(
+        built: tuple[Path, Path], elsewhere: Path, tmp_path: Path) -> None:
     store, item = built
     tensors = load_file(str(item / "weights.safetensors"))
     tensors["fc1.bias"] = np.nextafter(tensors["fc1.bias"], np.float32(np.inf))
@@ -137,15 +151,64 @@ def test_one_ulp_is_different_here_but_equivalent_from_another_environment(
     assert code == 1 and report["verdict"] == "different" and report["environment"] == "same"
     assert any("earns no slack" in reason for reason in report["reasons"])
 
+    # A claim of another torch is only the publisher's word: unsigned, it earns nothing.
     other = _other_environment(item, tmp_path)
     code, report = _challenge(store, published, "--published-provenance", other)
-    assert code == 0 and report["verdict"] == "equivalent"
-    assert report["environment_differences"] == ["packages"]
-    assert any("packages.torch: 2.12.0+cpu there" in r for r in report["reasons"])
+    assert code == 1 and report["verdict"] == "different"
+    assert report["environment"] == "unknown" and report["environment_claim"] == "unsigned"
+    assert any("packages.torch: 2.12.0+cpu there" in r and "unsigned" in r
+               for r in report["reasons"])
+
+    # Rebuilt here on another platform, the recipe's tolerance applies, and it says why.
+    code, report = _challenge(elsewhere, published, *ON_V2)
+    assert code == 0 and report["verdict"] == "equivalent", report["reasons"]
+    assert report["environment"] == "other" and report["environment_differences"] == ["name"]
+    assert any("rebuilt on platform x86-64-v2, not on the recipe's x86-64-v3" in r
+               for r in report["reasons"])
     assert report["behaviour"]["agreement"] == 1.0
-    code, report = _challenge(store, published, "--published-provenance", other,
-                              "--require", "identical")
+    code, report = _challenge(elsewhere, published, *ON_V2, "--require", "identical")
     assert code == 1
+
+
+def test_a_signed_claim_of_another_platform_earns_the_tolerance_and_an_unsigned_one_not(
+        built: tuple[Path, Path], elsewhere: Path, tmp_path: Path) -> None:
+    """A publisher built on x86-64-v2 and signed the item: its platform, signed by a key
+    this user trusts, earns the published weights the recipe's tolerance against this
+    x86-64-v3 rebuild. The same claim unsigned, or signed by a key not trusted here, or
+    over other weights, earns nothing."""
+    store, _ = built
+    keys = {"REWEIGH_KEYS": str(tmp_path / "keys")}
+    assert run_reweigh("keys", "generate", "publisher", env=keys).returncode == 0
+    theirs = next(p for p in (elsewhere / "items").iterdir()
+                  if json.loads((p / "derivation.json").read_text())["platform"] == "x86-64-v2")
+    bundle = tmp_path / "weights.sig"
+    signed = run_reweigh("sign", theirs.name, "--output", bundle, store=elsewhere, env=keys)
+    assert signed.returncode == 0, signed.stderr
+    published = theirs / "weights.safetensors"
+
+    result = run_reweigh("challenge", RECIPE, "--published", published, "--published-signature",
+                         bundle, "--json", store=store, env=keys)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["verdict"] == "equivalent", report["reasons"]
+    assert report["environment"] == "other" and report["environment_claim"] == "signed"
+    assert any(r.startswith("signed as built on another platform") and "x86-64-v2 there" in r
+               for r in report["reasons"])
+
+    code, report = _challenge(store, published, "--published-provenance",
+                              theirs / "provenance.json")
+    assert code == 1 and report["verdict"] == "different" and report["environment"] == "same"
+
+    untrusted = run_reweigh("challenge", RECIPE, "--published", published,
+                            "--published-signature", bundle, store=store,
+                            env={"REWEIGH_KEYS": str(tmp_path / "empty")})
+    assert untrusted.returncode == 1 and "earns no slack" in untrusted.stderr
+    nudged = tmp_path / "nudged.safetensors"
+    tensors = load_file(str(published))
+    tensors["fc1.bias"] = np.nextafter(tensors["fc1.bias"], np.float32(np.inf))
+    save_file(tensors, str(nudged))
+    other_weights = run_reweigh("challenge", RECIPE, "--published", nudged,
+                                "--published-signature", bundle, store=store, env=keys)
+    assert other_weights.returncode == 1 and "signs weights" in other_weights.stderr
 
 
 @pytest.mark.parametrize(("environment", "field"), [
@@ -208,7 +271,7 @@ def _with_metadata(text: str) -> str:
 
 
 def test_the_same_tensors_with_a_5_mb_metadata_string_are_different_naming_the_key(
-        built: tuple[Path, Path], tmp_path: Path) -> None:
+        built: tuple[Path, Path], elsewhere: Path, tmp_path: Path) -> None:
     store, item = built
     published = _rewrite_header(item / "weights.safetensors", tmp_path / "blob.safetensors",
                                 _with_metadata)
@@ -218,9 +281,8 @@ def test_the_same_tensors_with_a_5_mb_metadata_string_are_different_naming_the_k
     assert report["metadata"] == [{"key": "payload", "change": "only-in-b", "size_a": 0,
                                    "size_b": 5_000_000}]
     assert "'payload' only in the published file (5000000 characters)" in report["reasons"][1]
-    code, report = _challenge(store, published, "--published-provenance",
-                              _other_environment(item, tmp_path))
-    assert code == 1 and report["verdict"] == "different"  # no environment explains it
+    code, report = _challenge(elsewhere, published, *ON_V2)
+    assert code == 1 and report["verdict"] == "different"  # no platform explains it
     result = run_reweigh("challenge", RECIPE, "--published", published, store=store)
     assert result.returncode == 1
     assert "metadata: 1 of its keys differ" in result.stdout
@@ -228,7 +290,7 @@ def test_the_same_tensors_with_a_5_mb_metadata_string_are_different_naming_the_k
 
 
 def test_the_same_tensors_in_another_header_layout_are_not_identical(
-        built: tuple[Path, Path], tmp_path: Path) -> None:
+        built: tuple[Path, Path], elsewhere: Path, tmp_path: Path) -> None:
     store, item = built
     published = _rewrite_header(item / "weights.safetensors", tmp_path / "indented.safetensors",
                                 lambda text: json.dumps(json.loads(text), indent=1)
@@ -236,11 +298,10 @@ def test_the_same_tensors_in_another_header_layout_are_not_identical(
     code, report = _challenge(store, published)
     assert code == 1 and report["verdict"] == "different"
     assert report["header_layout"] == ["whitespace inside the JSON"] and not report["metadata"]
-    other = _other_environment(item, tmp_path)
-    code, report = _challenge(store, published, "--published-provenance", other)
+    code, report = _challenge(elsewhere, published, *ON_V2)  # across platforms
     assert code == 0 and report["verdict"] == "equivalent"
-    code, report = _challenge(store, published, "--published-provenance", other,
-                              "--require", "identical")
+    assert report["header_layout"] == ["whitespace inside the JSON"]
+    code, report = _challenge(elsewhere, published, *ON_V2, "--require", "identical")
     assert code == 1
 
 

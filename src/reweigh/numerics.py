@@ -275,17 +275,18 @@ def _leaves(path: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(path, a, b)]
 
 
-def relate(local: dict[str, Any], claimed: dict[str, Any] | None,
-           recipe_platform: str) -> tuple[EnvRelation, list[str], list[str]]:
+def relate(local: dict[str, Any], claimed: dict[str, Any] | None, recipe_platform: str,
+           signed: bool = False) -> tuple[EnvRelation, list[str], list[str]]:
     """How the platform a rebuild or replay ran on (`local`, measured here) relates to the
     one a publisher claims, given the platform the recipe names: the relation, the fields
     that differ, and the reasons in words.
 
-    Slack comes only from what is known here: the local run was asked onto another
-    platform than the recipe's (`--platform`), or the claim names another architecture,
-    device or library version. A claim that differs only in what the builder pins (the
-    level, its settings, the kernels torch reports) describes no build of this recipe
-    on this architecture with these libraries, so it earns none.
+    Slack comes only from what is known: the local run was asked onto another platform
+    than the recipe's (`--platform`), or a trusted key signed the claim of another
+    platform (`signed`). An unsigned claim earns none: one that differs only in what the
+    builder pins (the level, its settings, the kernels torch reports) describes no build
+    of this recipe on this architecture with these libraries, and one of another
+    architecture or library version is only the publisher's word.
     """
     name = local.get("name")
     if name != recipe_platform:
@@ -297,12 +298,15 @@ def relate(local: dict[str, Any], claimed: dict[str, Any] | None,
     if digest_of(claimed) == digest_of(local):
         return EnvRelation.SAME, [], [f"built on this platform ({name})"]
     genuine = genuine_differences(local, claimed)
+    differing = genuine + pinned_differences(local, claimed)
+    said = "; ".join(describe(key, local, claimed) for key in differing)
+    if signed:
+        return EnvRelation.OTHER, differing, [f"signed as built on another platform: {said}"]
     if genuine:
-        return (EnvRelation.OTHER, genuine,
-                ["built on another platform: "
-                 + "; ".join(describe(key, local, claimed) for key in genuine)])
-    pinned = pinned_differences(local, claimed)
-    return (EnvRelation.SAME, pinned,
-            [f"the published provenance claims other {', '.join(pinned)}, with this "
+        return (EnvRelation.UNKNOWN, differing,
+                [f"the published provenance claims another platform ({said}); unsigned, the "
+                 "claim earns no slack (a trusted key's signature would)"])
+    return (EnvRelation.SAME, differing,
+            [f"the published provenance claims other {', '.join(differing)}, with this "
              f"architecture and these library versions; platform {name} pins those, so "
              "the claim earns no slack"])

@@ -23,7 +23,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("recipe", help="recipe directory or its recipe.toml")
     parser.add_argument("--published", required=True, help="the published safetensors file")
     parser.add_argument("--published-provenance", default=None,
-                        help="the publisher's provenance.json (says which environment built it)")
+                        help="the publisher's provenance.json (says which environment built "
+                             "it; unsigned, the claim earns no slack)")
+    parser.add_argument("--published-signature", default=None,
+                        help="a signature bundle (reweigh sign) over the published file: its "
+                             "platform claim, under a key you trust, earns the recipe's "
+                             "tolerance when it is another platform than this rebuild's")
     parser.add_argument("--require", choices=["identical", "equivalent"], default="equivalent",
                         help="the verdict that counts as success (default: equivalent)")
     add_run_options(parser)
@@ -32,7 +37,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def run(args: argparse.Namespace) -> int:
     report = challenge(args.recipe, args.published,
-                       published_provenance=args.published_provenance, store=open_store(args),
+                       published_provenance=args.published_provenance,
+                       published_signature=args.published_signature, store=open_store(args),
                        threads=args.threads, reporter=reporter_for(args.json))
     ok = report.verdict.meets(Verdict(args.require))
     if args.json:
@@ -45,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 def render(report: ChallengeReport) -> None:
     print(f"published {report.published} ({report.published_digest})")
     print(f"rebuilt   {report.item} ({report.rebuilt_digest})")
-    print(f"environment of the published file: {report.environment.value}"
+    print(f"environment of the published file: {report.environment.value}, "
+          f"{report.claim} claim"
           + (f" (differs in {', '.join(report.environment_differences)})"
              if report.environment_differences else ""))
     changed = [t for t in report.tensors if t.status != "identical"]

@@ -36,6 +36,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                         help="skip (and name) a random pick whose start checkpoint was not "
                         "kept, instead of replaying it from the nearest kept one before it "
                         "(the first, the last and the largest updates are always replayed)")
+    parser.add_argument("--signature", default=None,
+                        help="a signature bundle (reweigh sign) over the weights: the platform "
+                             "the transcript records, signed by a key you trust, earns the "
+                             "recipe's per-segment tolerance when it is another platform than "
+                             "this replay's (unsigned, it earns none)")
     add_run_options(parser)
     parser.set_defaults(run=run)
 
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     report = verify(args.target, args.transcript,
                     Sampling(args.spot, args.largest, args.seed, args.kept_only),
                     recipe=args.recipe, store=open_store(args), threads=args.threads,
-                    reporter=reporter_for(args.json))
+                    reporter=reporter_for(args.json), signature=args.signature)
     if args.json:
         print_json(report.to_json())
     else:

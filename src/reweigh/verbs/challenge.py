@@ -54,6 +54,7 @@ class ChallengeReport:
     isolation: str = "unrecorded"  # how the rebuild was isolated ("none": unisolated)
     metadata: tuple[MetadataDiff, ...] = ()  # the __metadata__ keys that differ
     layout: tuple[str, ...] = ()  # how the published header is written differently
+    claim: str = "none"  # the publisher's environment claim: none, unsigned or signed
 
     def to_json(self) -> dict[str, Any]:
         behaviour = None
@@ -66,6 +67,7 @@ class ChallengeReport:
             "published": str(self.published), "published_digest": self.published_digest,
             "environment": self.environment.value,
             "environment_differences": list(self.environment_differences),
+            "environment_claim": self.claim,
             "isolation": self.isolation,
             "tensors": [vars(t) for t in self.tensors],
             "metadata": [m.to_json() for m in self.metadata],
@@ -75,8 +77,13 @@ class ChallengeReport:
 
 
 def challenge(recipe_dir: Path | str, published: Path | str, *,
-              published_provenance: Path | str | None = None, store: Store | None = None,
+              published_provenance: Path | str | None = None,
+              published_signature: Path | str | None = None, store: Store | None = None,
               threads: int | None = None, reporter: Reporter | None = None) -> ChallengeReport:
+    """`published_provenance` says where the publisher built the file, in their word;
+    `published_signature` (a bundle of `reweigh sign`) says it under a key this user
+    trusts: only that, or a rebuild here on another platform (`--platform`), earns the
+    recipe's tolerance."""
     store = store or Store()
     reporter = reporter or QuietReporter()
     threads = threads_for(threads)
@@ -85,13 +92,19 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
         raise UsageError(f"{published}: no such file")
     published_file = read_header(published)  # bad files are refused before any build
     claimed = _claimed_environment(published_provenance)
+    signed = None
+    if published_signature is not None:  # checked before any build: a bad one is refused
+        from .sign import signed_platform  # cryptography: only a signature needs it
+
+        signed = signed_platform(Path(published_signature), file_digest(published))
     with store.gc_lock(exclusive=False):  # gc waits: what plan() found stays
         the_plan = plan(recipe_dir, store)
         built = build_plan(the_plan, store, threads, False, reporter)
         item = store.resolve(built.path.name)
         compared = compare_whole(read_header(item.weights), published_file)
         tensors = compared.tensors
-        relation, differing, why = _relation(item, claimed, recipe_platform(the_plan.recipe))
+        relation, differing, why = _relation(item, claimed, signed,
+                                             recipe_platform(the_plan.recipe))
         behaviour = None
         needs_evidence = any(t.status != "identical" for t in tensors)
         if needs_evidence and the_plan.recipe.evaluate and all(
@@ -108,7 +121,8 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
         report = ChallengeReport(verdict, tuple(reasons), item.path, item.derivation,
                                  item.weights_digest, published, file_digest(published), relation,
                                  tuple(differing), tensors, behaviour, isolation,
-                                 compared.metadata, compared.layout)
+                                 compared.metadata, compared.layout,
+                                 "signed" if signed else "unsigned" if claimed else "none")
         store.record_check(item, "challenge", verdict.value, {
             "published": str(published), "published_digest": report.published_digest,
             "environment": relation.value})
@@ -131,12 +145,15 @@ def _claimed_environment(path: Path | str | None) -> dict[str, Any] | None:
     return env
 
 
-def _relation(item: StoreItem, claimed: dict[str, Any] | None,
+def _relation(item: StoreItem, claimed: dict[str, Any] | None, signed: dict[str, Any] | None,
               recipe_platform: str) -> tuple[EnvRelation, list[str], list[str]]:
-    """The rebuild's platform (the item's record) against the claimed one (see relate)."""
-    local = environment_of(json.loads((item.path / "provenance.json").read_text())) or {}
-    return relate(platform_of(local), None if claimed is None else platform_of(claimed),
-                  recipe_platform)
+    """The rebuild's platform (the item's record) against the claimed one, a signed claim
+    first (see relate)."""
+    local = platform_of(environment_of(
+        json.loads((item.path / "provenance.json").read_text())) or {})
+    if signed is not None:
+        return relate(local, signed, recipe_platform, signed=True)
+    return relate(local, None if claimed is None else platform_of(claimed), recipe_platform)
 
 
 def _behaviour(the_plan: Plan, store: Store, item: StoreItem, published: Path, threads: int,

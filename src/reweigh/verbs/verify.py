@@ -50,9 +50,9 @@ from ..compare import EnvRelation
 from ..derivation import Derivation, read_record
 from ..digest import file_digest
 from ..environment import platform_of
-from ..errors import UsageError
+from ..errors import SignatureError, UsageError
 from ..job import Replay
-from ..numerics import ENV_CHOICE, NATIVE, default_name, machine_arch, relate
+from ..numerics import ENV_CHOICE, NATIVE, default_name, digest_of, machine_arch, relate
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, Tolerance, load_recipe
 from ..store import Store, remove_tree
@@ -152,7 +152,8 @@ class _Subject:
 
 def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
            recipe: Path | str | None = None, store: Store | None = None,
-           threads: int | None = None, reporter: Reporter | None = None) -> VerifyReport:
+           threads: int | None = None, reporter: Reporter | None = None,
+           signature: Path | str | None = None) -> VerifyReport:
     """Check `transcript` (its chain, its derivation, its checkpoints) against the weights
     `target` (a store item, or a file with `recipe`) and replay the segments `sampling`
     picks. Bad input (a malformed file, another derivation's transcript) raises
@@ -170,18 +171,19 @@ def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
         if parsed.derivation != subject.code.derivation.digest:
             raise UsageError(f"{transcript}: derivation: the transcript is of {parsed.derivation}"
                              f", not of the verified weights' {subject.code.derivation.digest}")
+        signed = _signed(signature, parsed.environment, subject.weights.path)
         scratch = store.new_staging_dir()  # checkpoints written out of the store's chunks
         try:
             found = kept.find(parsed, transcript.parent, store, scratch)
             return _verified(parsed, transcript, subject, found, sampling, seed, store,
-                             threads, reporter)
+                             threads, reporter, signed)
         finally:
             remove_tree(scratch)
 
 
 def _verified(parsed: tr.Transcript, transcript: Path, subject: _Subject, found: kept.Found,
               sampling: Sampling, seed: int, store: Store, threads: int,
-              reporter: Reporter) -> VerifyReport:
+              reporter: Reporter, signed: bool = False) -> VerifyReport:
     target, segments_total = subject.weights.path, len(parsed.checkpoints)
     if found.problems:
         return VerifyReport(target, parsed.derivation, transcript, segments_total, seed,
@@ -197,7 +199,7 @@ def _verified(parsed: tr.Transcript, transcript: Path, subject: _Subject, found:
     tolerance = segment_tolerance(subject.tolerance, total, longest)
     with _replayed(subject, runs, found.files, store, threads, reporter) as replay:
         relation, why = _relation(parsed.environment, replay.result.environment,
-                                  subject.code.derivation.record)
+                                  subject.code.derivation.record, signed)
         allowed = tolerance if relation is EnvRelation.OTHER else 0.0
         results = tuple(_judge(subject, pick, moved, found.files, replay, allowed, runs)
                         for pick in selection.picks)
@@ -219,12 +221,27 @@ def segment_tolerance(tolerance: Tolerance, total_steps: int, segment_steps: int
 
 
 def _relation(recorded: dict[str, Any] | None, local: dict[str, Any],
-              derivation: dict[str, Any]) -> tuple[EnvRelation, list[str]]:
+              derivation: dict[str, Any], signed: bool) -> tuple[EnvRelation, list[str]]:
     """The replay's platform against the one the transcript records (see relate): the
     derivation names the platform the transcript must have been recorded on."""
     relation, _, why = relate(platform_of(local), platform_of(recorded) if recorded else None,
-                              derivation.get("platform", NATIVE))
+                              derivation.get("platform", NATIVE), signed)
     return relation, why
+
+
+def _signed(signature: Path | str | None, recorded: dict[str, Any] | None,
+            weights: Path) -> bool:
+    """Whether a trusted key signed the platform the transcript records, for these
+    weights: a signature of another platform, or of other weights, is refused."""
+    if signature is None:
+        return False
+    from .sign import signed_platform  # cryptography: only a signature needs it
+
+    platform = signed_platform(Path(signature), file_digest(weights))
+    if recorded is None or digest_of(platform_of(recorded)) != digest_of(platform):
+        raise SignatureError(f"{signature}: signs another platform than the transcript's "
+                             "environment records")
+    return True
 
 
 def _load(path: Path) -> tr.Transcript:
