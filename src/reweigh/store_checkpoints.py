@@ -12,7 +12,8 @@ layer, a base model's tensors in a head-only fine-tune of it, a rebuild's checkp
 
 Compression: a float tensor's bytes are stored as byte planes (the k-th byte of every
 element together, as Blosc's shuffle filter does), and each plane is compressed with
-Zstandard only when a sample of it shrinks: float32 weights and optimiser moments keep
+Zstandard (level 1, the `zstandard` package the cache uses too) only when a sample of it
+shrinks: float32 weights and optimiser moments keep
 their sign and exponent byte in a narrow range (it compresses to about a third) while
 their mantissa bytes are noise that zstd only slows down on. On checkpoints of
 digits-cnn and of a 4096-wide layer under Adam this kept 0.82-0.84 of the bytes, the
@@ -52,13 +53,24 @@ _WORTH = 0.95  # ...this share of their size
 _LEVEL = 1
 
 
-def _zstd() -> Any:
-    """Python's own compression.zstd where it has one (3.14), else its backport."""
+def _compress(data: bytes | memoryview) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=_LEVEL).compress(data)
+
+
+def _decompress(data: bytes, label: str) -> bytes:
+    """A plane back from its Zstandard frame, which must say its size and that size be
+    at most a chunk's (a damaged or hostile frame cannot make it allocate more)."""
+    import zstandard
+
     try:
-        from compression import zstd  # type: ignore[import-not-found]
-    except ImportError:
-        from backports import zstd  # type: ignore[import-not-found,no-redef]
-    return zstd
+        size = zstandard.frame_content_size(data)
+        if not 0 <= size <= CHUNK:
+            raise WeightsError(f"{label}: a compressed plane of an unstated or impossible size")
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=CHUNK)
+    except zstandard.ZstdError as e:
+        raise WeightsError(f"{label}: a chunk whose compressed data is damaged") from e
 
 
 @dataclass(frozen=True)
@@ -104,11 +116,10 @@ def encode(data: bytes | memoryview, itemsize: int) -> bytes:
     else:
         itemsize, parts = 1, [raw]
     out = [_MAGIC, bytes([itemsize])]
-    zstd = _zstd()
     for part in parts:
         sample = part[:_SAMPLE]
-        squeezed = (zstd.compress(part, level=_LEVEL)
-                    if len(zstd.compress(sample, level=_LEVEL)) < _WORTH * len(sample) else None)
+        squeezed = (_compress(part)
+                    if len(_compress(sample)) < _WORTH * len(sample) else None)
         if squeezed is not None and len(squeezed) < len(part):
             out += [b"\x01", struct.pack("<Q", len(squeezed)), squeezed]
         else:
@@ -123,7 +134,6 @@ def decode(stored: bytes, label: str) -> bytes:
     if stored[:4] != _MAGIC or len(stored) < 5 or stored[4] == 0:
         raise WeightsError(f"{label}: not a stored chunk")
     itemsize, at, planes = stored[4], 5, []
-    zstd = _zstd()
     for _ in range(itemsize):
         if at + 9 > len(stored) or stored[at] > 1:
             raise WeightsError(f"{label}: a chunk cut short or malformed")
@@ -131,10 +141,7 @@ def decode(stored: bytes, label: str) -> bytes:
         body = stored[at + 9:at + 9 + length]
         if len(body) != length:
             raise WeightsError(f"{label}: a chunk cut short")
-        try:
-            planes.append(zstd.decompress(body) if stored[at] else body)
-        except zstd.ZstdError as e:
-            raise WeightsError(f"{label}: a chunk whose compressed data is damaged") from e
+        planes.append(_decompress(body, label) if stored[at] else body)
         at += 9 + length
     if at != len(stored) or len({len(p) for p in planes}) != 1:
         raise WeightsError(f"{label}: a chunk with bytes beyond its planes")
