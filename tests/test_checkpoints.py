@@ -245,6 +245,23 @@ def test_a_forged_digest_of_a_checkpoint_not_kept_fails_the_replay_through_it(
     assert "did not reproduce step 8" in failed[10]
 
 
+def test_a_kept_checkpoint_not_at_hand_is_replayed_through_not_trusted(
+        pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """What an item pulled without its chunks, or a publisher who left a file out, gives:
+    the replay runs through the absent checkpoint and checks its digest."""
+    store, item, recipe = pruned
+    folder = tmp_path / "published"
+    run_reweigh("export", "transcript", item, folder, store=store)
+    (folder / "checkpoints" / "step-000000010.safetensors").unlink()
+    report = run_json("verify", folder / "weights.safetensors", "--recipe", recipe,
+                      "--transcript", folder / "transcript.json", "--spot", "0",
+                      "--largest", "0", store=tmp_path / "empty-store")
+    assert report["holds"] and report["chain_ok"] and report["absent"] == [10]
+    (last,) = report["segments"]
+    assert last["stop_step"] == 12 and last["replayed_from"] == 6 and not last["start_kept"]
+    assert "its start (step 10) is not at hand: replayed from step 6" in last["note"]
+
+
 # --- store upkeep: verify, gc ---------------------------------------------------------------
 
 def test_store_verify_finds_a_damaged_chunk_and_verify_refuses_it(tmp_path: Path) -> None:

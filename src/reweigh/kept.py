@@ -8,9 +8,13 @@ a file is only handed out when it has its recorded digest. An entry without a fi
 (format /2: the recipe's retention did not keep it) is no problem here: its digest is
 chained all the same, and `transcript.replay_plan` replays through it.
 
-Where a checkpoint is neither beside the transcript nor in the store, it is missing, as
-before; a binary cache that serves checkpoints by digest would be one more place to
-look (not yet).
+A checkpoint the transcript says was kept but that is neither beside it nor whole in the
+store (an item pulled from a binary cache comes without its chunks; a publisher left a file
+out) is `absent`: the replay runs through it as through one not kept, which costs time but
+lets no forgery pass, since every segment it runs must give its recorded digest. A file
+that is there and does not have its digest, or a chunk that is there and damaged, is a
+problem: evidence, not a gap. A cache that serves checkpoints by digest would be one more
+place to look (not yet).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .store_checkpoints import materialise
 class Found:
     files: dict[int, Path] = field(default_factory=dict)  # checkpoint index -> checked file
     problems: list[str] = field(default_factory=list)
+    absent: list[int] = field(default_factory=list)  # steps said kept, not at hand here
     from_store: int = 0  # how many were written out of the store's chunks
 
 
@@ -65,8 +70,9 @@ def _from_store(c: tr.Checkpoint, index: int, store: Store, scratch: Path,
                 found: Found) -> str | None:
     """Write the checkpoint out of the store's chunks; what went wrong, or None."""
     manifest = store.kept_checkpoint(c.digest)
-    if manifest is None:
-        return f"checkpoint file {c.file} is missing"
+    if manifest is None or not all(store.chunks.has(d) for d, _ in manifest.chunks):
+        found.absent.append(c.step)
+        return None
     try:
         found.files[index] = materialise(manifest, store.chunks,
                                          scratch / f"{index:06d}-{Path(c.file or '').name}")

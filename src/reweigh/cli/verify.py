@@ -90,6 +90,9 @@ def render(report: VerifyReport) -> None:
         replayed = [r for r in report.results if not r.skipped]
         print(f"replayed {len(replayed)} segments, {report.compute_fraction:.1%} of "
               f"training: {'; '.join(why)}")
+        if report.absent:
+            print("checkpoints named but not at hand (replayed through): steps "
+                  + ", ".join(map(str, report.absent)))
         if skipped := [r for r in report.results if r.skipped]:
             print(f"skipped {len(skipped)} chosen segments: "
                   + ", ".join(f"{r.start_step}..{r.stop_step}" for r in skipped))

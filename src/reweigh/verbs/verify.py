@@ -119,6 +119,7 @@ class VerifyReport:
     environment_reasons: tuple[str, ...] = ()  # the platforms' relation in words
 
     kept: int = 0  # checkpoints whose files were at hand (beside it or in the store)
+    absent: tuple[int, ...] = ()  # steps whose files the transcript names, not at hand
 
     @property
     def holds(self) -> bool:
@@ -130,7 +131,7 @@ class VerifyReport:
                 "transcript": str(self.transcript), "segments_total": self.segments_total,
                 "seed": self.seed, "chain_ok": self.chain_ok, "problems": list(self.problems),
                 "segments": [r.to_json() for r in self.results],
-                "kept_checkpoints": self.kept,
+                "kept_checkpoints": self.kept, "absent": list(self.absent),
                 "skipped": [r.index for r in self.results if r.skipped],
                 "compute_fraction": self.compute_fraction, "environment": self.environment,
                 "environment_reasons": list(self.environment_reasons),
@@ -208,7 +209,7 @@ def _verified(parsed: tr.Transcript, transcript: Path, subject: _Subject, found:
                         True, (), results, runs.steps() / total, relation.value, allowed,
                         selection.stretches, drawn, selection.population,
                         {m: tr.catch_probability(selection.population, drawn, m)
-                         for m in SPREADS}, tuple(why), len(found.files))
+                         for m in SPREADS}, tuple(why), len(found.files), tuple(found.absent))
 
 
 def segment_tolerance(tolerance: Tolerance, total_steps: int, segment_steps: int) -> float:
@@ -364,8 +365,8 @@ def _judge(subject: _Subject, pick: tr.Pick, updates: Mapping[int, float],
     first = _start_of(runs, origin)
     result = replace(result, replayed_from=first,
                      seconds=_seconds(replay, runs, origin, segment.index),
-                     note="" if kept_start else
-                     f"its start (step {start_step}) was not kept: replayed from step {first}")
+                     note="" if kept_start else f"its start (step {start_step}) "
+                     f"{_not_there(segment.start)}: replayed from step {first}")
     if (broken := _through(runs, origin, segment.index, replay, allowed)) is not None:
         return replace(result, note=f"{result.note}, which did not reproduce step {broken}")
     made = _made(replay, segment.stop.step)
@@ -389,7 +390,7 @@ def _compared(subject: _Subject, segment: tr.Segment, made: tuple[Path, str],
                 note, f"its end (step {segment.stop.step}) was not kept, so on another "
                 "platform it cannot be compared within tolerance"))
         holds = True
-    elif not holds and allowed > 0:
+    elif not holds and allowed > 0 and published is not None:
         drift = states.drift(replayed, published)
         holds = drift <= allowed
         note = _joined(note, f"drift {drift:.2e} {'within' if holds else 'beyond'} "
@@ -410,6 +411,12 @@ def _compared(subject: _Subject, segment: tr.Segment, made: tuple[Path, str],
         note = f"{note}: {difference.describe()}" if note else difference.describe()
     return replace(result, replayed=digest, holds=holds, note=note, drift=drift,
                    difference=difference)
+
+
+def _not_there(start: tr.Checkpoint | None) -> str:
+    """Why a segment's start checkpoint is not at hand: the recipe did not keep its file,
+    or it did and the file is neither beside the transcript nor in this store."""
+    return "was not kept" if start is not None and start.file is None else "is not at hand"
 
 
 def _joined(note: str, more: str) -> str:
