@@ -133,8 +133,9 @@ def test_the_cnn_transcript_chains_its_checkpoints(digits_cnn: tuple[Path, Path]
     links = [c["chain"] for c in transcript["checkpoints"]]
     assert len(set(links)) == 35
     assert transcript["environment"]["threads"] >= 1  # where it was recorded, for verify
-    for entry in transcript["checkpoints"]:
-        assert (item / entry["file"]).is_file()
+    for entry in transcript["checkpoints"]:  # each kept as chunks, named by a manifest
+        manifest = json.loads((item / entry["file"]).with_suffix(".json").read_text())
+        assert manifest["digest"] == entry["digest"] and manifest["chunks"]
 
 
 def test_check_catches_a_recipe_that_is_not_deterministic_and_names_the_tensor(
