@@ -84,7 +84,10 @@ def item_evidence(store: Store, item: StoreItem) -> Evidence:
     sources = tuple(_source(d) for d in dependencies if d["name"].startswith("input:")
                     and d.get("annotations", {}).get("kind") in DATA_KINDS)
     status, note = data_status(licence.get("data"), sources)
-    checkpoints = sorted((item.path / "checkpoints").glob("*.safetensors"))
+    # kept checkpoints: a manifest each (their files are chunks in the store); items built
+    # before checkpoints were kept by content hold the files themselves
+    checkpoints = sorted((item.path / "checkpoints").glob("*.json")) or sorted(
+        (item.path / "checkpoints").glob("*.safetensors"))
     return Evidence(
         subject=f"{item.name} {item.version} (store item {item.path.name})",
         origin=Origin.RECIPE, code_licence=licence.get("code"),
