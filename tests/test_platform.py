@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -210,23 +209,19 @@ def test_every_example_gives_one_digest_on_every_emulated_cpu_and_thread_count(
 @pytest.mark.slow
 @pytest.mark.parametrize(("args", "env"), EMULATED)
 def test_an_adapted_recipe_gives_one_digest_on_every_emulated_cpu(
-        adapted_recipe: tuple[Path, Path, str], tmp_path: Path, args: tuple[str, ...],
-        env: dict[str, str]) -> None:
-    store, recipe, digest = adapted_recipe
-    shutil.copytree(store, tmp_path / "store", symlinks=True)
-    for item in (tmp_path / "store" / "items").iterdir():  # leave only the base
-        if "shapes" in item.name:
-            item.chmod(0o755)
-            shutil.rmtree(item)
-    report = _build(recipe, tmp_path / "store", args, env)
+        examples: Examples, adapted_recipe: tuple[Path, str], tmp_path: Path,
+        args: tuple[str, ...], env: dict[str, str]) -> None:
+    recipe, digest = adapted_recipe
+    base = examples.copy("digits-cnn", tmp_path)  # the base item only, as adapt found it
+    report = _build(recipe, base.store, args, env)
     assert report["reused"] is False and report["weights_digest"] == digest
 
 
 @pytest.fixture(scope="module")
 def adapted_recipe(examples: Examples, tmp_path_factory: pytest.TempPathFactory
-                   ) -> tuple[Path, Path, str]:
-    """digits-cnn adapted to drawn shapes in a copy of the shared store: (store, the
-    derived recipe, its weights digest)."""
+                   ) -> tuple[Path, str]:
+    """digits-cnn adapted to drawn shapes in a copy of the shared store: (the derived
+    recipe, its weights digest)."""
     root = tmp_path_factory.mktemp("platform-adapt")
     base = examples.copy("digits-cnn", root)
     spec = importlib.util.spec_from_file_location("shapes", EXAMPLES / "digits-cnn" / "shapes.py")
@@ -237,7 +232,7 @@ def adapted_recipe(examples: Examples, tmp_path_factory: pytest.TempPathFactory
     result = run_reweigh("adapt", "digits-cnn", "--data", data, "--name", "shapes", "--out",
                          root / "recipe", "--strategy", "head", "--json", store=base.store)
     assert result.returncode == 0, result.stderr
-    return base.store, root / "recipe", json.loads(result.stdout)["weights_digest"]
+    return root / "recipe", json.loads(result.stdout)["weights_digest"]
 
 
 @pytest.mark.slow
