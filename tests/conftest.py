@@ -23,6 +23,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,40 @@ from .helpers import EXAMPLES, variant
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+# --- the quick tier: `-m "not slow"` ------------------------------------------------------
+
+# A test is slow when it starts recipe code (a build, a replay, an evaluation, an estimate):
+# each start is a sandboxed interpreter importing torch, a second or more. Mark it
+# @pytest.mark.slow (or its module, with pytestmark); a test that reads the shared builds is
+# marked here, as it may be the one that trains them.
+BUILDS = frozenset({"examples", "digits_cnn", "backdoor_diff"})
+QUICK_HINT_SECONDS = 2.0  # a quick-tier test slower than this is named at the end of the run
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BUILDS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """In the quick tier, name the tests that took long: a hint, never a failure (the
+    machine may be busy), for whoever keeps the tier under a minute."""
+    if "not slow" not in (config.getoption("markexpr") or ""):
+        return
+    slow = sorted(((report.duration, report.nodeid)
+                   for reports in terminalreporter.stats.values() for report in reports
+                   if getattr(report, "when", None) == "call"
+                   and report.duration >= QUICK_HINT_SECONDS), reverse=True)
+    if slow:
+        terminalreporter.write_line(f"quick tier: {len(slow)} test(s) took over "
+                                    f"{QUICK_HINT_SECONDS:g} s; mark them slow if they run "
+                                    "recipe code (tests/conftest.py):")
+        for duration, nodeid in slow[:10]:
+            terminalreporter.write_line(f"  {duration:5.1f} s  {nodeid}")
 
 
 # --- the examples, built once per run -------------------------------------------------------

@@ -25,6 +25,7 @@ def test_a_command_s_usage_error_names_the_command(store: Path) -> None:
                              "(hint: reweigh build --help)\n")
 
 
+@pytest.mark.slow
 def test_a_reader_that_goes_away_ends_the_command_quietly_with_the_sigpipe_status(
         tmp_path: Path, store: Path) -> None:
     """`reweigh show ITEM --json | head -c1`, with the reader gone before the first write:
@@ -51,6 +52,7 @@ def test_each_command_that_runs_recipe_code_says_its_thread_default(command: str
         " ".join(result.stdout.split())
 
 
+@pytest.mark.slow
 def test_recipe_code_runs_on_one_thread_unless_asked(tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r")
     assert run_json("build", recipe, store=store)["threads"] == 1
@@ -68,6 +70,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow
 def test_reusing_a_built_item_imports_neither_bars_nor_the_licence_parser(
         tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r")

@@ -79,6 +79,7 @@ def _debian_input(deb_digest: str, package: str = "hello-l10n", version: str = "
         """
 
 
+@pytest.mark.slow
 def test_a_package_is_unpacked_read_only_and_known_by_its_deb(
         tmp_path: Path, store: Path, good_deb: Path) -> None:
     recipe = write_recipe(tmp_path / "r", READ_PACKAGE, inputs=_debian_input(_digest(good_deb)))
@@ -99,6 +100,7 @@ def test_a_package_is_unpacked_read_only_and_known_by_its_deb(
     assert again.returncode == 0 and json.loads(again.stdout)["reused"], again.stderr
 
 
+@pytest.mark.slow
 def test_a_wrong_digest_is_refused_and_nothing_is_kept(
         tmp_path: Path, store: Path, good_deb: Path) -> None:
     wrong = "sha256:" + "0" * 64
@@ -111,6 +113,7 @@ def test_a_wrong_digest_is_refused_and_nothing_is_kept(
     assert store_is_empty(store)
 
 
+@pytest.mark.slow
 def test_a_missing_package_says_how_to_get_it(tmp_path: Path, store: Path) -> None:
     if shutil.which("apt-get") is None:
         pytest.skip("apt-get is not installed")
@@ -134,6 +137,7 @@ ESCAPES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", sorted(ESCAPES))
 def test_a_member_that_leaves_the_package_is_refused(
         tmp_path: Path, store: Path, how: str) -> None:

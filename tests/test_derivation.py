@@ -223,6 +223,7 @@ print("sha256:" + hashlib.sha256(canonical).hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_an_items_derivation_digest_is_recomputed_by_an_independent_jcs(tmp_path: Path) -> None:
     train = """
     import numpy as np

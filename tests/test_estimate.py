@@ -95,6 +95,7 @@ def test_the_estimate_of_connect4_zero_smoke_is_within_a_factor_of_two_of_its_re
 
 
 
+@pytest.mark.slow
 def test_flops_are_counted_with_flop_counter_mode_over_one_step(tmp_path: Path) -> None:
     recipe = steps_recipe(tmp_path / "r", steps=400, sleep=0.01)
     result = run_reweigh("estimate", recipe, "--json", "--seconds", "0.5", "--threads", "1",
@@ -111,6 +112,7 @@ def test_flops_are_counted_with_flop_counter_mode_over_one_step(tmp_path: Path) 
     assert report["within_threshold"] is True
 
 
+@pytest.mark.slow
 def test_nothing_of_an_estimate_run_enters_the_store(tmp_path: Path) -> None:
     recipe = steps_recipe(tmp_path / "r", steps=400, sleep=0.01)
     store = tmp_path / "store"
@@ -121,6 +123,7 @@ def test_nothing_of_an_estimate_run_enters_the_store(tmp_path: Path) -> None:
     assert Store(store).attempts() == []
 
 
+@pytest.mark.slow
 def test_a_recipe_that_would_train_for_years_exceeds_the_guix_budget(tmp_path: Path) -> None:
     recipe = steps_recipe(tmp_path / "r", steps=10**9, sleep=0.05)
     result = run_reweigh("check", recipe, "--policy", "guix", "--json", "--estimate-seconds",
@@ -134,6 +137,7 @@ def test_a_recipe_that_would_train_for_years_exceeds_the_guix_budget(tmp_path: P
     assert guix["reasons"] == [f"recompute cost: too costly: {cost['text']}"]
 
 
+@pytest.mark.slow
 def test_the_budget_is_the_users_to_set(tmp_path: Path) -> None:
     recipe = steps_recipe(tmp_path / "r", steps=100, sleep=0.01)
     result = run_reweigh("check", recipe, "--policy", "guix", "--json", "--max-core-hours",

@@ -16,6 +16,8 @@ from reweigh.store import Store
 
 from .helpers import run_json, run_reweigh, write_recipe
 
+pytestmark = pytest.mark.slow  # every test here builds
+
 READS_DATA = """
 import numpy as np
 

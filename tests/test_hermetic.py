@@ -192,12 +192,14 @@ ATTEMPTS = ["read_secret", "read_shadow", "list_home", "read_environ", "write_re
             "abstract", "setns_parent", "setns_init", "unshare", "packet_socket"]
 
 
+@pytest.mark.slow
 @needs_sandbox
 @pytest.mark.parametrize("attempt", ATTEMPTS)
 def test_the_build_cannot_get_out(hostile: dict, attempt: str) -> None:
     assert _metrics(hostile)[attempt] == 0.0, f"{attempt} worked from inside the build"
 
 
+@pytest.mark.slow
 @needs_sandbox
 def test_nothing_reached_the_host(hostile: dict) -> None:
     _metrics(hostile)
@@ -210,6 +212,7 @@ def test_nothing_reached_the_host(hostile: dict) -> None:
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+@pytest.mark.slow
 @needs_sandbox
 def test_no_process_outlives_the_build(hostile: dict) -> None:
     _metrics(hostile)
@@ -224,6 +227,7 @@ def test_no_process_outlives_the_build(hostile: dict) -> None:
     assert alive == []
 
 
+@pytest.mark.slow
 @needs_sandbox
 def test_the_provenance_records_the_isolation_measured_inside(hostile: dict) -> None:
     item = Path(json.loads(hostile["result"].stdout)["path"])
@@ -253,6 +257,7 @@ def train(ctx):
 """
 
 
+@pytest.mark.slow
 @needs_sandbox
 def test_one_derivation_in_two_stores_gives_one_digest(tmp_path: Path) -> None:
     """Paths, host name, user and the environment are the same in every build, so a
@@ -280,6 +285,7 @@ def test_without_bubblewrap_a_build_refuses_in_one_line(tmp_path: Path, store: P
     assert store_is_empty(store)
 
 
+@pytest.mark.slow
 def test_an_unisolated_build_is_recorded_and_said(tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r")
     result = run_reweigh("build", recipe, "--sandbox", "none", "--json", store=store)
@@ -319,6 +325,7 @@ def unprivileged(tmp_path: Path) -> Iterator[tuple[list[str], Path, dict[str, st
     subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
+@pytest.mark.slow
 @needs_sandbox
 def test_an_unprivileged_user_builds_and_rebuilds_bit_for_bit(
         unprivileged: tuple[list[str], Path, dict[str, str]]) -> None:

@@ -61,6 +61,7 @@ def _url_recipe(directory: Path, url: str, digest: str) -> Path:
                         inputs=f'[inputs.table]\nurl = "{url}"\ndigest = "{digest}"')
 
 
+@pytest.mark.slow
 def test_a_url_input_is_downloaded_once_verified_and_kept(
         tmp_path: Path, store: Path, http_server: tuple[str, type[_Files]]) -> None:
     base, handler = http_server
@@ -143,6 +144,7 @@ def test_a_package_named_by_its_import_name_is_refused_with_the_distribution_nam
     assert store_is_empty(store)
 
 
+@pytest.mark.slow
 def test_a_folder_input_is_hashed_as_a_tree_and_changes_the_derivation(
         tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r", """
@@ -160,6 +162,7 @@ def test_a_folder_input_is_hashed_as_a_tree_and_changes_the_derivation(
     assert first["weights_digest"] == second["weights_digest"]  # same count of files
 
 
+@pytest.mark.slow
 def test_a_store_item_is_an_input_for_fine_tuning(tmp_path: Path, store: Path) -> None:
     base = run_json("build", write_recipe(tmp_path / "base"), store=store)
     tuned = write_recipe(tmp_path / "tuned", """
@@ -209,6 +212,7 @@ def _weights(item: str) -> list[float]:
     return load_file(str(Path(item) / "weights.safetensors"))["w"].tolist()
 
 
+@pytest.mark.slow
 def test_a_half_deleted_input_in_the_store_is_staged_again_never_trained_on(
         tmp_path: Path, store: Path) -> None:
     """As a gc killed mid-delete (before gc moved folders aside) would leave it: some files
@@ -231,6 +235,7 @@ def test_a_half_deleted_input_in_the_store_is_staged_again_never_trained_on(
     assert run_reweigh("store", "verify", store=store).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_kept_input_rewritten_with_its_times_restored_is_caught(
         tmp_path: Path, store: Path) -> None:
     """Size and modification time can be put back; the change time cannot."""
@@ -248,6 +253,7 @@ def test_a_kept_input_rewritten_with_its_times_restored_is_caught(
     assert _weights(second["path"]) == [4.0, 22.0]
 
 
+@pytest.mark.slow
 def test_store_verify_names_the_files_a_half_deleted_input_lost(
         tmp_path: Path, store: Path) -> None:
     run_json("build", _corpus_recipe(tmp_path / "one", seed=1), store=store)
@@ -260,6 +266,7 @@ def test_store_verify_names_the_files_a_half_deleted_input_lost(
          "problem": "missing"}]
 
 
+@pytest.mark.slow
 def test_inputs_kept_before_their_files_were_recorded_are_still_reused(
         tmp_path: Path, store: Path) -> None:
     """A store from before the input_files table: the first reuse rehashes and records."""

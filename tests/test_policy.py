@@ -176,6 +176,7 @@ def test_the_text_output_is_a_table_per_policy_without_colour_when_piped(
 # --- small recipes -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_non_free_data_licence_makes_toxic_candy_for_debian_and_blocks_guix(
         tmp_path: Path) -> None:
     recipe = recipe_with(tmp_path / "r", data="CC-BY-NC-4.0")
@@ -192,6 +193,7 @@ def test_a_non_free_data_licence_makes_toxic_candy_for_debian_and_blocks_guix(
     assert line(report, "mof", "datasets (I)")["status"] == "not free"
 
 
+@pytest.mark.slow
 def test_a_data_licence_without_a_data_input_is_toxic_candy(tmp_path: Path) -> None:
     recipe = recipe_with(tmp_path / "r", with_data=False)
     code, report = check_json(recipe, tmp_path / "store", "--policy", "debian", "--policy",
@@ -205,6 +207,7 @@ def test_a_data_licence_without_a_data_input_is_toxic_candy(tmp_path: Path) -> N
     assert line(report, "osaid", "data information")["status"] == "missing"
 
 
+@pytest.mark.slow
 def test_an_input_that_cannot_be_had_makes_the_data_unavailable(tmp_path: Path) -> None:
     recipe = recipe_with(tmp_path / "r")
     (recipe / "data.txt").unlink()
@@ -215,6 +218,7 @@ def test_an_input_that_cannot_be_had_makes_the_data_unavailable(tmp_path: Path) 
     assert policy(report, "guix")["verdict"] == "not packageable"
 
 
+@pytest.mark.slow
 def test_data_none_declares_self_generated_data_and_is_free(tmp_path: Path) -> None:
     recipe = recipe_with(tmp_path / "r", data="NONE", with_data=False)
     code, report = check_json(recipe, tmp_path / "store", "--policy", "debian", "--policy",
@@ -227,6 +231,7 @@ def test_data_none_declares_self_generated_data_and_is_free(tmp_path: Path) -> N
                                                          "recompute cost")["text"]
 
 
+@pytest.mark.slow
 def test_an_unknown_weights_licence_makes_a_non_free_model_and_names_it(tmp_path: Path) -> None:
     recipe = recipe_with(tmp_path / "r", weights="LicenseRef-acme-model-licence")
     code, report = check_json(recipe, tmp_path / "store", "--policy", "debian",
@@ -239,6 +244,7 @@ def test_an_unknown_weights_licence_makes_a_non_free_model_and_names_it(tmp_path
     assert line(report, "osaid", "parameters")["status"] == "unknown"
 
 
+@pytest.mark.slow
 def test_an_unlisted_code_licence_is_unknown_not_guessed(tmp_path: Path) -> None:
     recipe = recipe_with(tmp_path / "r", code="Foo-1.0", data="NONE", with_data=False)
     _, report = check_json(recipe, tmp_path / "store", "--policy", "debian")
@@ -306,6 +312,7 @@ def test_a_file_that_is_not_weights_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not a recipe, a safetensors file" in result.stderr
 
 
+@pytest.mark.slow
 def test_check_writes_nothing_into_an_item(tmp_path: Path) -> None:
     """Items stay read-only: check reads the store and never rewrites a card."""
     recipe = recipe_with(tmp_path / "r", data="NONE", with_data=False)

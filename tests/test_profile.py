@@ -16,6 +16,8 @@ from reweigh.store import Store
 
 from .helpers import run_reweigh, write_recipe
 
+pytestmark = pytest.mark.slow  # every test here builds
+
 
 @pytest.fixture(scope="module")
 def items(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:

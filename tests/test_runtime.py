@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from .helpers import run_json, run_reweigh, store_is_empty, write_recipe
+
+pytestmark = pytest.mark.slow  # every test here builds
 
 EVALUATE = '[evaluate]\nentry = "train.py:evaluate"'
 

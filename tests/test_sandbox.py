@@ -40,6 +40,7 @@ def server() -> Iterator[tuple[int, type[_CountingHandler]]]:
     httpd.server_close()
 
 
+@pytest.mark.slow
 def test_a_build_that_opens_a_connection_fails_with_a_clear_message(
         tmp_path: Path, store: Path, server: tuple[int, type[_CountingHandler]]) -> None:
     port, handler = server
@@ -57,6 +58,7 @@ def test_a_build_that_opens_a_connection_fails_with_a_clear_message(
     assert not any((store / "items").iterdir())
 
 
+@pytest.mark.slow
 def test_a_build_that_swallows_the_network_error_still_fails(
         tmp_path: Path, store: Path, server: tuple[int, type[_CountingHandler]]) -> None:
     port, handler = server
@@ -78,6 +80,7 @@ def test_a_build_that_swallows_the_network_error_still_fails(
     assert not any((store / "items").iterdir())
 
 
+@pytest.mark.slow
 def test_a_process_started_by_the_build_has_no_network_either(
         tmp_path: Path, store: Path, server: tuple[int, type[_CountingHandler]]) -> None:
     port, handler = server
@@ -101,6 +104,7 @@ def test_a_process_started_by_the_build_has_no_network_either(
         "network_isolation"]
 
 
+@pytest.mark.slow
 def test_a_build_that_writes_to_its_input_fails_and_the_input_is_unchanged(
         tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r", """
@@ -116,6 +120,7 @@ def test_a_build_that_writes_to_its_input_fails_and_the_input_is_unchanged(
     assert not any((store / "items").iterdir())
 
 
+@pytest.mark.slow
 def test_a_failing_build_leaves_no_item_and_shows_the_recipes_own_traceback(
         tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r", """
@@ -145,6 +150,7 @@ def test_a_failing_build_leaves_no_item_and_shows_the_recipes_own_traceback(
     assert [a["status"] for a in attempts] == ["failed"]
 
 
+@pytest.mark.slow
 def test_an_entry_point_that_saves_no_weights_fails(tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r", "def train(ctx):\n    pass\n")
     result = run_reweigh("build", recipe, store=store)
@@ -153,6 +159,7 @@ def test_an_entry_point_that_saves_no_weights_fails(tmp_path: Path, store: Path)
     assert store_is_empty(store)
 
 
+@pytest.mark.slow
 def test_an_input_touched_during_the_build_fails_it_and_leaves_no_item(
         tmp_path: Path, store: Path) -> None:
     """`os.utime` is no write the guard sees; the builder's check of the inputs' stat
@@ -166,6 +173,7 @@ def test_an_input_touched_during_the_build_fails_it_and_leaves_no_item(
     assert not any((store / "items").iterdir())
 
 
+@pytest.mark.slow
 def test_an_input_rewritten_with_its_size_and_mtime_restored_still_fails_the_build(
         tmp_path: Path, store: Path) -> None:
     """A process the guard cannot see rewrites the input with bytes of the same length and
@@ -211,6 +219,7 @@ def train(ctx):
 """
 
 
+@pytest.mark.slow
 def test_files_a_recipe_leaves_open_are_complete_in_the_item(tmp_path: Path,
                                                              store: Path) -> None:
     """The build process skips the garbage collection of its teardown (most of a second

@@ -54,6 +54,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-unt
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_store_verify_finds_a_corrupted_byte_in_a_weights_file(
         tmp_path: Path, store: Path) -> None:
     data = run_json("build", write_recipe(tmp_path / "r"), store=store)
@@ -81,6 +82,7 @@ def train(ctx):
 """
 
 
+@pytest.mark.slow
 def test_items_and_inputs_are_read_only_and_readable_by_all(tmp_path: Path,
                                                             store: Path) -> None:
     """Files 0444 and folders 0555, the weights and checkpoints too (written 0600 by the
@@ -100,6 +102,7 @@ def test_items_and_inputs_are_read_only_and_readable_by_all(tmp_path: Path,
     assert any(name.endswith("/data/a.txt") for name in modes)
 
 
+@pytest.mark.slow
 def test_a_build_killed_mid_training_leaves_no_item_and_the_next_build_succeeds(
         tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r", SLOW_TRAIN, params="steps = 100",
@@ -143,6 +146,7 @@ def test_two_builds_of_one_recipe_at_once_train_once(tmp_path: Path, store: Path
     assert [a["status"] for a in Store(store).attempts()] == ["built"]
 
 
+@pytest.mark.slow
 def test_list_show_and_path_find_an_item_by_name_and_by_digest(
         tmp_path: Path, store: Path) -> None:
     data = run_json("build", write_recipe(tmp_path / "r"), store=store)
@@ -157,6 +161,7 @@ def test_list_show_and_path_find_an_item_by_name_and_by_digest(
     assert shown["environment"]["threads"] >= 1
 
 
+@pytest.mark.slow
 def test_a_prefix_of_two_items_is_ambiguous(tmp_path: Path, store: Path) -> None:
     """Two items whose hashes share their first 8 characters: a prefix names neither."""
     data = run_json("build", write_recipe(tmp_path / "r"), store=store)
@@ -178,6 +183,7 @@ def test_an_unknown_item_is_a_usage_error(store: Path) -> None:
     assert result.stderr.strip() == f"reweigh: no-such-model: no such item in the store {store}"
 
 
+@pytest.mark.slow
 def test_reweigh_store_overrides_the_default_location(tmp_path: Path) -> None:
     store = tmp_path / "elsewhere"
     result = run_reweigh("build", write_recipe(tmp_path / "r"),
@@ -265,6 +271,7 @@ def test_a_user_who_is_not_root_commits_an_item_and_an_input_and_removes_them() 
             assert "uid 65534" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_symbolic_link_in_the_output_is_refused_and_what_it_points_to_is_untouched(
         tmp_path: Path, store: Path) -> None:
     outside = tmp_path / "outside.txt"
@@ -286,6 +293,7 @@ def test_a_symbolic_link_in_the_output_is_refused_and_what_it_points_to_is_untou
     assert not any((store / "items").iterdir())
 
 
+@pytest.mark.slow
 def test_store_verify_names_item_folders_a_lost_index_no_longer_knows(
         tmp_path: Path, store: Path) -> None:
     data = run_json("build", write_recipe(tmp_path / "r"), store=store)
@@ -301,6 +309,7 @@ def test_store_verify_names_item_folders_a_lost_index_no_longer_knows(
         {"item": Path(data["path"]).name, "relpath": "", "problem": "unknown"}]
 
 
+@pytest.mark.slow
 def test_an_unreadable_index_stops_every_command_with_one_line(
         tmp_path: Path, store: Path) -> None:
     recipe = write_recipe(tmp_path / "r")

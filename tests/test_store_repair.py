@@ -7,11 +7,14 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import save_file
 
 from reweigh.store import Store
 
 from .helpers import run_json, run_reweigh, write_recipe
+
+pytestmark = pytest.mark.slow  # every test here builds
 
 READS_TABLE = """
 import numpy as np
