@@ -85,13 +85,18 @@ def _chunk_holds(store: Store, digest: str) -> bool:
 
 
 def _verify_item(root: Path, item: str, listing: dict[str, str]) -> list[Corruption]:
+    """An item's files against its listing; its files are rehashed in parallel."""
     problems = []
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} \
         if root.is_dir() else set()
+    there = sorted(rel for rel in listing if rel in present)
+    with ThreadPoolExecutor(min(cores(), len(there)) or 1) as pool:
+        found = dict(zip(there, pool.map(file_digest, [root / rel for rel in there]),
+                         strict=True))
     for relpath, digest in sorted(listing.items()):
         if relpath not in present:
             problems.append(Corruption(item, relpath, "missing"))
-        elif file_digest(root / relpath) != digest:
+        elif found[relpath] != digest:
             problems.append(Corruption(item, relpath, "modified"))
     problems.extend(Corruption(item, rel, "unexpected") for rel in sorted(present - listing.keys()))
     return problems
