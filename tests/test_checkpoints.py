@@ -272,11 +272,19 @@ def test_a_kept_checkpoint_not_at_hand_is_replayed_through_not_trusted(
 # --- store upkeep: verify, gc ---------------------------------------------------------------
 
 @pytest.mark.slow
-def test_store_verify_finds_a_damaged_chunk_and_verify_refuses_it(tmp_path: Path) -> None:
+def _copy_of(pruned: tuple[Path, Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the pruned build's store (to damage or collect), and its item there."""
+    store, item, _ = pruned
     root = tmp_path / "store"
-    item = build(_recipe(tmp_path / "r", steps=4), store=Store(root), threads=1).path
+    shutil.copytree(store, root, symlinks=True)
+    return root, root / "items" / item.name
+
+
+def test_store_verify_finds_a_damaged_chunk_and_verify_refuses_it(
+        pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    root, item = _copy_of(pruned, tmp_path)
     assert run_json("store", "verify", store=root)["ok"]
-    manifest = Manifest.read(item / "checkpoints" / "step-000000002.json")
+    manifest = Manifest.read(item / "checkpoints" / "step-000000006.json")
     victim = Store(root).chunks.path(manifest.chunks[1][0])
     stored = bytearray(victim.read_bytes())
     stored[-1] ^= 1
@@ -289,14 +297,13 @@ def test_store_verify_finds_a_damaged_chunk_and_verify_refuses_it(tmp_path: Path
     verified = run_json("verify", item, "--transcript", item / "transcript.json", "--spot", "0",
                         store=root)
     assert not verified["holds"] and not verified["chain_ok"]
-    assert any("step 2" in p and "damaged" in p for p in verified["problems"])
+    assert any("step 6" in p and "damaged" in p for p in verified["problems"])
 
 
-@pytest.mark.slow
-def test_gc_removes_the_chunks_only_removed_items_needed(tmp_path: Path) -> None:
-    root = tmp_path / "store"
+def test_gc_removes_the_chunks_only_removed_items_needed(
+        pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    root, _ = _copy_of(pruned, tmp_path)
     store = Store(root)
-    build(_recipe(tmp_path / "a", steps=4), store=store, threads=1)
     only_a = set(store.chunks.all())
     other = build(_recipe(tmp_path / "c", steps=4, width=48, name="c"), store=store, threads=1)
     assert set(store.chunks.all()) > only_a
@@ -313,7 +320,6 @@ def test_gc_removes_the_chunks_only_removed_items_needed(tmp_path: Path) -> None
                     "--spot", "1", store=root)["holds"]
 
 
-@pytest.mark.slow
 def test_a_forged_checkpoint_event_fails_the_build_and_touches_nothing(tmp_path: Path) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("keep me")
