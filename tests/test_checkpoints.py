@@ -84,6 +84,7 @@ def test_import_reads_the_file_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_a_build_reads_its_weights_and_each_checkpoint_once(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     recipe = _recipe(tmp_path / "r", width=1024, steps=4)  # 4 MiB weights, 16 MiB a state
@@ -100,6 +101,7 @@ def test_a_build_reads_its_weights_and_each_checkpoint_once(tmp_path: Path) -> N
 
 # --- kept by content, compressed, shared ----------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_equal_tensors_are_stored_once_within_an_item_and_between_items(
         tmp_path: Path) -> None:
@@ -177,6 +179,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_retention_keeps_exactly_what_the_recipe_says(pruned: tuple[Path, Path, Path]) -> None:
     _, item, _ = pruned
     transcript = json.loads((item / "transcript.json").read_text())
@@ -190,6 +193,7 @@ def test_retention_keeps_exactly_what_the_recipe_says(pruned: tuple[Path, Path, 
     assert all(len(c["digest"]) == 71 for c in transcript["checkpoints"])
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_verify_on_a_pruned_transcript_replays_through_what_was_not_kept(
         pruned: tuple[Path, Path, Path]) -> None:
@@ -207,6 +211,7 @@ def test_verify_on_a_pruned_transcript_replays_through_what_was_not_kept(
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_verify_kept_only_names_the_random_picks_it_skips(
         pruned: tuple[Path, Path, Path]) -> None:
     store, item, _ = pruned
@@ -222,6 +227,7 @@ def test_verify_kept_only_names_the_random_picks_it_skips(
     assert "skipped 2 chosen segments: 2..4, 4..6" in text.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_a_forged_digest_of_a_checkpoint_not_kept_fails_the_replay_through_it(
         pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -252,6 +258,7 @@ def test_a_forged_digest_of_a_checkpoint_not_kept_fails_the_replay_through_it(
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_a_kept_checkpoint_not_at_hand_is_replayed_through_not_trusted(
         pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """What an item pulled without its chunks, or a publisher who left a file out, gives:
@@ -280,6 +287,7 @@ def _copy_of(pruned: tuple[Path, Path, Path], tmp_path: Path) -> tuple[Path, Pat
     return root, root / "items" / item.name
 
 
+@pytest.mark.slow
 def test_store_verify_finds_a_damaged_chunk_and_verify_refuses_it(
         pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
     root, item = _copy_of(pruned, tmp_path)
@@ -300,6 +308,7 @@ def test_store_verify_finds_a_damaged_chunk_and_verify_refuses_it(
     assert any("step 6" in p and "damaged" in p for p in verified["problems"])
 
 
+@pytest.mark.slow
 def test_gc_removes_the_chunks_only_removed_items_needed(
         pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
     root, _ = _copy_of(pruned, tmp_path)
@@ -320,6 +329,7 @@ def test_gc_removes_the_chunks_only_removed_items_needed(
                     "--spot", "1", store=root)["holds"]
 
 
+@pytest.mark.slow
 def test_a_forged_checkpoint_event_fails_the_build_and_touches_nothing(tmp_path: Path) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("keep me")
@@ -361,6 +371,7 @@ def test_a_replay_plan_runs_each_segment_once_from_the_nearest_kept_start() -> N
 
 # --- a user who is not root -------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_an_unprivileged_user_builds_keeps_verifies_and_collects(tmp_path: Path) -> None:
     import sysconfig

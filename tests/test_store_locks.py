@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from reweigh.digest import bytes_digest
 from reweigh.store import Store
 from reweigh.store_locks import locked, remove_unused
@@ -33,6 +35,7 @@ def _fake_items(store: Store, count: int, tmp: Path) -> list[str]:
     return names
 
 
+@pytest.mark.slow  # 150 commits, then gc as a command
 def test_gc_removes_the_lock_files_of_what_it_removed_and_compacts_the_index(
         tmp_path: Path) -> None:
     root = tmp_path / "store"
