@@ -37,10 +37,11 @@ def store(tmp_path: Path) -> Path:
 
 # --- the quick tier: `-m "not slow"` ------------------------------------------------------
 
-# A test is slow when it starts recipe code (a build, a replay, an evaluation, an estimate):
-# each start is a sandboxed interpreter importing torch, a second or more. Mark it
-# @pytest.mark.slow (or its module, with pytestmark); a test that reads the shared builds is
-# marked here, as it may be the one that trains them.
+# A test is slow when it takes seconds: it starts recipe code (a build, a replay, an
+# evaluation, an estimate: each a sandboxed interpreter importing torch), trains or plays a
+# network, runs a command that loads torch, or starts a browser. Mark it @pytest.mark.slow
+# (or its module, with pytestmark); a test that reads the shared builds is marked here, as
+# it may be the one that trains them. The rest, the quick tier, runs in under a minute.
 BUILDS = frozenset({"examples", "digits_cnn", "backdoor_diff"})
 QUICK_HINT_SECONDS = 2.0  # a quick-tier test slower than this is named at the end of the run
 

@@ -73,6 +73,7 @@ def test_search_finds_the_winning_move_even_with_an_untrained_network() -> None:
     assert mcts.best_move(root) == 3
 
 
+@pytest.mark.slow  # three games of self-play, three times
 def test_a_shard_is_a_function_of_its_task() -> None:
     model = Connect4Net(8, 1, 8)
     task = {"weights": {k: v.numpy() for k, v in model.state_dict().items()},

@@ -163,6 +163,7 @@ def test_the_export_reads_in_guile_and_pins_every_file_and_input(
     assert {"python-reweigh", "python-numpy"} <= {f[1] for f in facts if f[0] == "input"}
 
 
+@pytest.mark.slow
 def test_a_store_item_input_is_refused(tmp_path: Path, store: Path) -> None:
     base = write_recipe(tmp_path / "base")
     assert run_reweigh("build", base, store=store).returncode == 0

@@ -130,6 +130,7 @@ def test_show_list_and_store_verify_handle_an_imported_item(
     assert run_json("store", "verify", store=store)["ok"] is True
 
 
+@pytest.mark.slow  # a command that loads torch: seconds
 def test_a_pytorch_file_is_loaded_weights_only_and_the_output_says_so(tmp_path: Path) -> None:
     layer = torch.nn.Linear(3, 2)
     file = tmp_path / "model.pt"
@@ -155,6 +156,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow  # a command that loads torch: seconds
 def test_a_pickle_that_carries_code_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     file = tmp_path / "evil.pt"
@@ -217,6 +219,7 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     ({"s": torch.eye(3).to_sparse()}, "s: a torch.sparse_coo tensor has no safetensors form"),
     ({"__metadata__": torch.zeros(2)}, "the name __metadata__ has no safetensors form"),
 ])
+@pytest.mark.slow  # a command that loads torch: seconds
 def test_a_pytorch_file_whose_tensors_safetensors_cannot_hold_is_refused_and_nothing_stored(
         tmp_path: Path, state: dict[str, Any], message: str) -> None:
     """Nothing may enter the store that reweigh cannot read back, and no tensor may be

@@ -339,6 +339,28 @@ def _store_is_empty(store: Path) -> bool:
                for sub in ("items", "inputs", "tmp"))
 
 
+@pytest.mark.parametrize(("case_id", "edit", "field"), [
+    pytest.param(*case, id=case[0]) for case in BAD])
+def test_a_bad_recipe_is_refused_before_anything_runs_naming_file_and_field(
+        tmp_path: Path, case_id: str, edit: Edit, field: str) -> None:
+    """The cases below, planned in this process as `reweigh build` plans them before it
+    starts anything: the quick tier's form of the command's test (a process per case)."""
+    from reweigh.errors import ReweighError
+    from reweigh.store import Store
+    from reweigh.verbs.build import plan
+
+    directory = write_minimal(tmp_path / case_id)
+    edit(directory)
+    store = tmp_path / "store"
+    with pytest.raises(ReweighError) as caught:
+        plan(directory, Store(store))
+    line = caught.value.one_line()
+    assert caught.value.exit_code == 2 and "\n" not in line
+    assert line.startswith(f"{directory / 'recipe.toml'}: {field}"), line
+    assert _store_is_empty(store), sorted(p.name for p in store.rglob("*"))
+
+
+@pytest.mark.slow  # a process per case, and the minimal recipe's build
 @pytest.mark.parametrize(("case_id", "field"), [
     pytest.param(c, f, id=c) for c, _, f in BAD])
 def test_a_bad_recipe_is_refused_with_exit_2_and_one_line_naming_file_and_field(
@@ -365,6 +387,7 @@ def test_more_bad_recipes_are_refused_in_one_line_naming_file_and_field(
     assert "\n" not in line
 
 
+@pytest.mark.slow
 def test_the_minimal_recipe_builds_with_the_same_command(
         cli_runs: dict[str, Future[Run]]) -> None:
     """The refusals above are refusals of their one change, not of the starting point."""

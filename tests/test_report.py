@@ -109,6 +109,7 @@ def test_a_text_report_ranks_and_escapes_untrusted_text() -> None:
     assert html.count("<script") == 2  # the embedded data and the drawing script, no more
 
 
+@pytest.mark.slow  # starts a browser
 def test_a_text_report_renders_in_chromium(tmp_path: Path) -> None:
     page = tmp_path / "text.html"
     page.write_text(render_html(_text_report([Probe("sea", "the sea is"),

@@ -124,6 +124,7 @@ def test_a_build_killed_mid_training_leaves_no_item_and_the_next_build_succeeds(
     assert statuses == ["interrupted", "built"]
 
 
+@pytest.mark.slow
 def test_two_builds_of_one_recipe_at_once_train_once(tmp_path: Path, store: Path) -> None:
     """The sandbox sees nothing outside its build: the attempts the index records say
     how many times the recipe trained."""
