@@ -36,8 +36,8 @@ def train(ctx) -> None:
         plies = 0
         for g in range((chunk - 1) * p["chunk"], chunk * p["chunk"]):
             plies += self_play(net, Dice([ctx.seed, 1, g]), p["alpha"], p["lambda"])
+            ctx.progress(g + 1, chunks * p["chunk"], "self-play games")
         ctx.log_metric("plies_per_game", plies / p["chunk"], step=chunk * p["chunk"])
-        ctx.progress(chunk, chunks, f"{chunk * p['chunk']} games")
         ctx.checkpoint(chunk, {"weights": net.state_dict(), "chunk": chunk},
                        final=chunk == chunks)
     ctx.save_weights(net.state_dict())
