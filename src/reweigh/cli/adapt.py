@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     # The verb checks the ranges of these (check_settings), for the API and the CLI alike.
     parser.add_argument("--epochs", type=int, default=Settings.epochs,
                         help=f"train at most this many epochs (default {Settings.epochs}; "
-                        "early stopping usually ends sooner)")
+                        "early stopping may end sooner)")
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate (default: " + ", ".join(
                             f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items()) + ")")
