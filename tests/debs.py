@@ -34,9 +34,11 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.
     return info
 
 
-def hostile_deb(path: Path, entries: list[tarfile.TarInfo],
-                contents: dict[str, bytes]) -> Path:
-    control = _tar([member("./control")], {"./control": b"Package: evil\n"})
+def hostile_deb(path: Path, entries: list[tarfile.TarInfo], contents: dict[str, bytes],
+                package: str = "evil", version: str = "1.0") -> Path:
+    """A .deb at `path` whose control file names `package` `version` (all)."""
+    text = f"Package: {package}\nVersion: {version}\nArchitecture: all\n".encode()
+    control = _tar([member("./control")], {"./control": text})
     path.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.gz", control),
                           ("data.tar.gz", _tar(entries, contents))]))
     return path

@@ -114,6 +114,20 @@ def test_a_wrong_digest_is_refused_and_nothing_is_kept(
 
 
 @pytest.mark.slow
+def test_a_deb_that_names_another_package_is_refused(
+        tmp_path: Path, store: Path, good_deb: Path) -> None:
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    renamed = sources / "hello-l10n_1.0-2_all.deb"  # another version's name, same bytes
+    shutil.copyfile(good_deb, renamed)
+    recipe = write_recipe(tmp_path / "r", READ_PACKAGE,
+                          inputs=_debian_input(_digest(renamed), version="1.0-2"))
+    result = run_reweigh("build", recipe, store=store, env={"REWEIGH_SOURCES": str(sources)})
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "says it is hello-l10n 1.0-1 (all), not hello-l10n 1.0-2 (all)" in result.stderr
+    assert store_is_empty(store)
+
+
 def test_a_missing_package_says_how_to_get_it(tmp_path: Path, store: Path) -> None:
     if shutil.which("apt-get") is None:
         pytest.skip("apt-get is not installed")

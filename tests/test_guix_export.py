@@ -117,7 +117,7 @@ def test_the_export_reads_in_guile_and_pins_every_file_and_input(
     sources = tmp_path / "sources"
     sources.mkdir()
     deb = hostile_deb(sources / "l10n_1.0-1_all.deb", [member("./usr/share/x.mo")],
-                      {"./usr/share/x.mo": b"catalogue"})
+                      {"./usr/share/x.mo": b"catalogue"}, package="l10n", version="1.0-1")
     deb_hex = sha256(deb.read_bytes())
     recipe = write_recipe(tmp_path / "recipe", extra=f"""
         [inputs.table]

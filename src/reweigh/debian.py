@@ -13,9 +13,9 @@ or an archive that ends early, and writes only the regular files the recipe sele
 Symbolic links are left out (an input holds regular files only; a package's links point
 into the installed system, which the build never sees) and counted.
 
-It deliberately does not install anything, run maintainer scripts, read the package's
-control data beyond its archive layout, or trust `apt-get`'s word for the digest: the
-bytes are hashed here.
+The package's own control file must name the pinned package, version and architecture.
+It deliberately does not install anything, run maintainer scripts, read the rest of the
+control data, or trust `apt-get`'s word for the digest: the bytes are hashed here.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ UNPACK_LIMIT = 8 << 30  # bytes written for one package
 MEMBER_LIMIT = 1_000_000  # entries in one data.tar
 AR_MAGIC = b"!<arch>\n"
 AR_HEADER = 60
-DATA_MEMBERS = {"data.tar": "", "data.tar.gz": "gz", "data.tar.xz": "xz", "data.tar.bz2": "bz2"}
+COMPRESSION = {f"{kind}.tar{suffix}": mode for kind in ("control", "data")
+               for suffix, mode in (("", ""), (".gz", "gz"), (".xz", "xz"), (".bz2", "bz2"))}
 
 
 class DebianError(InputError):
@@ -205,26 +206,63 @@ def ar_members(data: BinaryIO, size: int, label: str) -> Iterator[tuple[str, int
         raise DebianError(f"{label}: the last ar member's padding is missing")
 
 
-def data_member(deb: Path, label: str) -> tuple[int, int, str]:
-    """Offset, size and compression of the package's data.tar, after checking the
-    layout: debian-binary saying 2.x, then control.tar.*, then data.tar.*."""
+def members(deb: Path, label: str) -> dict[str, tuple[int, int, str]]:
+    """The package's `control` and `data` tar members: (offset, size, compression), after
+    checking the layout: debian-binary saying 2.x, then control.tar.*, then data.tar.*."""
     with open(deb, "rb") as handle:
-        members = list(ar_members(handle, deb.stat().st_size, label))
-        names = [m[0] for m in members]
-        if len(members) < 3 or names[0] != "debian-binary" or \
-                not names[1].startswith("control.tar"):
+        found = list(ar_members(handle, deb.stat().st_size, label))
+        names = [m[0] for m in found]
+        if len(found) < 3 or names[0] != "debian-binary" or names[1] not in COMPRESSION:
             raise DebianError(f"{label}: not a Debian binary package (members {names[:4]})")
-        handle.seek(members[0][1])
-        if not handle.read(members[0][2]).startswith(b"2."):
+        handle.seek(found[0][1])
+        if not handle.read(found[0][2]).startswith(b"2."):
             raise DebianError(f"{label}: debian-binary does not say format 2.x")
-    data = [m for m in members[2:] if m[0].startswith("data.tar")]
+    data = [m for m in found[2:] if m[0].startswith("data.tar")]
     if len(data) != 1 or data[0][0] != names[2]:
         raise DebianError(f"{label}: expected one data.tar member third, found {names[2:]}")
-    name, start, length = data[0]
-    if name not in DATA_MEMBERS:
-        raise DebianError(f"{label}: {name} is compressed in a way this reader does not "
-                          f"know (it reads {', '.join(DATA_MEMBERS)})")
-    return start, length, DATA_MEMBERS[name]
+    if data[0][0] not in COMPRESSION:
+        raise DebianError(f"{label}: {data[0][0]} is compressed in a way this reader does not "
+                          f"know (it reads {', '.join(COMPRESSION)})")
+    return {kind: (start, length, COMPRESSION[name])
+            for kind, (name, start, length) in (("control", found[1]), ("data", data[0]))}
+
+
+def data_member(deb: Path, label: str) -> tuple[int, int, str]:
+    """Offset, size and compression of the package's data.tar (see `members`)."""
+    return members(deb, label)["data"]
+
+
+def check_control(deb: Path, pin: DebianPin, label: str) -> None:
+    """The package's own control file must name the pinned package, version and
+    architecture: a .deb of another package is refused even under the right digest."""
+    start, length, compression = members(deb, label)["control"]
+    fields: dict[str, str] = {}
+    with open(deb, "rb") as handle:
+        try:
+            with tarfile.open(fileobj=_Window(handle, start, length),  # type: ignore[call-overload]
+                              mode=f"r|{compression}") as tar:
+                for member in tar:
+                    if member_path(member.name, label) == "control" and member.isfile():
+                        source = tar.extractfile(member)
+                        text = source.read(1 << 20).decode("utf-8") if source else ""
+                        fields = _control_fields(text)
+                        break
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            raise DebianError(f"{label}: {deb.name}: unreadable control.tar: {e}") from e
+    said = (fields.get("Package"), fields.get("Version"), fields.get("Architecture"))
+    if said != (pin.package, pin.version, pin.architecture):
+        raise DebianError(f"{label}: {deb.name} says it is {said[0]} {said[1]} ({said[2]}), "
+                          f"not {pin.package} {pin.version} ({pin.architecture})")
+
+
+def _control_fields(text: str) -> dict[str, str]:
+    """The fields of a control paragraph (continuation lines ignored)."""
+    fields = {}
+    for line in text.splitlines():
+        if line and not line[0].isspace() and ":" in line:
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return fields
 
 
 class _Window:

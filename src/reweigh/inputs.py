@@ -260,6 +260,7 @@ def _from_debian(recipe: Recipe, spec: InputSpec, store: Store, staging: Path) -
     slot = staging / f"{len(list(staging.iterdir()))}"
     slot.mkdir()
     deb, url = debian.fetch(pin, slot, label)
+    debian.check_control(deb, pin, label)
     folder = slot / "unpacked" / f"{pin.package}_{pin.version.replace(':', '%3a')}"
     unpacked = debian.unpack(deb, folder, pin.files, label)
     digest = path_digest(folder)
