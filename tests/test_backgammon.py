@@ -135,6 +135,7 @@ def test_pubevals_weights_are_the_published_ones() -> None:
     assert bg.notation(best[1]) == "8/5 6/5"  # pubeval makes the 3-1 point
 
 
+@pytest.mark.slow
 def test_self_play_is_a_function_of_the_seed_and_learns_from_the_result() -> None:
     runs = []
     for _ in range(2):
@@ -165,6 +166,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return store, Path(json.loads(result.stdout)["path"])
 
 
+@pytest.mark.slow
 def test_the_build_reports_win_rates_against_random_and_pubeval(
         built: tuple[Path, Path]) -> None:
     _, item = built
@@ -182,6 +184,7 @@ def _engine(item: Path, commands: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_the_engine_speaks_its_protocol(built: tuple[Path, Path]) -> None:
     _, item = built
     done = _engine(item, "hello\nisready\nposition startpos\ndice 3 1\nmoves\ngo\nshow\n"
@@ -204,6 +207,7 @@ def test_the_engine_speaks_its_protocol(built: tuple[Path, Path]) -> None:
     assert lines[-1] == "result ongoing" or lines[-1].startswith("error unknown")  # quit ends
 
 
+@pytest.mark.slow
 def test_the_engine_refuses_weights_of_another_network(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -216,6 +220,7 @@ def test_the_engine_refuses_weights_of_another_network(tmp_path: Path) -> None:
     assert len(done.stderr.splitlines()) == 1 and "hidden.weight" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_terminal_game_shows_the_board_and_takes_moves(built: tuple[Path, Path]) -> None:
     _, item = built
     done = subprocess.run([sys.executable, str(BG / "play.py"), "--network",

@@ -128,6 +128,7 @@ def test_a_deb_that_names_another_package_is_refused(
     assert store_is_empty(store)
 
 
+@pytest.mark.slow
 def test_a_missing_package_says_how_to_get_it(tmp_path: Path, store: Path) -> None:
     if shutil.which("apt-get") is None:
         pytest.skip("apt-get is not installed")

@@ -112,6 +112,7 @@ def served(tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.skipif(shutil.which("guile") is None, reason="guile is not installed (./dev "
                     "installs guile-3.0)")
+@pytest.mark.slow
 def test_the_export_reads_in_guile_and_pins_every_file_and_input(
         tmp_path: Path, store: Path, served: str) -> None:
     sources = tmp_path / "sources"

@@ -68,7 +68,7 @@ def test_the_reader_agrees_with_gettext_on_catalogues_msgfmt_could_write(
     assert ours == {k: v for k, v in theirs.items() if k} == entries
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1,
                 max_size=6), st.integers(1, 10_000))
 def test_a_damaged_catalogue_is_read_or_refused_with_a_mo_error(
@@ -179,6 +179,7 @@ def _direct(item: Path, *texts: str) -> list[str]:
 PROMPTS = ("Open file", "German keyboard", "Show hidden files", "Screen brightness")
 
 
+@pytest.mark.slow
 def test_the_smoke_build_reports_bleu_and_chrf_against_both_baselines(
         built: tuple[Path, list[Path]]) -> None:
     _, (item, _) = built
@@ -196,6 +197,7 @@ def test_the_smoke_build_reports_bleu_and_chrf_against_both_baselines(
     assert all(d["annotations"]["deb"].startswith("sha256:") for d in debs)
 
 
+@pytest.mark.slow
 def test_the_program_translates_with_the_profile_and_follows_rollback(
         built: tuple[Path, list[Path]], tmp_path: Path) -> None:
     store, (first, second) = built
@@ -220,6 +222,7 @@ def test_the_program_says_when_nothing_is_installed(tmp_path: Path) -> None:
     assert done.stderr.startswith("translate: ")
 
 
+@pytest.mark.slow
 def test_the_guix_export_names_each_debian_package_with_its_hash(
         built: tuple[Path, list[Path]], tmp_path: Path) -> None:
     from reweigh.guix_export import nix_base32
