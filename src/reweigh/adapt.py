@@ -42,7 +42,7 @@ class Settings:
 
     name: str
     strategy: str = "full"
-    epochs: int = 200  # at most: early stopping (patience) usually ends training sooner
+    epochs: int = 200  # at most: early stopping (patience) may end training sooner
     lr: float | None = None  # None: the strategy's default (DEFAULT_LR)
     batch_size: int = 32
     held_out: float = 0.25
