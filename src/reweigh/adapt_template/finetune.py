@@ -37,6 +37,8 @@ def interface() -> dict:
 def network(face: dict) -> torch.nn.Module:
     """The base architecture with one output per class (a fresh, seeded head)."""
     spec = importlib.util.spec_from_file_location("adapt_base_model", HERE / face["module"])
+    if spec is None or spec.loader is None:
+        raise ValueError(f"model.json: module {face['module']!r} cannot be loaded")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return getattr(module, face["class"])(**face["args"],
