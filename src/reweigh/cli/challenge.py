@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
 def render(report: ChallengeReport) -> None:
     print(f"published {report.published} ({report.published_digest})")
     print(f"rebuilt   {report.item} ({report.rebuilt_digest})")
-    print(f"environment of the published file: {report.environment.value}, "
-          f"{report.claim} claim"
+    claim = {"none": "no claim", "unsigned": "an unsigned claim", "signed": "a signed claim"}
+    print(f"environment of the published file: {report.environment.value} "
+          f"({claim.get(report.claim, report.claim)})"
           + (f" (differs in {', '.join(report.environment_differences)})"
              if report.environment_differences else ""))
     changed = [t for t in report.tensors if t.status != "identical"]
