@@ -185,7 +185,7 @@ def test_the_archive_name_follows_debian(tmp_path: Path) -> None:
     assert pin.apt_name == "git:amd64=1:2.39.5-0+deb12u3"
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(cuts=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1,
                      max_size=4), truncate=st.integers(0, 10_000))
