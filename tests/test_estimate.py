@@ -1,8 +1,9 @@
 """`reweigh estimate`: time the first seconds of the real build, extrapolate to the whole.
 
 The estimates of examples/digits-cnn and of connect4-zero's smoke variant are compared
-with the real builds of the run (the shared ones, on one thread like the estimates), run
-in a copy of their stores.
+with real builds measured in the same test (not the run's shared builds: their times were
+taken earlier, under another load, and a shared machine's load changes from one minute to
+the next).
 Small recipes written on the fly check the FLOP count, the Guix budget and that nothing
 of an estimate run enters the store.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reweigh import estimate
+from reweigh import build, estimate
 from reweigh.policy.estimate import (
     DEFAULT_MAX_CORE_HOURS,
     Bound,
@@ -24,7 +25,6 @@ from reweigh.policy.estimate import (
 )
 from reweigh.store import Store
 
-from .conftest import Examples
 from .helpers import EXAMPLES, run_reweigh, store_is_empty, write_recipe
 
 STEPS_TRAIN = """
@@ -55,11 +55,11 @@ def steps_recipe(directory: Path, steps: int, sleep: float) -> Path:
 
 @pytest.mark.slow
 def test_the_estimate_of_digits_cnn_is_within_a_factor_of_two_of_its_real_build(
-        examples: Examples, tmp_path: Path) -> None:
+        tmp_path: Path) -> None:
     """One thread for both: the machine may be shared, and two OpenMP threads on a busy
     2-core machine make each step ten or twenty times slower, by fits and starts."""
-    store = Store(examples.copy("digits-cnn", tmp_path).store)
-    built = store.resolve("digits-cnn")
+    store = Store(tmp_path / "store")
+    built = build(EXAMPLES / "digits-cnn", store=store, threads=1)
     attempt = [a for a in store.attempts(built.derivation) if a["status"] == "built"][-1]
     real = attempt["ended_at"] - attempt["started_at"]
     report = estimate(EXAMPLES / "digits-cnn", store=store, threads=1, seconds=2.0)
@@ -77,12 +77,12 @@ def test_the_estimate_of_digits_cnn_is_within_a_factor_of_two_of_its_real_build(
 
 @pytest.mark.slow
 def test_the_estimate_of_connect4_zero_smoke_is_within_a_factor_of_two_of_its_real_build(
-        examples: Examples, tmp_path: Path) -> None:
+        tmp_path: Path) -> None:
     """Self-play reports progress twice a generation (after self-play, after training):
     the estimate times the first generations and extrapolates to the rest."""
-    store = Store(examples.copy("connect4-zero-smoke", tmp_path).store)
+    store = Store(tmp_path / "store")
     smoke = EXAMPLES / "connect4-zero" / "smoke.toml"
-    built = store.resolve("connect4-zero-smoke")
+    built = build(smoke, store=store, threads=1)
     attempt = [a for a in store.attempts(built.derivation) if a["status"] == "built"][-1]
     real = attempt["ended_at"] - attempt["started_at"]
     cost = estimate(smoke, store=store, threads=1, seconds=1.0).estimate

@@ -61,6 +61,7 @@ def evidence(report: dict[str, Any], key: str) -> dict[str, dict[str, str]]:
     return {e["component"]: e for e in policy["evidence"]}
 
 
+@pytest.mark.slow  # imports a 90 MB model: seconds
 def test_a_safetensors_file_is_kept_byte_for_byte_in_a_read_only_item(
         minilm: tuple[Path, Path, Path]) -> None:
     store, item, source = minilm
@@ -71,6 +72,7 @@ def test_a_safetensors_file_is_kept_byte_for_byte_in_a_read_only_item(
                                                        "provenance.json", "weights.safetensors"]
 
 
+@pytest.mark.slow  # imports a 90 MB model: seconds
 def test_the_provenance_and_the_index_say_imported_not_built(
         minilm: tuple[Path, Path, Path]) -> None:
     store, item, source = minilm
@@ -86,6 +88,7 @@ def test_the_provenance_and_the_index_say_imported_not_built(
     assert "It was not built from source" in (item / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.slow  # imports a 90 MB model: seconds
 def test_check_says_exactly_why_the_imported_model_is_not_built_from_source(
         minilm: tuple[Path, Path, Path]) -> None:
     store, item, _ = minilm
@@ -106,6 +109,7 @@ def test_check_says_exactly_why_the_imported_model_is_not_built_from_source(
     assert evidence(report, "mof")["final parameters (III)"]["status"] == "ok"
 
 
+@pytest.mark.slow  # imports a 90 MB model: seconds
 def test_check_recognises_the_original_file_by_its_digest(
         minilm: tuple[Path, Path, Path]) -> None:
     store, item, source = minilm
@@ -114,6 +118,7 @@ def test_check_recognises_the_original_file_by_its_digest(
     assert report["evidence"]["imported"]["origin"] == ORIGIN
 
 
+@pytest.mark.slow  # imports a 90 MB model: seconds
 def test_importing_again_reuses_the_item(minilm: tuple[Path, Path, Path]) -> None:
     store, item, source = minilm
     again = run_json("import", source, "--name", "all-minilm-l6-v2", "--license", "Apache-2.0",
@@ -122,6 +127,7 @@ def test_importing_again_reuses_the_item(minilm: tuple[Path, Path, Path]) -> Non
     assert again["tensors"] > 100
 
 
+@pytest.mark.slow  # imports a 90 MB model: seconds
 def test_show_list_and_store_verify_handle_an_imported_item(
         minilm: tuple[Path, Path, Path]) -> None:
     store, item, _ = minilm
@@ -170,6 +176,7 @@ def test_a_pickle_that_carries_code_is_refused_and_nothing_runs(tmp_path: Path) 
     assert store_is_empty(store)
 
 
+@pytest.mark.slow  # imports a 90 MB model: seconds
 def test_without_a_licence_the_imported_model_is_non_free(tmp_path: Path) -> None:
     layer = torch.nn.Linear(2, 2)
     file = tmp_path / "m.pt"
