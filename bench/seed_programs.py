@@ -82,8 +82,11 @@ def _runtimes() -> list[int]:
 def measure(name: str, recipe: Path, store: Path) -> None:
     estimate = reweigh("estimate", str(recipe), "--json", store=store)
     if estimate.returncode == 0:
-        e = json.loads(estimate.stdout).get("estimate", {})
-        print(f"  estimate: {e.get('core_hours')} core-hours here ({e.get('how', '')})")
+        e = json.loads(estimate.stdout)
+        print(f"  estimate: {e['core_hours']:.3g} core-hours here (start-up "
+              f"{e['startup_seconds']:.0f} s, {e['seconds_per_step']:.3g} s a step x "
+              f"{e['total_steps']}; {e['flops']:.3g} FLOP; load average "
+              f"{os.getloadavg()[0]:.1f})")
     else:
         print(f"  estimate failed: {estimate.stderr.strip()[-300:]}")
     load = os.getloadavg()[0]
