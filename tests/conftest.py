@@ -46,17 +46,39 @@ BUILDS = frozenset({"examples", "digits_cnn", "backdoor_diff"})
 QUICK_HINT_SECONDS = 2.0  # a quick-tier test slower than this is named at the end of the run
 
 
+QUICK_EXAMPLES = 25  # examples of a fuzz test in the quick tier; the full run keeps its own
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by the marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    quick = _quick(config)
     for item in items:
         if BUILDS & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        elif quick:
+            _fewer_examples(getattr(item, "obj", None))
+
+
+def _quick(config: pytest.Config) -> bool:
+    return "not slow" in (config.getoption("markexpr") or "")
+
+
+def _fewer_examples(function: Any) -> None:
+    """A Hypothesis test runs QUICK_EXAMPLES examples in the quick tier (its fuzzers took a
+    third of the tier's time). Hypothesis keeps a test's settings on the function, under a
+    name it does not document: if a later version moves them, this does nothing."""
+    from hypothesis import settings
+
+    current = getattr(function, "_hypothesis_internal_use_settings", None)
+    if isinstance(current, settings) and current.max_examples > QUICK_EXAMPLES:
+        function._hypothesis_internal_use_settings = settings(current,
+                                                             max_examples=QUICK_EXAMPLES)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """In the quick tier, name the tests that took long: a hint, never a failure (the
     machine may be busy), for whoever keeps the tier under a minute."""
-    if "not slow" not in (config.getoption("markexpr") or ""):
+    if not _quick(config):
         return
     slow = sorted(((report.duration, report.nodeid)
                    for reports in terminalreporter.stats.values() for report in reports

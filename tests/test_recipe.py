@@ -434,6 +434,7 @@ def test_a_field_like_no_known_one_suggests_nothing(tmp_path: Path) -> None:
     assert (caught.value.field, caught.value.reason) == ("colour", "unknown field")
 
 
+@pytest.mark.slow  # reads the command runs above
 def test_a_bad_second_input_leaves_no_item_and_keeps_nothing_unverified(
         cli_runs: dict[str, Future[Run]]) -> None:
     """Inputs resolve in order; one that verified before a later one failed stays cached
