@@ -97,6 +97,13 @@ DECISIONS: list[Any] = [
                  id="the-metric-rises-too-far"),
     pytest.param(NUDGED, _answers(b=None), OTHER, DIFFERENT, "accuracy changes by None",
                  id="the-metric-is-missing"),
+    # NaN compares false with everything: it must fail a bound, not slip under it.
+    pytest.param(_files(_moved("w", math.nan)), _answers(), OTHER, DIFFERENT,
+                 "exceeds the tolerance", id="a-nan-distance"),
+    pytest.param(NUDGED, _answers(b=math.nan), OTHER, DIFFERENT, "accuracy changes by nan",
+                 id="a-nan-metric"),
+    pytest.param(NUDGED, _answers(agreement=math.nan), OTHER, DIFFERENT, "prediction agreement",
+                 id="a-nan-agreement"),
     # Metadata is never explained by an environment; a header's layout may be.
     pytest.param(_files(_same("w"), metadata=True), _answers(), OTHER, DIFFERENT,
                  "no environment explains different metadata", id="metadata-from-elsewhere"),

@@ -378,17 +378,17 @@ def _within_tolerance(changed: list[TensorDiff], behaviour: Behaviour | None,
                       tolerance: Tolerance, reasons: list[str]) -> tuple[Verdict, list[str]]:
     failures = []
     worst = max(d.rel_l2 for d in changed)
-    if worst > tolerance.weights_rel_l2:
+    if not worst <= tolerance.weights_rel_l2:  # NaN fails too
         failures.append(f"relative L2 {worst:.3g} exceeds the tolerance "
                         f"{tolerance.weights_rel_l2:g}")
     if behaviour is None:
         failures.append("the recipe has no evaluation, so equivalent behaviour is unproven")
     else:
-        if behaviour.agreement < tolerance.agreement:
+        if not behaviour.agreement >= tolerance.agreement:
             failures.append(f"prediction agreement {behaviour.agreement:.4f} is below "
                             f"{tolerance.agreement:g}")
         delta = behaviour.metric_delta
-        if delta is None or abs(delta) > tolerance.metric_delta:
+        if delta is None or not abs(delta) <= tolerance.metric_delta:
             failures.append(f"{behaviour.metric} changes by {delta} (tolerance "
                             f"{tolerance.metric_delta:g})")
     if failures:
