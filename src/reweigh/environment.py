@@ -22,7 +22,6 @@ import os
 import platform
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from . import numerics
@@ -129,14 +128,14 @@ def capture(threads: int, isolation: dict[str, Any],
         "blas": {"torch": _torch_blas(torch), "numpy": _numpy_blas(numpy)},
         "settings": settings, "capability": capability}
     if platform_name == numerics.NATIVE:  # the machine's own kernels: its CPU decides
-        fields |= {"cpu_model": _cpu_model(), "isa": _isa_flags()}
+        fields |= {"cpu_model": cpu_model(), "isa": _isa_flags()}
     return {
         "platform": numerics.record(platform_name, fields),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "packages": fields["packages"],
         "blas": fields["blas"],
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_arch": platform.machine(),
         "isa": _isa_flags(),
         "cpu_capability": capability,
@@ -229,19 +228,12 @@ def _numpy_blas(numpy: Any) -> str:
         return "unknown"
 
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _cpu_model() -> str:
-    match = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
+def cpu_model() -> str:
+    match = re.search(r"^model name\s*:\s*(.+)$", numerics.cpuinfo(), re.MULTILINE)
     return match.group(1).strip() if match else platform.processor() or "unknown"
 
 
 def _isa_flags() -> list[str]:
-    match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
+    match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", numerics.cpuinfo(), re.MULTILINE)
     present = set(match.group(1).split()) if match else set()
     return [flag for flag in ISA_FLAGS if flag in present]

@@ -18,7 +18,7 @@ from typing import Any
 from .. import numerics
 from ..builder import raise_for_failure, run_child
 from ..derivation import read_record
-from ..environment import platform_of
+from ..environment import cpu_model, platform_of
 from ..errors import UsageError
 from ..job import Job
 from ..progress import QuietReporter, Reporter
@@ -103,7 +103,7 @@ def platform(ref: str | None = None, *, store: Store | None = None,
             for key in (numerics.genuine_differences(measured, recorded)
                         + numerics.pinned_differences(measured, recorded)))
         match = ItemMatch(item.name, item.version, item.path, recorded, same, differing)
-    return PlatformReport(arch, _cpu_model(), os.cpu_count() or 0,
+    return PlatformReport(arch, cpu_model(), os.cpu_count() or 0,
                           levels[-1] if levels else None, tuple(limits), levels, asked,
                           measured, problem, match)
 
@@ -124,11 +124,3 @@ def _measure(name: str, store: Store, reporter: Reporter) -> dict[str, Any]:
         return platform_of(result.environment)
     finally:
         remove_tree(work)
-
-
-def _cpu_model() -> str:
-    for line in numerics.cpuinfo().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return "unknown"
