@@ -3,7 +3,8 @@ languages, so that names, numbers and placeholders such as `%s` are shared).
 
 Text is cut into chunks first: a run of letters or digits, or one other character, each
 carrying the space before it as a leading `▁` (SentencePiece's convention), so that
-`decode(encode(text))` gives the text back up to white space. Merges are learned in the
+`decode(encode(text))` gives the text back up to white space; a `▁` in the text itself
+reads as a space (it could not be told from one after decoding). Merges are learned in the
 manner of Sennrich et al. (2016): start from characters, repeatedly join the most frequent
 adjacent pair; ties go to the pair that sorts first, so the vocabulary is a function of
 the pairs alone. The learner counts pairs incrementally (only the chunks that hold the
@@ -29,7 +30,8 @@ MAX_VOCAB_JSON = 4 << 20
 
 
 def chunks(text: str) -> list[str]:
-    return [c.replace(" ", SPACE) for c in _CHUNK_RE.findall(" " + " ".join(text.split()))]
+    words = text.replace(SPACE, " ").split()
+    return [c.replace(" ", SPACE) for c in _CHUNK_RE.findall(" " + " ".join(words))]
 
 
 @dataclass
