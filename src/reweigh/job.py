@@ -105,9 +105,10 @@ class Job:
 
 def for_derivation(record: dict[str, Any], src: str, out: str, inputs: dict[str, str],
                    threads: int, mode: str = "build", weights: tuple[str, ...] = (),
-                   replays: tuple[Replay, ...] = (),
-                   audit: AuditSettings | None = None) -> Job:
-    """The job of a derivation record: one place for build, evaluation and replay alike."""
+                   replays: tuple[Replay, ...] = (), audit: AuditSettings | None = None,
+                   platform: str | None = None) -> Job:
+    """The job of a derivation record: one place for build, evaluation and replay alike;
+    on the record's platform unless `platform` names another (verify --platform)."""
     if mode not in MODES:
         raise ValueError(f"unknown job mode {mode!r}")
     return Job(mode=mode, src=src, out=out, entry=record["entry"],
@@ -115,7 +116,7 @@ def for_derivation(record: dict[str, Any], src: str, out: str, inputs: dict[str,
                checkpoint_every=record["checkpoint_every"], threads=threads, inputs=inputs,
                weights=weights, replays=replays, audit=audit,
                # records older than platforms ran on their machine's own kernels
-               platform=record.get("platform", "native"))
+               platform=platform or record.get("platform", "native"))
 
 
 def _name(path: str) -> str:

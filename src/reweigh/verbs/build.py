@@ -270,22 +270,23 @@ def _nth(store: Store, derivation: str, attempt: int) -> int:
 
 def stage_job(code: RecipeCode, work: Path, threads: int, mode: str = "build",
               weights: tuple[Path, ...] = (), replays: tuple[Replay, ...] = (),
-              audit: AuditSettings | None = None) -> Job:
+              audit: AuditSettings | None = None, platform: str | None = None) -> Job:
     """Stage the recipe's code files into work/src and make work/out: the job that runs
-    them there (one place for build, check, evaluation, replay, audit and estimate)."""
+    them there (one place for build, check, evaluation, replay, audit and estimate), on
+    the derivation's platform unless `platform` names another."""
     src = stage_source(code.files, work)
     out = work / "out"
     out.mkdir()
     return for_derivation(code.derivation.record, str(src), str(out),
                           {name: str(path) for name, path in code.inputs.items()}, threads,
-                          mode, tuple(str(w) for w in weights), replays, audit)
+                          mode, tuple(str(w) for w in weights), replays, audit, platform)
 
 
 @contextlib.contextmanager
 def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, what: str,
               label: str, mode: str = "build", weights: tuple[Path, ...] = (),
-              replays: tuple[Replay, ...] = (),
-              audit: AuditSettings | None = None) -> Iterator[tuple[ChildResult, Path]]:
+              replays: tuple[Replay, ...] = (), audit: AuditSettings | None = None,
+              platform: str | None = None) -> Iterator[tuple[ChildResult, Path]]:
     """Run the recipe's code once in a sandboxed child (an evaluation, an audit, replayed
     segments: `mode` and the rest say which) in a scratch directory of the store. The
     child's result and its `out/` folder live as long as the caller reads them; on
@@ -293,7 +294,7 @@ def sandboxed(store: Store, code: RecipeCode, threads: int, reporter: Reporter, 
     drv = code.derivation
     work = store.new_build_dir(drv.digest, kind="run")
     try:
-        job = stage_job(code, work, threads, mode, weights, replays, audit)
+        job = stage_job(code, work, threads, mode, weights, replays, audit, platform)
         out = Path(job.out)
         log = work / f"{label}.log"
         result = run_child(job, work, log, reporter, hidden=hidden_paths(store.root))

@@ -322,13 +322,11 @@ def _replayed(subject: _Subject, runs: tr.Plan, files: dict[int, Path], store: S
                     if s.index in runs.chained and s.start else
                     Replay(str(files[s.index - 1]) if s.start else None,
                            None if s.last else s.stop.step) for s in chosen)
-    code = subject.code
-    if asked := os.environ.get(ENV_CHOICE):  # --platform: replay on another platform
-        drv = code.derivation
-        moved = {**drv.record, "platform": default_name(asked, machine_arch())}
-        code = replace(code, derivation=Derivation(drv.digest, moved))
-    with sandboxed(store, code, threads, reporter, "replaying segments", "replay",
-                   replays=replays) as (result, out):
+    asked = os.environ.get(ENV_CHOICE)  # --platform: replay on another platform
+    with sandboxed(store, subject.code, threads, reporter, "replaying segments", "replay",
+                   replays=replays,
+                   platform=default_name(asked, machine_arch()) if asked else None
+                   ) as (result, out):
         began = {s.stop.step: at for s, at in zip(chosen, result.segments_began, strict=False)}
         yield _Replay(out, result, began)
 
