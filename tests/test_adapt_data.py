@@ -14,7 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from reweigh.adapt import AUGMENT, PATIENCE, Data, Settings, combine_licenses, params, params_toml
+from reweigh.adapt import (
+    AUGMENT,
+    AUGMENT_KINDS,
+    PATIENCE,
+    Data,
+    Settings,
+    combine_licenses,
+    params,
+    params_toml,
+)
 from reweigh.adapt_template import adapt_data, augment
 from reweigh.adapt_template.adapt_data import BadData, detect, read_dataset, split
 from reweigh.errors import UsageError
@@ -259,6 +268,7 @@ def test_each_kind_of_augmentation_does_what_it_says() -> None:
 def test_a_hand_edited_augmentation_is_refused_naming_the_setting(
         settings: dict, reason: str) -> None:
     augment.check(AUGMENT)
+    assert AUGMENT_KINDS == augment.KINDS  # reweigh.adapt's copy, kept apart from torch
     with pytest.raises(ValueError, match=reason.replace("[", r"\[").replace("]", r"\]")):
         augment.check(settings)
 

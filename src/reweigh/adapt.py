@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .adapt_template import adapt_data, augment
+from .adapt_template import adapt_data
 from .digest import path_digest
 from .errors import InputError, UsageError
 from .network import INTERFACE_FILE, Interface
@@ -70,7 +70,9 @@ AUGMENT: dict[str, Any] = {
     "ink": [0.3, 1.0],
     "noise": 0.05,
 }
-assert tuple(AUGMENT) == augment.KINDS
+# The kinds augment.py knows, in the order it draws them (test_adapt_data checks the two
+# agree): that module imports torch, which a command that only writes a recipe must not pay.
+AUGMENT_KINDS = tuple(AUGMENT)
 PATIENCE = 30  # epochs
 TABLE_NOTES = {"augment": "  # random changes to training images (augment.py); none when empty"}
 
@@ -135,11 +137,11 @@ def augmentation(settings: Settings, kind: str) -> dict[str, Any]:
     """The random changes the recipe's training applies, with their sizes (params.augment);
     only images are changed."""
     kinds = settings.augment if settings.augment is not None else (
-        augment.KINDS if kind == "image" else ())
+        AUGMENT_KINDS if kind == "image" else ())
     if kinds and kind != "image":
         raise UsageError(f"--augment: the base network takes {kind}; only images are "
                          "augmented (use --no-augment)")
-    return {name: AUGMENT[name] for name in augment.KINDS if name in kinds}
+    return {name: AUGMENT[name] for name in AUGMENT_KINDS if name in kinds}
 
 
 def patience(settings: Settings) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapt import (
+    AUGMENT_KINDS,
     STRATEGIES,
     Base,
     Data,
@@ -26,7 +27,6 @@ from ..adapt import (
     recipe_toml,
     write_recipe,
 )
-from ..adapt_template.augment import KINDS as AUGMENT_KINDS
 from ..errors import RecipeError, UsageError
 from ..network import item_params, read_interface
 from ..progress import QuietReporter, Reporter
