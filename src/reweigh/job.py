@@ -13,11 +13,16 @@ and only reports the environment (`reweigh platform`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 MODES = ("build", "evaluate", "audit", "platform")
+
+# What `--workers` and `--cluster` set for every run a command starts (like --sandbox)
+ENV_WORKERS = "REWEIGH_WORKERS"
+ENV_CLUSTER = "REWEIGH_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class Job:
     audit: AuditSettings | None = None
     sandbox: Sandbox = field(default_factory=lambda: Sandbox("none"))
     platform: str = "native"  # the numerics platform's name (reweigh.numerics)
+    workers: int = 1  # data-parallel workers and ctx.map's (not part of the derivation)
+    cluster: str | None = None  # an existing Ray cluster's address, for ctx.map
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,7 +92,8 @@ class Job:
                 audit["entry"], int(audit["top"]), float(audit["agreement"]), audit["trigger"],
                 tuple((str(t), str(p)) for t, p in audit["probes"]), int(audit["length"])),
             sandbox=Sandbox(data["sandbox"]["kind"], tuple(data["sandbox"]["hidden"])),
-            platform=str(data.get("platform", "native")))
+            platform=str(data.get("platform", "native")),
+            workers=int(data.get("workers", 1)), cluster=data.get("cluster"))
 
     def with_paths(self, place: Callable[[str, str, bool], str],
                    file: Callable[[str], str]) -> Job:
@@ -106,7 +114,8 @@ class Job:
 def for_derivation(record: dict[str, Any], src: str, out: str, inputs: dict[str, str],
                    threads: int, mode: str = "build", weights: tuple[str, ...] = (),
                    replays: tuple[Replay, ...] = (), audit: AuditSettings | None = None,
-                   platform: str | None = None) -> Job:
+                   platform: str | None = None, workers: int = 1,
+                   cluster: str | None = None) -> Job:
     """The job of a derivation record: one place for build, evaluation and replay alike;
     on the record's platform unless `platform` names another (verify --platform)."""
     if mode not in MODES:
@@ -116,7 +125,19 @@ def for_derivation(record: dict[str, Any], src: str, out: str, inputs: dict[str,
                checkpoint_every=record["checkpoint_every"], threads=threads, inputs=inputs,
                weights=weights, replays=replays, audit=audit,
                # records older than platforms ran on their machine's own kernels
-               platform=platform or record.get("platform", "native"))
+               platform=platform or record.get("platform", "native"),
+               workers=workers, cluster=cluster)
+
+
+def workers_asked() -> tuple[int, str | None]:
+    """The worker count and cluster address the command was given (--workers, --cluster
+    or their environment variables): how a build is spread, never what it builds."""
+    from .errors import UsageError
+
+    text = os.environ.get(ENV_WORKERS) or "1"
+    if not text.isdigit() or not 1 <= int(text) <= 4096:
+        raise UsageError(f"${ENV_WORKERS}: {text!r} is not a worker count from 1 to 4096")
+    return int(text), os.environ.get(ENV_CLUSTER) or None
 
 
 def _name(path: str) -> str:

@@ -53,7 +53,8 @@ def statement(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...]
                              "seed": recipe.seed, "entry": str(recipe.entry),
                              "params": recipe.params, "license": vars(recipe.license)},
                   "derivation": drv.digest},
-        internal={"threads": run["threads"], "numerics": env.get("numerics")},
+        internal={"threads": run["threads"], "numerics": env.get("numerics"),
+                  **{k: run[k] for k in ("workers", "cluster") if k in run}},
         dependencies=dependencies,
         builder={"id": BUILDER_ID,
                  "version": {"reweigh": __version__, **env.get("packages", {})}},
@@ -140,7 +141,9 @@ def model_card(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...
         f"- BLAS: {env.get('blas')}",
         f"- CPU: {env.get('cpu_model')} ({env.get('cpu_arch')}, kernels "
         f"{env.get('cpu_capability')}, ISA: {' '.join(env.get('isa', []))})",
-        f"- threads: {run['threads']}; numerics pinned: {json.dumps(env.get('numerics'))}",
+        f"- threads: {run['threads']}; workers: {run.get('workers', 1)}"
+        + (f" (Ray cluster {run['cluster']})" if run.get("cluster") else "")
+        + f"; numerics pinned: {json.dumps(env.get('numerics'))}",
         f"- network isolation: {env.get('network_isolation')}", "",
         "## Rebuild", "",
         f"`reweigh build {recipe.name}/ --check` rebuilds these weights from source; the same "

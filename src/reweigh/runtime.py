@@ -11,6 +11,7 @@ training code's own output can go to the log untouched.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import functools
 import gc
@@ -24,15 +25,16 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import environment, numerics, sandbox
+from . import environment, numerics, sandbox, shards
 from .entries import recipe_frames
 from .job import Job, Replay, Sandbox
+from .shards import Workers, shard_count
 
 _events: Any = None
 
@@ -150,6 +152,33 @@ class BuildContext:
     _metrics: dict[str, int | float] = field(default_factory=dict)
     _steps: dict[str, int] = field(default_factory=dict)  # each metric's last step
     _pool: Any = None
+    workers: Workers = field(default_factory=Workers)  # this process's place among them
+
+    @property
+    def shards(self) -> int:
+        """How many shards each step's batch is split into: the recipe's `shards`
+        parameter (part of the derivation), 1 when it has none."""
+        return shard_count(self.params)
+
+    @property
+    def rank(self) -> int:
+        """This worker's number among the data-parallel workers (0 writes the outputs)."""
+        return self.workers.rank
+
+    def backward_shards(self, model: Any, loss_of: Callable[[Any], Any],
+                        batches: Sequence[Any]) -> float:
+        """Set `model`'s gradients as if `loss_of(batch)` were backpropagated for each of
+        `batches` (one per shard, `ctx.shards` of them) and added in a fixed order, and
+        return the sum of their losses. Gradients add up, so each shard's loss is its
+        share of the step's loss (a summed loss divided by the whole batch's size).
+        Every shard starts from the same parameters and buffers, with its own seeded
+        random draws; floating-point buffers (batch-norm statistics) become the shards'
+        mean. With `--workers N` the shards are spread over N processes; the bits are
+        the same for every N. Call `optimizer.step()` after it, as after `backward()`."""
+        if len(batches) != self.shards:
+            raise ValueError(f"ctx.backward_shards: {len(batches)} batches for "
+                             f"{self.shards} shards (the recipe's `shards` parameter)")
+        return shards.backward(model, loss_of, batches, self.workers)
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """`function(item)` for every item, spread over up to `threads` worker processes,
@@ -158,7 +187,7 @@ class BuildContext:
         recipe module imported by name (not in the entry point's file), so that workers
         can import it; items and results travel between processes of this build only."""
         items = list(items)
-        if self.threads <= 1 or len(items) <= 1:
+        if self.threads <= 1 or len(items) <= 1 or not self.workers.lead:
             return [_on_one_thread(function, item) for item in items]
         if self._pool is None:
             import multiprocessing
@@ -180,6 +209,8 @@ class BuildContext:
         from .weights import save_tensors
 
         path = self.out / "weights.safetensors"
+        if not self.workers.lead:  # the lead worker writes; the others hold the same bits
+            return path
         save_tensors(tensors, path, metadata)
         emit("weights", file=path.name)
         return path
@@ -195,10 +226,12 @@ class BuildContext:
             raise TypeError(f"log_metric({name!r}): step must be an integer, not {step!r}")
         self._steps[name] = int(step)
         self._metrics[name] = number
-        emit("metric", name=name, value=number, step=int(step))
+        if self.workers.lead:
+            emit("metric", name=name, value=number, step=int(step))
 
     def progress(self, done: int, total: int, label: str = "") -> None:
-        emit("progress", done=done, total=total, label=label)
+        if self.workers.lead:
+            emit("progress", done=done, total=total, label=label)
 
     def checkpoint(self, step: int, state: Mapping[str, Any], final: bool = False) -> bool:
         """Record the training state at `step` (every `checkpoint_every` steps, and the
@@ -211,9 +244,10 @@ class BuildContext:
         from .weights import save_state
 
         path = self.out / "checkpoints" / f"step-{step:09d}.safetensors"
-        path.parent.mkdir(exist_ok=True)
-        save_state(state, path)  # the builder hashes it, once, as it keeps it
-        emit("checkpoint", step=step, file=path.relative_to(self.out).as_posix())
+        if self.workers.lead:
+            path.parent.mkdir(exist_ok=True)
+            save_state(state, path)  # the builder hashes it, once, as it keeps it
+            emit("checkpoint", step=step, file=path.relative_to(self.out).as_posix())
         stop = self.replay.stop if self.replay else None
         if stop is not None and step >= stop:
             raise ReplayDone(step)
@@ -427,16 +461,114 @@ def _train(job: Job, train: Callable[[BuildContext], Any],
     ctx = BuildContext(inputs, job.params, job.seed, out, job.threads, job.checkpoint_every,
                        replay)
     emit("segment", start=replay and replay.start, stop=replay and replay.stop)
-    try:
-        train(ctx)
-    except ReplayDone:
-        return
-    finally:
-        ctx.close()
+    with data_parallel(job, replay) as ctx.workers:
+        try:
+            train(ctx)
+        except ReplayDone:
+            return
+        finally:
+            ctx.close()
     if replay is not None and replay.stop is not None:
         raise RuntimeError(f"the replay never reached step {replay.stop}")
     if not (out / "weights.safetensors").is_file():
         raise RuntimeError("the entry point returned without calling ctx.save_weights")
+
+
+class WorkerLost(RuntimeError):
+    """A data-parallel worker stopped before the build ended: the build fails, whole."""
+
+
+@contextlib.contextmanager
+def data_parallel(job: Job, replay: Replay | None) -> Iterator[Workers]:
+    """This process as the lead of `job.workers` data-parallel workers, when the recipe
+    splits its steps into shards; the others are processes of this build, in its sandbox,
+    that run the same training on their share of the shards and write nothing. They meet
+    through a file in the build's private /tmp and talk over gloo on the loopback device."""
+    count = min(job.workers, shard_count(job.params))
+    if count <= 1:
+        yield Workers()
+        return
+    import multiprocessing
+    import tempfile
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(max(1, job.threads // count))
+    meeting = os.path.join(tempfile.mkdtemp(prefix="reweigh-workers-"), "rendezvous")
+    spawn = multiprocessing.get_context("spawn")
+    others = [spawn.Process(target=_worker_main, name=f"reweigh-worker-{rank}",
+                            args=(job.to_json(), replay, rank, count, meeting))
+              for rank in range(1, count)]
+    for process in others:
+        process.start()
+    try:
+        _join_group(meeting, 0, count)
+        yield Workers(count, 0)
+        dist.barrier()  # the others have ended their training too
+    except Exception as e:
+        for process in others:  # a worker that died has closed its connections: wait
+            process.join(timeout=5)  # for its exit code, to name it
+        if lost := _lost(others, count):
+            raise lost from e
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for process in others:
+            process.join(timeout=60)
+            if process.exitcode is None:
+                process.kill()
+    if lost := _lost(others, count):
+        raise lost
+
+
+def _lost(others: list[Any], count: int) -> WorkerLost | None:
+    """The first worker that ended badly, as the error that fails the build."""
+    for rank, process in enumerate(others, start=1):
+        if process.exitcode not in (None, 0):
+            how = (f"was killed by signal {-process.exitcode}" if process.exitcode < 0
+                   else f"failed with exit code {process.exitcode} (its error is in the log)")
+            return WorkerLost(f"data-parallel worker {rank} of {count} {how}; the build "
+                              "stops, and nothing of it is kept")
+    return None
+
+
+def _join_group(meeting: str, rank: int, count: int) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    store = dist.FileStore(meeting, count)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=count,
+                            timeout=datetime.timedelta(minutes=30))
+
+
+def _worker_main(job_json: dict[str, Any], replay: Replay | None, rank: int, count: int,
+                 meeting: str) -> None:
+    """A data-parallel worker other than the lead: the same training, from the same seed,
+    on its share of the shards; its outputs go to a scratch folder that nobody reads."""
+    import tempfile
+
+    die_with_parent()
+    job = Job.from_json(job_json)
+    environment.apply_torch_numerics(max(1, job.threads // count))
+    sys.addaudithook(Guard(list(job.inputs.values())))
+    sys.path.insert(0, job.src)
+    train = load_entry(Path(job.src), job.entry)
+    seed_everything(job.seed)
+    scratch = Path(tempfile.mkdtemp(prefix=f"reweigh-worker-{rank}-"))
+    ctx = BuildContext({name: Path(path) for name, path in job.inputs.items()}, job.params,
+                       job.seed, scratch, 1, job.checkpoint_every, replay,
+                       workers=Workers(count, rank))
+    import torch.distributed as dist
+
+    _join_group(meeting, rank, count)
+    with contextlib.suppress(ReplayDone):
+        train(ctx)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import argparse
 
 from ..progress import reporter_for
 from ..verbs.build import build
-from .common import add_run_options, open_store, print_json
+from .common import add_run_options, add_workers_options, open_store, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -15,6 +15,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--check", action="store_true",
                         help="rebuild and compare bit for bit with the stored item")
     add_run_options(parser)
+    add_workers_options(parser)
     parser.set_defaults(run=run)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import numerics, sandbox
+from ..job import ENV_CLUSTER, ENV_WORKERS
 from ..store import Store
 
 
@@ -61,10 +62,29 @@ def add_platform_option(parser: argparse.ArgumentParser) -> None:
              f"(also ${numerics.ENV_CHOICE})")
 
 
+def add_workers_options(parser: argparse.ArgumentParser) -> None:
+    """For commands that train: how many workers share the work. The weights are the
+    same whatever the count, so it is not part of the derivation."""
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                        help="spread the build over N workers: data-parallel processes for a "
+                        "recipe with shards (torch.distributed on gloo) and a local Ray "
+                        "cluster for ctx.map, both started and stopped by reweigh inside the "
+                        f"sandbox (default 1; also ${ENV_WORKERS}); the weights are the same "
+                        "whatever N")
+    parser.add_argument("--cluster", default=None, metavar="ADDRESS",
+                        help="run ctx.map's tasks on an existing Ray cluster (host:port) "
+                        f"instead of a local one (also ${ENV_CLUSTER})")
+
+
 def use_sandbox(args: argparse.Namespace) -> None:
-    """Make the command's --sandbox and --platform the choice of every run it starts."""
+    """Make the command's --sandbox, --platform, --workers and --cluster the choice of
+    every run it starts."""
     if getattr(args, "sandbox", None):
         os.environ[sandbox.ENV_CHOICE] = args.sandbox
+    if getattr(args, "workers", None):
+        os.environ[ENV_WORKERS] = str(args.workers)
+    if getattr(args, "cluster", None):
+        os.environ[ENV_CLUSTER] = args.cluster
     if getattr(args, "platform", None):
         os.environ[numerics.ENV_CHOICE] = args.platform
 

@@ -32,7 +32,7 @@ from ..entries import check_entries
 from ..environment import fingerprint
 from ..errors import BuildError
 from ..inputs import ResolvedInput, resolve_inputs
-from ..job import AuditSettings, Job, Replay, for_derivation
+from ..job import AuditSettings, Job, Replay, for_derivation, workers_asked
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, load_recipe
 from ..store import Store, StoreItem, cores, remove_tree
@@ -232,7 +232,9 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
             keeper.close()
         run = {"weights_digest": file_digest(out / "weights.safetensors"),
                "environment": result.environment, "started": result.started,
-               "finished": result.finished, "threads": threads, "attempt": attempt}
+               "finished": result.finished, "threads": threads, "attempt": attempt,
+               # how the build was spread: recorded, never part of the derivation
+               "workers": job.workers, **({"cluster": job.cluster} if job.cluster else {})}
         read_header(out / "weights.safetensors")
         metrics = result.evaluations.get(0, {}).get("metrics", {})
         _write_item_files(the_plan, out, run, metrics, result, kept)
@@ -277,9 +279,11 @@ def stage_job(code: RecipeCode, work: Path, threads: int, mode: str = "build",
     src = stage_source(code.files, work)
     out = work / "out"
     out.mkdir()
+    workers, cluster = workers_asked()
     return for_derivation(code.derivation.record, str(src), str(out),
                           {name: str(path) for name, path in code.inputs.items()}, threads,
-                          mode, tuple(str(w) for w in weights), replays, audit, platform)
+                          mode, tuple(str(w) for w in weights), replays, audit, platform,
+                          workers, cluster)
 
 
 @contextlib.contextmanager
