@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import corpus  # noqa: E402
-from model import CharModel, config_of  # noqa: E402
+import corpus
+from model import CharModel, config_of
 
 START = "\n" + corpus.END  # what precedes every fortune in the training text
 

@@ -39,7 +39,7 @@ def train(ctx) -> None:
         x = torch.stack([text[s:s + t] for s in starts])  # (B, T)
         y = torch.stack([text[s + 1:s + 1 + t] for s in starts])  # (B, T): what follows
 
-        def share(rows: torch.Tensor) -> torch.Tensor:  # a shard's part of the mean loss
+        def share(rows: torch.Tensor, x=x, y=y) -> torch.Tensor:  # its part of the mean
             logits = model(x[rows])  # (b, T, vocab)
             return F.cross_entropy(logits.reshape(-1, config.vocab), y[rows].reshape(-1),
                                    reduction="sum") / (size * t)
