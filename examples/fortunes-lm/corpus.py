@@ -43,9 +43,18 @@ def fortune_files(inputs: Mapping[str, Path]) -> list[tuple[str, Path]]:
 
 
 def fortunes(text: str) -> list[str]:
-    """The fortunes of one file's text, each without its `%` line; empty ones dropped."""
-    entries = ("\n" + text).split("\n%\n")  # the file's first line may be a `%` too
-    return [e.strip("\n") + "\n" for e in entries if e.strip()]
+    """The fortunes of one file's text, each ending in a newline and without its `%`
+    line; blank lines around a fortune and empty fortunes are dropped."""
+    found, lines = [], []
+    for line in [*text.split("\n"), "%"]:  # the file's last fortune may lack its `%`
+        if line != "%":
+            lines.append(line)
+            continue
+        body = "\n".join(lines).strip("\n")
+        if body.strip():
+            found.append(body + "\n")
+        lines = []
+    return found
 
 
 def load(inputs: Mapping[str, Path]) -> list[str]:
