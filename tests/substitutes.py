@@ -83,8 +83,10 @@ def repack(cache: Path, item: str, source: Path, files: tuple[FileEntry, ...]) -
     written = write_archive(source, files, target)
     info_file = cache / layout.info_path(item)
     info = read_json(info_file)
-    info["archive"].update(digest=written.digest, size=written.size,
-                           unpacked_size=written.unpacked)
+    info["archive"].update(digest=written.digest, size=written.size)
+    info["files"] = [{"path": f.path, "digest": f.digest, "size": f.size,
+                      "pieces": [list(p) for p in pieces]}
+                     for f, pieces in zip(files, written.pieces, strict=True)]
     write_json(info_file, info)
 
 
@@ -103,7 +105,7 @@ class _Dying(http.server.SimpleHTTPRequestHandler):
         pass
 
     def copyfile(self, source, outputfile) -> None:
-        if self.path.endswith(".tar.zst"):
+        if self.path.endswith("/archive.rwc"):
             data = source.read()
             outputfile.write(data[: len(data) // 2])
             outputfile.flush()

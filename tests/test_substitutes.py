@@ -257,7 +257,7 @@ def test_a_tampered_archive_under_a_good_signature_is_refused(world: dict,
     with served(cache) as url:
         _refused(_pull(world, tmp_path, url), tmp_path, "weights.safetensors",
                  "its signatures say")
-    assert not list((tmp_path / "store" / "tmp").glob("pull-*.part"))  # no resume from it
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*"))  # no resume from it
 
 
 def test_an_info_record_that_lies_about_the_files_is_refused(world: dict,
@@ -295,16 +295,21 @@ def test_an_info_record_that_lies_about_the_derivation_is_refused(world: dict,
     _refused(result, tmp_path, "0 of the 1", f"signs {real}")
 
 
-def test_a_server_that_lies_about_the_archive_digest_is_refused(world: dict,
-                                                                tmp_path: Path) -> None:
+def test_a_server_that_lies_about_where_the_pieces_lie_is_refused(world: dict,
+                                                                  tmp_path: Path) -> None:
+    """The record's piece lengths are claims: two files' first pieces swapped (the sizes
+    they decode to kept, so the record still adds up) cannot pass."""
     cache = tmp_path / "cache"
     _publish(world, cache, world["alice"])
     info_file = cache / layout.info_path(world["item"].name)
     info = read_json(info_file)
-    info["archive"]["digest"] = "sha256:" + "1" * 64
+    first, second = [f for f in info["files"] if f["pieces"]][:2]
+    first["pieces"][0][0], second["pieces"][0][0] = (second["pieces"][0][0],
+                                                     first["pieces"][0][0])
     write_json(info_file, info)
     with served(cache) as url:
-        _refused(_pull(world, tmp_path, url), tmp_path, "its record says sha256:1111")
+        _refused(_pull(world, tmp_path, url), tmp_path, first["path"])
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*"))
 
 
 def test_a_truncated_archive_is_refused(world: dict, tmp_path: Path) -> None:
@@ -313,8 +318,8 @@ def test_a_truncated_archive_is_refused(world: dict, tmp_path: Path) -> None:
     archive = cache / layout.archive_path(world["item"].name)
     archive.write_bytes(archive.read_bytes()[:-100])
     with served(cache) as url:
-        _refused(_pull(world, tmp_path, url), tmp_path, "truncated: the cache has")
-    assert not list((tmp_path / "store" / "tmp").glob("pull-*.part"))
+        _refused(_pull(world, tmp_path, url), tmp_path, "truncated: the archive ends")
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*"))
 
 
 def test_a_server_killed_mid_transfer_leaves_nothing_and_the_next_pull_resumes(
@@ -325,15 +330,17 @@ def test_a_server_killed_mid_transfer_leaves_nothing_and_the_next_pull_resumes(
     with dying_server(cache) as url:
         _refused(_pull(world, tmp_path, url, cli=True), tmp_path, "stopped after",
                  "pull again to resume")
-    parts = list((tmp_path / "store" / "tmp").glob("pull-*.part"))
-    assert len(parts) == 1 and 0 < parts[0].stat().st_size < size
-    kept = parts[0].stat().st_size
+    parts = list((tmp_path / "store" / "tmp").glob("pull-*"))
+    assert len(parts) == 1
+    kept = [p for p in (parts[0] / world["item"].name).rglob("*") if p.is_file()]
+    assert kept  # the files that came whole before the server died
     with served(cache) as url:
         result = _pull(world, tmp_path, url)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["resumed_from"] == kept and report["received"] == size - kept
-    assert not list((tmp_path / "store" / "tmp").glob("pull-*.part"))
+    assert 0 < report["resumed_from"] < size  # only the rest was asked for
+    assert report["received"] == size - report["resumed_from"]
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*"))
     from reweigh.verbs.store import verify_store
 
     assert verify_store(Store(tmp_path / "store")) == []
@@ -352,7 +359,7 @@ def test_a_file_name_that_leaves_the_item_is_refused(world: dict, tmp_path: Path
     (tmp_path / "escape.txt").unlink()
     with served(cache) as url:
         _refused(_pull(world, tmp_path, url), tmp_path, "'../escape.txt'",
-                 "would leave the item's folder")
+                 "is not a plain relative path")
     assert not (tmp_path / "escape.txt").exists()
     assert not any(p.name == "escape.txt" for p in (tmp_path / "store").rglob("*"))
 

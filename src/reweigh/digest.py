@@ -69,19 +69,39 @@ def file_digest(path: Path) -> str:
         return f"{ALGORITHM}:{hashlib.file_digest(handle, 'sha256').hexdigest()}"
 
 
+class HashingWriter:
+    """Writes blocks to an open file and hashes exactly the bytes written: the one
+    hash-while-writing path (`copy_hashing` copies a file through it, `pull` unpacks an
+    archive through it), so what a store item's index names is what is on disk, read
+    once. `hasher` continues a digest of bytes already in the file (a resumed write)."""
+
+    def __init__(self, fd: int, hasher: Any = None, size: int = 0) -> None:
+        self.fd = fd
+        self.hasher = hasher or hashlib.sha256()
+        self.size = size
+
+    def write(self, block: bytes | bytearray | memoryview) -> None:
+        view = memoryview(block)
+        self.hasher.update(view)
+        written = 0
+        while written < len(view):
+            written += os.write(self.fd, view[written:])
+        self.size += len(view)
+
+    def digest(self) -> str:
+        return f"{ALGORITHM}:{self.hasher.hexdigest()}"
+
+
 def copy_hashing(source: Path, target: Path) -> str:
     """Copy a file and return the digest of the bytes copied, reading it once: the digest
     is of exactly what was written, even if the source changes meanwhile."""
-    hasher = hashlib.sha256()
     buffer = bytearray(_COPY_CHUNK)
     view = memoryview(buffer)
     with open(source, "rb", buffering=0) as reader, open(target, "wb", buffering=0) as writer:
+        hashing = HashingWriter(writer.fileno())
         while count := reader.readinto(buffer):
-            hasher.update(view[:count])
-            written = 0
-            while written < count:
-                written += writer.write(view[written:count]) or 0
-    return f"{ALGORITHM}:{hasher.hexdigest()}"
+            hashing.write(view[:count])
+    return hashing.digest()
 
 
 def tree_files(root: Path) -> list[Path]:

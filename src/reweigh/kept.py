@@ -13,8 +13,10 @@ store (an item pulled from a binary cache comes without its chunks; a publisher 
 out) is `absent`: the replay runs through it as through one not kept, which costs time but
 lets no forgery pass, since every segment it runs must give its recorded digest. A file
 that is there and does not have its digest, or a chunk that is there and damaged, is a
-problem: evidence, not a gap. A cache that serves checkpoints by digest would be one more
-place to look (not yet).
+problem: evidence, not a gap. Given caches (`verify --from`), the chunks of absent
+checkpoints whose manifests the store holds are fetched from them first (`cache.chunks`:
+only the chunks missing here, each checked against its digest before the store takes
+it), so an item pulled without them can be replayed from where it was kept.
 """
 
 from __future__ import annotations
@@ -35,13 +37,19 @@ class Found:
     problems: list[str] = field(default_factory=list)
     absent: list[int] = field(default_factory=list)  # steps said kept, not at hand here
     from_store: int = 0  # how many were written out of the store's chunks
+    fetched: dict[str, int] = field(default_factory=dict)  # chunks fetched from caches
 
 
-def find(parsed: tr.Transcript, folder: Path, store: Store, scratch: Path) -> Found:
+def find(parsed: tr.Transcript, folder: Path, store: Store, scratch: Path,
+         sources: tuple[str, ...] = ()) -> Found:
     """Every kept checkpoint's file, checked against its digest, and what is wrong: a
     file that leads out of the folder, is missing or does not have its digest, and a
-    chain link that does not follow."""
+    chain link that does not follow. The chunks the store lacks are asked of `sources`
+    first."""
     found = Found()
+    if sources:
+        found.fetched = fetch_chunks(missing_chunks(parsed, folder, store), sources, store,
+                                     scratch)
     root = folder.resolve()
     for index, c in enumerate(parsed.checkpoints):
         if c.file is None:
@@ -80,3 +88,40 @@ def _from_store(c: tr.Checkpoint, index: int, store: Store, scratch: Path,
         return f"{c.file}: kept in the store, but damaged ({e.message})"
     found.from_store += 1
     return None
+
+
+def missing_chunks(parsed: tr.Transcript, folder: Path, store: Store) -> dict[str, int]:
+    """Chunk digest -> length of the chunks that checkpoints named as kept, and not beside
+    the transcript, lack in the store (their manifests are the store's)."""
+    missing: dict[str, int] = {}
+    for c in parsed.checkpoints:
+        if c.file is None or _beside(folder, c.file):
+            continue
+        manifest = store.kept_checkpoint(c.digest)
+        if manifest is not None:
+            missing.update((d, n) for d, n in manifest.chunks if not store.chunks.has(d))
+    return missing
+
+
+def _beside(folder: Path, file: str) -> bool:
+    try:
+        return (folder / file).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def fetch_chunks(missing: dict[str, int], sources: tuple[str, ...], store: Store,
+                 scratch: Path) -> dict[str, int]:
+    """Fetch `missing` chunks from the caches into the store (each checked against its
+    digest first); what came: chunks fetched, bytes received, still absent."""
+    if not missing:
+        return {"fetched": 0, "received": 0, "absent": 0}
+    from .cache.chunks import fetch  # httpx: only a fetch needs it
+    from .cache.client import Source, new_client
+
+    with new_client(list(sources)) as client:
+        fetched = fetch([Source(s, client) for s in sources], missing, scratch / "chunks")
+    for digest, path in fetched.files.items():
+        store.chunks.adopt(digest, path)
+    return {"fetched": len(fetched.files), "received": fetched.received,
+            "absent": len(fetched.absent)}

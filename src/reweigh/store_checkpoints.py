@@ -59,16 +59,16 @@ def _compress(data: bytes | memoryview) -> bytes:
     return zstandard.ZstdCompressor(level=_LEVEL).compress(data)
 
 
-def _decompress(data: bytes, label: str) -> bytes:
+def _decompress(data: bytes | memoryview, label: str, limit: int = CHUNK) -> bytes:
     """A plane back from its Zstandard frame, which must say its size and that size be
-    at most a chunk's (a damaged or hostile frame cannot make it allocate more)."""
+    at most `limit` (a damaged or hostile frame cannot make it allocate more)."""
     import zstandard
 
     try:
         size = zstandard.frame_content_size(data)
-        if not 0 <= size <= CHUNK:
+        if not 0 <= size <= limit:
             raise WeightsError(f"{label}: a compressed plane of an unstated or impossible size")
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=CHUNK)
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=max(limit, 1))
     except zstandard.ZstdError as e:
         raise WeightsError(f"{label}: a chunk whose compressed data is damaged") from e
 
@@ -127,22 +127,29 @@ def encode(data: bytes | memoryview, itemsize: int) -> bytes:
     return b"".join(out)
 
 
-def decode(stored: bytes, label: str) -> bytes:
-    """The bytes of a chunk from its stored form; WeightsError when it is not one."""
+def decode(stored: bytes, label: str, length: int | None = None) -> bytes | memoryview:
+    """The bytes of a chunk from its stored form (without a copy more than it takes);
+    WeightsError when it is not one. With `length` (what the chunk must decode to, at
+    most a chunk), no plane may decode to more than its share of it: a hostile chunk of
+    many tiny planes cannot make it allocate more than `length` bytes."""
     import numpy as np
 
     if stored[:4] != _MAGIC or len(stored) < 5 or stored[4] == 0:
         raise WeightsError(f"{label}: not a stored chunk")
     itemsize, at, planes = stored[4], 5, []
+    view = memoryview(stored)
+    limit = CHUNK if length is None else length // itemsize
+    if length is not None and (length % itemsize or length > CHUNK):
+        raise WeightsError(f"{label}: a chunk whose planes cannot make {length} bytes")
     for _ in range(itemsize):
         if at + 9 > len(stored) or stored[at] > 1:
             raise WeightsError(f"{label}: a chunk cut short or malformed")
-        (length,) = struct.unpack_from("<Q", stored, at + 1)
-        body = stored[at + 9:at + 9 + length]
-        if len(body) != length:
-            raise WeightsError(f"{label}: a chunk cut short")
-        planes.append(_decompress(body, label) if stored[at] else body)
-        at += 9 + length
+        (size,) = struct.unpack_from("<Q", stored, at + 1)
+        body = view[at + 9:at + 9 + size]
+        if len(body) != size or (not stored[at] and size > limit):
+            raise WeightsError(f"{label}: a chunk cut short or malformed")
+        planes.append(_decompress(body, label, limit) if stored[at] else body)
+        at += 9 + size
     if at != len(stored) or len({len(p) for p in planes}) != 1:
         raise WeightsError(f"{label}: a chunk with bytes beyond its planes")
     if itemsize == 1:
@@ -150,11 +157,21 @@ def decode(stored: bytes, label: str) -> bytes:
     elements = np.empty((len(planes[0]), itemsize), np.uint8)  # (count, itemsize)
     for k, plane in enumerate(planes):
         elements[:, k] = np.frombuffer(plane, np.uint8)
-    return elements.tobytes()
+    return elements.reshape(-1).data
 
 
 def chunk_digest(data: bytes | memoryview) -> str:
     return f"{ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+
+
+def checked(stored: bytes, digest: str, length: int, label: str) -> bytes | memoryview:
+    """The bytes of a chunk's stored form, which must decode to `length` bytes with
+    `digest`; WeightsError naming `label` when they do not (a damaged file, or a chunk a
+    cache served under another chunk's name)."""
+    data = decode(stored, label, length)
+    if len(data) != length or chunk_digest(data) != digest:
+        raise WeightsError(f"{label}: a chunk that does not have its digest")
+    return data
 
 
 @dataclass(frozen=True)
@@ -219,18 +236,26 @@ class Chunks:
         os.replace(temporary, target)  # a concurrent writer of the same chunk wrote the same
         return len(stored)
 
-    def get(self, digest: str, length: int) -> bytes:
+    def get(self, digest: str, length: int) -> bytes | memoryview:
         """A chunk's bytes, checked against its digest and length; WeightsError if absent
         or damaged."""
+        return checked(self.stored(digest), digest, length, str(self.path(digest)))
+
+    def stored(self, digest: str) -> bytes:
+        """A chunk's stored form as it is on disk, unchecked; WeightsError if absent."""
         path = self.path(digest)
         try:
-            stored = path.read_bytes()
+            return path.read_bytes()
         except FileNotFoundError as e:
             raise WeightsError(f"{path}: a chunk of a kept checkpoint is missing") from e
-        data = decode(stored, str(path))
-        if len(data) != length or chunk_digest(data) != digest:
-            raise WeightsError(f"{path}: a chunk no longer has its digest")
-        return data
+
+    def adopt(self, digest: str, staged: Path) -> None:
+        """Move a chunk's stored form, written and checked elsewhere in this store
+        (`checked`; a pull's staging folder), into place, read-only."""
+        target = self.path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(staged, READ_ONLY_FILE)
+        os.replace(staged, target)
 
     def all(self) -> Iterator[str]:
         """The digest of every chunk file present."""

@@ -9,9 +9,12 @@ offset, which is how an interrupted transfer resumes (`Range`).
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -116,7 +119,60 @@ def _wrapped(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
         raise Unreachable(f"{url}: the connection broke ({type(e).__name__}: {e})") from e
 
 
-def new_client() -> httpx.Client:
-    return httpx.Client(timeout=TIMEOUT, follow_redirects=False,
+_DONE = object()
+
+
+def ahead(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """`chunks`, produced on a thread of its own up to `depth` chunks ahead of the reader
+    (receiving on one core while the reader decodes, hashes and writes on another); its
+    errors come out here, and a reader that stops early stops it."""
+    pending: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not _hand_over(pending, stop, chunk):
+                    return
+            pending.put(_DONE)
+        except BaseException as e:  # handed to the reader, which raises it
+            pending.put(e)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while (item := pending.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                pending.get(timeout=0.1)
+        worker.join()
+
+
+def _hand_over(pending: queue.Queue[Any], stop: threading.Event, chunk: bytes) -> bool:
+    """Queue `chunk` for the reader; False when the reader stopped meanwhile."""
+    while not stop.is_set():
+        try:
+            pending.put(chunk, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def new_client(locations: list[str] | None = None) -> httpx.Client:
+    """One client for a command's requests. Certificates are loaded (0.1 s) only when
+    some location is https (with no redirects followed, no other is asked for)."""
+    https = locations is None or any(urllib.parse.urlsplit(loc).scheme == "https"
+                                     for loc in locations)
+    return httpx.Client(timeout=TIMEOUT, follow_redirects=False, verify=https,
                         headers={"Accept-Encoding": "identity"},
                         limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))

@@ -2,7 +2,8 @@
 
 Each file appears with one rename, readable by all (a web server may run as another
 user), and the index is rewritten last, under a lock, so a server never lists an item
-whose records are not there yet. Publishing an item again is cheap when its archive is
+whose records are not there yet. The chunks of items' kept checkpoints are kept once per
+folder, by content (`cache.chunks`). Publishing an item again is cheap when its archive is
 already there for the same files; a different item under the same name (another build
 of the derivation with other files) is refused rather than replaced: a cache holds one
 item per derivation, and its signers vouch for that one.
@@ -22,6 +23,8 @@ from typing import Any
 
 from ..errors import SignatureError, UsageError
 from ..signing import Claim
+from ..store_checkpoints import Chunks
+from . import chunks as cache_chunks
 from . import layout
 from .archive import write_archive
 
@@ -68,12 +71,13 @@ class CacheFolder:
                              "build of this derivation); a cache holds one item per derivation")
         packed = known.archive if known is not None else None
         if archive and packed is None:
+            self._forget_old(item)
             staged = self.root / "items" / item / f".item-{os.getpid()}-{time.time_ns()}"
             staged.parent.mkdir(parents=True, exist_ok=True, mode=_MODE_FOLDER)
             written = write_archive(folder, claim.files, staged)
             os.chmod(staged, _MODE_FILE)
             os.replace(staged, self.root / layout.archive_path(item))
-            packed = layout.Archive(written.digest, written.size, written.unpacked)
+            packed = layout.Archive(written.digest, written.size, written.pieces)
         signers = entries[item].signers if item in entries else ()
         entry = layout.Entry(item, claim.name, claim.version, claim.derivation,
                              claim.weights_digest, packed is not None, signers)
@@ -97,14 +101,27 @@ class CacheFolder:
         self._write(layout.info_path(claim.item),
                     _json(layout.Info(entries[claim.item], info.files, info.archive).to_json()))
 
+    def put_chunks(self, chunks: Chunks, needed: dict[str, int]) -> cache_chunks.Published:
+        """The chunks of an item's kept checkpoints that the folder lacks (`cache.chunks`)."""
+        return cache_chunks.publish(chunks, needed, self.root)
+
     def _info(self, item: str) -> layout.Info | None:
+        """The item's info record; None when there is none, or one of an older format
+        (published again, it is replaced)."""
         path = self.root / layout.info_path(item)
         if not path.is_file():
             return None
+        data = path.read_bytes()
+        if layout.read_format(data) in layout.OLD_INFO_FORMATS:
+            return None
         try:
-            return layout.read_info(path.read_bytes(), str(path))
+            return layout.read_info(data, str(path))
         except SignatureError as e:
             raise UsageError(f"{path}: not an info record this tool wrote ({e.message})") from e
+
+    def _forget_old(self, item: str) -> None:
+        """Remove the archive of an older format an item's folder may hold."""
+        (self.root / "items" / item / "item.tar.zst").unlink(missing_ok=True)
 
     def _write(self, rel: str, data: bytes) -> None:
         target = self.root / rel

@@ -43,5 +43,10 @@ def run(args: argparse.Namespace) -> int:
                   "(reweigh sign ITEM, then publish again)")
         for line in item.skipped:
             print(f"  not passed on: {line}")
+        if item.chunks is not None and (item.chunks.added or item.chunks.absent):
+            print(f"  checkpoints: {item.chunks.added} chunks added ({item.chunks.size} "
+                  "bytes)" + (f"; {len(item.chunks.absent)} not in the store, left out "
+                              "(pulls find those checkpoints absent)"
+                              if item.chunks.absent else ""))
     print(report.folder)
     return 0

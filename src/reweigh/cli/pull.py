@@ -51,5 +51,12 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(report.signers)}")
         for line in report.refused:
             print(f"  not counted: {line}")
+        chunks = report.checkpoint_chunks
+        if chunks.get("named"):
+            print(f"  kept checkpoints: {chunks['fetched']} of {chunks['named']} chunks fetched "
+                  f"({chunks['received']} bytes)"
+                  + (f"; {chunks['absent']} no cache asked had: those checkpoints are absent "
+                     "(verify replays through them, or fetches them: verify --from URL)"
+                     if chunks["absent"] else ""))
     print(report.path)
     return 0

@@ -1,5 +1,5 @@
 """reweigh verify ITEM-or-FILE --transcript T --spot K [--largest Q] [--seed S] [--recipe R]
-[--kept-only] [--json]."""
+[--kept-only] [--from URL...] [--json]."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                              "the transcript records, signed by a key you trust, earns the "
                              "recipe's per-segment tolerance when it is another platform than "
                              "this replay's (unsigned, it earns none)")
+    parser.add_argument("--from", dest="sources", action="append", default=[],
+                        metavar="URL", help="a binary cache (an http(s):// URL or a folder) "
+                        "to fetch the chunks of checkpoints absent here from, each checked "
+                        "against its digest; repeat for several, asked in this order")
     add_run_options(parser)
     parser.set_defaults(run=run)
 
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     report = verify(args.target, args.transcript,
                     Sampling(args.spot, args.largest, args.seed, args.kept_only),
                     recipe=args.recipe, store=open_store(args), threads=args.threads,
-                    reporter=reporter_for(args.json), signature=args.signature)
+                    reporter=reporter_for(args.json), signature=args.signature,
+                    sources=tuple(args.sources))
     if args.json:
         print_json(report.to_json())
     else:
@@ -90,6 +95,11 @@ def render(report: VerifyReport) -> None:
         replayed = [r for r in report.results if not r.skipped]
         print(f"replayed {len(replayed)} segments, {report.compute_fraction:.1%} of "
               f"training: {'; '.join(why)}")
+        if report.fetched.get("fetched") or report.fetched.get("absent"):
+            print(f"fetched {report.fetched['fetched']} chunks of absent checkpoints "
+                  f"({report.fetched['received']} bytes)"
+                  + (f"; {report.fetched['absent']} no cache had" if report.fetched["absent"]
+                     else ""))
         if report.absent:
             print("checkpoints named but not at hand (replayed through): steps "
                   + ", ".join(map(str, report.absent)))

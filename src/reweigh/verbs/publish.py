@@ -3,8 +3,11 @@
 Each item is hashed again and checked against the store's index before it is packed
 (a file damaged in place is never published), then written as one compressed archive,
 its info record and every signature the store keeps for it, and listed in the folder's
-bulk index (`reweigh.cache`). `--sign KEY` signs it on the way. An item with no
-signature is published with a warning: pulls refuse it until someone signs it.
+bulk index (`reweigh.cache`). The chunks of its kept checkpoints go beside, once per
+folder, each checked first; one the store lacks (an item pulled without it) or holds
+damaged is named in the report and left out, and pulls find that checkpoint absent.
+`--sign KEY` signs it on the way. An item with no signature is published with a
+warning: pulls refuse it until someone signs it.
 
 A kept signature is passed on only when it signs exactly this item's files; whether
 its key is to be trusted is each puller's decision, not the publisher's.
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cache.chunks import Published as ChunksPublished
+from ..cache.chunks import wanted
 from ..cache.folder import CacheFolder
 from ..errors import SignatureError
 from ..keys import KeyRing
@@ -33,10 +38,15 @@ class Published:
     archive_size: int | None
     signers: tuple[str, ...]  # key ids
     skipped: tuple[str, ...]  # kept signatures not passed on, and why
+    chunks: ChunksPublished | None = None  # its kept checkpoints' chunks (with the archive)
 
     def to_json(self) -> dict[str, Any]:
+        chunks = None if self.chunks is None else {
+            "added": self.chunks.added, "added_size": self.chunks.size,
+            "absent": list(self.chunks.absent)}
         return {"item": self.item, "archive": self.archive, "archive_size": self.archive_size,
-                "signers": list(self.signers), "skipped": list(self.skipped)}
+                "signers": list(self.signers), "skipped": list(self.skipped),
+                "checkpoint_chunks": chunks}
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ def publish(refs: list[str], to: Path, *, sign_with: str | None = None, archive:
             if signer is not None:
                 kept.add(item.path.name, signer.public.keyid, sign(claim, signer, time.time()))
             info = folder.put_item(entries, item.path, claim, archive)
+            chunks = folder.put_chunks(store.chunks, wanted(
+                item.path, [f.path for f in claim.files])) if archive else None
             signers, skipped = [], []
             for keyid, bundle in kept.of(item.path.name).items():
                 try:
@@ -77,5 +89,5 @@ def publish(refs: list[str], to: Path, *, sign_with: str | None = None, archive:
                 signers.append(keyid)
             done.append(Published(item.path.name, info.archive is not None,
                                   info.archive.size if info.archive else None, tuple(signers),
-                                  tuple(skipped)))
+                                  tuple(skipped), chunks))
     return PublishReport(folder.root, tuple(done))

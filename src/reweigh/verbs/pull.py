@@ -5,36 +5,36 @@ stopping at the first servers that suffice) it finds the item and a server with 
 archive, then fetches and verifies the bundles of trusted keys that are valid now until
 K distinct keys sign the same derivation, weights and files; a trusted key that signs
 other weights for the derivation stops the pull. Only then does the archive come, and
-it is checked as it streams: every file must be one the signers list, of the listed size
-and digest, and the archive must have the digest and size its record gives. The unpacked
-item must then read as an item (`store repair`'s reader: its derivation.json hashes to
-the signed derivation, its provenance names the signed weights) with the signed
-platform, and it enters the store through `Store.commit` under the derivation's lock.
-Any failure leaves the store as it was.
+it is checked as it streams (`cache.archive`): each piece decoded, and each file hashed
+as it is written, straight into the folder that becomes the item, must have the digest
+its signers give, and the archive must end where its record says. The item must then
+read as an item (`store repair`'s reader, given the digests just hashed: its
+derivation.json hashes to the signed derivation, its provenance names the signed
+weights) with the signed platform. The chunks of its kept checkpoints, which its signed
+manifests name, come next (`cache.chunks`), each checked against its digest; then the
+item enters the store through `Store.commit` under the derivation's lock, and with it
+the chunks. Any failure leaves the store as it was. Each byte is hashed once.
 
-The download goes to the store's `tmp/pull-<archive digest>.part` as it arrives; an
-interrupted pull keeps it, and the next pull of the same archive reads it back through
-the same checks and asks the server only for the rest (`Range`). A refused archive's
-part is deleted.
+The transfer is written to the store's `tmp/pull-<archive digest>/` as it arrives; an
+interrupted pull keeps it, and the next pull of the same archive reads back (and
+hashes again) the files and pieces it finished and asks the server only for the rest
+(`Range`). A refused archive's folder is deleted.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..cache import layout
-from ..cache.archive import extract
-from ..cache.client import Source, Unreachable, new_client
+from ..cache.archive import Unpacker, cut
+from ..cache.chunks import fetch, wanted
+from ..cache.client import Source, Unreachable, ahead, new_client
 from ..cache.lookup import Caches, Found
 from ..cache.trust import Refusal, Tally, tally
+from ..digest import short
 from ..errors import CheckFailed, SignatureError, UsageError
 from ..keys import KeyRing
 from ..progress import QuietReporter, Reporter
@@ -61,6 +61,9 @@ class PullReport:
     received: int = 0  # archive bytes over the network
     resumed_from: int = 0  # archive bytes read back from an earlier, interrupted pull
     problems: tuple[str, ...] = field(default=())  # caches that could not be read
+    # the chunks of the item's kept checkpoints: named by its manifests, fetched (with the
+    # bytes received), absent (no server asked had them: verify --from can fetch them)
+    checkpoint_chunks: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "item": self.item, "derivation": self.derivation,
@@ -68,7 +71,8 @@ class PullReport:
                 "source": self.source, "signers": list(self.signers),
                 "required": self.required, "refused": list(self.refused),
                 "requests": self.requests, "received": self.received,
-                "resumed_from": self.resumed_from, "problems": list(self.problems)}
+                "resumed_from": self.resumed_from, "problems": list(self.problems),
+                "checkpoint_chunks": self.checkpoint_chunks}
 
 
 def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None = None,
@@ -79,7 +83,7 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
         raise UsageError("--require: at least 1 signature")
     store = store or Store()
     reporter = reporter or QuietReporter()
-    with new_client() as client:
+    with new_client(sources) as client:
         caches = Caches.open(sources, client, keyring or KeyRing())
         found = caches.find(ref, lambda f: _enough(caches, f, require))
         if not found:
@@ -102,7 +106,8 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
             raise SignatureError(refusal(ref, counted, refusals, info, source))
         reporter.stage(f"pulling {info.entry.item} from {source.label} (signed by "
                        f"{', '.join(counted.signers())})")
-        report = _install(store, source, info, counted.counted[0].claim)
+        others = [s for s, _ in found if s is not source]  # asked for chunks it lacks
+        report = _install(store, [source, *others], info, counted.counted[0].claim)
     kept = KeptSignatures(store.root)
     for vote in counted.counted:
         kept.add(info.entry.item, vote.keyid, bundles[vote.keyid])
@@ -113,7 +118,7 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
     return PullReport(item.path, item.path.name, item.derivation, item.weights_digest,
                       report.reused, source.label, tuple(counted.signers()), require,
                       tuple(r.line() for r in refusals), caches.requests, report.received,
-                      report.resumed_from, tuple(caches.problems))
+                      report.resumed_from, tuple(caches.problems), report.chunks)
 
 
 def _enough(caches: Caches, found: Found, require: int) -> bool:
@@ -167,48 +172,56 @@ class _Installed:
     reused: bool
     received: int
     resumed_from: int
+    chunks: dict[str, int] = field(default_factory=dict)
 
 
-def _install(store: Store, source: Source, info: layout.Info, claim: Claim) -> _Installed:
+def _install(store: Store, sources: list[Source], info: layout.Info,
+             claim: Claim) -> _Installed:
+    """Unpack the archive from `sources[0]` and commit it with its checkpoints' chunks
+    (asked of `sources` in order)."""
     assert info.archive is not None
+    source = sources[0]
     with store.lock(claim.derivation):
         if store.find(claim.derivation) is not None:
             return _Installed(True, 0, 0)
-        staged = store.new_build_dir(claim.derivation)
-        part = store.root / "tmp" / f"pull-{info.archive.digest.split(':', 1)[1]}.part"
-        transfer = Transfer(source, layout.archive_path(info.entry.item), info.archive, part)
+        work = store.root / "tmp" / f"pull-{short(info.archive.digest, 64)}"
+        folder = work / claim.item  # the item's own name: its records are checked by it
+        folder.mkdir(parents=True, exist_ok=True)
         what = f"{source.label}/{layout.archive_path(claim.item)}"
+        transfer = Transfer(source, info, what)
         try:
-            folder = staged / claim.item
-            folder.mkdir()
-            chunks = transfer.chunks()
-            extract(chunks, claim.files, folder, what)
-            for _ in chunks:  # the rest, so its size and digest are checked too
-                pass
-            record, import_row = _check_item(folder, claim)
+            unpacker = transfer.unpack(folder)
+            record, import_row = _check_item(folder, claim, unpacker.digests)
+            named = wanted(folder, unpacker.digests)
+            needed = {d: n for d, n in named.items() if not store.chunks.has(d)}
+            fetched = fetch(sources, needed, work / "chunks")
             if import_row is not None:
                 store.record_import(claim.item, import_row)
-            # read_item has just hashed every file and found the signed digests: the
-            # index takes those instead of reading the files once more
-            store.commit(folder, claim.item, record, {f.path: f.digest for f in claim.files})
-            part.unlink(missing_ok=True)
+            for digest, path in fetched.files.items():
+                store.chunks.adopt(digest, path)
+            store.commit(folder, claim.item, record, unpacker.digests)
         except Unreachable as e:
-            raise SignatureError(f"the transfer of {what} stopped after "
-                                 f"{transfer.total} of {info.archive.size} bytes "
-                                 f"({e.message}); nothing was written; pull again to resume "
-                                 "from there") from e
+            raise SignatureError(f"the transfer of {what} stopped after {transfer.reached} "
+                                 f"of {info.archive.size} bytes ({e.message}); nothing was "
+                                 "written; pull again to resume from there") from e
+        except OSError as e:  # a folder where a file must go: an archive not this item's
+            remove_tree(work)
+            raise SignatureError(f"{what}: cannot be unpacked ({e}); refused") from e
         except SignatureError:
-            part.unlink(missing_ok=True)  # a refused archive is no start for a resume
+            remove_tree(work)  # a refused archive is no start for a resume
             raise
-        finally:
-            remove_tree(staged)
-    return _Installed(False, transfer.received, transfer.resumed_from)
+        remove_tree(work)
+    return _Installed(False, transfer.received, transfer.resumed_from,
+                      {"named": len(named), "fetched": len(fetched.files),
+                       "received": fetched.received, "absent": len(fetched.absent)})
 
 
-def _check_item(folder: Path, claim: Claim) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The item's index record, from its own records, which must say what was signed."""
+def _check_item(folder: Path, claim: Claim, known: dict[str, str] | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The item's index record, from its own records, which must say what was signed
+    (`known`: the digests its files were hashed to as they were written)."""
     try:
-        found = read_item(folder)
+        found = read_item(folder, known)
     except Unfit as e:
         raise SignatureError(f"{claim.item}: not an item ({e}); refused") from e
     record = found.record
@@ -224,103 +237,39 @@ def _check_item(folder: Path, claim: Claim) -> tuple[dict[str, Any], dict[str, A
     return record, found.import_row
 
 
-_DONE = object()
-
-
-def ahead(chunks: Iterator[bytes], depth: int = 32) -> Iterator[bytes]:
-    """`chunks`, produced on a thread of its own up to `depth` chunks ahead of the reader
-    (receiving, writing and hashing on one core while the reader unpacks on another);
-    its errors come out here, and a reader that stops early stops it."""
-    pending: queue.Queue[Any] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                if not _hand_over(pending, stop, chunk):
-                    return
-            pending.put(_DONE)
-        except BaseException as e:  # handed to the reader, which raises it
-            pending.put(e)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-        while (item := pending.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():
-            with contextlib.suppress(queue.Empty):
-                pending.get(timeout=0.1)
-        worker.join()
-
-
-def _hand_over(pending: queue.Queue[Any], stop: threading.Event, chunk: bytes) -> bool:
-    """Queue `chunk` for the reader; False when the reader stopped meanwhile."""
-    while not stop.is_set():
-        try:
-            pending.put(chunk, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 class Transfer:
-    """An archive's bytes in order: first those an interrupted pull left in `part`, then
-    the rest from the server, appended to `part` as they come; the size and digest are
-    checked when the last byte has passed."""
+    """An archive's pieces from `offset` on, received on a thread of their own while the
+    caller decodes, hashes and writes them; what came and how far it got."""
 
-    def __init__(self, source: Source, rel: str, archive: layout.Archive, part: Path) -> None:
-        self.source, self.rel, self.archive, self.part = source, rel, archive, part
-        self.total = 0
-        self.received = 0
-        self.resumed_from = 0
+    def __init__(self, source: Source, info: layout.Info, what: str) -> None:
+        assert info.archive is not None
+        self.source, self.info, self.archive, self.what = source, info, info.archive, what
+        self.rel = layout.archive_path(info.entry.item)
+        self.received = 0  # bytes over the network
+        self.resumed_from = 0  # archive bytes an earlier, interrupted pull had written
+        self.reached = 0  # how far into the archive this transfer got
 
-    def chunks(self) -> Iterator[bytes]:
-        hasher = hashlib.sha256()
-        if self.part.exists() and self.part.stat().st_size > self.archive.size:
-            self.part.unlink()
-        fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "r+b") as handle:
-            while data := handle.read(1 << 20):
-                hasher.update(data)
-                self.total += len(data)
-                yield data
-            self.resumed_from = self.total
-            if self.total < self.archive.size:  # received on a thread of its own, so the
-                yield from ahead(self._rest(handle, hasher))  # unpacking runs meanwhile
-        url = f"{self.source.label}/{self.rel}"
-        if self.total < self.archive.size:
-            self.part.unlink(missing_ok=True)
-            raise SignatureError(f"{url}: truncated: the cache has {self.total} of the "
-                                 f"{self.archive.size} bytes its record gives; refused")
-        digest = f"sha256:{hasher.hexdigest()}"
-        if digest != self.archive.digest:
-            raise SignatureError(f"{url}: its bytes hash to {digest}, its record says "
-                                 f"{self.archive.digest}; refused")
+    def unpack(self, folder: Path) -> Unpacker:
+        """Unpack the archive into `folder`, going on from what an earlier transfer left
+        there; the unpacker holds each file's digest."""
+        unpacker = Unpacker(folder, self.info.files, self.archive, self.what)
+        self.resumed_from = self.reached = unpacker.start.offset
+        if unpacker.start.offset >= self.archive.size:
+            unpacker.take(iter(()))
+            return unpacker
+        with self.source.stream(self.rel, unpacker.start.offset) as (start, chunks):
+            stream = self._counted(chunks, unpacker.start.offset - start)
+            unpacker.take(ahead(cut(stream, unpacker.lengths(), self.what)))
+        return unpacker
 
-    def _rest(self, handle: Any, hasher: Any) -> Iterator[bytes]:
-        with self.source.stream(self.rel, self.total) as (start, chunks):
-            skip = self.total - start  # a server that ignores Range sends it all again
-            for chunk in chunks:
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
-                    if not chunk:
-                        continue
-                if self.total + len(chunk) > self.archive.size:
-                    raise SignatureError(f"{self.source.label}/{self.rel}: longer than the "
-                                         f"{self.archive.size} bytes its record gives; refused")
-                handle.write(chunk)
-                hasher.update(chunk)
-                self.total += len(chunk)
-                self.received += len(chunk)
+    def _counted(self, chunks: Iterator[bytes], skip: int) -> Iterator[bytes]:
+        """The chunks, counted, less the first `skip` bytes (a server that ignores Range
+        sends the whole archive again)."""
+        for chunk in chunks:
+            self.received += len(chunk)
+            if skip:
+                dropped = min(skip, len(chunk))
+                chunk, skip = chunk[dropped:], skip - dropped
+            self.reached += len(chunk)
+            if chunk:
                 yield chunk

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import layout
-from ..cache.archive import extract
 from ..cache.client import Unreachable, new_client
 from ..cache.folder import CacheFolder
 from ..cache.lookup import Caches
@@ -111,7 +110,7 @@ def _fetch(ref: str, sources: list[str], keyring: KeyRing, staging: Path,
            reporter: Reporter) -> tuple[Claim, Path]:
     """The published item, unpacked and checked against its own records; its claim (as
     a signer would make it) and its source folder."""
-    with new_client() as client:
+    with new_client(sources) as client:
         caches = Caches.open(sources, client, keyring)
         found = caches.find(ref, lambda f: any(e.archive for _, e in f))
         with_archive = [(s, e) for s, e in found if e.archive]
@@ -125,18 +124,16 @@ def _fetch(ref: str, sources: list[str], keyring: KeyRing, staging: Path,
         folder = staging / entry.item
         folder.mkdir()
         reporter.stage(f"fetching {entry.item} from {source.label}")
-        transfer = Transfer(source, layout.archive_path(entry.item), info.archive,
-                            staging / "archive.part")
+        transfer = Transfer(source, info, f"{source.label}/{layout.archive_path(entry.item)}")
         try:
-            chunks = transfer.chunks()
-            extract(chunks, info.files, folder, f"{source.label}/{entry.item}")
-            for _ in chunks:
-                pass
+            unpacker = transfer.unpack(folder)
         except Unreachable as e:
             raise SignatureError(f"{entry.item}: the transfer stopped ({e.message})") from e
+        except OSError as e:
+            raise SignatureError(f"{transfer.what}: cannot be unpacked ({e}); refused") from e
         platform, fingerprint = platform_claim(folder)
         claim = replace(platform_free, platform=platform, environment_fingerprint=fingerprint)
-        _check_item(folder, claim)
+        _check_item(folder, claim, unpacker.digests)
     source_dir = folder / "source"
     if not (source_dir / "recipe.toml").is_file():
         raise UsageError(f"{entry.item}: carries no recipe source (an imported item cannot "

@@ -98,8 +98,10 @@ def _adopt_items(store: Store) -> tuple[list[str], list[tuple[str, str]]]:
     return adopted, skipped
 
 
-def read_item(folder: Path) -> _Found:
-    """An item's index rows from its own records, checked against its name and weights."""
+def read_item(folder: Path, known: dict[str, str] | None = None) -> _Found:
+    """An item's index rows from its own records, checked against its name and weights.
+    `known`: digests of files the caller hashed as it wrote them (`pull`), not read
+    again."""
     if folder.is_symlink() or not folder.is_dir():
         raise _Unfit("not a folder")
     statement = _json_file(folder, "provenance.json")
@@ -117,7 +119,7 @@ def read_item(folder: Path) -> _Found:
         raise _Unfit(f"{odd[0]} is not a regular file or folder")
     claimed = f"sha256:{_get(statement, 'subject', 0, 'digest', 'sha256')}"
     try:
-        files = file_rows(folder)  # each file hashed once, the weights among them
+        files = file_rows(folder, known)  # each file hashed once, the weights among them
     except OSError as e:
         raise _Unfit(f"its files cannot be read ({e})") from e
     weights = next((digest for rel, digest, _ in files if rel == "weights.safetensors"), None)

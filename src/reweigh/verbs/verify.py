@@ -120,6 +120,7 @@ class VerifyReport:
 
     kept: int = 0  # checkpoints whose files were at hand (beside it or in the store)
     absent: tuple[int, ...] = ()  # steps whose files the transcript names, not at hand
+    fetched: dict[str, int] = field(default_factory=dict)  # chunks fetched (--from)
 
     @property
     def holds(self) -> bool:
@@ -132,6 +133,7 @@ class VerifyReport:
                 "seed": self.seed, "chain_ok": self.chain_ok, "problems": list(self.problems),
                 "segments": [r.to_json() for r in self.results],
                 "kept_checkpoints": self.kept, "absent": list(self.absent),
+                "fetched_chunks": self.fetched or None,
                 "skipped": [r.index for r in self.results if r.skipped],
                 "compute_fraction": self.compute_fraction, "environment": self.environment,
                 "environment_reasons": list(self.environment_reasons),
@@ -154,12 +156,14 @@ class _Subject:
 def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
            recipe: Path | str | None = None, store: Store | None = None,
            threads: int | None = None, reporter: Reporter | None = None,
-           signature: Path | str | None = None) -> VerifyReport:
+           signature: Path | str | None = None, sources: tuple[str, ...] = ()
+           ) -> VerifyReport:
     """Check `transcript` (its chain, its derivation, its checkpoints) against the weights
     `target` (a store item, or a file with `recipe`) and replay the segments `sampling`
     picks. Bad input (a malformed file, another derivation's transcript) raises
     UsageError or WeightsError; a chain that breaks or a segment that does not replay is
-    a report that does not hold."""
+    a report that does not hold. `sources`: caches to fetch the chunks of checkpoints
+    absent here from (`kept.find`)."""
     store = store or Store()
     reporter = reporter or QuietReporter()
     threads = threads_for(threads)
@@ -175,9 +179,10 @@ def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
         signed = _signed(signature, parsed.environment, subject.weights.path)
         scratch = store.new_staging_dir()  # checkpoints written out of the store's chunks
         try:
-            found = kept.find(parsed, transcript.parent, store, scratch)
-            return _verified(parsed, transcript, subject, found, sampling, seed, store,
-                             threads, reporter, signed)
+            found = kept.find(parsed, transcript.parent, store, scratch, sources)
+            report = _verified(parsed, transcript, subject, found, sampling, seed, store,
+                               threads, reporter, signed)
+            return replace(report, fetched=found.fetched)
         finally:
             remove_tree(scratch)
 

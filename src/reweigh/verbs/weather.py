@@ -80,7 +80,7 @@ class WeatherReport:
 def weather(sources: list[str], refs: list[str] | None = None, *,
             keyring: KeyRing | None = None) -> WeatherReport:
     """The weather of every item the caches list (or of those `refs` name)."""
-    with new_client() as client:
+    with new_client(sources) as client:
         caches = Caches.open(sources, client, keyring or KeyRing())
         listed: dict[str, list[tuple[Source, layout.Entry]]] = {}
         servers = []
