@@ -2,21 +2,26 @@
 signing and verification against OpenSSF Model Signing, and a bounded load test.
 
 A ~100 MB item (a random float32 safetensors file, imported: no training) is signed,
-published and served by `reweigh serve`'s server on 127.0.0.1. Then, alternating, best
-and median of N:
+published and served by `reweigh serve` (the command, in a process of its own) on
+127.0.0.1. Then, alternating, best and median of N, wall time and this process's CPU
+time (every thread; the server's is not in it):
 
 - plain: the archive's bytes downloaded with httpx into a file (no checks), and with
-  curl once per run;
-- pull: `reweigh.pull` of the item into a fresh store (index, info, bundle, the archive
-  streamed through the signed file list, the item read back and committed);
+  curl once per run (wall time only);
+- pull: `reweigh.pull` of the item into a fresh, empty store (opened before the clock
+  starts: index, info, bundle, every piece decoded, hashed and written as it streams,
+  the item read back from its records and committed);
 
-then signing (`reweigh sign`: the item's files hashed, one ed25519 signature) and
+`--rate MBPS` serves the same folder through a server that sends at most MBPS megabytes
+a second (a link of that speed: what a user pulling over a network sees) instead.
+
+Then signing (`reweigh sign`: the item's files hashed, one ed25519 signature) and
 verification (the bundle checked, every file hashed against it) per GB, against the
 `model-signing` package on the same folder (P-256 key, its `files` serialization,
 sha256); and `--load N` concurrent `reweigh pull` processes from the one server, each
 into its own store, every pulled weights file checked.
 
-Usage: python bench/substitutes.py [--size-mib 100] [--runs 3] [--load 50]
+Usage: python bench/substitutes.py [--size-mib 100] [--runs 3] [--rate MBPS] [--load 50]
 """
 
 from __future__ import annotations
@@ -30,19 +35,20 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).pa
 
 import argparse  # noqa: E402
 import concurrent.futures  # noqa: E402
+import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from reweigh.cache import layout  # noqa: E402
-from reweigh.cache.server import serve  # noqa: E402
 from reweigh.keys import KeyRing  # noqa: E402
 from reweigh.signing import verify  # noqa: E402
 from reweigh.store import Store, file_rows  # noqa: E402
@@ -62,25 +68,68 @@ def make_item(work: Path, size_mib: int) -> tuple[Store, Path]:
     return store, import_weights(source, name="big", version="1.0", store=store).path
 
 
-def plain_download(url: str, target: Path) -> float:
-    start = time.perf_counter()
+def plain_download(url: str, target: Path) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
     with httpx.Client(timeout=60) as client, client.stream("GET", url) as reply, \
             open(target, "wb") as out:
         for chunk in reply.iter_raw():
             out.write(chunk)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def curl_download(url: str, target: Path) -> float:
+def curl_download(url: str, target: Path) -> tuple[float, float]:
     start = time.perf_counter()
     subprocess.run(["curl", "-s", "-o", str(target), url], check=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, float("nan")
 
 
-def timed_pull(url: str, item: str, store_root: Path, ring: KeyRing) -> float:
-    start = time.perf_counter()
-    pull(item, [url], store=Store(store_root), keyring=ring)
-    return time.perf_counter() - start
+def timed_pull(url: str, item: str, store_root: Path, ring: KeyRing) -> tuple[float, float]:
+    store = Store(store_root)  # a fresh store's index is made before the clock starts
+    wall, cpu = time.perf_counter(), time.process_time()
+    pull(item, [url], store=store, keyring=ring)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+@contextlib.contextmanager
+def server(folder: Path, rate: float | None) -> Iterator[str]:
+    """`reweigh serve FOLDER` in a process of its own, or with `rate` (MB/s) a server of
+    the folder that sends no faster than that; its URL."""
+    if rate is None:
+        command = [sys.executable, "-m", "reweigh.cli.main", "serve", str(folder),
+                   "--port", "0"]
+    else:
+        command = [sys.executable, __file__, "--serve-throttled", str(folder), str(rate)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().split(" at ")[-1].strip()
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def serve_throttled(folder: str, rate: float) -> None:
+    """Serve `folder` (whole files, no ranges) at `rate` MB/s, until killed."""
+    import functools
+    import http.server
+
+    class Throttled(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def copyfile(self, source, outputfile) -> None:  # type: ignore[no-untyped-def]
+            start, sent = time.perf_counter(), 0
+            while block := source.read(256 << 10):
+                outputfile.write(block)
+                sent += len(block)
+                ahead = sent / (rate * 1e6) - (time.perf_counter() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+
+    handler = functools.partial(Throttled, directory=folder)
+    running = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    print(f"serving {folder} at http://127.0.0.1:{running.server_address[1]}", flush=True)
+    running.serve_forever()
 
 
 def throughput(work: Path, url: str, item: str, size: int, ring: KeyRing, runs: int) -> None:
@@ -95,15 +144,20 @@ def throughput(work: Path, url: str, item: str, size: int, ring: KeyRing, runs: 
         shutil.rmtree(target, ignore_errors=True)
         (work / "plain.bin").unlink()
     mb = size / 1e6
-    print(f"archive {mb:.1f} MB over 127.0.0.1, {runs} runs (best / median):")
+    print(f"archive {mb:.1f} MB from {url}, {runs} runs (best / median):")
     for label, times in (("plain httpx download", plain), ("curl download", curl),
                          ("reweigh pull (verified)", pulled)):
         if times:
-            print(f"  {label:26} {mb / min(times):7.0f} / {mb / statistics.median(times):7.0f}"
-                  " MB/s")
-    print(f"  pull / plain httpx: {min(plain) / min(pulled):.2f}x best, "
-          f"{statistics.median(plain) / statistics.median(pulled):.2f}x median"
-          + (f"; pull / curl: {min(curl) / min(pulled):.2f}x best" if curl else ""))
+            walls, cpus = [t for t, _ in times], [c for _, c in times]
+            print(f"  {label:26} {mb / min(walls):7.0f} / {mb / statistics.median(walls):7.0f}"
+                  f" MB/s   CPU {min(cpus):.2f} / {statistics.median(cpus):.2f} s")
+    walls = {k: [t for t, _ in v] for k, v in (("plain", plain), ("pull", pulled))}
+    cpus = {k: [c for _, c in v] for k, v in (("plain", plain), ("pull", pulled))}
+    print(f"  pull / plain httpx: {min(walls['plain']) / min(walls['pull']):.2f}x best, "
+          f"{statistics.median(walls['plain']) / statistics.median(walls['pull']):.2f}x "
+          f"median; CPU {min(cpus['pull']) / min(cpus['plain']):.2f}x plain's"
+          + (f"; pull / curl: {min(t for t, _ in curl) / min(walls['pull']):.2f}x best"
+             if curl else ""))
 
 
 def signing(work: Path, store: Store, item: Path, ring: KeyRing, runs: int) -> None:
@@ -177,9 +231,15 @@ def _digest(path: Path) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-throttled":
+        serve_throttled(sys.argv[2], float(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="serve at most this many MB/s (a network link), not as fast "
+                        "as 127.0.0.1 goes")
     parser.add_argument("--load", type=int, default=0, help="concurrent pulls (0: none)")
     parser.add_argument("--skip-signing", action="store_true")
     args = parser.parse_args()
@@ -190,16 +250,13 @@ def main() -> None:
         ring.generate("publisher")
         publish([item.name], work / "cache", sign_with="publisher", store=store, keyring=ring)
         size = (work / "cache" / layout.archive_path(item.name)).stat().st_size
-        running = serve(work / "cache")
-        try:
-            throughput(work, running.url, item.name, size, ring, args.runs)
+        with server(work / "cache", args.rate) as url:
+            throughput(work, url, item.name, size, ring, args.runs)
             if not args.skip_signing:
                 signing(work, store, item, ring, args.runs)
             if args.load:
-                load(work, running.url, item.name, store.resolve(item.name).weights_digest,
+                load(work, url, item.name, store.resolve(item.name).weights_digest,
                      ring, args.load)
-        finally:
-            running.close()
 
 
 if __name__ == "__main__":

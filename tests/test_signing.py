@@ -189,3 +189,60 @@ def test_a_signed_platform_claim_is_read_only_under_a_trusted_key_for_those_weig
     with pytest.raises(SignatureError, match="not trusted"):
         signed_platform(tmp_path / "item.sig", weights, stranger)
     assert report.keyid == imported["ring"].own()[0].key.keyid
+
+
+@pytest.fixture(scope="module")
+def packed(imported: dict) -> dict:
+    """The imported item published: its info record and archive bytes."""
+    cache = imported["root"] / "packed-cache"
+    publish([imported["item"].name], cache, sign_with="alice", store=imported["store"],
+            keyring=imported["ring"])
+    name = imported["item"].name
+    return {"info": json.loads((cache / layout.info_path(name)).read_text()),
+            "archive": (cache / layout.archive_path(name)).read_bytes()}
+
+
+_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2, 1 << 24)
+                       | st.text(max_size=4), lambda inner: st.lists(inner, max_size=3),
+                       max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_an_info_records_pieces_of_any_value_are_refused_or_read(packed: dict,
+                                                                 data: st.DataObject) -> None:
+    info = json.loads(json.dumps(packed["info"]))
+    entry = data.draw(st.sampled_from(info["files"]))
+    entry["pieces"] = data.draw(_VALUES)
+    if data.draw(st.booleans()):
+        info["archive"]["size"] = data.draw(_VALUES)
+    with contextlib.suppress(SignatureError):
+        read = layout.read_info(json.dumps(info).encode(), "record")
+        assert read.archive is not None
+        assert [sum(n for _, n in p) for p in read.archive.pieces] == \
+            [f.size for f in read.files]  # what it reads adds up, whatever it was given
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_an_archive_changed_anywhere_unpacks_to_the_signed_files_or_is_refused(
+        packed: dict, data: st.DataObject) -> None:
+    """Bytes flipped, cut out or added anywhere in the archive: the unpacker refuses it in
+    one SignatureError, or what it wrote is exactly the signed files (a change that
+    decodes to the same bytes)."""
+    import tempfile
+
+    from reweigh.cache.archive import Unpacker, cut
+
+    info = layout.read_info(json.dumps(packed["info"]).encode(), "record")
+    assert info.archive is not None
+    archive = packed["archive"]
+    at = data.draw(st.integers(0, len(archive) - 1))
+    changed = archive[:at] + data.draw(st.binary(max_size=3)) + archive[at + 1:]
+    with tempfile.TemporaryDirectory() as folder:
+        unpacker = Unpacker(Path(folder), info.files, info.archive, "archive")
+        try:
+            unpacker.take(cut(iter([changed[:at], changed[at:]]), unpacker.lengths(), "x"))
+        except SignatureError:
+            return
+        assert unpacker.digests == {f.path: f.digest for f in info.files}

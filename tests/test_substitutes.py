@@ -17,6 +17,7 @@ from reweigh.errors import CheckFailed, ReweighError
 from reweigh.keys import KeyRing
 from reweigh.signing import FileEntry, bundle_claim, sign
 from reweigh.store import Store, file_rows
+from reweigh.store_checkpoints import Manifest
 from reweigh.verbs.publish import publish
 from reweigh.verbs.pull import pull
 
@@ -35,6 +36,22 @@ from .substitutes import (
 )
 
 pytestmark = pytest.mark.slow  # every test here reads one sandboxed build (two rebuild)
+
+# A few steps of numpy "training" that checkpoints every 2 steps and resumes from a
+# checkpoint: an item with kept checkpoints whose segments replay in a second or two. The
+# frozen table is equal in every checkpoint (one chunk, stored once).
+TRAIN = """
+import numpy as np
+
+def train(ctx):
+    state = ctx.resume() or {}
+    w = np.asarray(state["w"]) if state else np.zeros(256, np.float32)
+    frozen = np.arange(512, dtype=np.float32)
+    for step in range(int(state.get("step", 0)) + 1, 7):
+        w = w + np.sin(np.arange(256, dtype=np.float32) * step).astype(np.float32)
+        ctx.checkpoint(step, {"w": w, "frozen": frozen, "step": step}, final=step == 6)
+    ctx.save_weights({"w": w})
+"""
 
 
 @pytest.fixture(scope="module")
@@ -547,3 +564,175 @@ def test_pull_of_an_item_no_cache_has_is_bad_input(world: dict, tmp_path: Path) 
     _publish(world, cache, world["alice"])
     result = run_reweigh("pull", "no-such-item", "--from", cache, store=tmp_path / "store")
     assert result.returncode == 2 and "no cache has it" in result.stderr
+
+
+# --- several servers -----------------------------------------------------------------
+
+def test_pull_and_weather_over_three_servers_say_who_had_what(world: dict,
+                                                              tmp_path: Path) -> None:
+    """A rebuilder's signatures-only cache first, the publisher's second, a dead third:
+    the pull takes the archive from the second, counts both signers and never asks the
+    third; weather names the third unreachable and still reports the item."""
+    rebuilder, publisher = tmp_path / "rebuilder", tmp_path / "publisher"
+    _publish(world, rebuilder, world["bob"], archive=False)
+    _publish(world, publisher, world["alice"])
+    ring = puller(tmp_path, world["alice"], world["bob"])
+    with served(rebuilder) as first, served(publisher) as second:
+        result = _pull(world, tmp_path, first, second, "http://127.0.0.1:9", require=2,
+                       ring=ring)
+        weather = run_reweigh("weather", "--from", first, "--from", second, "--from",
+                              "http://127.0.0.1:9", "--keys", ring.root, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"] == second and sorted(report["signers"]) == ["alice", "bob"]
+    assert report["problems"] == []  # the third server was not asked
+    assert report["requests"] == 5  # two indexes, one info record, two bundles
+    assert weather.returncode == 0, weather.stderr
+    seen = json.loads(weather.stdout)
+    assert [(s["reachable"], s["items"], s["archives"]) for s in seen["servers"]] == [
+        (True, 1, 0), (True, 1, 1), (False, 0, 0)]
+    assert "127.0.0.1:9" in seen["servers"][2]["problem"]
+    assert seen["items"][0]["agreement"] == "agree"
+    assert {s["name"]: s["server"] for s in seen["items"][0]["signatures"]} == {
+        "bob": first, "alice": second}
+
+
+# --- kept checkpoints travel with the item -------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpointed(world: dict) -> dict:
+    """An item with kept checkpoints (its build imports torch to write them: built once,
+    for these tests only), published by alice into a cache folder with its chunks."""
+    from reweigh import build
+
+    root = world["root"] / "checkpointed"
+    recipe = write_recipe(root / "recipe", TRAIN, build="checkpoint_every = 2")
+    store = Store(root / "store")
+    item = build(recipe, store=store, threads=1).path
+    cache = root / "cache"
+    publish([item.name], cache, store=store, sign_with="alice", keyring=world["alice"].ring)
+    return {"store": store, "item": item, "cache": cache,
+            "named": _named_chunks(item)}
+
+
+def _pull_checkpointed(checkpointed: dict, world: dict, tmp_path: Path, source: str,
+                       store: Store | None = None) -> Result:
+    ring = puller(tmp_path, world["alice"])
+    try:
+        report = pull(checkpointed["item"].name, [source], keyring=ring,
+                      store=store or Store(tmp_path / "store"))
+    except ReweighError as e:
+        return Result(e.exit_code, "", f"reweigh: {e.one_line()}\n")
+    return Result(0, json.dumps(report.to_json()), "")
+
+
+def _cache_copy(checkpointed: dict, tmp_path: Path, chunks: bool = True) -> Path:
+    """A copy of the checkpointed item's cache (to tamper with), with or without chunks."""
+    copy = tmp_path / "cache"
+    shutil.copytree(checkpointed["cache"], copy,
+                    ignore=None if chunks else shutil.ignore_patterns("chunks"))
+    return copy
+
+def _named_chunks(item: Path) -> list[str]:
+    """Every chunk the item's checkpoint manifests name, with repeats."""
+    return [c for path in sorted((item / "checkpoints").glob("*.json"))
+            for c, _ in Manifest.read(path).chunks]
+
+
+def test_kept_checkpoints_travel_with_the_item_once_per_cache(
+        world: dict, checkpointed: dict, tmp_path: Path) -> None:
+    cache, named = checkpointed["cache"], checkpointed["named"]
+    assert len(named) > len(set(named))  # the frozen table: one chunk in every checkpoint
+    published = {f"sha256:{p.name}" for p in (cache / "chunks").rglob("*") if p.is_file()}
+    assert published == set(named)  # each once, by content
+    again = publish([checkpointed["item"].name], cache, store=checkpointed["store"],
+                    keyring=world["alice"].ring)
+    assert again.items[0].chunks is not None and again.items[0].chunks.added == 0
+    with served(cache) as url:
+        result = _pull_checkpointed(checkpointed, world, tmp_path, url)
+    assert result.returncode == 0, result.stderr
+    chunks = json.loads(result.stdout)["checkpoint_chunks"]
+    assert (chunks["named"], chunks["fetched"], chunks["absent"]) == (len(set(named)),) * 2 + (0,)
+    store = Store(tmp_path / "store")
+    from reweigh.verbs.store import verify_store
+
+    assert verify_store(store) == []  # every chunk its manifests name is there, whole
+    pulled = store.resolve(checkpointed["item"].name)
+    manifest = Manifest.read(sorted((pulled.path / "checkpoints").glob("*.json"))[-1])
+    assert store.kept_checkpoint(manifest.digest) == manifest
+
+
+def test_a_chunk_that_is_not_what_its_name_says_refuses_the_pull(
+        world: dict, checkpointed: dict, tmp_path: Path) -> None:
+    cache = _cache_copy(checkpointed, tmp_path)
+    first, second = sorted(p for p in (cache / "chunks").rglob("*") if p.is_file())[:2]
+    first.write_bytes(second.read_bytes())  # a whole chunk, served under another's name
+    with served(cache) as url:
+        _refused(_pull_checkpointed(checkpointed, world, tmp_path, url), tmp_path,
+                 first.name, "not the chunk its digest names", "refused")
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*"))
+    assert not any((tmp_path / "store" / "chunks").rglob("*"))
+
+
+def _without_chunks(checkpointed: dict, world: dict, tmp_path: Path) -> Store:
+    """A store holding the item pulled from a cache without its chunks (its checkpoints
+    absent)."""
+    store = Store(tmp_path / "store")
+    result = _pull_checkpointed(checkpointed, world, tmp_path,
+                                str(_cache_copy(checkpointed, tmp_path / "bare", False)), store)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["checkpoint_chunks"]["absent"] == \
+        len(set(checkpointed["named"]))
+    return store
+
+
+def test_verify_fetches_absent_checkpoints_from_a_cache_and_replays_them(
+        world: dict, checkpointed: dict, tmp_path: Path) -> None:
+    from reweigh.verbs.store import verify_store
+
+    store = _without_chunks(checkpointed, world, tmp_path)
+    assert {p.problem for p in verify_store(store)} == {"missing"}
+    item = store.resolve(checkpointed["item"].name)
+    with served(checkpointed["cache"]) as url:
+        result = run_reweigh("verify", item.path.name, "--transcript",
+                             item.path / "transcript.json", "--spot", 1, "--seed", 0,
+                             "--from", url, "--threads", 1, "--json", store=store.root)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "holds" and report["absent"] == []
+    assert report["kept_checkpoints"] == 3
+    assert report["fetched_chunks"]["fetched"] == len(set(checkpointed["named"]))
+    assert verify_store(store) == []  # the store kept what it fetched, each chunk whole
+
+
+def test_verify_refuses_a_chunk_a_cache_serves_under_another_name(
+        world: dict, checkpointed: dict, tmp_path: Path) -> None:
+    from reweigh.verbs.verify import Sampling, verify
+
+    store = _without_chunks(checkpointed, world, tmp_path)
+    cache = _cache_copy(checkpointed, tmp_path)
+    first, second = sorted(p for p in (cache / "chunks").rglob("*") if p.is_file())[:2]
+    first.write_bytes(second.read_bytes())
+    item = store.resolve(checkpointed["item"].name)
+    with served(cache) as url, pytest.raises(ReweighError) as refused:
+        verify(item.path.name, item.path / "transcript.json", Sampling(1, seed=0),
+               store=store, threads=1, sources=(url,))
+    assert refused.value.exit_code == 1
+    assert "not the chunk its digest names" in refused.value.message
+    assert not store.chunks.has(f"sha256:{first.name}")  # nothing it refused was kept
+
+
+def test_a_cache_in_the_earlier_tar_format_is_refused_in_one_line(world: dict,
+                                                                  tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    info_file = cache / layout.info_path(world["item"].name)
+    info = read_json(info_file)
+    info["format"] = "reweigh.cache-item/1"
+    write_json(info_file, info)
+    with served(cache) as url:
+        _refused(_pull(world, tmp_path, url), tmp_path, "reweigh.cache-item/1",
+                 "published again")
+    publish([world["item"].name], cache, store=Store(world["store"]),  # which replaces it
+            keyring=world["alice"].ring)
+    assert read_json(info_file)["format"] == layout.INFO_FORMAT

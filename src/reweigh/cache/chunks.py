@@ -125,10 +125,12 @@ def _one(sources: list[Source], digest: str, length: int,
         if data is None:
             continue
         received += len(data)
+        where = f"{source.label}/{rel}"
         try:
-            checked(data, digest, length, f"{source.label}/{rel}")
+            checked(data, digest, length, where)
         except WeightsError as e:
-            raise SignatureError(f"{e.message}; refused") from e
+            raise SignatureError(f"{where}: not the chunk its digest names "
+                                 f"({e.message.removeprefix(where + ': ')}); refused") from e
         _write(path, data, 0o600)
         return path, received, requests
     return None, received, requests
