@@ -246,3 +246,27 @@ def test_an_archive_changed_anywhere_unpacks_to_the_signed_files_or_is_refused(
         except SignatureError:
             return
         assert unpacker.digests == {f.path: f.digest for f in info.files}
+
+
+def test_an_unpacking_cut_short_inside_a_file_goes_on_from_its_last_whole_piece(
+        packed: dict, tmp_path: Path) -> None:
+    from reweigh.cache.archive import Unpacker, cut
+
+    info = layout.read_info(json.dumps(packed["info"]).encode(), "record")
+    assert info.archive is not None
+    archive, pieces = packed["archive"], info.archive.pieces
+    index = next(i for i, p in enumerate(pieces) if len(p) > 2)  # the weights: 3 tensors
+    two = info.archive.starts()[index] + pieces[index][0][0] + pieces[index][1][0]
+    first = Unpacker(tmp_path, info.files, info.archive, "archive")
+    with pytest.raises(SignatureError, match="truncated"):  # cut 3 bytes into a piece
+        first.take(cut(iter([archive[:two + 3]]), first.lengths(), "archive"))
+    second = Unpacker(tmp_path, info.files, info.archive, "archive")
+    assert second.start.file == index and second.start.piece == 2
+    assert second.start.offset == two
+    second.take(cut(iter([archive[two:]]), second.lengths(), "archive"))
+    assert second.digests == {f.path: f.digest for f in info.files}
+    changed = tmp_path / info.files[0].path  # a finished file changed meanwhile...
+    changed.write_bytes(b"#" + changed.read_bytes()[1:])
+    third = Unpacker(tmp_path, info.files, info.archive, "archive")
+    assert (third.start.file, third.start.piece, third.start.offset) == (0, 0, 0)
+    assert not (tmp_path / info.files[-1].path).exists()  # ...so all after it comes again

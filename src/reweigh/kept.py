@@ -9,7 +9,7 @@ a file is only handed out when it has its recorded digest. An entry without a fi
 chained all the same, and `transcript.replay_plan` replays through it.
 
 A checkpoint the transcript says was kept but that is neither beside it nor whole in the
-store (an item pulled from a binary cache comes without its chunks; a publisher left a file
+store (an item pulled from a binary cache that lacked its chunks; a publisher left a file
 out) is `absent`: the replay runs through it as through one not kept, which costs time but
 lets no forgery pass, since every segment it runs must give its recorded digest. A file
 that is there and does not have its digest, or a chunk that is there and damaged, is a
