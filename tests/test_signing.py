@@ -232,7 +232,7 @@ def test_an_archive_changed_anywhere_unpacks_to_the_signed_files_or_is_refused(
     decodes to the same bytes)."""
     import tempfile
 
-    from reweigh.cache.archive import Unpacker, cut
+    from reweigh.cache.archive import Unpacker
 
     info = layout.read_info(json.dumps(packed["info"]).encode(), "record")
     assert info.archive is not None
@@ -242,7 +242,7 @@ def test_an_archive_changed_anywhere_unpacks_to_the_signed_files_or_is_refused(
     with tempfile.TemporaryDirectory() as folder:
         unpacker = Unpacker(Path(folder), info.files, info.archive, "archive")
         try:
-            unpacker.take(cut(iter([changed[:at], changed[at:]]), unpacker.lengths(), "x"))
+            unpacker.unpack(iter([changed[:at], changed[at:]]))
         except SignatureError:
             return
         assert unpacker.digests == {f.path: f.digest for f in info.files}
@@ -250,7 +250,7 @@ def test_an_archive_changed_anywhere_unpacks_to_the_signed_files_or_is_refused(
 
 def test_an_unpacking_cut_short_inside_a_file_goes_on_from_its_last_whole_piece(
         packed: dict, tmp_path: Path) -> None:
-    from reweigh.cache.archive import Unpacker, cut
+    from reweigh.cache.archive import Unpacker
 
     info = layout.read_info(json.dumps(packed["info"]).encode(), "record")
     assert info.archive is not None
@@ -259,11 +259,11 @@ def test_an_unpacking_cut_short_inside_a_file_goes_on_from_its_last_whole_piece(
     two = info.archive.starts()[index] + pieces[index][0][0] + pieces[index][1][0]
     first = Unpacker(tmp_path, info.files, info.archive, "archive")
     with pytest.raises(SignatureError, match="truncated"):  # cut 3 bytes into a piece
-        first.take(cut(iter([archive[:two + 3]]), first.lengths(), "archive"))
+        first.unpack(iter([archive[:two + 3]]))
     second = Unpacker(tmp_path, info.files, info.archive, "archive")
     assert second.start.file == index and second.start.piece == 2
     assert second.start.offset == two
-    second.take(cut(iter([archive[two:]]), second.lengths(), "archive"))
+    second.unpack(iter([archive[two:]]))
     assert second.digests == {f.path: f.digest for f in info.files}
     changed = tmp_path / info.files[0].path  # a finished file changed meanwhile...
     changed.write_bytes(b"#" + changed.read_bytes()[1:])

@@ -107,39 +107,59 @@ class Unpacker:
 
     def lengths(self) -> Iterator[int]:
         """The archive length of every piece still to come, in order."""
-        for index in range(self.start.file, len(self.files)):
-            first = self.start.piece if index == self.start.file else 0
-            for stored, _ in self.archive.pieces[index][first:]:
-                yield stored
+        return (stored for _, stored, _ in self._todo())
 
-    def take(self, stored_pieces: Iterable[bytes]) -> None:
-        """Decode, hash and write the pieces from `self.start` on, in order (`cut` cuts
-        a stream into them), checking each file as its last piece is written."""
+    def decoded(self, stored_pieces: Iterable[bytes]) -> Iterator[bytes | memoryview]:
+        """The pieces still to come (`cut` cuts a stream into them) decoded, each to its
+        recorded length; refused when one does not, or when more come than are due."""
         source = iter(stored_pieces)
-        for index in range(self.start.file, len(self.files)):
-            first = self.start.piece if index == self.start.file else 0
-            writer = self._open(index, first)
+        for index, _, length in self._todo():
+            stored = next(source, None)
+            if stored is None:
+                return  # `take` says what is missing
             try:
-                for _, length in self.archive.pieces[index][first:]:
-                    stored = next(source, None)
-                    if stored is None:
-                        raise SignatureError(f"{self.what}: the archive ended before its "
-                                             "last piece; refused")
-                    writer.write(self._decoded(stored, length, index))
-            finally:
-                os.close(writer.fd)
-            self._check(index, writer)
+                yield sc.decode(stored, self.what, length)
+            except WeightsError as e:
+                raise SignatureError(f"{self.what}: {self.files[index].path}: a piece that "
+                                     f"does not decode to its {length} bytes ({e.message}); "
+                                     "refused") from e
         if next(source, None) is not None:
             raise SignatureError(f"{self.what}: longer than the pieces its record gives; "
                                  "refused")
 
-    def _decoded(self, stored: bytes, length: int, index: int) -> bytes | memoryview:
-        try:
-            return sc.decode(stored, self.what, length)
-        except WeightsError as e:
-            raise SignatureError(f"{self.what}: {self.files[index].path}: a piece that does "
-                                 f"not decode to its {length} bytes ({e.message}); "
-                                 "refused") from e
+    def take(self, pieces: Iterable[bytes | memoryview]) -> None:
+        """Hash and write the decoded pieces from `self.start` on, in order (`decoded`),
+        checking each file as its last piece is written."""
+        source = iter(pieces)
+        for index in range(self.start.file, len(self.files)):
+            first = self.start.piece if index == self.start.file else 0
+            writer = self._open(index, first)
+            try:
+                for _ in self.archive.pieces[index][first:]:
+                    piece = next(source, None)
+                    if piece is None:
+                        raise SignatureError(f"{self.what}: the archive ended before its "
+                                             "last piece; refused")
+                    writer.write(piece)
+            finally:
+                os.close(writer.fd)
+            self._check(index, writer)
+        if next(source, None) is not None:  # `decoded` refuses a piece too many
+            raise SignatureError(f"{self.what}: longer than the pieces its record gives; "
+                                 "refused")
+
+    def unpack(self, chunks: Iterable[bytes]) -> None:
+        """Cut, decode and write the rest of the archive streaming in as `chunks`, from
+        `self.start.offset` on, in this thread (`pull` runs the three on threads of their
+        own)."""
+        self.take(self.decoded(cut(chunks, self.lengths(), self.what)))
+
+    def _todo(self) -> Iterator[tuple[int, int, int]]:
+        """(file index, archive length, length) of every piece still to come."""
+        for index in range(self.start.file, len(self.files)):
+            first = self.start.piece if index == self.start.file else 0
+            for stored, length in self.archive.pieces[index][first:]:
+                yield index, stored, length
 
     def _open(self, index: int, piece: int) -> HashingWriter:
         """The file's writer: a new file, or the resumed one, its kept pieces hashed."""

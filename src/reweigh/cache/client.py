@@ -14,13 +14,14 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import SignatureError, UsageError
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+T = TypeVar("T")
 _CHUNK = 1 << 20
 
 
@@ -122,8 +123,8 @@ def _wrapped(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
 _DONE = object()
 
 
-def ahead(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
-    """`chunks`, produced on a thread of its own up to `depth` chunks ahead of the reader
+def ahead(chunks: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """`chunks`, produced on a thread of its own up to `depth` items ahead of the reader
     (receiving on one core while the reader decodes, hashes and writes on another); its
     errors come out here, and a reader that stops early stops it."""
     pending: queue.Queue[Any] = queue.Queue(depth)
@@ -157,7 +158,7 @@ def ahead(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
         worker.join()
 
 
-def _hand_over(pending: queue.Queue[Any], stop: threading.Event, chunk: bytes) -> bool:
+def _hand_over(pending: queue.Queue[Any], stop: threading.Event, chunk: object) -> bool:
     """Queue `chunk` for the reader; False when the reader stopped meanwhile."""
     while not stop.is_set():
         try:

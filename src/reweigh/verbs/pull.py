@@ -259,7 +259,9 @@ class Transfer:
             return unpacker
         with self.source.stream(self.rel, unpacker.start.offset) as (start, chunks):
             stream = self._counted(chunks, unpacker.start.offset - start)
-            unpacker.take(ahead(cut(stream, unpacker.lengths(), self.what)))
+            # three threads: receiving and cutting, decoding, hashing and writing
+            pieces = ahead(cut(stream, unpacker.lengths(), self.what))
+            unpacker.take(ahead(unpacker.decoded(pieces)))
         return unpacker
 
     def _counted(self, chunks: Iterator[bytes], skip: int) -> Iterator[bytes]:
