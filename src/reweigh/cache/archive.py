@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -213,6 +214,10 @@ class Unpacker:
         keep = set(self.digests)
         if start.file < len(self.files) and start.piece:
             keep.add(self.files[start.file].path)
+        for entry in self.files:  # a folder where a file goes (another archive's layout)
+            path = self.folder / entry.path
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
         for root, folders, names in os.walk(self.folder):
             for name in (*names, *(f for f in folders if os.path.islink(Path(root) / f))):
                 path = Path(root) / name

@@ -35,7 +35,7 @@ from ..cache.client import Source, Unreachable, ahead, new_client
 from ..cache.lookup import Caches, Found
 from ..cache.trust import Refusal, Tally, tally
 from ..digest import short
-from ..errors import CheckFailed, SignatureError, UsageError
+from ..errors import CheckFailed, SignatureError, StoreError, UsageError
 from ..keys import KeyRing
 from ..progress import QuietReporter, Reporter
 from ..signing import Claim
@@ -204,9 +204,9 @@ def _install(store: Store, sources: list[Source], info: layout.Info,
             raise SignatureError(f"the transfer of {what} stopped after {transfer.reached} "
                                  f"of {info.archive.size} bytes ({e.message}); nothing was "
                                  "written; pull again to resume from there") from e
-        except OSError as e:  # a folder where a file must go: an archive not this item's
-            remove_tree(work)
-            raise SignatureError(f"{what}: cannot be unpacked ({e}); refused") from e
+        except OSError as e:  # the disk, not the archive: what was written is kept
+            raise StoreError(f"{what}: cannot be written into {work} ({e.strerror or e}); "
+                             "nothing was committed; pull again to resume") from e
         except SignatureError:
             remove_tree(work)  # a refused archive is no start for a resume
             raise

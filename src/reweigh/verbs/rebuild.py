@@ -28,7 +28,7 @@ from ..cache import layout
 from ..cache.client import Unreachable, new_client
 from ..cache.folder import CacheFolder
 from ..cache.lookup import Caches
-from ..errors import CheckFailed, SignatureError, UsageError
+from ..errors import CheckFailed, SignatureError, StoreError, UsageError
 from ..keys import KeyRing
 from ..progress import QuietReporter, Reporter
 from ..signing import Claim, sign
@@ -130,7 +130,8 @@ def _fetch(ref: str, sources: list[str], keyring: KeyRing, staging: Path,
         except Unreachable as e:
             raise SignatureError(f"{entry.item}: the transfer stopped ({e.message})") from e
         except OSError as e:
-            raise SignatureError(f"{transfer.what}: cannot be unpacked ({e}); refused") from e
+            raise StoreError(f"{transfer.what}: cannot be written into {folder} "
+                             f"({e.strerror or e})") from e
         platform, fingerprint = platform_claim(folder)
         claim = replace(platform_free, platform=platform, environment_fingerprint=fingerprint)
         _check_item(folder, claim, unpacker.digests)
