@@ -35,6 +35,36 @@ def test_tree_sum_adds_in_a_balanced_tree_over_the_indices() -> None:
     assert torch.equal(tree_sum(five), (five[0] + five[1]) + (five[2] + (five[3] + five[4])))
 
 
+def test_workers_summing_their_subtrees_give_the_bits_of_the_whole_tree() -> None:
+    """Each worker adds its block of shards up to the largest subtrees inside it and sends
+    only those; the top of the tree from everyone's subtrees must be the whole tree's sum,
+    bit for bit, for every worker count (rows of wild magnitudes: any other order of
+    additions gives other bits)."""
+    generator = torch.Generator().manual_seed(3)
+    for count in range(1, 26):
+        rows = [torch.randn(64, generator=generator) * 10.0 ** (i % 9 - 4) for i in range(count)]
+        reference = _halves(rows)
+        assert not torch.equal(reference, sum(rows[1:], rows[0].clone())) or count < 4
+        for workers in range(1, count + 1):
+            known: dict[tuple[int, int], torch.Tensor] = {}
+            for rank in range(workers):
+                for lo, hi in shards.frontier(0, count, owned(count, workers, rank)):
+                    known[lo, hi] = tree_sum(rows[lo:hi])
+            total, _ = shards.subtree_sum(0, count, lambda lo, hi: (known[lo, hi], False)
+                                          if (lo, hi) in known else None)
+            assert torch.equal(total, reference), (count, workers)
+            assert sum(hi - lo for lo, hi in known) == count  # every shard in one subtree
+    assert [len(shards.frontier(0, 24, owned(24, w, r))) for w in (2, 4, 8)
+            for r in range(w)] == [1] * 14  # 24 shards: one row a worker sends
+
+
+def _halves(rows: list[torch.Tensor]) -> torch.Tensor:
+    """The fixed tree written out plainly: the sum of the halves split at n // 2."""
+    if len(rows) == 1:
+        return rows[0]
+    return _halves(rows[:len(rows) // 2]) + _halves(rows[len(rows) // 2:])
+
+
 def test_shard_seeds_differ_between_shards_and_steps() -> None:
     seeds = {shards.shard_seed(base, shard) for base in range(20) for shard in range(8)}
     assert len(seeds) == 160

@@ -9,10 +9,15 @@ process holding every shard, two, three or eight data-parallel workers (torch.di
 on gloo) give the same sums, so the same weights.
 
 Plain data parallelism (DDP's all-reduce) adds gradients in an order that follows the
-number of workers and the ring's buckets: the bits change with the world size. The price
-of the fixed order is that every worker receives every shard's gradient (an all-gather of
-shards x parameters, where DDP's ring all-reduce moves about 2 x parameters), and that each
-shard's backward runs on its own, smaller batch. bench/workers.py measures both.
+number of workers and the ring's buckets: the bits change with the world size. Here the
+tree fixes the order, and the work follows it: each worker holds a contiguous block of
+shards, adds them up to the largest subtrees of the fixed tree that lie inside its block
+(computing shards in index order, so only a path of partial sums is alive), and sends only
+those subtree sums; every worker then adds the top of the tree from everyone's subtrees.
+With 24 shards on 2, 4 or 8 workers each block is one subtree, so a worker sends one row
+of the size of the gradients (DDP's ring all-reduce moves about two); on 3 workers, at
+most three. What is left of the fixed order's price is that each shard's backward runs on
+its own, smaller batch. bench/workers.py measures both against DDP.
 """
 
 from __future__ import annotations
@@ -42,12 +47,44 @@ def owned(shards: int, workers: int, rank: int) -> range:
 
 
 def tree_sum(rows: Sequence[torch.Tensor]) -> torch.Tensor:
-    """rows[0] + ... + rows[n-1] added as a balanced binary tree over the indices: the
-    order depends on n alone, never on where the rows were computed."""
+    """rows[0] + ... + rows[n-1] added as a balanced binary tree over the indices (the
+    node over lo..hi-1 is the sum of its halves, split at lo + (hi - lo) // 2): the order
+    depends on n alone, never on where the rows were computed."""
     if len(rows) == 1:
         return rows[0].clone()
-    middle = len(rows) // 2
-    return tree_sum(rows[:middle]) + tree_sum(rows[middle:])
+    return subtree_sum(0, len(rows), lambda lo, hi: (rows[lo], False) if hi - lo == 1
+                       else None)[0]
+
+
+Known = Callable[[int, int], "tuple[torch.Tensor, bool] | None"]
+
+
+def subtree_sum(lo: int, hi: int, known: Known) -> tuple[torch.Tensor, bool]:
+    """The fixed tree's node over shards lo..hi-1: `known(lo, hi)` where it gives the
+    node's sum (a shard's row, another worker's subtree), else the sum of its two halves,
+    left + right, the left one first. Returns the sum and whether it is a tensor nobody
+    else holds, which the next addition may then write into (`a.add_(b)` gives the bits
+    of `a + b`)."""
+    given = known(lo, hi)
+    if given is not None:
+        return given
+    if hi - lo <= 1:
+        raise ValueError(f"no value for shard {lo}")
+    middle = lo + (hi - lo) // 2
+    left, own = subtree_sum(lo, middle, known)
+    right, _ = subtree_sum(middle, hi, known)
+    return (left.add_(right), True) if own else (left + right, True)
+
+
+def frontier(lo: int, hi: int, block: range) -> list[tuple[int, int]]:
+    """The largest nodes of the fixed tree over lo..hi-1 that lie wholly inside `block`,
+    left to right: what a worker holding `block` sums up alone."""
+    if block.start <= lo and hi <= block.stop:
+        return [(lo, hi)]
+    if hi <= block.start or block.stop <= lo:
+        return []
+    middle = lo + (hi - lo) // 2
+    return frontier(lo, middle, block) + frontier(middle, hi, block)
 
 
 def shard_seed(base: int, shard: int) -> int:
@@ -68,21 +105,28 @@ class Workers:
         """Whether this worker writes the build's outputs (weights, checkpoints, metrics)."""
         return self.rank == 0
 
-    def gather(self, mine: torch.Tensor, shards: int) -> list[torch.Tensor]:
-        """Every shard's row, in shard order, from the rows each worker computed (`mine`:
-        this worker's block, `owned(...)` rows)."""
+    def nodes(self, shards: int, rank: int) -> list[tuple[int, int]]:
+        """The subtrees worker `rank` sums up alone: those its block of shards covers."""
+        return frontier(0, shards, owned(shards, self.count, rank))
+
+    def gather(self, mine: Sequence[torch.Tensor], shards: int,
+               width: int, dtype: torch.dtype) -> dict[tuple[int, int], torch.Tensor]:
+        """Every worker's subtree sums by node, from the sums this worker computed
+        (`mine`: one row of `width` for each of `self.nodes(shards, self.rank)`)."""
         if self.count == 1:
-            return list(mine)
+            return dict(zip(self.nodes(shards, 0), mine, strict=True))
         import torch
         import torch.distributed as dist
 
-        width = -(-shards // self.count)  # the largest block: every worker sends as many
-        padded = torch.zeros((width, mine.shape[1]), dtype=mine.dtype)
-        padded[:len(mine)] = mine
+        nodes = [self.nodes(shards, rank) for rank in range(self.count)]
+        most = max(len(n) for n in nodes)  # every worker sends as many rows
+        padded = torch.zeros((most, width), dtype=dtype)
+        for row, part in enumerate(mine):
+            padded[row] = part
         blocks = [torch.empty_like(padded) for _ in range(self.count)]
         dist.all_gather(blocks, padded)
-        return [row for rank, block in enumerate(blocks)
-                for row in block[:len(owned(shards, self.count, rank))]]
+        return {node: block[row] for block, its in zip(blocks, nodes, strict=True)
+                for row, node in enumerate(its)}
 
 
 def backward(model: torch.nn.Module, loss_of: Loss, batches: Sequence[Any],
@@ -97,21 +141,28 @@ def backward(model: torch.nn.Module, loss_of: Loss, batches: Sequence[Any],
     buffers = [b for b in model.buffers()]
     start = [b.detach().clone() for b in buffers]
     base = int(torch.randint(0, 2**62, (1,)))  # drawn on every worker alike
-    rows = []
-    for shard in owned(shards, workers.count, workers.rank):
+
+    def shard_row(lo: int, hi: int) -> tuple[torch.Tensor, bool] | None:
+        """A shard's loss, gradients and buffers as one fresh row, computed when the
+        tree reaches it: shards run in index order."""
+        if hi - lo != 1:
+            return None
         with torch.no_grad():
             for buffer, value in zip(buffers, start, strict=True):
                 buffer.copy_(value)
         for p in params:
             p.grad = None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(shard_seed(base, shard))
-            loss = loss_of(batches[shard])
+            torch.manual_seed(shard_seed(base, lo))
+            loss = loss_of(batches[lo])
             loss.backward()
-        rows.append(_row(loss, params, buffers))
+        return _row(loss, params, buffers), True
+
+    mine = [subtree_sum(lo, hi, shard_row)[0] for lo, hi in workers.nodes(shards, workers.rank)]
     width = 1 + sum(p.numel() for p in params) + sum(_numel(b) for b in buffers)
-    mine = torch.stack(rows) if rows else torch.zeros((0, width), dtype=_dtype(params))
-    total = tree_sum(workers.gather(mine, shards))
+    known = workers.gather(mine, shards, width, _dtype(params))
+    total, _ = subtree_sum(0, shards, lambda lo, hi: (known[lo, hi], True)
+                           if (lo, hi) in known else None)
     _unpack(total, shards, params, buffers)
     return float(total[0])
 
@@ -132,8 +183,8 @@ def _row(loss: torch.Tensor, params: Sequence[torch.Tensor],
 def _unpack(total: torch.Tensor, shards: int, params: Sequence[torch.Tensor],
             buffers: Sequence[torch.Tensor]) -> None:
     at = 1
-    for p in params:
-        p.grad = total[at:at + p.numel()].view_as(p).clone()
+    for p in params:  # views of the sum, which nothing else holds
+        p.grad = total[at:at + p.numel()].view_as(p)
         at += p.numel()
     import torch
 
