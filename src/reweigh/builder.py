@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import environment, numerics, sandbox
+from . import cluster, environment, numerics, sandbox
 from .entries import render_traceback
 from .errors import BuildError, EntryResultError
 from .job import Job, Sandbox
@@ -135,15 +135,17 @@ def launch_for(job: Job, work: Path, module: str, event_fd: int) -> Launch:
         spec_file.write_text(json.dumps(job.to_json()))
         return Launch([sys.executable, "-m", module, str(spec_file)],
                       child_env(str(work / "home"), str(work / "tmp"), package_parent,
-                                job.threads, event_fd, platform))
+                                job.threads, event_fd, platform)
+                      | cluster.auth_env(job.cluster if job.mode == "build" else None))
     moved, mounts = inside_job(job, work)
     spec_file.write_text(json.dumps(moved.to_json()))
     mounts.append(sandbox.Mount(spec_file, sandbox.SPEC))
     program_fd = _seccomp_fd()
-    return Launch([*sandbox.bwrap_args(mounts, program_fd), sys.executable, "-m", module,
-                   sandbox.SPEC],
+    reach = job.cluster if job.mode == "build" else None  # ctx.map's Ray cluster
+    return Launch([*sandbox.bwrap_args(mounts, program_fd, reach is not None), sys.executable,
+                   "-m", module, sandbox.SPEC],
                   child_env(sandbox.HOME, "/tmp", sandbox.import_path(), job.threads, event_fd,
-                            platform),
+                            platform) | cluster.auth_env(reach),
                   (program_fd,))
 
 

@@ -164,8 +164,13 @@ def platform_of(record: dict[str, Any]) -> dict[str, Any]:
 
 def network_label(isolation: dict[str, Any]) -> str:
     """One phrase for what kept the build off the network (`show`, the model card)."""
+    cluster = isolation.get("cluster")
     if isolation.get("sandbox") == "none":
-        return "none: built unisolated (--sandbox none); an audit hook only"
+        return "none: built unisolated (--sandbox none); an audit hook only" + (
+            f"; ctx.map's tasks on the Ray cluster at {cluster}" if cluster else "")
+    if cluster:
+        return (f"{isolation.get('sandbox')}: the host's network, shared to reach the Ray "
+                f"cluster at {cluster}, where ctx.map's tasks ran outside the sandbox")
     return f"{isolation.get('sandbox')}: {isolation.get('network')} network namespace"
 
 

@@ -137,7 +137,15 @@ def workers_asked() -> tuple[int, str | None]:
     text = os.environ.get(ENV_WORKERS) or "1"
     if not text.isdigit() or not 1 <= int(text) <= 4096:
         raise UsageError(f"${ENV_WORKERS}: {text!r} is not a worker count from 1 to 4096")
-    return int(text), os.environ.get(ENV_CLUSTER) or None
+    address = os.environ.get(ENV_CLUSTER) or None
+    if address is not None:
+        from .cluster import resolve_address
+
+        try:
+            address = resolve_address(address)
+        except ValueError as e:
+            raise UsageError(f"--cluster (${ENV_CLUSTER}): {e}") from None
+    return int(text), address
 
 
 def _name(path: str) -> str:

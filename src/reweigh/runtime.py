@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import environment, numerics, sandbox, shards
+from . import cluster, environment, numerics, sandbox, shards
 from .entries import recipe_frames
 from .job import Job, Replay, Sandbox
 from .shards import Workers, shard_count
@@ -79,14 +79,20 @@ class Guard:
 
     WRITES = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
-    def __init__(self, input_roots: list[str]) -> None:
+    def __init__(self, input_roots: list[str], cluster_host: str | None = None) -> None:
         self.roots = tuple(os.path.realpath(r) for r in input_roots)
+        self.cluster_host = cluster_host  # the Ray cluster a build was given (--cluster)
 
     def inside_inputs(self, path: Any) -> bool:
         if isinstance(path, int) or path is None:
             return False
         real = os.path.realpath(os.fsdecode(path))
         return any(real == r or real.startswith(r + os.sep) for r in self.roots)
+
+    def to_cluster(self, address: Any) -> bool:
+        """Whether a connection goes to the cluster's host (Ray's driver reaches it)."""
+        host = address[0] if isinstance(address, tuple) and address else None
+        return self.cluster_host is not None and host == self.cluster_host
 
     def write_target(self, event: str, args: tuple[Any, ...]) -> Any:
         """The path an event would change, or None when it changes nothing."""
@@ -100,10 +106,12 @@ class Guard:
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
         if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
-            if getattr(args[0], "family", None) in (socket.AF_INET, socket.AF_INET6):
+            if getattr(args[0], "family", None) in (socket.AF_INET, socket.AF_INET6) and \
+                    not self.to_cluster(args[-1]):
                 _refuse(NetworkBlocked, f"the build tried to open a network connection "
                         f"({event} to {args[-1]!r}); builds run without network")
-        elif event in ("socket.getaddrinfo", "socket.gethostbyname") and args[0]:
+        elif event in ("socket.getaddrinfo", "socket.gethostbyname") and args[0] and \
+                args[0] != self.cluster_host:
             _refuse(NetworkBlocked, f"the build tried to open a network connection "
                     f"(looking up {args[0]!r}); builds run without network")
         elif self.inside_inputs(target := self.write_target(event, args)):
@@ -153,6 +161,8 @@ class BuildContext:
     _steps: dict[str, int] = field(default_factory=dict)  # each metric's last step
     _pool: Any = None
     workers: Workers = field(default_factory=Workers)  # this process's place among them
+    tasks: cluster.Tasks | None = None  # ctx.map on Ray (--workers N, --cluster ADDRESS)
+    _engine: cluster.Engine | None = None
 
     @property
     def shards(self) -> int:
@@ -181,13 +191,20 @@ class BuildContext:
         return shards.backward(model, loss_of, batches, self.workers)
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-        """`function(item)` for every item, spread over up to `threads` worker processes,
-        results in item order. Each call runs on one intra-op thread wherever it runs, so
-        the number of workers cannot change a result. `function` must be defined in a
-        recipe module imported by name (not in the entry point's file), so that workers
-        can import it; items and results travel between processes of this build only."""
+        """`function(item)` for every item, spread over up to `threads` worker processes
+        (with --workers N, Ray tasks on a local cluster of N workers; with --cluster, on
+        that cluster), results in item order. Each call runs on one intra-op thread
+        wherever it runs, so the number of workers cannot change a result. `function` must
+        be defined in a recipe module imported by name (not in the entry point's file), so
+        that workers can import it; items and results travel between processes of this
+        build (and, with --cluster, that cluster's workers) only."""
         items = list(items)
-        if self.threads <= 1 or len(items) <= 1 or not self.workers.lead:
+        if len(items) <= 1 or not self.workers.lead:
+            return [_on_one_thread(function, item) for item in items]
+        if self.tasks is not None:
+            self._engine = self._engine or cluster.Engine(self.tasks)
+            return self._engine.map(function, items)
+        if self.threads <= 1:
             return [_on_one_thread(function, item) for item in items]
         if self._pool is None:
             import multiprocessing
@@ -202,6 +219,9 @@ class BuildContext:
             self._pool.close()
             self._pool.join()
             self._pool = None
+        if self._engine is not None:  # a local Ray cluster stops with every process of it
+            self._engine.close()
+            self._engine = None
 
     def save_weights(self, tensors: Mapping[str, Any],
                      metadata: Mapping[str, str] | None = None) -> Path:
@@ -408,7 +428,7 @@ def run(job: Job) -> None:
     inputs = {name: Path(path) for name, path in job.inputs.items()}
     threads = job.threads
     environment.apply_torch_numerics(threads)
-    isolation = isolation_held(job.sandbox)
+    isolation = isolation_held(job.sandbox, job.cluster if job.mode == "build" else None)
     record = environment.capture(threads, isolation, job.platform)
     if problem := numerics.measured_problem(job.platform, record["cpu_capability"]):
         raise RuntimeError(problem)
@@ -438,10 +458,13 @@ def run(job: Job) -> None:
             emit("evaluation", index=index, **result)
 
 
-def isolation_held(asked: Sandbox) -> dict[str, Any]:
+def isolation_held(asked: Sandbox, cluster_address: str | None = None) -> dict[str, Any]:
     """What isolation this process has, measured; a sandbox that was asked for and does
-    not hold is a violation: the build fails rather than claim what it did not have."""
-    measured = {"sandbox": asked.kind, **sandbox.measure(asked.hidden)}
+    not hold is a violation: the build fails rather than claim what it did not have.
+    With a Ray cluster (--cluster), the network is the host's on purpose, and the record
+    says where ctx.map's tasks ran."""
+    measured = {"sandbox": asked.kind, **sandbox.measure(asked.hidden),
+                **cluster.isolation(cluster_address)}
     if asked.kind != sandbox.NONE and (failed := sandbox.failures(measured)):
         _refuse(PermissionError, "the sandbox did not hold: " + "; ".join(failed))
     return measured
@@ -459,7 +482,7 @@ def _train(job: Job, train: Callable[[BuildContext], Any],
                                "checkpoint an earlier replay wrote")
         replay = replace(replay, start=str(start))
     ctx = BuildContext(inputs, job.params, job.seed, out, job.threads, job.checkpoint_every,
-                       replay)
+                       replay, tasks=cluster.Tasks.of(job))
     emit("segment", start=replay and replay.start, stop=replay and replay.stop)
     with data_parallel(job, replay) as ctx.workers:
         try:
@@ -576,12 +599,12 @@ def main() -> None:
     die_with_parent()
     job = Job.from_json(json.loads(Path(sys.argv[1]).read_text()))
     _events = os.fdopen(int(os.environ["REWEIGH_EVENT_FD"]), "w", buffering=1)
-    sys.addaudithook(Guard(list(job.inputs.values())))
+    sys.addaudithook(Guard(list(job.inputs.values()), cluster.cluster_host(job.cluster)))
     try:
         run(job)
     except BaseException as e:
         traceback.print_exc()
-        bad_result = isinstance(e, BadEntryResult)
+        bad_result = isinstance(e, BadEntryResult | cluster.RayMissing)
         emit("error", message=str(e) if bad_result else f"{type(e).__name__}: {e}",
              frames=recipe_frames(e.__traceback__, job.src), bad_result=bad_result)
         sys.stdout.flush()
