@@ -9,7 +9,7 @@ Then what decides whether a second, faster internal digest is worth having (issu
 BLAKE3 (the `blake3` package, when installed: it is not a dependency) on one thread and
 on every core, against sha256; `copy_hashing` (import's copy that hashes as it copies)
 against a plain copy followed by one sha256 pass; and keeping a checkpoint
-(`store_checkpoints.pack`: the whole file's sha256, each chunk's sha256, byte planes,
+(`keeper.pack`: the whole file's sha256, each chunk's sha256, byte planes,
 zstd) split into its parts, so that the share a chunk digest takes is seen.
 
 Usage: python bench/hashing.py [--size-mib 1024] [--runs 3]
@@ -29,7 +29,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from reweigh.digest import copy_hashing, file_digest
-from reweigh.store_checkpoints import Chunks, chunk_digest, encode, pack
+from reweigh.keeper import pack
+from reweigh.store_checkpoints import Chunks, chunk_digest, encode
 
 
 def plain_sha256(path: Path) -> str:

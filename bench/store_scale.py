@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from reweigh.digest import bytes_digest  # noqa: E402
+from reweigh.keeper import pack  # noqa: E402
 from reweigh.store import Store  # noqa: E402
-from reweigh.store_checkpoints import pack  # noqa: E402
 
 
 def fill(root: Path, count: int, scratch: Path) -> None:

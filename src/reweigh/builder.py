@@ -29,6 +29,7 @@ from .entries import render_traceback
 from .errors import BuildError, EntryResultError
 from .job import Job, Sandbox
 from .progress import Reporter
+from .state_bytes import ENV as CHECKPOINT_FD
 
 LOG_TAIL_LINES = 25
 
@@ -161,7 +162,7 @@ def run_child(job: Job, work: Path, log: Path, reporter: Reporter, *,
               isolation: str | None = None, hidden: tuple[str, ...] = (),
               watch: Callable[[dict[str, Any]], bool] | None = None,
               stop_after_seconds: float | None = None,
-              module: str = "reweigh.runtime") -> ChildResult:
+              module: str = "reweigh.runtime", checkpoints: int | None = None) -> ChildResult:
     """Run the runtime on `job` in the sandbox `isolation` asks for (None: the default,
     see `sandbox.choose`; one that cannot be made here is refused); stream its events;
     its stdout and stderr go to `log`. `hidden` are host paths (the store, the home
@@ -171,15 +172,22 @@ def run_child(job: Job, work: Path, log: Path, reporter: Reporter, *,
     `watch` sees every event and may return True to stop the child; `stop_after_seconds`
     kills it after that long whatever it is doing; either sets `stopped`. `module` runs
     in place of the runtime (the estimate's probe wraps it). Builds use none of them.
+    `checkpoints`: the write end of a pipe the runtime sends its checkpoints down instead
+    of writing them (`keeper.Keeper.stream`); the child gets it, and it is closed here.
     """
-    job = replace(job, sandbox=Sandbox(sandbox.choose(isolation), hidden))
-    read_fd, write_fd = os.pipe()
+    read_fd = write_fd = -1
     try:
+        job = replace(job, sandbox=Sandbox(sandbox.choose(isolation), hidden))
+        read_fd, write_fd = os.pipe()
         started = launch_for(job, work, module, write_fd)
     except BaseException:
-        os.close(read_fd)
-        os.close(write_fd)
+        for fd in (read_fd, write_fd, -1 if checkpoints is None else checkpoints):
+            if fd >= 0:
+                os.close(fd)
         raise
+    if checkpoints is not None:
+        started = Launch(started.command, {**started.env, CHECKPOINT_FD: str(checkpoints)},
+                         (*started.fds, checkpoints))
     result = ChildResult(started=time.time())
     with open(log, "ab") as log_handle:
         try:

@@ -261,12 +261,12 @@ class BuildContext:
             return False
         if self.replay is not None:
             self._check_replay(step, final)
-        from .weights import save_state
+        from .state_bytes import checkpoint
 
         path = self.out / "checkpoints" / f"step-{step:09d}.safetensors"
         if self.workers.lead:
             path.parent.mkdir(exist_ok=True)
-            save_state(state, path)  # the builder hashes it, once, as it keeps it
+            checkpoint(state, path, step)  # to the builder's pipe in a build, else a file
             emit("checkpoint", step=step, file=path.relative_to(self.out).as_posix())
         stop = self.replay.stop if self.replay else None
         if stop is not None and step >= stop:

@@ -29,21 +29,25 @@ or absent. What is not here: deciding which checkpoints to keep (the recipe's re
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import mmap
 import os
 import struct
 import threading
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from .digest import ALGORITHM, is_digest
-from .errors import BuildError, WeightsError
+from .errors import WeightsError
 from .trees import READ_ONLY_FILE
+
+if TYPE_CHECKING:
+    from .weights import WeightsFile
 
 CHUNK = 8 << 20  # the most bytes of one chunk: bounded memory, work for several cores
 MANIFEST_FORMAT = "reweigh.checkpoint-chunks/1"
@@ -51,6 +55,8 @@ _MAGIC = b"RWC1"
 _SAMPLE = 64 << 10  # a plane is compressed when its first 64 KiB shrink below...
 _WORTH = 0.95  # ...this share of their size
 _LEVEL = 1
+RAW = struct.Struct("<4sBBQ")  # a chunk stored as it is: magic, itemsize 1, flag 0, length
+PAGE = 4096  # what direct I/O aligns memory, offsets and lengths to
 
 
 def _compress(data: bytes | memoryview) -> bytes:
@@ -86,11 +92,21 @@ def pieces(path: Path, size: int) -> list[Piece]:
     """How a checkpoint file is cut: its header, then each tensor's bytes in pieces of at
     most CHUNK, each tensor cut from its own start. A file whose header does not read
     (never one `save_state` wrote) is cut into plain pieces of CHUNK bytes."""
-    from .weights import DTYPES, read_header
+    from .weights import read_header
 
     try:
         header = read_header(path)
     except WeightsError:
+        return cut(None, size)
+    return cut(header, size)
+
+
+def cut(header: WeightsFile | None, size: int) -> list[Piece]:
+    """`pieces` of a file of `size` bytes whose checked header is `header` (None: one
+    that did not read, cut into plain pieces of CHUNK bytes)."""
+    from .weights import DTYPES
+
+    if header is None:
         return [Piece(s, min(CHUNK, size - s), 1) for s in range(0, size, CHUNK)]
     spans = sorted((t.start, t.end, DTYPES[t.dtype][1]) for t in header.tensors.values())
     first = spans[0][0] if spans else size
@@ -158,6 +174,13 @@ def decode(stored: bytes, label: str, length: int | None = None) -> bytes | memo
     for k, plane in enumerate(planes):
         elements[:, k] = np.frombuffer(plane, np.uint8)
     return elements.reshape(-1).data
+
+
+def raw_prefix(length: int) -> bytes:
+    """The first bytes of a chunk stored as it is: `encode`'s form with one plane, not
+    compressed. Writing them into a buffer just before the chunk's bytes makes the whole
+    stored form one page-aligned span, which goes to disk past the page cache."""
+    return RAW.pack(_MAGIC, 1, 0, length)
 
 
 def chunk_digest(data: bytes | memoryview) -> str:
@@ -236,6 +259,22 @@ class Chunks:
         os.replace(temporary, target)  # a concurrent writer of the same chunk wrote the same
         return len(stored)
 
+    def put_raw(self, digest: str, buffer: mmap.mmap, length: int) -> int:
+        """Store a chunk as it is unless it is there: its bytes lie in `buffer` after
+        RAW.size bytes of room, where its prefix goes, and the whole is written from
+        the buffer's (page-aligned) start past the page cache (`write_new`). The bytes
+        it takes on disk (0 when it was there)."""
+        target = self.path(digest)
+        if target.is_file():
+            return 0
+        buffer[:RAW.size] = raw_prefix(length)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.tmp / f"chunk-{os.getpid()}-{threading.get_ident()}-{target.name}"
+        write_new(temporary, buffer, RAW.size + length)
+        os.chmod(temporary, READ_ONLY_FILE)
+        os.replace(temporary, target)  # a concurrent writer of the same chunk wrote the same
+        return RAW.size + length
+
     def get(self, digest: str, length: int) -> bytes | memoryview:
         """A chunk's bytes, checked against its digest and length; WeightsError if absent
         or damaged."""
@@ -267,52 +306,6 @@ class Chunks:
                     yield f"{ALGORITHM}:{entry.name}"
 
 
-def pack(path: Path, chunks: Chunks | None, workers: ThreadPoolExecutor | None = None,
-         in_flight: int = 4) -> Manifest:
-    """Read a checkpoint file once: its digest, and (with `chunks`) its chunks stored,
-    each hashed and compressed on `workers` while the file is read on (at most
-    `in_flight` chunks in memory). Without `chunks` it is only hashed (a checkpoint the
-    recipe does not keep)."""
-    size = path.stat().st_size
-    whole = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
-        if chunks is None:
-            while block := handle.read(CHUNK):
-                whole.update(block)
-            return Manifest(f"{ALGORITHM}:{whole.hexdigest()}", size, ())
-        listed: list[tuple[str, int]] = []
-        waiting: deque[Future[tuple[str, int]]] = deque()
-        for piece in pieces(path, size):
-            data = _read(handle, piece.length)
-            whole.update(data)
-            if workers is None:
-                listed.append(_keep_chunk(chunks, data, piece.itemsize))
-                continue
-            waiting.append(workers.submit(_keep_chunk, chunks, data, piece.itemsize))
-            while len(waiting) >= in_flight:
-                listed.append(waiting.popleft().result())
-        listed += [future.result() for future in waiting]
-    return Manifest(f"{ALGORITHM}:{whole.hexdigest()}", size, tuple(listed))
-
-
-def _keep_chunk(chunks: Chunks, data: memoryview, itemsize: int) -> tuple[str, int]:
-    digest = chunk_digest(data)
-    chunks.put(digest, data, itemsize)
-    return digest, len(data)
-
-
-def _read(handle: BinaryIO, length: int) -> memoryview:
-    buffer = bytearray(length)
-    view = memoryview(buffer)
-    got = 0
-    while got < length:
-        n = handle.readinto(view[got:])  # type: ignore[attr-defined]
-        if not n:
-            raise WeightsError(f"{handle.name}: changed while it was read")
-        got += n
-    return view
-
-
 def materialise(manifest: Manifest, chunks: Chunks, target: Path) -> Path:
     """Write the checkpoint a manifest names to `target`, checked against its digest
     (WeightsError when a chunk is missing or damaged, or the whole does not hold)."""
@@ -329,79 +322,39 @@ def materialise(manifest: Manifest, chunks: Chunks, target: Path) -> Path:
     return target
 
 
-@dataclass(frozen=True)
-class Kept:
-    """What became of one checkpoint of a build: its digest, and its manifest's path
-    relative to the output folder when its file is kept (None when only its digest is)."""
+def write_new(path: Path, buffer: mmap.mmap, length: int, offset: int = 0) -> None:
+    """Write `buffer[:length]` at `offset` of the file at `path` (created when absent),
+    past the page cache where the file system allows it (O_DIRECT: page-aligned memory,
+    offset and length; the unaligned tail goes through the cache). A build writes its
+    kept checkpoints once and does not read them back: through the cache they cost about
+    as much CPU again as hashing them, and push out pages other programs use."""
+    aligned = length - length % PAGE if offset % PAGE == 0 else 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        with memoryview(buffer) as view:
+            done = _write_direct(fd, view[:aligned], offset) if aligned else 0
+            _pwrite_all(fd, view[done:length], offset + done)
+    finally:
+        os.close(fd)
 
-    step: int
-    file: str  # where the checkpoint file lay, relative to the output folder
-    digest: str
-    manifest: str | None
+
+def _write_direct(fd: int, view: memoryview, offset: int) -> int:
+    """Write `view` at `offset` with O_DIRECT; the bytes written (0 where the file system
+    refuses direct I/O: the caller writes them through the cache)."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        return _pwrite_all(fd, view, offset)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return 0
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
 
-class Keeper:
-    """Takes a build's checkpoints as the build writes them and, while training goes on,
-    reads each once: its digest, and the chunks of those the retention keeps into the
-    store. Which ones are among the last m is known only at the end, so the last m not
-    otherwise kept wait as files and are read when they leave that window or at
-    `finish`. Checkpoint files are removed from the output as they are done; kept ones
-    leave a manifest beside where they lay (`step-N.json`)."""
-
-    def __init__(self, out: Path, chunks: Chunks | None, every: int, last: int,
-                 threads: int) -> None:
-        self.out, self.chunks, self.every, self.last = out, chunks, every, last
-        self.threads = max(1, threads)
-        self.workers = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chunks")
-        self.files = ThreadPoolExecutor(1 if threads <= 2 else 2, thread_name_prefix="pack")
-        self.done: dict[int, Future[Kept]] = {}
-        self.waiting: deque[tuple[int, int, str]] = deque()  # (index, step, file)
-        self.count = 0
-
-    def add(self, step: Any, file: Any) -> None:
-        """A checkpoint the build has written (its file relative to the output folder).
-        The build's own event says so, and the recipe's code could forge one: only a
-        regular file where the runtime writes checkpoints is taken (never a link, nothing
-        outside the output folder), and each step once."""
-        if not (isinstance(step, int) and isinstance(file, str)
-                and file == f"checkpoints/step-{step:09d}.safetensors"
-                and step not in self.done and (self.out / file).is_file()
-                and not (self.out / file).is_symlink()):
-            raise BuildError(f"the build reported a checkpoint {file!r} at step {step!r} "
-                             "that is not one the runtime writes")
-        self.count += 1
-        if (self.every == 0 and self.last == 0) or (self.every and self.count % self.every == 0):
-            self._submit(step, file, keep=True)
-        else:
-            self.waiting.append((self.count, step, file))
-        while self.waiting and self.waiting[0][0] <= self.count - self.last:
-            _, old_step, old_file = self.waiting.popleft()  # no longer among the last m
-            self._submit(old_step, old_file, keep=False)
-
-    def _submit(self, step: int, file: str, keep: bool) -> None:
-        self.done[step] = self.files.submit(self._do, step, file, keep)
-
-    def _do(self, step: int, file: str, keep: bool) -> Kept:
-        path = self.out / file
-        manifest = pack(path, self.chunks if keep else None, self.workers, 2 * self.threads)
-        written = None
-        if keep and self.chunks is not None:
-            target = path.with_suffix(".json")
-            target.write_text(json.dumps(manifest.to_json()) + "\n")
-            written = target.relative_to(self.out).as_posix()
-        path.unlink()
-        return Kept(step, file, manifest.digest, written)
-
-    def finish(self) -> list[Kept]:
-        """Wait for every checkpoint to be done (the last m kept); in step order."""
-        while self.waiting:
-            _, step, file = self.waiting.popleft()
-            self._submit(step, file, keep=True)
-        try:
-            return [self.done[step].result() for step in sorted(self.done)]
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self.files.shutdown(wait=True, cancel_futures=True)
-        self.workers.shutdown(wait=True, cancel_futures=True)
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> int:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done

@@ -101,6 +101,15 @@ def read_header(path: Path) -> WeightsFile:
             raw_header = handle.read(length)
     except OSError as e:
         raise WeightsError(f"{label}: cannot read: {e.strerror}") from e
+    return parse_header(path, raw_header, size)
+
+
+def parse_header(path: Path, raw_header: bytes, size: int) -> WeightsFile:
+    """A header's bytes (those after its 8-byte length), checked as `read_header` checks
+    them, for a file of `size` bytes that `path` names: a checkpoint the builder reads
+    from a pipe is checked the same way as a file on disk."""
+    label = str(path)
+    length = len(raw_header)
     try:
         text = raw_header.decode("utf-8")
         header = json.loads(text, object_pairs_hook=_checked_object, parse_int=_json_int,
@@ -224,9 +233,15 @@ def _size(label: str, name: str, shape: list[int], dtype: str) -> int:
 def save_tensors(tensors: Mapping[str, Any], path: Path,
                  metadata: Mapping[str, str] | None = None) -> None:
     """Write torch tensors or numpy arrays as one safetensors file."""
+    from safetensors.torch import save_file
+
+    save_file(_as_torch(tensors), str(path), metadata=dict(metadata or {}))
+
+
+def _as_torch(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Torch tensors or numpy arrays as contiguous CPU tensors (no copy of one that is)."""
     import numpy as np
     import torch
-    from safetensors.torch import save_file
 
     converted = {}
     for name, value in tensors.items():
@@ -235,24 +250,35 @@ def save_tensors(tensors: Mapping[str, Any], path: Path,
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"weights: {name} is a {type(value).__name__}, not a tensor")
         converted[name] = value.detach().cpu().contiguous()
-    save_file(converted, str(path), metadata=dict(metadata or {}))
+    return converted
 
 
 def save_state(state: Mapping[str, Any], path: Path) -> None:
-    """Write a nested training state as safetensors. It is not hashed here: the builder
-    reads each checkpoint once, for its digest and its chunks (`store_checkpoints`).
+    """Write a nested training state as safetensors (the bytes `state_bytes` lays out).
+    It is not hashed here: in a build the runtime sends it down a pipe to the builder
+    instead (`state_bytes.checkpoint`), which reads it once, for its digest and chunks.
 
     Tensors and arrays become entries named `t0`, `t1`, ... in the order met; the
     nesting (dicts with any scalar keys, lists, tuples, numbers, strings) is kept as
     a JSON skeleton in the metadata, so `load_state` rebuilds exactly what was saved
     (an optimizer's integer-keyed state included) without pickle.
     """
+    from .state_bytes import save
+
+    save(state_layout(state), path)
+
+
+def state_layout(state: Mapping[str, Any]) -> Any:
+    """The checkpoint file of a training state (`state_bytes.Layout`), not yet written:
+    its header and its tensors' bytes, viewed in place."""
+    from .state_bytes import layout
+
     tensors: dict[str, Any] = {}
     skeleton = _skeleton(state, tensors, "state")
     # Not canonical_json: the skeleton must read back its exact Python types (RFC 8785
     # writes 1.0 as 1 and refuses ints past 2**53), and these bytes are what checkpoints
     # of earlier builds were written with, so their digests still replay.
-    save_tensors(tensors, path, {"reweigh.state": python_sorted_json(skeleton).decode()})
+    return layout(_as_torch(tensors), {"reweigh.state": python_sorted_json(skeleton).decode()})
 
 
 def load_state(path: Path) -> Any:

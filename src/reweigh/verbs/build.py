@@ -33,10 +33,10 @@ from ..environment import fingerprint
 from ..errors import BuildError
 from ..inputs import ResolvedInput, resolve_inputs
 from ..job import AuditSettings, Job, Replay, for_derivation, workers_asked
+from ..keeper import Keeper, Kept
 from ..progress import QuietReporter, Reporter
 from ..recipe import Recipe, load_recipe
 from ..store import Store, StoreItem, cores, remove_tree
-from ..store_checkpoints import Keeper, Kept
 from ..weights import read_header
 
 if TYPE_CHECKING:
@@ -215,14 +215,15 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         what = "checking" if purpose == "check" else "building"
         reporter.stage(f"{what} {recipe.name} {recipe.version} ({threads} threads)")
         before = _input_stats(the_plan)
-        # Checkpoints are hashed (and the kept ones stored as chunks) while training goes
-        # on; a --check rebuild only needs their digests.
+        # Checkpoints come down a pipe and are hashed (and the kept ones stored as chunks)
+        # while training goes on; a --check rebuild only needs their digests.
         keeper = Keeper(out, store.chunks if purpose == "build" else None,
                         recipe.retention.every, recipe.retention.last, cores())
         try:
             result = run_child(job, work, log, reporter, isolation=isolation,
                                hidden=hidden_paths(store.root, the_plan.recipe.directory),
-                               watch=lambda event: _checkpointed(keeper, event))
+                               watch=lambda event: _checkpointed(keeper, event),
+                               checkpoints=keeper.stream())
             raise_for_failure(result, log, f"{what} {recipe.name}", recipe.directory)
             if _input_stats(the_plan) != before:
                 raise BuildError("an input changed during the build; inputs are read-only",

@@ -1,0 +1,255 @@
+"""Keeping a build's checkpoints without a build: a training state's bytes as safetensors
+writes them, frames sent down a real pipe to a Keeper, and what the retention keeps."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from reweigh import keeper as keeping
+from reweigh.errors import BuildError
+from reweigh.keeper import Keeper, pack, retention
+from reweigh.state_bytes import FRAME, MAGIC, layout, write
+from reweigh.store_checkpoints import PAGE, RAW, Chunks, Manifest, materialise, write_new
+from reweigh.weights import load_state, save_state, save_tensors, state_layout
+
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+          torch.int32, torch.int16, torch.int8, torch.uint64, torch.uint32, torch.uint16,
+          torch.uint8, torch.bool, torch.float8_e4m3fn, torch.float8_e5m2)
+NAMES = st.text(alphabet=st.sampled_from('at0é"\\\n_Z9'), min_size=1, max_size=6)
+TENSORS = st.dictionaries(NAMES, st.tuples(
+    st.sampled_from(DTYPES), st.lists(st.integers(0, 3), max_size=3), st.integers(0, 99)),
+    max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(TENSORS, st.one_of(st.none(), st.dictionaries(NAMES, NAMES, min_size=1, max_size=1)))
+def test_a_state_is_laid_out_byte_for_byte_as_safetensors_writes_it(
+        specs: dict[str, tuple[torch.dtype, list[int], int]],
+        metadata: dict[str, str] | None) -> None:
+    tensors = {name: torch.randint(0, 100, shape, generator=torch.Generator().manual_seed(
+        seed)).to(dtype) for name, (dtype, shape, seed) in specs.items()}
+    sink = io.BytesIO()
+    write(layout(tensors, metadata), sink.write)
+    assert sink.getvalue() == _safetensors_bytes(tensors, metadata)
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None,
+                       ) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.safetensors"
+        save_file(tensors, str(path), metadata=metadata)
+        return path.read_bytes()
+
+
+def _state(seed: int, width: int = 16) -> dict[str, object]:
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(width, width)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, width)).square().mean().backward()
+    optimizer.step()
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "step": seed, "note": [1.0, ("a", None)]}
+
+
+def test_a_checkpoint_is_the_file_safetensors_would_have_written(tmp_path: Path) -> None:
+    """The bytes (so the digests in transcripts of earlier builds) stay those of
+    safetensors' own writer, and read back as the state."""
+    from reweigh.digest import python_sorted_json
+    from reweigh.weights import _skeleton
+
+    state = _state(3)
+    save_state(state, tmp_path / "ours.safetensors")
+    tensors: dict[str, object] = {}
+    skeleton = _skeleton(state, tensors, "state")  # what save_state wrote before
+    save_tensors(tensors, tmp_path / "theirs.safetensors",
+                 {"reweigh.state": python_sorted_json(skeleton).decode()})
+    ours = (tmp_path / "ours.safetensors").read_bytes()
+    assert ours == (tmp_path / "theirs.safetensors").read_bytes()
+    assert state_layout(state).size == len(ours)
+    assert load_state(tmp_path / "ours.safetensors")["note"] == [1.0, ("a", None)]
+
+
+def test_tensors_that_share_memory_are_refused_as_safetensors_refuses_them() -> None:
+    weight = torch.ones(4, 4)
+    with pytest.raises(ValueError, match="share memory"):
+        layout({"a": weight, "b": weight}, None)
+    with pytest.raises(ValueError, match="share memory"):
+        layout({"a": weight, "b": weight[1:]}, None)
+    layout({"a": weight[:2].clone(), "b": weight[2:].clone()}, None)  # apart: fine
+
+
+def test_retention_says_what_each_checkpoint_becomes() -> None:
+    assert [retention(i, 0, 0) for i in (1, 2, 3)] == ["keep"] * 3  # nothing said: all
+    assert [retention(i, 3, 0) for i in (1, 2, 3, 6)] == ["hash", "hash", "keep", "keep"]
+    assert [retention(i, 3, 2) for i in (1, 2, 3)] == ["wait", "wait", "keep"]
+    assert [retention(i, 0, 2) for i in (1, 2)] == ["wait", "wait"]
+    assert retention(5, 1, 0) == "keep"
+
+
+def _send(fd: int, states: list[tuple[int, dict[str, object]]]) -> None:
+    """What the runtime does: each state framed down the pipe."""
+    for step, state in states:
+        laid = state_layout(state)
+        os.write(fd, FRAME.pack(MAGIC, step, laid.size))
+        write(laid, lambda view: _all(fd, view))
+
+
+def _all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _keep(tmp_path: Path, steps: list[int], every: int, last: int,
+          chunks: Chunks | None = None) -> tuple[list[keeping.Kept], Path]:
+    out = tmp_path / "build" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    chunks = chunks or Chunks(tmp_path / "store")
+    (tmp_path / "store" / "tmp").mkdir(parents=True, exist_ok=True)
+    keeper = Keeper(out, chunks, every, last, 2)
+    try:
+        fd = keeper.stream()
+        sender = threading.Thread(target=_send, args=(fd, [(s, _state(s)) for s in steps]))
+        sender.start()
+        sender.join()
+        os.close(fd)
+        for step in steps:
+            keeper.add(step, f"checkpoints/step-{step:09d}.safetensors")
+        return keeper.finish(), out
+    finally:
+        keeper.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 7), st.integers(0, 4), st.integers(0, 3))
+def test_retention_keeps_exactly_every_nth_and_the_last_m(
+        tmp_path_factory: pytest.TempPathFactory, count: int, every: int, last: int) -> None:
+    tmp_path = tmp_path_factory.mktemp("keep")
+    steps = [2 * (i + 1) for i in range(count)]
+    kept, out = _keep(tmp_path, steps, every, last)
+    expected = {s for i, s in enumerate(steps, 1) if (every == 0 and last == 0)
+                or (every and i % every == 0) or i > count - last}
+    assert [k.step for k in kept] == steps
+    assert {k.step for k in kept if k.manifest} == expected
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.json")) == sorted(
+        f"step-{s:09d}.json" for s in expected)
+    for k in kept:  # every digest is that of the file the state makes
+        saved = tmp_path / f"{k.step}.safetensors"
+        save_state(_state(k.step), saved)
+        from reweigh.digest import file_digest
+
+        assert k.digest == file_digest(saved)
+        if k.manifest:
+            manifest = Manifest.read(out / k.manifest)
+            back = materialise(manifest, Chunks(tmp_path / "store"), tmp_path / "back")
+            assert back.read_bytes() == saved.read_bytes()
+    assert not (out.parent / "checkpoints-waiting").exists()  # no scratch file left
+
+
+def test_a_large_checkpoint_is_stored_as_it_is_and_a_small_one_compressed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "state.safetensors"
+    save_state(_state(1, width=256), source)
+    small_store, large_store = Chunks(tmp_path / "a"), Chunks(tmp_path / "b")
+    for chunks in (small_store, large_store):
+        chunks.tmp.mkdir(parents=True)
+    small = pack(source, small_store, threads=2)
+    monkeypatch.setattr(keeping, "COMPRESS_UP_TO", 0)  # as if it were over 64 MiB
+    large = pack(source, large_store, threads=2)
+    assert small.digest == large.digest
+    assert small.chunks == large.chunks  # the same names: a chunk is named by its bytes
+    assert [large_store.path(d).stat().st_size - RAW.size for d, _ in large.chunks] == [
+        n for _, n in large.chunks]  # as it is, after its prefix
+    squeezed = sum(small_store.path(d).stat().st_size for d, _ in small.chunks)
+    assert squeezed < 0.95 * small.size
+    for chunks in (small_store, large_store):
+        back = materialise(large, chunks, tmp_path / "back")
+        assert back.read_bytes() == source.read_bytes()
+        back.unlink()
+
+
+@pytest.mark.parametrize("length", [1, PAGE - 1, PAGE, 3 * PAGE + 17])
+def test_a_file_written_past_the_cache_holds_every_byte(tmp_path: Path, length: int) -> None:
+    import mmap
+
+    buffer = mmap.mmap(-1, 4 * PAGE)
+    buffer[:length] = bytes((i * 7) % 251 for i in range(length))
+    write_new(tmp_path / "f", buffer, length)
+    write_new(tmp_path / "f", buffer, length, 4 * PAGE)  # a second block further on
+    data = (tmp_path / "f").read_bytes()
+    assert data[:length] == buffer[:length] == data[4 * PAGE:]
+    assert len(data) == 4 * PAGE + length
+
+
+def test_a_frame_that_is_not_one_fails_the_build_and_keeps_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "build" / "out"
+    out.mkdir(parents=True)
+    keeper = Keeper(out, Chunks(tmp_path / "store"), 0, 0, 1)
+    fd = keeper.stream()
+    os.write(fd, b"NOPE" + bytes(16))
+    with pytest.raises(BrokenPipeError):  # the reader stopped: the sender is told at once
+        for _ in range(1000):
+            os.write(fd, bytes(1 << 16))
+    os.close(fd)
+    with pytest.raises(BuildError, match="not a checkpoint frame"):
+        keeper.finish()
+    keeper.close()
+    assert not (tmp_path / "store" / "chunks").exists()
+
+
+def test_checkpoints_sent_must_be_those_reported(tmp_path: Path) -> None:
+    out = tmp_path / "build" / "out"
+    out.mkdir(parents=True)
+    (tmp_path / "store" / "tmp").mkdir(parents=True)
+    keeper = Keeper(out, Chunks(tmp_path / "store"), 0, 0, 1)
+    fd = keeper.stream()
+    _send(fd, [(2, _state(2))])
+    os.close(fd)
+    keeper.add(4, "checkpoints/step-000000004.safetensors")
+    with pytest.raises(BuildError, match="not those it reported"):
+        keeper.finish()
+    keeper.close()
+    with pytest.raises(BuildError, match="not one the runtime writes"):
+        Keeper(out, None, 0, 0, 1).add(2, "../weights.safetensors")
+
+
+def test_a_frame_cut_short_by_the_end_of_the_build_fails_it(tmp_path: Path) -> None:
+    out = tmp_path / "build" / "out"
+    out.mkdir(parents=True)
+    keeper = Keeper(out, None, 0, 0, 1)
+    fd = keeper.stream()
+    os.write(fd, FRAME.pack(MAGIC, 2, 1000) + bytes(10))
+    os.close(fd)
+    keeper.add(2, "checkpoints/step-000000002.safetensors")
+    with pytest.raises(BuildError, match="cut short"):
+        keeper.finish()
+    keeper.close()
+
+
+def test_a_process_left_holding_the_pipe_does_not_keep_the_build_waiting(
+        tmp_path: Path) -> None:
+    """Something the recipe started may outlive the build with the pipe open: once the
+    build has ended, the keeper stops waiting at the next frame's start."""
+    out = tmp_path / "build" / "out"
+    out.mkdir(parents=True)
+    keeper = Keeper(out, None, 0, 0, 1)
+    fd = keeper.stream()
+    straggler = os.dup(fd)
+    _send(fd, [(2, _state(2))])
+    os.close(fd)
+    keeper.add(2, "checkpoints/step-000000002.safetensors")
+    start = time.monotonic()
+    (kept,) = keeper.finish()
+    assert kept.step == 2 and kept.manifest is None and time.monotonic() - start < 5
+    keeper.close()
+    os.close(straggler)
