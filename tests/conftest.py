@@ -19,8 +19,12 @@ sandbox, an unprivileged user) still build what they test.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,32 +129,51 @@ class Built:
 class Examples:
     """The shared stores, each built on first use (one thread: on a busy two-core machine
     two threads spin against each other; the weights are the same either way, which
-    test_build checks with builds of its own)."""
+    test_build checks with builds of its own).
+
+    With pytest-xdist the workers of one run share them: the first worker to ask for a
+    build makes it while holding its lock file, the others wait on that lock and read
+    what it wrote (`built.json`, or `failed.txt` when the build failed)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._built: dict[tuple[str, int], Built] = {}
-        self._failed: dict[tuple[str, int], str] = {}
 
     def built(self, name: str, threads: int = 1) -> Built:
         """`name` built with `threads` threads into a store of its own; `threads` other
         than 1 gives a second, independent build."""
+        key = (name, threads)
+        if key not in self._built:
+            folder = self.root / (name if threads == 1 else f"{name}-{threads}-threads")
+            with _locked(self.root / f"{folder.name}.lock"):
+                self._built[key] = self._build_once(name, threads, folder)
+        return self._built[key]
+
+    @staticmethod
+    def _build_once(name: str, threads: int, folder: Path) -> Built:
+        """The build in `folder`: made now, or read back from the worker that made it."""
         from reweigh import build
         from reweigh.store import Store
 
-        key = (name, threads)
-        if key in self._failed:  # one failed build, reported once, not retried by every test
-            pytest.fail(f"the shared build of {name} failed earlier: {self._failed[key]}")
-        if key not in self._built:
-            folder = self.root / (name if threads == 1 else f"{name}-{threads}-threads")
-            recipe = RECIPES[name](folder / "recipe")
-            try:
-                report = build(recipe, store=Store(folder / "store"), threads=threads)
-            except Exception as e:
-                self._failed[key] = f"{type(e).__name__}: {e}"
-                raise
-            self._built[key] = Built(folder / "store", report.path, recipe)
-        return self._built[key]
+        record, failed = folder / "built.json", folder / "failed.txt"
+        if failed.exists():  # one failed build, reported once, not retried by every test
+            pytest.fail(f"the shared build of {name} failed earlier: {failed.read_text()}")
+        if record.exists():
+            paths = json.loads(record.read_text())
+            return Built(Path(paths["store"]), Path(paths["item"]), Path(paths["recipe"]))
+        if folder.exists():  # a worker died while building: start again
+            shutil.rmtree(folder)
+        folder.mkdir()
+        recipe = RECIPES[name](folder / "recipe")
+        try:
+            report = build(recipe, store=Store(folder / "store"), threads=threads)
+        except Exception as e:
+            failed.write_text(f"{type(e).__name__}: {e}")
+            raise
+        built = Built(folder / "store", report.path, recipe)
+        record.write_text(json.dumps({"store": str(built.store), "item": str(built.item),
+                                      "recipe": str(built.recipe)}))
+        return built
 
     def copy(self, name: str, where: Path, threads: int = 1) -> Built:
         """A copy of the shared store of `name` at where/store, for a test that changes it.
@@ -174,9 +197,31 @@ class Examples:
                 f"a test changed the weights of the shared {name} item")
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file `path` (created if need be), held for the block."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def shared_temp(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this run that every pytest-xdist worker sees (each worker's own
+    temporary folder lies in the run's; without xdist it is the run's)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
-    shared = Examples(tmp_path_factory.mktemp("examples"))
+    shared = Examples(shared_temp(tmp_path_factory, "examples"))
     yield shared
     shared.check_untouched()
 
@@ -195,8 +240,6 @@ def backdoor_diff(digits_cnn: tuple[Path, Path],
                   tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`reweigh diff` of the clean digits-cnn against a copy with a planted trigger (fc1 only
     fine-tuned, patch -> class 3), run once through the real command with --report."""
-    import json
-
     import torch
 
     from . import backdoor
