@@ -114,6 +114,8 @@ def serve_throttled(folder: str, rate: float) -> None:
     import http.server
 
     class Throttled(http.server.SimpleHTTPRequestHandler):
+        disable_nagle_algorithm = True  # as `reweigh serve` and nginx do
+
         def log_message(self, format: str, *args: object) -> None:
             pass
 

@@ -201,9 +201,11 @@ def _install(store: Store, sources: list[Source], info: layout.Info,
                 store.chunks.adopt(digest, path)
             store.commit(folder, claim.item, record, unpacker.digests)
         except Unreachable as e:
-            raise SignatureError(f"the transfer of {what} stopped after {transfer.reached} "
-                                 f"of {info.archive.size} bytes ({e.message}); nothing was "
-                                 "written; pull again to resume from there") from e
+            stage = (f"the transfer of {what} stopped after {transfer.reached} of "
+                     f"{info.archive.size} bytes" if transfer.reached < info.archive.size
+                     else f"fetching the chunks of {claim.item}'s kept checkpoints stopped")
+            raise SignatureError(f"{stage} ({e.message}); nothing was written; pull again to "
+                                 "resume from there") from e
         except OSError as e:  # the disk, not the archive: what was written is kept
             raise StoreError(f"{what}: cannot be written into {work} ({e.strerror or e}); "
                              "nothing was committed; pull again to resume") from e
