@@ -48,6 +48,7 @@ class ChildResult:
     violations: list[str] = field(default_factory=list)
     error: str | None = None
     bad_result: bool = False  # the error: an entry point returned what reweigh cannot use
+    plain: bool = False  # the error says all there is (a lost Ray cluster): no traceback
     frames: list[dict[str, Any]] = field(default_factory=list)  # the recipe's, when it raised
     started: float = 0.0
     finished: float = 0.0
@@ -276,6 +277,7 @@ def _record_evaluation(result: ChildResult, event: dict[str, Any]) -> None:
 def _record_error(result: ChildResult, event: dict[str, Any]) -> None:
     result.error = str(event["message"])
     result.bad_result = bool(event.get("bad_result"))
+    result.plain = bool(event.get("plain"))
     result.frames = list(event.get("frames") or [])
 
 
@@ -314,6 +316,8 @@ def raise_for_failure(result: ChildResult, log: Path, what: str,
         return
     details = (render_traceback(result.frames, reason, folder) if result.frames and
                not result.violations else log_tail(log))
+    if result.plain and not result.violations:
+        raise BuildError(f"{what} failed: {reason}", hint=f"log: {log}")
     if result.bad_result and not result.violations:  # the recipe's mistake, in one line
         raise EntryResultError(f"{what} failed: {reason}", hint=f"log: {log}")
     raise BuildError(f"{what} failed: {reason}", hint=f"log: {log}", details=details)

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,8 +48,13 @@ OBJECT_STORE_BYTES = 96 * 2**20  # Ray's floor is 75 MiB; self-play shards need 
 # Ray's own settings for the processes it starts: no usage report, no metrics agent work
 # that a build never reads, and a driver that gives up on a lost cluster within a minute.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+           "RAY_COLOR_PREFIX": "0", "RAY_DEDUP_LOGS": "0",
            "RAY_enable_metrics_collection": "0",
-           "RAY_gcs_rpc_server_reconnect_timeout_s": "20"}
+           # Ray ends a driver that lost its cluster after this long, with a line of its
+           # own; reweigh's watch (below) says it first, in reweigh's terms
+           "RAY_gcs_rpc_server_reconnect_timeout_s": "60"}
+PROBE_SECONDS = 2.0  # how often a build on an existing cluster checks that its head answers
+PROBE_MISSES = 5  # unanswered checks in a row that end the build
 
 
 class RayMissing(RuntimeError):
@@ -145,13 +151,15 @@ def auth_env(address: str | None) -> dict[str, str]:
 class Engine:
     """The Ray side of one build's ctx.map: started at the first map, stopped by `close`."""
 
-    def __init__(self, tasks: Tasks) -> None:
+    def __init__(self, tasks: Tasks, emit: Callable[..., None]) -> None:
         self.tasks = tasks
+        self.emit = emit  # the runtime's event line to the builder (a lost cluster's error)
         self._ray: Any = None
         self._remote: Any = None
         self._platform = ""  # the build's platform digest, which every worker must have
         self._temp: str | None = None
         self._node: subprocess.Popen[bytes] | None = None  # this build's node of a cluster
+        self._watch: threading.Event | None = None  # set: stop watching the cluster's head
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """`function(item)` for each item as a Ray task; the results in item order."""
@@ -171,6 +179,9 @@ class Engine:
 
     def close(self) -> None:
         """Leave the cluster; a local one is stopped, with every process it started."""
+        if self._watch is not None:
+            self._watch.set()
+            self._watch = None
         if self._ray is not None:
             with contextlib.suppress(Exception):
                 self._ray.shutdown()
@@ -242,7 +253,12 @@ class Engine:
         own machine, so this starts one in the sandbox (`ray start --address`, no CPUs: no
         task runs on it) and connects to that node; the recipe's source travels with the
         job (Ray's working_dir), since the cluster's machines do not have it."""
-        ip = _facing_ip(*parse_address(address))
+        host, port = parse_address(address)
+        try:  # Ray itself would wait for a head that is not there, for minutes
+            socket.create_connection((host, port), timeout=10).close()
+        except OSError as e:
+            raise ConnectionError(f"nothing answers there ({e.strerror or e})") from None
+        ip = _facing_ip(host, port)
         self._temp = tempfile.mkdtemp(prefix="ray-", dir=_short_tmp())
         log = open(os.path.join(self._temp, "node.log"), "wb")  # noqa: SIM115
         self._node = subprocess.Popen(
@@ -256,6 +272,9 @@ class Engine:
                  log_to_driver=True, configure_logging=False,
                  runtime_env={"working_dir": self.tasks.src,
                               "env_vars": _task_env(self.tasks.platform)})
+        self._watch = threading.Event()
+        threading.Thread(target=_watch_head, args=(address, self._watch, self.emit),
+                         daemon=True, name="reweigh-cluster-watch").start()
 
 
 def _short_tmp() -> str:
@@ -263,6 +282,28 @@ def _short_tmp() -> str:
     unisolated, /tmp, as Ray's sockets need a short path (108 bytes at most)."""
     base = tempfile.gettempdir()
     return base if len(base) <= 40 else "/tmp"
+
+
+def _watch_head(address: str, stop: threading.Event, emit: Callable[..., None]) -> None:
+    """End the build when the cluster's head stops answering (PROBE_MISSES checks in a row):
+    the build fails with one line saying so, and the builder keeps nothing of it. Without
+    this, Ray's core ends the process itself a minute later, with a line of its own."""
+    host, port = parse_address(address)
+    misses = 0
+    while not stop.wait(PROBE_SECONDS):
+        try:
+            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+            misses = 0
+        except OSError:
+            misses += 1
+        if misses >= PROBE_MISSES and not stop.is_set():
+            emit("error", message=f"the Ray cluster at {address} stopped answering (no "
+                 f"connection for {PROBE_MISSES * PROBE_SECONDS:g} s) while ctx.map's tasks "
+                 "ran on it; the build stops, and nothing of it is kept", frames=[],
+                 bad_result=False, plain=True)
+            sys.stderr.write(f"reweigh: lost the Ray cluster at {address}\n")
+            sys.stderr.flush()
+            os._exit(1)
 
 
 def _facing_ip(host: str, port: int) -> str:

@@ -202,7 +202,7 @@ class BuildContext:
         if len(items) <= 1 or not self.workers.lead:
             return [_on_one_thread(function, item) for item in items]
         if self.tasks is not None:
-            self._engine = self._engine or cluster.Engine(self.tasks)
+            self._engine = self._engine or cluster.Engine(self.tasks, emit)
             return self._engine.map(function, items)
         if self.threads <= 1:
             return [_on_one_thread(function, item) for item in items]
@@ -605,8 +605,10 @@ def main() -> None:
     except BaseException as e:
         traceback.print_exc()
         bad_result = isinstance(e, BadEntryResult | cluster.RayMissing)
-        emit("error", message=str(e) if bad_result else f"{type(e).__name__}: {e}",
-             frames=recipe_frames(e.__traceback__, job.src), bad_result=bad_result)
+        plain = isinstance(e, cluster.ClusterLost)  # not the recipe's doing: no traceback
+        emit("error", message=str(e) if bad_result or plain else f"{type(e).__name__}: {e}",
+             frames=recipe_frames(e.__traceback__, job.src), bad_result=bad_result,
+             plain=plain)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)

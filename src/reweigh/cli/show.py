@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..policy.evidence import UNISOLATED_NOTE
+from ..policy.evidence import UNISOLATED_NOTE, cluster_note
 from ..verbs.store import show
 from .common import add_json_option, add_store_option, open_store, print_json
 
@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
           f"network {env.get('network_isolation')}")
     isolation = env.get("isolation") or {}
     print(f"isolation          {isolation.get('sandbox', 'unrecorded')}"
-          + (f" ({UNISOLATED_NOTE})" if isolation.get("sandbox") == "none" else ""))
+          + (f" ({UNISOLATED_NOTE})" if isolation.get("sandbox") == "none" else "")
+          + (f" ({cluster_note(isolation['cluster'])})" if isolation.get("cluster") else ""))
     for check in info["checks"]:
         print(f"check {check['kind']:12} {check['result']}  {json.dumps(check['detail'])}")
     return 0

@@ -28,6 +28,14 @@ UNISOLATED_NOTE = ("built unisolated (--sandbox none): nothing proves the traini
                    "its declared inputs; rebuild it in the sandbox")
 
 
+def cluster_note(address: str) -> str:
+    """What a build that joined a Ray cluster (--cluster) did not isolate."""
+    return (f"built with ctx.map's tasks on the Ray cluster at {address} (--cluster): they "
+            "ran outside reweigh's sandbox, and the build process shared the host's network "
+            "to reach them, so nothing proves the training read only its declared inputs; "
+            "rebuild it without --cluster")
+
+
 
 class Origin(Enum):
     RECIPE = "recipe"  # built (or buildable) from a recipe in this store's sense
@@ -61,6 +69,7 @@ class StoreRecord:
     # exact weights (the item's own build and every identical rebuild)
     challenges: tuple[str, ...] = ()  # verdicts of `challenge` against the item
     isolation: str = "unrecorded"  # the item's build sandbox, "none" when built unisolated
+    cluster: str | None = None  # the Ray cluster its ctx.map's tasks ran on (--cluster)
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,26 @@ from .evidence import (
 def isolation_of(item_path: Path) -> str:
     """How an item's build was isolated, from its provenance: a sandbox's name, "none"
     (built with --sandbox none), or "unrecorded" (built before reweigh recorded it)."""
+    isolation = _isolation_record(item_path)
+    if not isinstance(isolation.get("sandbox"), str):
+        return "unrecorded"
+    return str(isolation["sandbox"])
+
+
+def cluster_of(item_path: Path) -> str | None:
+    """The Ray cluster an item's build ran ctx.map's tasks on (--cluster), from its
+    provenance; None for a build that joined none."""
+    cluster = _isolation_record(item_path).get("cluster")
+    return cluster if isinstance(cluster, str) else None
+
+
+def _isolation_record(item_path: Path) -> dict[str, Any]:
     try:
         env = environment_of(json.loads((item_path / "provenance.json").read_text()))
     except (OSError, ValueError, RecursionError):
-        return "unrecorded"
+        return {}
     isolation = (env or {}).get("isolation")
-    if not isinstance(isolation, dict) or not isinstance(isolation.get("sandbox"), str):
-        return "unrecorded"
-    return isolation["sandbox"]
+    return isolation if isinstance(isolation, dict) else {}
 
 
 def store_record(store: Store, item: StoreItem) -> StoreRecord:
@@ -56,7 +68,7 @@ def store_record(store: Store, item: StoreItem) -> StoreRecord:
         rebuilds_different=len(rebuilds) - len(same),
         environments=tuple(sorted(e for e in environments if e)),
         challenges=tuple(c["result"] for c in checks if c["kind"] == "challenge"),
-        isolation=isolation_of(item.path))
+        isolation=isolation_of(item.path), cluster=cluster_of(item.path))
 
 
 def measured_cost(store: Store, item: StoreItem) -> Cost | None:

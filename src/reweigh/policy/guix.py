@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .debian import code_line, data_line, licence_line, reproducibility_line
 from .estimate import REFERENCE
-from .evidence import UNISOLATED_NOTE, Evidence, Origin
+from .evidence import UNISOLATED_NOTE, Evidence, Origin, cluster_note
 from .report import Line, PolicyReport, Settings, Status, Verdict, failing
 
 TITLE = "Guix: recomputable from source"
@@ -57,6 +57,8 @@ def isolation_line(evidence: Evidence) -> Line:
         return Line("build isolation", Status.INFO, "no build in this store to judge")
     if isolation == "none":
         return Line("build isolation", Status.MISSING, UNISOLATED_NOTE)
+    if evidence.store.cluster is not None:
+        return Line("build isolation", Status.MISSING, cluster_note(evidence.store.cluster))
     if isolation == "unrecorded":
         return Line("build isolation", Status.INFO, "the item's provenance does not record it")
     return Line("build isolation", Status.OK, f"built in the {isolation} sandbox")

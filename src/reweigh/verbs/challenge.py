@@ -28,8 +28,8 @@ from ..digest import file_digest
 from ..environment import claim_problem, platform_of
 from ..errors import UsageError
 from ..numerics import relate
-from ..policy.evidence import UNISOLATED_NOTE
-from ..policy.gather import isolation_of
+from ..policy.evidence import UNISOLATED_NOTE, cluster_note
+from ..policy.gather import cluster_of, isolation_of
 from ..progress import QuietReporter, Reporter
 from ..provenance import environment_of
 from ..recipe import Tolerance
@@ -118,6 +118,8 @@ def challenge(recipe_dir: Path | str, published: Path | str, *,
         isolation = isolation_of(item.path)
         if isolation == "none":
             reasons = [*reasons, f"the rebuild compared against was {UNISOLATED_NOTE}"]
+        if (cluster := cluster_of(item.path)) is not None:
+            reasons = [*reasons, f"the rebuild compared against was {cluster_note(cluster)}"]
         report = ChallengeReport(verdict, tuple(reasons), item.path, item.derivation,
                                  item.weights_digest, published, file_digest(published), relation,
                                  tuple(differing), tensors, behaviour, isolation,
