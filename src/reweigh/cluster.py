@@ -49,6 +49,8 @@ OBJECT_STORE_BYTES = 96 * 2**20  # Ray's floor is 75 MiB; self-play shards need 
 # that a build never reads, and a driver that gives up on a lost cluster within a minute.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
            "RAY_COLOR_PREFIX": "0", "RAY_DEDUP_LOGS": "0",
+           # the build's node of a cluster leaves at once: it runs no tasks to drain
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            "RAY_enable_metrics_collection": "0",
            # Ray ends a driver that lost its cluster after this long, with a line of its
            # own; reweigh's watch (below) says it first, in reweigh's terms
