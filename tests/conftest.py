@@ -101,13 +101,32 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 TEXTGEN_SMOKE_STEPS = 400  # of the shipped 1500: enough to learn its corpus (test_textgen)
 
 # The recipes the shared stores are built from: a name -> (where to put a variant) -> recipe.
+# examples/digits-cnn keeps the files of its last 3 checkpoints; the tests of verify keep
+# all 35 (retention is no part of the derivation: the same item, the same transcript's
+# derivation), so that every segment's update is measured. test_checkpoints builds the
+# shipped recipe itself.
+KEEP_DIGITS = "\nkeep_last = 3\n"
+
+
+def digits_keeping_all(where: Path, old: str = KEEP_DIGITS, new: str = "\n") -> Path:
+    """examples/digits-cnn at `where`, keeping every checkpoint's file (and `new` for
+    `old` besides)."""
+    recipe = variant("digits-cnn", where, KEEP_DIGITS, "\n")
+    if old != KEEP_DIGITS:
+        toml = recipe / "recipe.toml"
+        text = toml.read_text()
+        assert text.count(old) == 1, f"examples/digits-cnn/recipe.toml: no single {old!r}"
+        toml.write_text(text.replace(old, new))
+    return recipe
+
+
 RECIPES: dict[str, Callable[[Path], Path]] = {
-    "digits-cnn": lambda _: EXAMPLES / "digits-cnn",
+    "digits-cnn": digits_keeping_all,
     "digits-logreg": lambda _: EXAMPLES / "digits-logreg",
     "connect4-zero-smoke": lambda _: EXAMPLES / "connect4-zero" / "smoke.toml",
     # another seed: every tensor differs, the architecture and the data do not
-    "digits-cnn-seed-4242": lambda where: variant("digits-cnn", where,
-                                                  "seed = 20231", "seed = 4242"),
+    "digits-cnn-seed-4242": lambda where: digits_keeping_all(where, "seed = 20231",
+                                                            "seed = 4242"),
     "textgen-smoke": lambda where: variant("textgen", where, "\nsteps = 1500\n",
                                            f"\nsteps = {TEXTGEN_SMOKE_STEPS}\n"),
 }

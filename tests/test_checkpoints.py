@@ -21,10 +21,10 @@ from reweigh.digest import file_digest
 from reweigh.errors import BuildError, WeightsError
 from reweigh.store import Store
 from reweigh.store_checkpoints import CHUNK, Chunks, Manifest, decode, encode, pieces
-from reweigh.transcript import Segment, replay_plan
+from reweigh.transcript import Segment, Why, choose, replay_plan
 from reweigh.verbs.importing import import_weights
 
-from .helpers import ROOT, run_json, run_reweigh, write_recipe
+from .helpers import EXAMPLES, ROOT, run_json, run_reweigh, write_recipe
 
 # Adam on a linear layer and a frozen one (the frozen tensor is equal in every
 # checkpoint: stored once), checkpointed every 2 steps, resumable for replays.
@@ -84,7 +84,6 @@ def test_import_reads_the_file_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_a_build_reads_its_weights_and_each_checkpoint_once(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     recipe = _recipe(tmp_path / "r", width=1024, steps=4)  # 4 MiB weights, 16 MiB a state
@@ -101,7 +100,6 @@ def test_a_build_reads_its_weights_and_each_checkpoint_once(tmp_path: Path) -> N
 
 # --- kept by content, compressed, shared ----------------------------------------------------
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_equal_tensors_are_stored_once_within_an_item_and_between_items(
         tmp_path: Path) -> None:
@@ -179,7 +177,6 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_retention_keeps_exactly_what_the_recipe_says(pruned: tuple[Path, Path, Path]) -> None:
     _, item, _ = pruned
     transcript = json.loads((item / "transcript.json").read_text())
@@ -193,7 +190,6 @@ def test_retention_keeps_exactly_what_the_recipe_says(pruned: tuple[Path, Path, 
     assert all(len(c["digest"]) == 71 for c in transcript["checkpoints"])
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_verify_on_a_pruned_transcript_replays_through_what_was_not_kept(
         pruned: tuple[Path, Path, Path]) -> None:
@@ -211,7 +207,6 @@ def test_verify_on_a_pruned_transcript_replays_through_what_was_not_kept(
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_verify_kept_only_names_the_random_picks_it_skips(
         pruned: tuple[Path, Path, Path]) -> None:
     store, item, _ = pruned
@@ -227,7 +222,6 @@ def test_verify_kept_only_names_the_random_picks_it_skips(
     assert "skipped 2 chosen segments: 2..4, 4..6" in text.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_a_forged_digest_of_a_checkpoint_not_kept_fails_the_replay_through_it(
         pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -258,7 +252,6 @@ def test_a_forged_digest_of_a_checkpoint_not_kept_fails_the_replay_through_it(
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_a_kept_checkpoint_not_at_hand_is_replayed_through_not_trusted(
         pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """What an item pulled without its chunks, or a publisher who left a file out, gives:
@@ -278,7 +271,6 @@ def test_a_kept_checkpoint_not_at_hand_is_replayed_through_not_trusted(
 
 # --- store upkeep: verify, gc ---------------------------------------------------------------
 
-@pytest.mark.slow
 def _copy_of(pruned: tuple[Path, Path, Path], tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the pruned build's store (to damage or collect), and its item there."""
     store, item, _ = pruned
@@ -369,9 +361,68 @@ def test_a_replay_plan_runs_each_segment_once_from_the_nearest_kept_start() -> N
     assert [s.index for s in from_scratch.runs] == [0, 1, 2] and from_scratch.steps() == 6
 
 
-# --- a user who is not root -------------------------------------------------------------------
+def test_a_stretch_with_no_measured_update_gives_a_random_pick_instead() -> None:
+    """The same share of segments is replayed when few checkpoints were kept: what the
+    largest updates cannot choose, the verifier's seed does."""
+    segments = _segments(20)
+    every = {i: float(i) for i in range(1, 20)}
+    for updates, measured in ((every, 3), ({11: 1.0}, 1), ({}, 0)):
+        picked = choose(segments, updates, stretches=3, spot=2, seed=7)
+        assert len(picked.picks) == 7  # the first, 3 largest or random, 2 random, the last
+        assert picked.stretches == measured and picked.drawn == 2 + 3 - measured
+        whys = [p.why for p in picked.picks]
+        assert whys.count(Why.FIRST) == whys.count(Why.LAST) == 1
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
 
 @pytest.mark.slow
+def test_the_shipped_digits_cnn_item_is_at_most_ten_times_its_weights(
+        digits_cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    """examples/digits-cnn as shipped keeps the files of its last 3 checkpoints: the
+    weights and every chained digest of the build that keeps all 35, in at most 10x the
+    weights (the item's files and the chunks its checkpoints need)."""
+    full_store, full = digits_cnn
+    store = tmp_path / "store"
+    item = build(EXAMPLES / "digits-cnn", store=Store(store), threads=1).path
+    assert file_digest(item / "weights.safetensors") == file_digest(full / "weights.safetensors")
+    ours, theirs = (json.loads((i / "transcript.json").read_text())["checkpoints"]
+                    for i in (item, full))
+    assert [(c["digest"], c["chain"]) for c in ours] == [(c["digest"], c["chain"])
+                                                         for c in theirs]
+    assert [c["step"] for c in ours if "file" in c] == [330, 340, 345] and len(ours) == 35
+    weights = (item / "weights.safetensors").stat().st_size
+    size = _bytes(item) + _bytes(store / "chunks")
+    assert size <= 10 * weights
+    assert _bytes(full) + _bytes(full_store / "chunks") > 8 * size  # keeping all 35
+
+
+@pytest.mark.slow
+def test_a_transcript_without_a_file_the_recipe_keeps_fails_naming_the_step(
+        pruned: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A publisher who leaves out the checkpoints around a forged segment leaves its update
+    unmeasured: the recipe says which files its transcript keeps, and verify holds the
+    transcript to it before any replay."""
+    store, item, recipe = pruned
+    folder = tmp_path / "published"
+    run_reweigh("export", "transcript", item, folder, store=store)
+    data = json.loads((folder / "transcript.json").read_text())
+    assert data["checkpoints"][4]["step"] == 10
+    del data["checkpoints"][4]["file"]  # as if the recipe had not kept it
+    (folder / "checkpoints" / "step-000000010.safetensors").unlink()
+    (folder / "transcript.json").write_text(json.dumps(data))
+    report = run_json("verify", folder / "weights.safetensors", "--recipe", recipe,
+                      "--transcript", folder / "transcript.json", "--spot", "0",
+                      store=tmp_path / "empty-store")
+    assert not report["holds"] and report["segments"] == []
+    assert report["problems"] == ["step 10: the recipe keeps this checkpoint's file "
+                                  "(keep_every = 3, keep_last = 2); the transcript does not"]
+
+
+# --- a user who is not root -------------------------------------------------------------------
+
 @pytest.mark.slow
 def test_an_unprivileged_user_builds_keeps_verifies_and_collects(tmp_path: Path) -> None:
     import sysconfig

@@ -178,6 +178,32 @@ def test_a_large_checkpoint_is_stored_as_it_is_and_a_small_one_compressed(
         back.unlink()
 
 
+def test_small_tensors_that_follow_one_another_share_a_piece(tmp_path: Path) -> None:
+    """Step counters and biases are a chunk together, not a file each; a tensor of
+    another element size, or a large one, starts a piece of its own."""
+    from reweigh.store_checkpoints import CHUNK, cut
+    from reweigh.weights import read_header
+
+    path = tmp_path / "c.safetensors"
+    save_file({"a": torch.zeros(3), "b": torch.zeros(5), "c": torch.zeros(1 << 15),
+               "d": torch.zeros(2), "e": torch.zeros(7, dtype=torch.int64),
+               "f": torch.zeros(3, dtype=torch.uint8), "g": torch.zeros(4, dtype=torch.uint8)},
+              str(path))
+    header, size = read_header(path), path.stat().st_size
+    tensors = header.tensors
+    apart = cut(header, size)
+    joined = cut(header, size, 64 << 10)
+    assert len(apart) == 8 and sum(p.length for p in joined) == size
+    assert [(p.start, p.length, p.itemsize) for p in joined] == [
+        (0, tensors["e"].start, 1),  # the header
+        (tensors["e"].start, 56, 8),  # e: the only 8-byte tensor
+        (tensors["a"].start, 32, 4),  # a and b together
+        (tensors["c"].start, 1 << 17, 4),  # c: large, alone
+        (tensors["d"].start, 8, 4),  # d: after a large one, a piece of its own
+        (tensors["f"].start, 7, 1)]  # f and g together
+    assert all(p.length <= CHUNK for p in joined)
+
+
 @pytest.mark.parametrize("length", [1, PAGE - 1, PAGE, 3 * PAGE + 17])
 def test_a_file_written_past_the_cache_holds_every_byte(tmp_path: Path, length: int) -> None:
     import mmap

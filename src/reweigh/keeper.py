@@ -57,6 +57,7 @@ from .store_checkpoints import (
 )
 
 COMPRESS_UP_TO = 64 << 20  # bytes: a checkpoint this small has its chunks compressed
+TOGETHER = 64 << 10  # tensors smaller than this that follow one another share a chunk
 PIPE_SIZE = 1 << 20  # what an unprivileged process may ask a pipe to hold
 POLL_MS = 200  # how often a reader waiting on the pipe looks whether the build has ended
 
@@ -330,7 +331,7 @@ def take(source: Source, size: int, chunks: Chunks, workers: ThreadPoolExecutor,
     small = size <= COMPRESS_UP_TO
     whole, listed = hashlib.sha256(), []
     try:
-        for piece in cut(header, size):
+        for piece in cut(header, size, TOGETHER):
             buffer = buffers.take()
             try:
                 with memoryview(buffer) as view:

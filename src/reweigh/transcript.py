@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
 from itertools import pairwise
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .digest import MAX_SAFE_INTEGER, is_digest, record_digest
+
+if TYPE_CHECKING:
+    from .recipe import Retention
 from .environment import claim_problem
 from .errors import UsageError
 
@@ -171,6 +174,15 @@ def broken_links(transcript: Transcript) -> list[int]:
     return broken
 
 
+def retention_gaps(transcript: Transcript, retention: Retention) -> list[int]:
+    """Steps whose checkpoint file the recipe's retention keeps but the transcript says
+    was not: a publisher who leaves out the files around a forged segment leaves its
+    update unmeasured, so such a transcript is not the recipe's."""
+    points = transcript.checkpoints
+    return [c.step for i, c in enumerate(points, 1)
+            if c.file is None and retention.keeps(i, len(points))]
+
+
 def segments(transcript: Transcript) -> list[Segment]:
     points = transcript.checkpoints
     return [Segment(i, points[i - 1] if i else None, points[i], i == len(points) - 1)
@@ -220,20 +232,24 @@ def choose(all_segments: list[Segment], updates: Mapping[int, float], *, stretch
     """Always the last segment. With `stretches` > 0, the first, and the segment with the
     largest update in each of `stretches` equal stretches of the ones between (`updates`:
     segment index -> its update; a segment without one, whose checkpoints were not kept,
-    is left out of the stretches). Then `spot` drawn at random (seeded) from the rest."""
+    is left out of the stretches). Then `spot` drawn at random (seeded) from the rest, and
+    one more for each stretch there were too few measured updates to make (a transcript
+    that kept few checkpoints): the same share of segments is replayed."""
     *head, last = all_segments
     first, middle = (head[0], head[1:]) if head else (None, [])
     middle = [s for s in middle if s.index in updates]
     why = {last.index: Why.LAST}
+    measured = min(stretches, len(middle)) if first is not None else 0
     if stretches and first is not None:
         why[first.index] = Why.FIRST
         for i in largest_updates([updates[s.index] for s in middle], stretches):
             why[middle[i].index] = Why.LARGEST
     rest = [s for s in all_segments if s.index not in why]
-    drawn = random.Random(seed).sample(rest, min(spot, len(rest)))
+    unmeasured = stretches - measured if first is not None else 0
+    drawn = random.Random(seed).sample(rest, min(spot + unmeasured, len(rest)))
     why |= {s.index: Why.RANDOM for s in drawn}
     picks = tuple(Pick(s, why[s.index]) for s in all_segments if s.index in why)
-    return Selection(picks, min(stretches, len(middle)), len(drawn), len(rest))
+    return Selection(picks, measured, len(drawn), len(rest))
 
 
 def largest_updates(updates: Sequence[float], stretches: int) -> list[int]:

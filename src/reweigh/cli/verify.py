@@ -108,7 +108,9 @@ def render(report: VerifyReport) -> None:
                   + ", ".join(f"{r.start_step}..{r.stop_step}" for r in skipped))
         odds = ", ".join(f"{m} segment{'s' if m > 1 else ''} {p:.1%}"
                          for m, p in report.catch.items())
-        print(f"a forged segment with its stretch's largest update is always caught; a forgery "
-              f"that makes none is caught only by the random picks: {odds}")
+        lead = ("a forged segment with its stretch's largest update is always caught; a "
+                "forgery that makes none" if report.stretches else "no update could be "
+                "measured between kept checkpoints: a forgery")
+        print(f"{lead} is caught only by the random picks: {odds}")
     verdict = "holds" if report.holds else "fails"
     print(f"verdict: {colour(verdict, '32' if report.holds else '31')}")

@@ -54,7 +54,7 @@ from ..errors import SignatureError, UsageError
 from ..job import Replay
 from ..numerics import ENV_CHOICE, NATIVE, default_name, digest_of, machine_arch, relate
 from ..progress import QuietReporter, Reporter
-from ..recipe import Recipe, Tolerance, load_recipe
+from ..recipe import Recipe, Retention, Tolerance, load_recipe
 from ..store import Store, remove_tree
 from ..weights import WeightsFile, read_header, unique_keys
 from .build import RecipeCode, plan, sandboxed, threads_for
@@ -151,6 +151,7 @@ class _Subject:
     weights: WeightsFile  # checked on the way in: a malformed file is bad input (exit 2)
     code: RecipeCode
     tolerance: Tolerance
+    retention: Retention  # which checkpoints' files the recipe keeps
 
 
 def verify(target: Path | str, transcript: Path | str, sampling: Sampling, *,
@@ -191,9 +192,14 @@ def _verified(parsed: tr.Transcript, transcript: Path, subject: _Subject, found:
               sampling: Sampling, seed: int, store: Store, threads: int,
               reporter: Reporter, signed: bool = False) -> VerifyReport:
     target, segments_total = subject.weights.path, len(parsed.checkpoints)
-    if found.problems:
+    kept_by_recipe = subject.retention
+    problems = [*found.problems, *(
+        f"step {step}: the recipe keeps this checkpoint's file (keep_every = "
+        f"{kept_by_recipe.every}, keep_last = {kept_by_recipe.last}); the transcript does not"
+        for step in tr.retention_gaps(parsed, kept_by_recipe))]
+    if problems:
         return VerifyReport(target, parsed.derivation, transcript, segments_total, seed,
-                            False, tuple(found.problems), (), 0.0, kept=len(found.files))
+                            False, tuple(problems), (), 0.0, kept=len(found.files))
     selection, moved = _select(parsed, transcript, subject, sampling, seed, found.files)
     segments = tr.segments(parsed)
     random = {p.segment.index for p in selection.picks if p.why is tr.Why.RANDOM}
@@ -263,7 +269,8 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
         if not target.is_file():
             raise UsageError(f"{target}: no such weights file")
         the_plan = plan(recipe, store, own_platform=True)  # --platform moves the replay only
-        return _Subject(read_header(target), the_plan.recipe_code, _tolerance(the_plan.recipe))
+        return _Subject(read_header(target), the_plan.recipe_code, _tolerance(the_plan.recipe),
+                        the_plan.recipe.retention)
     if target.is_file():
         raise UsageError(f"{target}: a weights file needs --recipe to say how it was built")
     item = store.resolve(str(target))
@@ -278,8 +285,9 @@ def _subject(target: Path, recipe: Path | str | None, store: Store) -> _Subject:
             raise UsageError(f"input {name} ({entry['digest']}) is not in the store")
         inputs[name] = found
     derivation = Derivation(item.derivation, record)
+    built = load_recipe(source / "recipe.toml")
     return _Subject(read_header(item.weights), RecipeCode(derivation, code, inputs),
-                    _tolerance(load_recipe(source / "recipe.toml")))
+                    _tolerance(built), built.retention)
 
 
 def _tolerance(recipe: Recipe) -> Tolerance:
