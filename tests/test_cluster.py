@@ -28,7 +28,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reweigh.cluster import parse_address
+from reweigh.cluster import _mismatch, parse_address
 from reweigh.digest import file_digest
 
 from .conftest import Examples
@@ -148,6 +148,17 @@ def test_a_cluster_address_is_host_and_port_or_refused(text: str) -> None:
         return
     assert host and 0 < port < 65536
     assert int(text.rpartition(":")[2]) == port and host in text
+
+
+def test_a_worker_on_another_platform_names_what_differs() -> None:
+    build = {"name": "portable", "packages": {"torch": "2.13.0+cpu", "numpy": "2.1"},
+             "settings": {"env": {"ATEN_CPU_CAPABILITY": "avx2"}}, "digest": "sha256:aa"}
+    worker = {**build, "packages": {"torch": "2.12.1+cpu", "numpy": "2.1"},
+              "settings": {"env": {"ATEN_CPU_CAPABILITY": None}}, "digest": "sha256:bb"}
+    said = _mismatch(worker, build)
+    assert "packages.torch: '2.12.1+cpu' here, '2.13.0+cpu' in the build" in said
+    assert "settings.env.ATEN_CPU_CAPABILITY: None here, 'avx2' in the build" in said
+    assert "numpy" not in said and "refuses the task" in said
 
 
 @pytest.mark.parametrize(("address", "says"), [

@@ -158,7 +158,7 @@ class Engine:
         self.emit = emit  # the runtime's event line to the builder (a lost cluster's error)
         self._ray: Any = None
         self._remote: Any = None
-        self._platform = ""  # the build's platform digest, which every worker must have
+        self._platform: dict[str, Any] = {}  # the build's platform, every worker's too
         self._temp: str | None = None
         self._node: subprocess.Popen[bytes] | None = None  # this build's node of a cluster
         self._watch: threading.Event | None = None  # set: stop watching the cluster's head
@@ -224,7 +224,7 @@ class Engine:
                              f"installed: {INSTALL} (or build without --workers)") from None
         from . import environment
 
-        self._platform = environment.capture(1, {}, self.tasks.platform)["platform"]["digest"]
+        self._platform = environment.capture(1, {}, self.tasks.platform)["platform"]
         try:
             if self.tasks.address is None:
                 self._start_local(ray)
@@ -326,7 +326,7 @@ def _task_env(platform_name: str) -> dict[str, str]:
 
 
 # --- inside a Ray worker -------------------------------------------------------------------
-_prepared: dict[str, str] = {}  # this worker's platform digest, once checked
+_prepared: dict[str, Any] = {}  # this worker's platform record, once taken
 
 
 def run_task(call: bytes, setup: dict[str, Any]) -> Any:
@@ -335,8 +335,8 @@ def run_task(call: bytes, setup: dict[str, Any]) -> Any:
     on one intra-op thread."""
     if not _prepared:
         _prepare(setup)
-    if _prepared["platform"] != setup["platform"]:
-        raise PlatformMismatch(_prepared["problem"])
+    if _prepared["platform"]["digest"] != setup["platform"]["digest"]:
+        raise PlatformMismatch(_mismatch(_prepared["platform"], setup["platform"]))
     import pickle
 
     from .runtime import _on_one_thread
@@ -345,19 +345,36 @@ def run_task(call: bytes, setup: dict[str, Any]) -> Any:
     return _on_one_thread(function, item)
 
 
+def _mismatch(mine: dict[str, Any], build: dict[str, Any]) -> str:
+    """Why this worker refuses its tasks: the platform fields that differ from the build's."""
+    here, there = _leaves(mine), _leaves(build)
+    differ = [k for k in sorted(set(here) | set(there))
+              if k != "digest" and here.get(k) != there.get(k)]
+    said = "; ".join(f"{k}: {here.get(k)!r} here, {there.get(k)!r} in the build"
+                     for k in differ[:3])
+    return (f"a Ray worker on {socket.gethostname()} runs on another platform than the build "
+            f"({said or 'another digest'}{'; ...' if len(differ) > 3 else ''}): its results "
+            "could differ, so it refuses the task; give the cluster's workers the build's "
+            "Python packages, settings and CPU level")
+
+
+def _leaves(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested record as dotted keys and their values."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat |= _leaves(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _prepare(setup: dict[str, Any]) -> None:
     from . import environment
     from .runtime import Guard
 
     environment.apply_torch_numerics(1)
-    record = environment.capture(1, {}, setup["platform_name"])["platform"]
-    _prepared["platform"] = record["digest"]
-    _prepared["problem"] = (
-        f"a Ray worker on {socket.gethostname()} runs on another platform than the build "
-        f"(platform {record['digest'][:19]}, not {setup['platform'][:19]}: torch "
-        f"{record.get('packages', {}).get('torch')}, kernels {record.get('capability')}); "
-        "its results could differ, so it refuses the task: give the cluster the build's "
-        "Python packages and CPU level")
+    _prepared["platform"] = environment.capture(1, {}, setup["platform_name"])["platform"]
     if os.path.isdir(setup["src"]) and setup["src"] not in sys.path:
         sys.path.insert(0, setup["src"])
     sys.addaudithook(Guard(list(setup["inputs"])))
