@@ -39,14 +39,15 @@ pytestmark = pytest.mark.slow  # every test here reads one sandboxed build (two 
 
 # A few steps of numpy "training" that checkpoints every 2 steps and resumes from a
 # checkpoint: an item with kept checkpoints whose segments replay in a second or two. The
-# frozen table is equal in every checkpoint (one chunk, stored once).
+# frozen table is equal in every checkpoint (one chunk, stored once: it is large enough,
+# 80 KB, not to share a chunk with the small tensors beside it).
 TRAIN = """
 import numpy as np
 
 def train(ctx):
     state = ctx.resume() or {}
     w = np.asarray(state["w"]) if state else np.zeros(256, np.float32)
-    frozen = np.arange(512, dtype=np.float32)
+    frozen = np.arange(20000, dtype=np.float32)
     for step in range(int(state.get("step", 0)) + 1, 7):
         w = w + np.sin(np.arange(256, dtype=np.float32) * step).astype(np.float32)
         ctx.checkpoint(step, {"w": w, "frozen": frozen, "step": step}, final=step == 6)
@@ -150,6 +151,10 @@ def test_pull_installs_what_k_distinct_trusted_keys_signed(world: dict, tmp_path
 
     assert verify_store(Store(tmp_path / "store")) == []
     assert report["requests"] == 2 + require  # one index, one info, one bundle per signer
+    store = Store(tmp_path / "store")
+    checks = store.checks(store.resolve(world["item"].name))
+    assert [(c["kind"], c["result"], sorted(c["detail"]["signers"])) for c in checks] == [
+        ("substitute", "pulled", sorted(report["signers"]))]  # indexed with the item
 
 
 def test_pull_with_four_required_of_three_signers_is_refused(world: dict,

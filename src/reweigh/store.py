@@ -363,9 +363,12 @@ class Store:
         """Move a finished build directory into items/ with one rename, then index it.
 
         `record` holds derivation, name, version, weights_digest, environment_digest and
-        inputs ({name: digest}). The caller holds the derivation's lock. An item holds
-        regular files and folders only: a link could point anywhere, and a fifo or a
-        device is no weights, so either is refused and nothing enters items/. `known`:
+        inputs ({name: digest}), and may hold `import` (an imported item's row, as
+        `record_import` takes it) and `checks` ([(kind, result, detail)]), indexed in the
+        same transaction as the item (one commit to disk, not three: `pull`). The caller
+        holds the derivation's lock. An item holds regular files and folders only: a link
+        could point anywhere, and a fifo or a device is no weights, so either is refused
+        and nothing enters items/. `known`:
         the digests of files the caller hashed as it wrote or copied them (relative path
         -> digest), which are not read again; the rest are hashed in parallel.
         """
@@ -393,6 +396,13 @@ class Store:
                            [(item_name, *f) for f in files])
             db.executemany("INSERT INTO item_inputs VALUES (?, ?, ?)",
                            [(item_name, n, d) for n, d in record.get("inputs", {}).items()])
+            if (imported := record.get("import")) is not None:
+                db.execute("INSERT OR REPLACE INTO imports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (item_name, *(imported[k] for k in self.IMPORT_FIELDS), created_at))
+            db.executemany("INSERT INTO checks (item, kind, result, detail, at) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           [(item_name, kind, result, json.dumps(detail), created_at)
+                            for kind, result, detail in record.get("checks", ())])
             checkpoints = _manifests(self.root / "items" / item_name)
             db.executemany("INSERT INTO item_checkpoints VALUES (?, ?, ?)",
                            [(item_name, rel, m.digest) for rel, m in checkpoints.items()])

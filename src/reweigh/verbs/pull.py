@@ -39,7 +39,7 @@ from ..errors import CheckFailed, SignatureError, StoreError, UsageError
 from ..keys import KeyRing
 from ..progress import QuietReporter, Reporter
 from ..signing import Claim
-from ..store import Store, remove_tree
+from ..store import Store, StoreItem, remove_tree
 from ..store_signatures import KeptSignatures
 from .repair import _Unfit as Unfit  # what its reader raises for an item that is not one
 from .repair import read_item
@@ -107,14 +107,12 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
         reporter.stage(f"pulling {info.entry.item} from {source.label} (signed by "
                        f"{', '.join(counted.signers())})")
         others = [s for s, _ in found if s is not source]  # asked for chunks it lacks
-        report = _install(store, [source, *others], info, counted.counted[0].claim)
+        check = {"from": source.label, "signers": counted.signers(), "required": require}
+        report = _install(store, [source, *others], info, counted.counted[0].claim, check)
     kept = KeptSignatures(store.root)
     for vote in counted.counted:
         kept.add(info.entry.item, vote.keyid, bundles[vote.keyid])
-    item = store.find(info.entry.derivation)
-    assert item is not None
-    store.record_check(item, "substitute", "pulled", {
-        "from": source.label, "signers": counted.signers(), "required": require})
+    item = report.item
     return PullReport(item.path, item.path.name, item.derivation, item.weights_digest,
                       report.reused, source.label, tuple(counted.signers()), require,
                       tuple(r.line() for r in refusals), caches.requests, report.received,
@@ -169,21 +167,23 @@ def refusal(ref: str, counted: Tally, refusals: list[Refusal], info: layout.Info
 
 @dataclass(frozen=True)
 class _Installed:
+    item: StoreItem
     reused: bool
     received: int
     resumed_from: int
     chunks: dict[str, int] = field(default_factory=dict)
 
 
-def _install(store: Store, sources: list[Source], info: layout.Info,
-             claim: Claim) -> _Installed:
+def _install(store: Store, sources: list[Source], info: layout.Info, claim: Claim,
+             check: dict[str, Any]) -> _Installed:
     """Unpack the archive from `sources[0]` and commit it with its checkpoints' chunks
-    (asked of `sources` in order)."""
+    (asked of `sources` in order) and the check row `check` says."""
     assert info.archive is not None
     source = sources[0]
     with store.lock(claim.derivation):
-        if store.find(claim.derivation) is not None:
-            return _Installed(True, 0, 0)
+        if (there := store.find(claim.derivation)) is not None:  # pulled meanwhile
+            store.record_check(there, "substitute", "pulled", check)
+            return _Installed(there, True, 0, 0)
         work = store.root / "tmp" / f"pull-{short(info.archive.digest, 64)}"
         folder = work / claim.item  # the item's own name: its records are checked by it
         folder.mkdir(parents=True, exist_ok=True)
@@ -195,11 +195,10 @@ def _install(store: Store, sources: list[Source], info: layout.Info,
             named = wanted(folder, unpacker.digests)
             needed = {d: n for d, n in named.items() if not store.chunks.has(d)}
             fetched = fetch(sources, needed, work / "chunks")
-            if import_row is not None:
-                store.record_import(claim.item, import_row)
             for digest, path in fetched.files.items():
                 store.chunks.adopt(digest, path)
-            store.commit(folder, claim.item, record, unpacker.digests)
+            rows = {"import": import_row, "checks": [("substitute", "pulled", check)]}
+            item = store.commit(folder, claim.item, {**record, **rows}, unpacker.digests)
         except Unreachable as e:
             stage = (f"the transfer of {what} stopped after {transfer.reached} of "
                      f"{info.archive.size} bytes" if transfer.reached < info.archive.size
@@ -213,7 +212,7 @@ def _install(store: Store, sources: list[Source], info: layout.Info,
             remove_tree(work)  # a refused archive is no start for a resume
             raise
         remove_tree(work)
-    return _Installed(False, transfer.received, transfer.resumed_from,
+    return _Installed(item, False, transfer.received, transfer.resumed_from,
                       {"named": len(named), "fetched": len(fetched.files),
                        "received": fetched.received, "absent": len(fetched.absent)})
 
