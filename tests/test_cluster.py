@@ -117,7 +117,7 @@ def _ray_children(but: tuple[int, ...] = ()) -> list[str]:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and ("ray" in command or stat.split()[2] == "Z"):
+        if parent == os.getpid() and "ray" in command:
             found.append(f"{entry} {command[:120]}")
     return found
 

@@ -52,6 +52,9 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"
            # the build's node of a cluster leaves at once: it runs no tasks to drain
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            "RAY_enable_metrics_collection": "0",
+           # Ray's memory monitor kills tasks when the whole machine's memory is nearly
+           # full, whoever fills it; a build leaves that to the kernel
+           "RAY_memory_monitor_refresh_ms": "0",
            # Ray ends a driver that lost its cluster after this long, with a line of its
            # own; reweigh's watch (below) says it first, in reweigh's terms
            "RAY_gcs_rpc_server_reconnect_timeout_s": "60"}
