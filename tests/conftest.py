@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import EXAMPLES, variant
+from .helpers import EXAMPLES, variant, write_recipe
 
 
 @pytest.fixture
@@ -129,7 +129,35 @@ RECIPES: dict[str, Callable[[Path], Path]] = {
                                                             "seed = 4242"),
     "textgen-smoke": lambda where: variant("textgen", where, "\nsteps = 1500\n",
                                            f"\nsteps = {TEXTGEN_SMOKE_STEPS}\n"),
+    # helpers.write_recipe as it stands: for tests that need an item, any item (the same
+    # recipe written elsewhere is the same derivation, so a build of it reuses this one)
+    "minimal": write_recipe,
 }
+
+
+# CPUs emulated on this one: each setting caps what the machine offers in all three
+# libraries (torch's own kernels, oneDNN, MKL), as an older CPU would. A portable build's
+# weights must not change under either (test_platform and the thread tests use them).
+AVX512 = {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+          "MKL_ENABLE_INSTRUCTIONS": "AVX512"}
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+@contextmanager
+def emulated(caps: dict[str, str]) -> Iterator[None]:
+    """This process's environment with `caps` set, for an in-process build (the command
+    reads them from its environment)."""
+    before = {key: os.environ.get(key) for key in caps}
+    os.environ.update(caps)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @dataclass(frozen=True)
@@ -160,7 +188,8 @@ class Examples:
 
     def built(self, name: str, threads: int = 1) -> Built:
         """`name` built with `threads` threads into a store of its own; `threads` other
-        than 1 gives a second, independent build."""
+        than 1 gives a second, independent build, on an emulated AVX-512 CPU (the
+        emulation matrix of test_platform reads it: one build for both questions)."""
         key = (name, threads)
         if key not in self._built:
             folder = self.root / (name if threads == 1 else f"{name}-{threads}-threads")
@@ -185,7 +214,8 @@ class Examples:
         folder.mkdir()
         recipe = RECIPES[name](folder / "recipe")
         try:
-            report = build(recipe, store=Store(folder / "store"), threads=threads)
+            with emulated(AVX512 if threads != 1 else {}):
+                report = build(recipe, store=Store(folder / "store"), threads=threads)
         except Exception as e:
             failed.write_text(f"{type(e).__name__}: {e}")
             raise

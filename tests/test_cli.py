@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import Examples
 from .helpers import run_json, run_reweigh, write_recipe
 
 
@@ -27,12 +28,11 @@ def test_a_command_s_usage_error_names_the_command(store: Path) -> None:
 
 @pytest.mark.slow
 def test_a_reader_that_goes_away_ends_the_command_quietly_with_the_sigpipe_status(
-        tmp_path: Path, store: Path) -> None:
+        examples: Examples) -> None:
     """`reweigh show ITEM --json | head -c1`, with the reader gone before the first write:
     141 (128 + SIGPIPE) as `cat` would end, and nothing on stderr."""
-    built = run_reweigh("build", write_recipe(tmp_path / "r"), store=store)
-    assert built.returncode == 0, built.stderr
-    item = built.stdout.splitlines()[-1]
+    built = examples.built("minimal")  # only read
+    item, store = str(built.item), built.store
     child = subprocess.Popen([sys.executable, "-m", "reweigh.cli.main", "show", item, "--json",
                               "--store", str(store)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -58,6 +58,18 @@ def test_recipe_code_runs_on_one_thread_unless_asked(tmp_path: Path, store: Path
     assert run_json("build", recipe, store=store)["threads"] == 1
 
 
+def test_no_command_imports_torch_at_start_up() -> None:
+    """The parser with every command registered (what `reweigh --help` makes) imports
+    each command's module: none may import torch, which adds 1.5 s or more to the start of
+    every command (recipe code imports it in a process of its own)."""
+    code = ("import sys\nfrom reweigh.cli.main import make_parser\nmake_parser()\n"
+            "print(sorted(name for name in ('torch', 'tqdm') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 # What `reweigh build` of a built recipe, piped, leaves unimported: it draws no bar and
 # parses no licence, and each of these costs milliseconds at start-up (-X importtime).
 LAZY = ("tqdm",)
@@ -72,9 +84,9 @@ sys.exit(code)
 
 @pytest.mark.slow
 def test_reusing_a_built_item_imports_neither_bars_nor_the_licence_parser(
-        tmp_path: Path, store: Path) -> None:
-    recipe = write_recipe(tmp_path / "r")
-    assert run_reweigh("build", recipe, store=store).returncode == 0
+        examples: Examples, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r")  # the shared item's recipe, in another folder
+    store = examples.copy("minimal", tmp_path).store
     result = subprocess.run([sys.executable, "-c", IMPORTED.format(lazy=LAZY), "build",
                              str(recipe), "--store", str(store)],
                             capture_output=True, text=True, timeout=120, check=False)

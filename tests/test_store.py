@@ -20,6 +20,7 @@ import pytest
 
 from reweigh.store import Store
 
+from .conftest import Examples
 from .helpers import ROOT, run_json, run_reweigh, write_recipe
 
 SLOW_TRAIN = """
@@ -56,11 +57,12 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-unt
 
 @pytest.mark.slow
 def test_store_verify_finds_a_corrupted_byte_in_a_weights_file(
-        tmp_path: Path, store: Path) -> None:
-    data = run_json("build", write_recipe(tmp_path / "r"), store=store)
+        examples: Examples, tmp_path: Path) -> None:
+    built = examples.copy("minimal", tmp_path)
+    store = built.store
     clean = run_reweigh("store", "verify", store=store)
     assert clean.returncode == 0 and "all 1 items verified" in clean.stdout
-    weights = Path(data["path"]) / "weights.safetensors"
+    weights = built.item / "weights.safetensors"
     weights.chmod(0o644)
     raw = bytearray(weights.read_bytes())
     raw[-1] ^= 0x01
@@ -68,7 +70,7 @@ def test_store_verify_finds_a_corrupted_byte_in_a_weights_file(
     result = run_reweigh("store", "verify", "--json", store=store)
     assert result.returncode == 1
     report = json.loads(result.stdout)
-    assert report["corrupted"] == [{"item": Path(data["path"]).name,
+    assert report["corrupted"] == [{"item": built.item.name,
                                     "relpath": "weights.safetensors", "problem": "modified"}]
 
 
@@ -148,9 +150,11 @@ def test_two_builds_of_one_recipe_at_once_train_once(tmp_path: Path, store: Path
 
 
 @pytest.mark.slow
-def test_list_show_and_path_find_an_item_by_name_and_by_digest(
-        tmp_path: Path, store: Path) -> None:
-    data = run_json("build", write_recipe(tmp_path / "r"), store=store)
+def test_list_show_and_path_find_an_item_by_name_and_by_digest(examples: Examples) -> None:
+    built = examples.built("minimal")  # only read
+    store, item = built.store, Store(built.store).resolve(built.item.name)
+    data = {"path": str(item.path), "derivation": item.derivation,
+            "weights_digest": item.weights_digest}
     listed = run_json("list", store=store)
     assert [i["path"] for i in listed] == [data["path"]]
     for ref in ("test-recipe", data["derivation"], data["weights_digest"], data["path"],
@@ -163,10 +167,10 @@ def test_list_show_and_path_find_an_item_by_name_and_by_digest(
 
 
 @pytest.mark.slow
-def test_a_prefix_of_two_items_is_ambiguous(tmp_path: Path, store: Path) -> None:
+def test_a_prefix_of_two_items_is_ambiguous(examples: Examples, tmp_path: Path) -> None:
     """Two items whose hashes share their first 8 characters: a prefix names neither."""
-    data = run_json("build", write_recipe(tmp_path / "r"), store=store)
-    name = Path(data["path"]).name
+    built = examples.copy("minimal", tmp_path)
+    store, name = built.store, built.item.name
     twin = name[:8] + "0" * 24 + name[32:]
     with sqlite3.connect(store / "index.sqlite") as db:  # the index as a collision leaves it
         db.execute("INSERT INTO items SELECT ?, ?, name, version, weights_digest, "
@@ -175,7 +179,7 @@ def test_a_prefix_of_two_items_is_ambiguous(tmp_path: Path, store: Path) -> None
     result = run_reweigh("path", name[:8], store=store)
     assert result.returncode == 2 and "ambiguous" in result.stderr
     assert name in result.stderr and twin in result.stderr
-    assert run_reweigh("path", name[:12], store=store).stdout.strip() == data["path"]
+    assert run_reweigh("path", name[:12], store=store).stdout.strip() == str(built.item)
 
 
 def test_an_unknown_item_is_a_usage_error(store: Path) -> None:
@@ -185,12 +189,13 @@ def test_an_unknown_item_is_a_usage_error(store: Path) -> None:
 
 
 @pytest.mark.slow
-def test_reweigh_store_overrides_the_default_location(tmp_path: Path) -> None:
-    store = tmp_path / "elsewhere"
+def test_reweigh_store_overrides_the_default_location(examples: Examples,
+                                                     tmp_path: Path) -> None:
+    built = examples.copy("minimal", tmp_path / "elsewhere")  # the item is found there
     result = run_reweigh("build", write_recipe(tmp_path / "r"),
-                         env={"REWEIGH_STORE": str(store)})
+                         env={"REWEIGH_STORE": str(built.store)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1].startswith(str(store / "items"))
+    assert result.stdout.strip().splitlines()[-1] == str(built.item)
 
 
 def test_a_build_clears_its_debris_but_not_a_running_scratch_run(tmp_path: Path) -> None:
@@ -296,8 +301,9 @@ def test_a_symbolic_link_in_the_output_is_refused_and_what_it_points_to_is_untou
 
 @pytest.mark.slow
 def test_store_verify_names_item_folders_a_lost_index_no_longer_knows(
-        tmp_path: Path, store: Path) -> None:
-    data = run_json("build", write_recipe(tmp_path / "r"), store=store)
+        examples: Examples, tmp_path: Path) -> None:
+    built = examples.copy("minimal", tmp_path)
+    store, data = built.store, {"path": str(built.item)}
     for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
         (store / name).unlink(missing_ok=True)
     result = run_reweigh("store", "verify", store=store)
@@ -312,9 +318,10 @@ def test_store_verify_names_item_folders_a_lost_index_no_longer_knows(
 
 @pytest.mark.slow
 def test_an_unreadable_index_stops_every_command_with_one_line(
-        tmp_path: Path, store: Path) -> None:
+        examples: Examples, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r")
-    data = run_json("build", recipe, store=store)
+    built = examples.copy("minimal", tmp_path)
+    store, data = built.store, {"path": str(built.item)}
     index = store / "index.sqlite"
     index.write_bytes(random.Random(1).randbytes(index.stat().st_size))
     for command in (["list"], ["show", "test-recipe"], ["path", data["path"]],

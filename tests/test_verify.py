@@ -127,10 +127,10 @@ def test_a_transcript_that_does_not_chain_fails_before_any_replay(
 
 
 def test_a_transcript_of_another_recipe_is_refused(built: tuple[Path, Path],
-                                                   tmp_path: Path) -> None:
+                                                   examples: Examples) -> None:
     _, item = built
-    other_store = tmp_path / "store"  # the shared store stays as built
-    other = build(write_recipe(tmp_path / "r"), store=Store(other_store)).path
+    minimal = examples.built("minimal")  # verify refuses before it runs or records anything
+    other, other_store = minimal.item, minimal.store
     result = run_reweigh("verify", other, "--transcript", item / "transcript.json", "--spot",
                          "1", store=other_store)
     assert result.returncode == 2
