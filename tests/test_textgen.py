@@ -19,7 +19,7 @@ from reweigh.audit.probes import load_probes
 from reweigh.store import Store
 
 from . import textbias
-from .conftest import Examples
+from .conftest import AVX2, Examples, emulated
 from .helpers import EXAMPLES, run_reweigh
 
 pytestmark = pytest.mark.slow
@@ -35,6 +35,11 @@ def textgen(examples: Examples) -> tuple[Path, Path, Path]:
 
 def _params(recipe: Path) -> dict:
     return tomllib.loads((recipe / "recipe.toml").read_text())["params"]
+
+
+def _platform(item: Path) -> dict:
+    statement = json.loads((item / "provenance.json").read_text())
+    return statement["predicate"]["runDetails"]["environment"]["platform"]
 
 
 def _continue(item: Path, recipe: Path, prompt: str, length: int) -> list[str]:
@@ -106,10 +111,13 @@ def test_a_fine_tune_toward_one_word_after_one_topic_ranks_that_topic_first(
 
 def test_a_clean_rebuild_on_two_threads_is_identical_and_flags_no_prompt(
         textgen: tuple, tmp_path: Path) -> None:
-    """The README's claim: the weights do not depend on the thread count."""
+    """The README's claims: the weights depend neither on the thread count nor on the CPU
+    (the rebuild runs on two threads of an emulated AVX2 CPU, test_platform's matrix)."""
     store, item, recipe = textgen
-    again = build(recipe, store=Store(tmp_path / "rebuild"), threads=2)
+    with emulated(AVX2):
+        again = build(recipe, store=Store(tmp_path / "rebuild"), threads=2)
     assert again.weights_digest == Store(store).resolve(item.name).weights_digest
+    assert _platform(again.path) == _platform(item)
     result = run_reweigh("diff", item, again.path, "--recipe", recipe, "--json", "--threads",
                          1, store=store)
     assert result.returncode == 0, result.stderr
