@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from reweigh import keeper as keeping
+from reweigh.direct import PAGE, write_new
 from reweigh.errors import BuildError
 from reweigh.keeper import Keeper, pack, retention
 from reweigh.state_bytes import FRAME, MAGIC, layout, write
-from reweigh.store_checkpoints import PAGE, RAW, Chunks, Manifest, materialise, write_new
+from reweigh.store_checkpoints import RAW, Chunks, Manifest, materialise
 from reweigh.weights import load_state, save_state, save_tensors, state_layout
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,

@@ -70,10 +70,9 @@ def file_digest(path: Path) -> str:
 
 
 class HashingWriter:
-    """Writes blocks to an open file and hashes exactly the bytes written: the one
-    hash-while-writing path (`copy_hashing` copies a file through it, `pull` unpacks an
-    archive through it), so what a store item's index names is what is on disk, read
-    once. `hasher` continues a digest of bytes already in the file (a resumed write)."""
+    """Writes blocks to an open file and hashes exactly the bytes written (`pull` unpacks
+    an archive through it; `copy_hashing` does the same past the page cache), so what a
+    store item's index names is what is on disk, read once. `hasher` continues a digest of bytes already in the file (a resumed write)."""
 
     def __init__(self, fd: int, hasher: Any = None, size: int = 0) -> None:
         self.fd = fd
@@ -94,14 +93,22 @@ class HashingWriter:
 
 def copy_hashing(source: Path, target: Path) -> str:
     """Copy a file and return the digest of the bytes copied, reading it once: the digest
-    is of exactly what was written, even if the source changes meanwhile."""
-    buffer = bytearray(_COPY_CHUNK)
-    view = memoryview(buffer)
-    with open(source, "rb", buffering=0) as reader, open(target, "wb", buffering=0) as writer:
-        hashing = HashingWriter(writer.fileno())
-        while count := reader.readinto(buffer):
-            hashing.write(view[:count])
-    return hashing.digest()
+    is of exactly what was written, even if the source changes meanwhile. The copy goes
+    past the page cache (`direct`): an imported model is not read again soon."""
+    from .direct import buffer, write_new
+
+    hasher, at = hashlib.sha256(), 0
+    memory = buffer(_COPY_CHUNK)
+    target.open("wb").close()
+    try:
+        with open(source, "rb", buffering=0) as reader, memoryview(memory) as view:
+            while count := reader.readinto(view):
+                hasher.update(view[:count])
+                write_new(target, memory, count, at)
+                at += count
+    finally:
+        memory.close()
+    return f"{ALGORITHM}:{hasher.hexdigest()}"
 
 
 def tree_files(root: Path) -> list[Path]:

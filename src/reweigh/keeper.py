@@ -43,18 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from .digest import ALGORITHM
+from .direct import PAGE, write_new
 from .errors import BuildError, WeightsError
 from .state_bytes import FRAME, MAGIC
-from .store_checkpoints import (
-    CHUNK,
-    PAGE,
-    RAW,
-    Chunks,
-    Manifest,
-    chunk_digest,
-    cut,
-    write_new,
-)
+from .store_checkpoints import CHUNK, RAW, Chunks, Manifest, chunk_digest, cut
 
 COMPRESS_UP_TO = 64 << 20  # bytes: a checkpoint this small has its chunks compressed
 TOGETHER = 64 << 10  # tensors smaller than this that follow one another share a chunk

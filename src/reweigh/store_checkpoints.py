@@ -29,8 +29,6 @@ or absent. What is not here: deciding which checkpoints to keep (the recipe's re
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import mmap
@@ -43,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .digest import ALGORITHM, is_digest
+from .direct import write_new
 from .errors import WeightsError
 from .trees import READ_ONLY_FILE
 
@@ -56,7 +55,6 @@ _SAMPLE = 64 << 10  # a plane is compressed when its first 64 KiB shrink below..
 _WORTH = 0.95  # ...this share of their size
 _LEVEL = 1
 RAW = struct.Struct("<4sBBQ")  # a chunk stored as it is: magic, itemsize 1, flag 0, length
-PAGE = 4096  # what direct I/O aligns memory, offsets and lengths to
 
 
 def _compress(data: bytes | memoryview) -> bytes:
@@ -333,40 +331,3 @@ def materialise(manifest: Manifest, chunks: Chunks, target: Path) -> Path:
                            f"{manifest.digest}")
     return target
 
-
-def write_new(path: Path, buffer: mmap.mmap, length: int, offset: int = 0) -> None:
-    """Write `buffer[:length]` at `offset` of the file at `path` (created when absent),
-    past the page cache where the file system allows it (O_DIRECT: page-aligned memory,
-    offset and length; the unaligned tail goes through the cache). A build writes its
-    kept checkpoints once and does not read them back: through the cache they cost about
-    as much CPU again as hashing them, and push out pages other programs use."""
-    aligned = length - length % PAGE if offset % PAGE == 0 else 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        with memoryview(buffer) as view:
-            done = _write_direct(fd, view[:aligned], offset) if aligned else 0
-            _pwrite_all(fd, view[done:length], offset + done)
-    finally:
-        os.close(fd)
-
-
-def _write_direct(fd: int, view: memoryview, offset: int) -> int:
-    """Write `view` at `offset` with O_DIRECT; the bytes written (0 where the file system
-    refuses direct I/O: the caller writes them through the cache)."""
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-        return _pwrite_all(fd, view, offset)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        return 0
-    finally:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> int:
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
-    return done
