@@ -5,7 +5,7 @@ Layout under the root (`$REWEIGH_STORE`, else `$XDG_DATA_HOME/reweigh/store`):
     index.sqlite            items, their files, inputs, build attempts, checks, imports
     items/<hash>-<name>-<version>/   one build output, read-only once committed
     inputs/<hex>/<name>     inputs by content digest (downloads, recipe files, package data)
-    chunks/<2 hex>/<hex>    the chunks of kept checkpoints, by content, compressed
+    chunks/<2 hex>/<hex>    the chunks of kept checkpoints, by content (small ones compressed)
                             (`store_checkpoints`); an item keeps manifests naming them
     tmp/                    builds in progress; moved into items/ with one rename;
                             trash-*: what is being removed, moved aside first

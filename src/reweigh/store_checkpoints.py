@@ -1,30 +1,33 @@
-"""Checkpoints kept by content: split into chunks, compressed, stored once per store.
+"""Checkpoints kept by content: split into chunks, stored once per store.
 
 A training transcript's checkpoints are most of an item's size: digits-cnn's 35 were 17 MB
 beside 154 KB of weights, and a 1 GB model with Adam writes 3.2 GB at each. So an item
 does not hold its checkpoints as files. Each kept checkpoint is cut into chunks (its
 header, then each tensor's bytes in pieces of at most `CHUNK` bytes, cut at the tensor's
-own start so that an equal tensor gives equal chunks wherever it sits), and each chunk
-is stored once under `chunks/` by the SHA-256 of its bytes. The item keeps a small
-manifest per checkpoint (`checkpoints/step-N.json`: the checkpoint's digest, its size
-and its chunks in order). So what is equal is stored once: two checkpoints of a frozen
-layer, a base model's tensors in a head-only fine-tune of it, a rebuild's checkpoints.
+own start so that an equal tensor gives equal chunks wherever it sits; small tensors
+that follow one another may share one, `cut`), and each chunk is stored once under
+`chunks/` by the SHA-256 of its bytes. The item keeps a small manifest per checkpoint
+(`checkpoints/step-N.json`: the checkpoint's digest, its size and its chunks in order).
+So what is equal is stored once: two checkpoints of a frozen layer, a base model's
+tensors in a head-only fine-tune of it, a rebuild's checkpoints.
 
-Compression: a float tensor's bytes are stored as byte planes (the k-th byte of every
-element together, as Blosc's shuffle filter does), and each plane is compressed with
-Zstandard (level 1, the `zstandard` package the cache uses too) only when a sample of it
-shrinks: float32 weights and optimiser moments keep
-their sign and exponent byte in a narrow range (it compresses to about a third) while
-their mantissa bytes are noise that zstd only slows down on. On checkpoints of
-digits-cnn and of a 4096-wide layer under Adam this kept 0.82-0.84 of the bytes, the
-same as compressing every plane, at about four times the speed.
+A chunk's stored form (`encode`) is its byte planes (the k-th byte of every element
+together, as Blosc's shuffle filter does), each compressed with Zstandard (level 1, the
+`zstandard` package the cache uses too) only when a sample of it shrinks: float32
+weights and optimiser moments keep their sign and exponent byte in a narrow range (it
+compresses to about a third) while their mantissa bytes are noise. That keeps about 0.82
+of a checkpoint's bytes at some 2.5 s of CPU per GB, so only small checkpoints get it
+(`keeper.COMPRESS_UP_TO`); a large one's chunks are stored as they are (`put_raw`: the
+same form with one plane, flagged not compressed), written from the buffer they were
+read into, past the page cache (`direct`).
 
 A checkpoint is read back (`materialise`) by joining its chunks, and is only handed out
 when the whole file has its recorded digest; a chunk whose bytes no longer have the
 digest it is named by is damage, reported by `store verify` and never used. Chunk files
 are written under a temporary name and renamed, read-only, so a chunk is either whole
-or absent. What is not here: deciding which checkpoints to keep (the recipe's retention,
-`transcript.kept_indices`) and when a chunk is garbage (`Store.forget`, under the gc lock).
+or absent. What is not here: reading a build's checkpoints (`keeper`), deciding which to
+keep (the recipe's `Retention`) and when a chunk is garbage (`Store.forget`, under the gc
+lock).
 """
 
 from __future__ import annotations
