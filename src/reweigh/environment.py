@@ -63,7 +63,16 @@ def build_env(threads: int, platform: numerics.Platform) -> dict[str, str]:
     machine without AVX-512 would, say); the record then names them."""
     count = str(threads)
     return {**PINNED_ENV, "OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count,
-            "OPENBLAS_NUM_THREADS": count, **platform.env}
+            "OPENBLAS_NUM_THREADS": count, "OMP_WAIT_POLICY": WAIT_POLICY, **platform.env}
+
+
+# OpenMP threads that wait for work sleep instead of spinning. It decides no bit (how a
+# thread waits, not what it computes: the thread tests build on one thread and on two
+# with it), so the platform record leaves it out. On a busy two-core machine a spinning
+# thread whose partner was descheduled burns its slices: 1500 steps of a small MLP on
+# two threads took 131-150 s spinning and 5.5-6.7 s passive (one thread: 2.1-6.0 s),
+# at load average 12 (bench/README.md, "Threads").
+WAIT_POLICY = "PASSIVE"
 
 
 def apply_torch_numerics(threads: int) -> None:
