@@ -288,25 +288,33 @@ def digits_cnn(examples: Examples) -> tuple[Path, Path]:
 def backdoor_diff(digits_cnn: tuple[Path, Path],
                   tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`reweigh diff` of the clean digits-cnn against a copy with a planted trigger (fc1 only
-    fine-tuned, patch -> class 3), run once through the real command with --report."""
+    fine-tuned, patch -> class 3), run once through the real command with --report (once
+    per run: pytest-xdist workers read what the first one wrote, as with the examples)."""
+    from dataclasses import asdict
+
     import torch
 
     from . import backdoor
     from .helpers import run_reweigh
 
     store, item = digits_cnn
-    folder = tmp_path_factory.mktemp("backdoor")
-    suspect = folder / "published.safetensors"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny network: on a busy machine more threads only spin
-    try:
-        planted = backdoor.plant(item / "weights.safetensors", suspect, target=3,
-                                 layers=("fc1.",))
-    finally:
-        torch.set_num_threads(threads)
-    report = folder / "report.html"
-    result = run_reweigh("diff", item, suspect, "--recipe", EXAMPLES / "digits-cnn", "--json",
-                         "--report", report, "--threads", 1, store=store)
-    assert result.returncode in (0, 1), result.stderr
-    return {"planted": planted, "code": result.returncode, "report": json.loads(result.stdout),
-            "html": report, "suspect": suspect}
+    folder = shared_temp(tmp_path_factory, "backdoor")
+    suspect, report, record = (folder / "published.safetensors", folder / "report.html",
+                               folder / "diff.json")
+    with _locked(folder.with_suffix(".lock")):
+        if not record.exists():
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # a tiny network: on a busy machine more threads spin
+            try:
+                planted = backdoor.plant(item / "weights.safetensors", suspect, target=3,
+                                         layers=("fc1.",))
+            finally:
+                torch.set_num_threads(threads)
+            result = run_reweigh("diff", item, suspect, "--recipe", EXAMPLES / "digits-cnn",
+                                 "--json", "--report", report, "--threads", 1, store=store)
+            assert result.returncode in (0, 1), result.stderr
+            record.write_text(json.dumps({"planted": asdict(planted), "code": result.returncode,
+                                          "report": json.loads(result.stdout)}))
+    seen = json.loads(record.read_text())
+    return {"planted": backdoor.Backdoor(**seen["planted"]), "code": seen["code"],
+            "report": seen["report"], "html": report, "suspect": suspect}
