@@ -57,16 +57,21 @@ def report(runs: dict[int, list[dict]], args: argparse.Namespace) -> None:
     print(f"connect4-zero self-play as Ray tasks: {args.shards} shards of "
           f"{args.games // args.shards} games, 50 simulations a move; {args.rounds} rounds, "
           f"fresh processes, alternating; load average {os.getloadavg()[0]:.1f} at the end")
-    print("| Ray workers | start-up | play (median) | speed-up | positions/s | peak RSS per "
-          "worker | Ray's own processes | results |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| Ray workers | start-up | play (median) | speed-up | positions/s | CPU s of each "
+          "worker, of Ray's own, of the driver | peak RSS per worker | Ray's own RSS | "
+          "results |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n, rs in runs.items():
         digests = {r["digest"] for r in rs}
         workers = [m for r in rs for m in r["worker_peak_mib"]]
         each = ", ".join(f"{r['play']:.2f}" for r in rs)
+        mid = sorted(rs, key=lambda r: r["play"])[len(rs) // 2]
+        cpu = (f"{' + '.join(f'{c:.1f}' for c in mid['worker_cpu'])}, "
+               f"{mid['ray_own_cpu']:.1f}, {mid['driver_cpu']:.1f}")
         print(f"| {n} | {statistics.median(r['startup'] for r in rs):.1f} s | "
               f"{median[n]:.2f} s ({each}) | "
               f"{median[base] / median[n]:.2f}x | {rs[0]['positions'] / median[n]:.0f} | "
+              f"{cpu} | "
               f"{min(workers):.0f}-{max(workers):.0f} MiB | "
               f"{statistics.median(r['ray_own_mib'] for r in rs):.0f} MiB | "
               f"{'/'.join(d[:12] for d in digests)} |")
@@ -98,26 +103,53 @@ def one_run(workers: int, games: int, shards: int) -> dict:
     engine.map(_noop, [0, 1])  # the cluster, up
     startup = time.perf_counter() - started
     engine.map(selfplay.play_shard, tasks)  # every worker has loaded torch and the network
+    before = _cpu_seconds()
     started = time.perf_counter()
     results = engine.map(selfplay.play_shard, tasks)
     play = time.perf_counter() - started
+    after = _cpu_seconds()
     memory = _ray_memory()
     engine.close()
     digest = hashlib.sha256()
     for shard in results:
         for key in sorted(shard):
             digest.update(shard[key].tobytes())
+    used = {key: after[key] - before.get(key, 0.0) for key in after}
     return {"startup": startup, "play": play, "digest": digest.hexdigest(),
-            "positions": int(sum(int(s["plies"].sum()) for s in results)), **memory}
+            "positions": int(sum(int(s["plies"].sum()) for s in results)), **memory,
+            "worker_cpu": sorted((v for k, v in used.items() if k[1] == "worker"),
+                                 reverse=True),
+            "ray_own_cpu": sum(v for k, v in used.items() if k[1] == "own"),
+            "driver_cpu": sum(v for k, v in used.items() if k[1] == "driver")}
+
+
+def _cpu_seconds() -> dict[tuple[int, str], float]:
+    """CPU seconds (user + system) so far of this process and each of its descendants,
+    by (pid, kind): the driver, a Ray worker (`ray::` task process) or Ray's own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for pid in [os.getpid(), *_descendants()]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        kind = ("driver" if pid == os.getpid() else
+                "worker" if _is_worker(command) else "own")
+        seconds[pid, kind] = (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
+def _is_worker(command: str) -> bool:
+    return command.startswith("ray::") and command not in ("ray::DashboardAgent",
+                                                            "ray::RuntimeEnvAgent")
 
 
 def _noop(x: int) -> int:
     return x
 
 
-def _ray_memory() -> dict:
-    """Peak RSS of each Ray worker (`ray::` processes) and the current RSS of Ray's own
-    processes, among this process's descendants."""
+def _descendants() -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -132,16 +164,21 @@ def _ray_memory() -> dict:
         kids = children.get(pid, [])
         mine += kids
         todo += kids
+    return mine
+
+
+def _ray_memory() -> dict:
+    """Peak RSS of each Ray worker (`ray::` processes) and the current RSS of Ray's own
+    processes, among this process's descendants."""
     workers, own = [], 0.0
-    for pid in mine:
+    for pid in _descendants():
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
             status = dict(line.split(":", 1) for line in
                           Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
         except OSError:
             continue
-        if command.startswith("ray::") and command not in ("ray::DashboardAgent",
-                                                           "ray::RuntimeEnvAgent"):
+        if _is_worker(command):
             workers.append(int(status["VmHWM"].split()[0]) / 1024)
         else:
             own += int(status.get("VmRSS", "0 kB").split()[0]) / 1024

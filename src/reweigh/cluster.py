@@ -4,8 +4,8 @@ With `--workers N`, `ctx.map` hands its items to Ray as tasks instead of the bui
 process pool: to a one-node Ray cluster that this module starts inside the sandbox at the
 first map (N CPUs, a small object store, no dashboard, no usage report, its files in the
 build's private /tmp) and stops when the training ends; with `--cluster ADDRESS`, to an
-existing cluster, which the build joins as a driver and leaves. A recipe that never maps
-starts nothing.
+existing cluster, which the build joins through a Ray node of its own with no CPUs,
+started in its sandbox, and leaves. A recipe that never maps starts nothing.
 
 A task's result must not depend on where it runs, so each one runs as a call of the
 build's own pool does: on one intra-op thread, with the build's pinned numerics, under
@@ -235,10 +235,9 @@ class Engine:
                 self._join(ray, self.tasks.address)
         except Exception as e:
             self.close()
-            if self.tasks.address is None:
-                raise
-            raise ClusterLost(f"cannot join the Ray cluster at {self.tasks.address}: "
-                              f"{' '.join(str(e).split())[:300]}") from e
+            what = (f"join the Ray cluster at {self.tasks.address}" if self.tasks.address
+                    else "start the local Ray cluster")
+            raise ClusterLost(f"cannot {what}: {' '.join(str(e).split())[:300]}") from e
         self._ray = ray
         self._remote = ray.remote(run_task).options(
             num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
