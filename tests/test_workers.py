@@ -50,8 +50,8 @@ def test_workers_summing_their_subtrees_give_the_bits_of_the_whole_tree() -> Non
             for rank in range(workers):
                 for lo, hi in shards.frontier(0, count, owned(count, workers, rank)):
                     known[lo, hi] = tree_sum(rows[lo:hi])
-            total, _ = shards.subtree_sum(0, count, lambda lo, hi: (known[lo, hi], False)
-                                          if (lo, hi) in known else None)
+            total, _ = shards.subtree_sum(0, count, lambda lo, hi, known=known: (
+                (known[lo, hi], False) if (lo, hi) in known else None))
             assert torch.equal(total, reference), (count, workers)
             assert sum(hi - lo for lo, hi in known) == count  # every shard in one subtree
     assert [len(shards.frontier(0, 24, owned(24, w, r))) for w in (2, 4, 8)
