@@ -340,6 +340,25 @@ def train(ctx):  # what the runtime's own event would say, written to its pipe b
     assert outside.read_text() == "keep me" and not Store(tmp_path / "store").items()
 
 
+@pytest.mark.slow
+def test_bytes_that_are_not_a_checkpoint_down_the_pipe_fail_the_build(tmp_path: Path) -> None:
+    forger = """
+import os
+import numpy as np
+
+def train(ctx):  # what is not a checkpoint frame, down the builder's pipe by hand
+    os.write(int(os.environ["REWEIGH_CHECKPOINT_FD"]), b"twenty bytes or more, no frame")
+    ctx.checkpoint(1, {"w": np.zeros(2, np.float32)}, final=True)
+    ctx.save_weights({"w": np.zeros(2, np.float32)})
+"""
+    recipe = write_recipe(tmp_path / "r", forger, build="checkpoint_every = 1")
+    with pytest.raises(BuildError, match="could not be kept: the build's checkpoint pipe: "
+                       "not a checkpoint frame"):
+        build(recipe, store=Store(tmp_path / "store"), sandbox="none")
+    store = Store(tmp_path / "store")
+    assert not store.items() and not list(store.chunks.all())
+
+
 # --- the pure plan ----------------------------------------------------------------------------
 
 def _segments(count: int) -> list[Segment]:

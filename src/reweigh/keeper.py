@@ -181,9 +181,17 @@ class Keeper:
                 and all(s != step for s, _ in self.reported)):
             raise BuildError(f"the build reported a checkpoint {file!r} at step {step!r} "
                              "that is not one the runtime writes")
-        if self.failure is not None:
-            raise BuildError(f"a checkpoint could not be kept: {self.failure}")
+        if (failed := self.failed()) is not None:
+            raise failed
         self.reported.append((step, file))
+
+    def failed(self) -> BuildError | None:
+        """Why a checkpoint could not be kept, if one could not: the reader stopped and
+        closed its end, so the build process failed too (a broken pipe), and this is
+        the reason to give."""
+        if self.failure is None:
+            return None
+        return BuildError(f"a checkpoint could not be kept: {self.failure}")
 
     def finish(self) -> list[Kept]:
         """After the build process has ended: every checkpoint it reported, in order,
@@ -192,9 +200,8 @@ class Keeper:
         self.ended.set()
         if self.reader is not None:
             self.reader.join()
-        if self.failure is not None:
-            raise BuildError(f"a checkpoint could not be kept: {self.failure}") \
-                from self.failure
+        if (failed := self.failed()) is not None:
+            raise failed from self.failure
         if not self.taken and self.reported:
             self._from_files()
         self._end_window()

@@ -224,6 +224,9 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
                                hidden=hidden_paths(store.root, the_plan.recipe.directory),
                                watch=lambda event: _checkpointed(keeper, event),
                                checkpoints=keeper.stream())
+            if result.returncode and (failed := keeper.failed()) is not None:
+                failed.details = log_tail(log)
+                raise failed  # the reason, not the broken pipe the build process saw
             raise_for_failure(result, log, f"{what} {recipe.name}", recipe.directory)
             if _input_stats(the_plan) != before:
                 raise BuildError("an input changed during the build; inputs are read-only",
