@@ -72,7 +72,8 @@ def file_digest(path: Path) -> str:
 class HashingWriter:
     """Writes blocks to an open file and hashes exactly the bytes written (`pull` unpacks
     an archive through it; `copy_hashing` does the same past the page cache), so what a
-    store item's index names is what is on disk, read once. `hasher` continues a digest of bytes already in the file (a resumed write)."""
+    store item's index names is what is on disk, read once. `hasher` continues a digest
+    of bytes already in the file (a resumed write)."""
 
     def __init__(self, fd: int, hasher: Any = None, size: int = 0) -> None:
         self.fd = fd
