@@ -13,10 +13,13 @@ recipe's parameters) run three ways, each in fresh processes on one thread apiec
 It prints per configuration the median seconds a step (after warm-up steps, over
 alternating rounds), the speed-up over one worker, the fixed order's cost against DDP
 (step-time ratio; and the seconds a step spent in the gather of the workers' subtree
-sums, the wait for the slowest worker included),
-each worker's peak memory (ru_maxrss, and its growth over the process after imports),
-and the digest of the weights after the steps: one digest for every worker count of
-`shards`, while DDP's follow the world size (`ddp` on 1 worker is run for that).
+sums, the wait for the slowest worker included), the speed-up and the cost also by CPU
+seconds a step of one worker (what the ratios would be with a core for each worker and
+no waiting: on a machine busy with other work, two workers get two shares of it whatever
+its cores, and wall-time ratios mislead), each worker's peak memory (ru_maxrss, and its
+growth over the process after imports), and the digest of the weights after the steps:
+one digest for every worker count of `shards`, while DDP's follow the world size (`ddp`
+on 1 worker is run for that).
 
 Goals (issue 14): speed-up from 1 to 2 workers >= 1.7x on the 2-core machine; shards
 over DDP at the same world size <= 1.25x. Wall time on a shared machine is mostly other
@@ -273,17 +276,21 @@ def report(results: dict[Run, list[Measured]], counts: list[int]) -> None:
         return statistics.median(getattr(m, key) for m in results[run])
 
     one = median(Run("shards", 1), "step_s")
-    print("\n| run | s a step (median) | CPU s a step | gather s a step | speed-up over "
-          "1 worker | vs DDP, same workers | peak MiB a worker (growth) | weights |")
+    one_cpu = median(Run("shards", 1), "cpu_s")
+    print("\n| run | s a step (median) | CPU s a step, a worker | gather s a step | speed-up "
+          "over 1 worker (by CPU) | vs DDP, same workers (by CPU) | peak MiB a worker "
+          "(growth) | weights |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in results:
         step = median(run, "step_s")
+        cpu = median(run, "cpu_s")
         same = Run("ddp", run.workers)
-        versus = (f"{step / median(same, 'step_s'):.2f}x"
+        versus = (f"{step / median(same, 'step_s'):.2f}x ({cpu / median(same, 'cpu_s'):.2f}x)"
                   if run.mode == "shards" and same in results else "")
         digests = {m.digest for m in results[run]}
-        print(f"| {run.mode} x{run.workers} | {step:.3f} | {median(run, 'cpu_s'):.3f} | "
-              f"{median(run, 'exchange_s'):.3f} | {one / step:.2f}x | {versus} | "
+        print(f"| {run.mode} x{run.workers} | {step:.3f} | {cpu:.3f} | "
+              f"{median(run, 'exchange_s'):.3f} | {one / step:.2f}x ({one_cpu / cpu:.2f}x) | "
+              f"{versus} | "
               f"{max(m.peak_mib for m in results[run]):.0f} "
               f"(+{max(m.growth_mib for m in results[run]):.0f}) | "
               f"{'/'.join(d[:12] for d in sorted(digests))} |")
