@@ -54,12 +54,15 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str
 
 
 def _state(seed: int, width: int = 16) -> dict[str, object]:
+    """A training state shaped like `ctx.training_state`'s: a model, an optimiser's
+    integer-keyed state with moments and step counters, a generator, and plain values
+    (made by hand: a first optimiser step would import torch._dynamo, seconds)."""
     torch.manual_seed(seed)
     model = torch.nn.Linear(width, width)
-    optimizer = torch.optim.Adam(model.parameters())
-    model(torch.randn(4, width)).square().mean().backward()
-    optimizer.step()
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    moments = {i: {"step": torch.tensor(float(seed)), "exp_avg": torch.randn_like(p),
+                   "exp_avg_sq": torch.rand_like(p)} for i, p in enumerate(model.parameters())}
+    return {"model": model.state_dict(),
+            "optimizer": {"state": moments, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
             "torch_rng": torch.get_rng_state(), "step": seed, "note": [1.0, ("a", None)]}
 
 
@@ -257,8 +260,8 @@ def test_a_frame_cut_short_by_the_end_of_the_build_fails_it(tmp_path: Path) -> N
     fd = keeper.stream()
     os.write(fd, FRAME.pack(MAGIC, 2, 1000) + bytes(10))
     os.close(fd)
-    keeper.add(2, "checkpoints/step-000000002.safetensors")
-    with pytest.raises(BuildError, match="cut short"):
+    with pytest.raises(BuildError, match="cut short"):  # from the report of it, or at the end
+        keeper.add(2, "checkpoints/step-000000002.safetensors")
         keeper.finish()
     keeper.close()
 
