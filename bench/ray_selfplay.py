@@ -99,17 +99,19 @@ def one_run(workers: int, games: int, shards: int) -> dict:
               "seed": [0, 0, s], "search": params["search"]} for s in range(shards)]
     engine = cluster.Engine(cluster.Tasks(workers, None, str(EXAMPLE), (), numerics.NATIVE),
                             lambda *a, **k: None)
-    started = time.perf_counter()
-    engine.map(_noop, [0, 1])  # the cluster, up
-    startup = time.perf_counter() - started
-    engine.map(selfplay.play_shard, tasks)  # every worker has loaded torch and the network
-    before = _cpu_seconds()
-    started = time.perf_counter()
-    results = engine.map(selfplay.play_shard, tasks)
-    play = time.perf_counter() - started
-    after = _cpu_seconds()
-    memory = _ray_memory()
-    engine.close()
+    try:
+        started = time.perf_counter()
+        engine.map(_noop, [0, 1])  # the cluster, up
+        startup = time.perf_counter() - started
+        engine.map(selfplay.play_shard, tasks)  # every worker has loaded torch, the network
+        before = _cpu_seconds()
+        started = time.perf_counter()
+        results = engine.map(selfplay.play_shard, tasks)
+        play = time.perf_counter() - started
+        after = _cpu_seconds()
+        memory = _ray_memory()
+    finally:
+        engine.close()
     digest = hashlib.sha256()
     for shard in results:
         for key in sorted(shard):
