@@ -280,6 +280,10 @@ def test_a_build_on_an_existing_cluster_says_so_in_its_provenance(
     assert isolation["seccomp"] == "filter" and isolation["pid_namespace"] is True
     shown = run_reweigh("show", built["path"], store=tmp_path / "store")
     assert f"Ray cluster at {address}" in shown.stdout and "outside" in shown.stdout
+    judged = run_json("challenge", tmp_path / "r", "--published",
+                      Path(built["path"]) / "weights.safetensors", store=tmp_path / "store")
+    assert judged["verdict"] == "identical"
+    assert any(f"Ray cluster at {address}" in reason for reason in judged["reasons"])
     _no_ray_left(but=(process.pid,))
     # the derivation is the plain build's: --cluster and --workers are not part of it
     assert built["derivation"] == plain["derivation"]
