@@ -50,6 +50,9 @@ from .store_checkpoints import CHUNK, RAW, Chunks, Manifest, chunk_digest, cut
 
 COMPRESS_UP_TO = 64 << 20  # bytes: a checkpoint this small has its chunks compressed
 TOGETHER = 64 << 10  # tensors smaller than this that follow one another share a chunk
+# Hashing runs at about 2 GB/s a core, faster than a pipe delivers: more threads would only
+# hold more buffers (2 per thread and one, of 8 MiB each: 72 MiB at most).
+MOST_THREADS = 4
 PIPE_SIZE = 1 << 20  # what an unprivileged process may ask a pipe to hold
 POLL_MS = 200  # how often a reader waiting on the pipe looks whether the build has ended
 
@@ -146,7 +149,7 @@ class Keeper:
                  threads: int) -> None:
         self.out, self.chunks, self.every, self.last = out, chunks, every, last
         self.scratch = out.parent / "checkpoints-waiting"  # out of the build's sight
-        self.threads = max(1, threads)
+        self.threads = min(max(1, threads), MOST_THREADS)
         self.workers = ThreadPoolExecutor(self.threads, thread_name_prefix="chunks")
         self.buffers = Buffers(2 * self.threads + 1)
         self.reported: list[tuple[int, str]] = []
