@@ -110,7 +110,7 @@ def steps_side_by_side(args: argparse.Namespace) -> None:
         runs.append(Run("ddp", 1))
     print(f"{args.recipe.parent.name}: width {params['width']}, {params['layers']} layers, "
           f"context {params['context']}, batch {params['batch_size']}, shards "
-          f"{params['shards']}; {args.warmup} + {args.steps} steps, {args.rounds} rounds; "
+          f"{params['batch_shards']}; {args.warmup} + {args.steps} steps, {args.rounds} rounds; "
           f"load average {_load()}")
     results: dict[Run, list[Measured]] = {run: [] for run in runs}
     setup = Setup(params, str(args.recipe.parent), args.steps, args.warmup)
@@ -213,7 +213,7 @@ def worker(run: Run, rank: int, meeting: str, setup: Setup, queue: Any) -> None:
         trained = torch.nn.parallel.DistributedDataParallel(model)
     workers = shards.Workers(run.workers, rank)
     exchange = _timed_exchange(workers)
-    batch, t, count = params["batch_size"], config.context, params["shards"]
+    batch, t, count = params["batch_size"], config.context, params["batch_shards"]
     draws = torch.Generator().manual_seed(0)
     for step in range(warmup + steps):
         if step == warmup:

@@ -73,7 +73,7 @@ def test_shard_seeds_differ_between_shards_and_steps() -> None:
 @pytest.mark.parametrize("value", [0, -2, 2.5, "4", True])
 def test_a_bad_shards_parameter_is_refused(value: object) -> None:
     with pytest.raises(ValueError, match="shards"):
-        shard_count({"shards": value})
+        shard_count({"batch_shards": value})
 
 
 def test_shard_gradients_add_up_to_the_whole_batch_gradient() -> None:
@@ -148,7 +148,7 @@ def train(ctx):
 
 
 def bn_recipe(where: Path, die_at: int = 0) -> Path:
-    return write_recipe(where, BN_TRAIN, params=f"shards = 4\ndie_at = {die_at}")
+    return write_recipe(where, BN_TRAIN, params=f"batch_shards = 4\ndie_at = {die_at}")
 
 
 @pytest.mark.slow

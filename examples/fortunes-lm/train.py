@@ -1,7 +1,7 @@
 """Train the character model on the training fortunes with AdamW, in fixed shards.
 
 A step is one batch of random windows of the training text, drawn from a generator
-seeded by the recipe. The batch is cut into `shards` fixed parts; `ctx.backward_shards`
+seeded by the recipe. The batch is cut into `batch_shards` fixed parts; `ctx.backward_shards`
 runs each part's forward and backward on its own and adds the gradients in one fixed
 order, so `reweigh build --workers N` gives the same weights for every N that shares the
 shards. The learning rate is a function of the step alone (warm-up, then a cosine down to

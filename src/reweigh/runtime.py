@@ -166,7 +166,7 @@ class BuildContext:
 
     @property
     def shards(self) -> int:
-        """How many shards each step's batch is split into: the recipe's `shards`
+        """How many shards each step's batch is split into: the recipe's `batch_shards`
         parameter (part of the derivation), 1 when it has none."""
         return shard_count(self.params)
 
@@ -187,7 +187,7 @@ class BuildContext:
         the same for every N. Call `optimizer.step()` after it, as after `backward()`."""
         if len(batches) != self.shards:
             raise ValueError(f"ctx.backward_shards: {len(batches)} batches for "
-                             f"{self.shards} shards (the recipe's `shards` parameter)")
+                             f"{self.shards} shards (the recipe's `batch_shards` parameter)")
         return shards.backward(model, loss_of, batches, self.workers)
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:

@@ -1,6 +1,6 @@
 """Fixed virtual shards: the same bits whatever the number of workers.
 
-A recipe splits each step's batch into a fixed number of shards (its `shards`
+A recipe splits each step's batch into a fixed number of shards (its `batch_shards`
 parameter, part of the derivation). Each shard's forward and backward runs as it would
 alone: from the same parameters, the same buffers and a random generator seeded for that
 shard. The shard gradients are then added in one fixed order, a balanced binary tree over
@@ -33,10 +33,10 @@ Loss = Callable[[Any], "torch.Tensor"]
 
 
 def shard_count(params: Mapping[str, Any]) -> int:
-    """A recipe's shards per step: its `shards` parameter, 1 without one."""
-    count = params.get("shards", 1)
+    """A recipe's shards per step: its `batch_shards` parameter, 1 without one."""
+    count = params.get("batch_shards", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"the recipe's `shards` parameter must be a positive integer, "
+        raise ValueError(f"the recipe's `batch_shards` parameter must be a positive integer, "
                          f"not {count!r}")
     return count
 
