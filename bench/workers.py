@@ -30,9 +30,12 @@ fresh stores, on 1 worker and on each N, alternating over the rounds: wall time,
 speed-up, and the weights digest of each (start-up, evaluation and samples included:
 what a user waits for).
 
+The workers start with a build's environment: the numerics platform's kernel caps
+(`--platform`, default the recipe default), the pinned settings, one thread.
+
 Usage: python bench/workers.py [--workers 2 ...] [--steps 8] [--warmup 2] [--rounds 3]
                                [--recipe examples/fortunes-lm/recipe.toml] [--no-ddp-1]
-                               [--builds STEPS] [--skip-steps]
+                               [--builds STEPS] [--skip-steps] [--platform P]
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ def main() -> None:
                         help="also time whole builds of the recipe cut to STEPS steps")
     parser.add_argument("--skip-steps", action="store_true",
                         help="only the whole builds")
+    parser.add_argument("--platform", default="portable",
+                        help="the numerics platform the workers run on, as a build's do "
+                        "(default: the recipe default, portable: x86-64-v3 on x86-64)")
     args = parser.parse_args()
     if not args.skip_steps:
         steps_side_by_side(args)
@@ -104,6 +110,13 @@ def main() -> None:
 
 
 def steps_side_by_side(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    from reweigh import environment, numerics
+
+    # the environment a build's process starts with (kernels capped at the platform's
+    # level: AVX2 for x86-64-v3 on this AVX-512 machine), for the spawned workers
+    platform = numerics.here(numerics.default_name(args.platform, numerics.machine_arch()))
+    os.environ.update(environment.build_env(1, platform))
     params = tomllib.loads(args.recipe.read_text())["params"]
     runs = [Run("shards", 1), *(Run(mode, n) for n in args.workers for mode in ("shards", "ddp"))]
     if not args.no_ddp_1:
