@@ -26,7 +26,7 @@ from torch.nn import functional as F
 @dataclass(frozen=True)
 class Config:
     vocab: int  # characters the model knows (corpus.ALPHABET)
-    context: int = 256  # characters it sees at once: most fortunes whole (median 97)
+    context: int = 128  # characters it sees at once: most fortunes whole (median 97)
     layers: int = 4
     heads: int = 4
     width: int = 128  # embedding size; heads * head size
