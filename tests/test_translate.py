@@ -171,9 +171,10 @@ def _direct(item: Path, *texts: str) -> list[str]:
     """What the item's own network says, loaded here without the program."""
     import translate
 
-    model, vocabulary = translate.load(item)
+    model, vocabulary, beam = translate.load(item)
+    assert beam == 2  # smoke.toml's: the program searches as the evaluation did
     return [vocabulary.decode(ids) for ids in model.translate([vocabulary.encode(t)
-                                                               for t in texts])]
+                                                               for t in texts], beam)]
 
 
 PROMPTS = ("Open file", "German keyboard", "Show hidden files", "Screen brightness")
@@ -239,3 +240,30 @@ def test_the_guix_export_names_each_debian_package_with_its_hash(
         assert f'("{digest}"' in text and nix_base32(f"sha256:{digest}") in text
         assert f"/{name}\")" in text
     assert "license:lgpl2.1+" in text and '"python-sacrebleu"' in text
+
+
+def test_incremental_decoding_gives_the_full_decoders_probabilities() -> None:
+    """Search keeps each decoder layer's keys and values and reads one piece a step; what
+    it answers must be what the whole decoder answers at each position, and greedy
+    search must write the full decoder's best piece at every step."""
+    import seq2seq
+    import torch
+
+    torch.manual_seed(0)
+    model = seq2seq.Translator(seq2seq.Config(40, 16, 2, 1, 2, 12, 0.0)).eval()
+    sources = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16]]
+    target = torch.randint(4, 40, (3, 6))
+    x = seq2seq.batch(sources, 12, wrap=True)
+    with torch.no_grad():
+        full = torch.log_softmax(model(x, target), dim=-1)  # (B, T, vocab)
+        search = seq2seq.Search(model, sources, 1, None)
+        steps = torch.stack([search.step(target[:, i:i + 1], i) for i in range(6)], 1)
+        assert (full - steps).abs().max() < 1e-5
+        out = torch.full((3, 1), subwords.BOS)
+        for _ in range(11):
+            out = torch.cat([out, model(x, out)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    for row, said in zip(out.tolist(), model.translate(sources), strict=True):
+        written = row[1:]
+        ended = written.index(subwords.EOS) if subwords.EOS in written else len(written)
+        assert said == written[:ended]
+    assert all(len(t) <= 11 for t in model.translate(sources, beam=3))

@@ -26,7 +26,7 @@ def evaluate(ctx) -> dict:
     english = [pair.english for pair in test_pairs]
     references = [[pair.german for pair in test_pairs]]
     sources = [vocabulary.encode(text) for text in english]
-    translated = [vocabulary.decode(ids) for ids in _translate(model, sources)]
+    translated = [vocabulary.decode(ids) for ids in _translate(model, sources, p["beam"])]
     dictionary = Dictionary((pair.english, pair.german) for pair in train_pairs)
     metrics = {"train_pairs": len(train_pairs), "test_pairs": len(test_pairs)}
     for name, hypotheses in (("", translated), ("_copy", copy(english)),
@@ -41,10 +41,10 @@ def evaluate(ctx) -> dict:
     return {"metrics": metrics, "predictions": chosen}
 
 
-def _translate(model: Translator, sources: list[list[int]]) -> list[list[int]]:
+def _translate(model: Translator, sources: list[list[int]], beam: int) -> list[list[int]]:
     out = []
     for start in range(0, len(sources), BATCH):
-        out.extend(model.translate(sources[start:start + BATCH]))
+        out.extend(model.translate(sources[start:start + BATCH], beam))
     return out
 
 

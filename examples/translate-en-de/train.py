@@ -5,9 +5,11 @@ so every replay of a segment learns the same one). The pairs are then cut into b
 similar length (sorted by length, at most `batch_tokens` pieces a batch, padding
 included), so that little is spent on padding; each step trains on a batch drawn at
 random, with AdamW, the learning rate warmed up linearly and decayed as a cosine. The
-whole training state (model, optimiser, schedule position, the batch generator and
-torch's own, which drives dropout) is checkpointed every step and kept every
-`checkpoint_every` steps.
+weights saved are a running average of the trained ones (Polyak averaging, decay
+`average`: about the last 1/(1 - average) steps; 0 keeps the last step's), which smooths
+out the noise of the last updates. The whole training state (model, average, optimiser,
+schedule position, the batch generator and torch's own, which drives dropout) is
+checkpointed every step and kept every `checkpoint_every` steps.
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ def train(ctx) -> None:
                                   weight_decay=p["weight_decay"])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _rate(p["warmup"], p["steps"]))
     order = torch.Generator().manual_seed(ctx.seed)
-    first = ctx.resume_into(model, optimizer, order, scheduler=schedule).get("step", 0) + 1
+    state = ctx.resume_into(model, optimizer, order, scheduler=schedule)
+    first = state.get("step", 0) + 1
+    average = state.get("average") or {k: v.detach().clone()
+                                       for k, v in model.state_dict().items()}
+    decay = p["average"]
     batches = by_length(sources, targets, p["batch_tokens"], p["context"])
     model.train()
     for step in range(first, p["steps"] + 1):
@@ -44,12 +50,14 @@ def train(ctx) -> None:
         loss = _step(model, optimizer, [sources[i] for i in chosen],
                      [targets[i] for i in chosen], p)
         schedule.step()
+        _follow(average, model, decay)
         ctx.progress(step, p["steps"], f"loss {loss:.3f}")
         if step % 100 == 0 or step == p["steps"]:
             ctx.log_metric("train_loss", loss, step=step)
         ctx.checkpoint(step, ctx.training_state(model, optimizer, order, scheduler=schedule,
-                                                step=step), final=step == p["steps"])
-    weights = dict(model.state_dict())
+                                                step=step, average=average),
+                       final=step == p["steps"])
+    weights = dict(average) if decay else dict(model.state_dict())
     weights["vocabulary"] = torch.from_numpy(np.frombuffer(vocabulary.to_json(), np.uint8).copy())
     ctx.save_weights(weights)
 
@@ -84,6 +92,13 @@ def _step(model: Translator, optimizer: torch.optim.Optimizer, sources: list[lis
     torch.nn.utils.clip_grad_norm_(model.parameters(), p["clip"])
     optimizer.step()
     return loss.item()
+
+
+@torch.no_grad()
+def _follow(average: dict[str, torch.Tensor], model: Translator, decay: float) -> None:
+    """Move the running average of the weights towards the model's (Polyak averaging)."""
+    for name, value in model.state_dict().items():
+        average[name].mul_(decay).add_(value, alpha=1 - decay)
 
 
 def _rate(warmup: int, steps: int):

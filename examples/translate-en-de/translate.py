@@ -27,8 +27,9 @@ from reweigh.profile import lookup
 NAME = "translate-en-de"
 
 
-def load(item: Path) -> tuple[Any, Any]:
-    """The item's translator and vocabulary, from its own source and weights."""
+def load(item: Path) -> tuple[Any, Any, int]:
+    """The item's translator and vocabulary, from its own source and weights, and the
+    beam width its recipe was evaluated with."""
     from safetensors.torch import load_file
 
     source = str((item / "source").resolve())
@@ -39,11 +40,13 @@ def load(item: Path) -> tuple[Any, Any]:
         seq2seq = importlib.import_module("seq2seq")
     finally:
         sys.path.remove(source)
+    params = item_params(item)
     try:
-        return seq2seq.load(load_file(str(item / "weights.safetensors")), item_params(item))
+        model, vocabulary = seq2seq.load(load_file(str(item / "weights.safetensors")), params)
     except (KeyError, ValueError, RuntimeError) as e:  # tensors or vocabulary that do not fit
         raise ReweighError(f"{item.name}: not a translator this code can load "
                            f"({' '.join(str(e).split())[:200]})") from e
+    return model, vocabulary, int(params.get("beam", 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         item = lookup(args.name, args.profile)
-        model, vocabulary = load(item)
+        model, vocabulary, beam = load(item)
     except ReweighError as e:
         print(f"translate: {e.one_line()}", file=sys.stderr)
         return e.exit_code
-    ids = model.translate([vocabulary.encode(text) for text in args.text])
+    ids = model.translate([vocabulary.encode(text) for text in args.text], beam)
     german = [vocabulary.decode(row) for row in ids]
     if args.json:
         print(json.dumps({"network": str(item), "translations": [
