@@ -242,6 +242,7 @@ def test_the_guix_export_names_each_debian_package_with_its_hash(
     assert "license:lgpl2.1+" in text and '"python-sacrebleu"' in text
 
 
+@pytest.mark.slow  # imports torch
 def test_incremental_decoding_gives_the_full_decoders_probabilities() -> None:
     """Search keeps each decoder layer's keys and values and reads one piece a step; what
     it answers must be what the whole decoder answers at each position, and greedy
