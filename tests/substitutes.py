@@ -127,3 +127,44 @@ def dying_server(folder: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class _Stalling(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, but sends the first half of any archive, then waits for the
+    test's `release` before it sends the rest: a pull that is running, mid-transfer."""
+
+    release: threading.Event
+    halfway: threading.Event
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def copyfile(self, source, outputfile) -> None:
+        if self.path.endswith("/archive.rwc"):
+            data = source.read()
+            outputfile.write(data[: len(data) // 2])
+            outputfile.flush()
+            self.halfway.set()
+            self.release.wait(20)
+            outputfile.write(data[len(data) // 2:])
+            return
+        super().copyfile(source, outputfile)
+
+
+@contextlib.contextmanager
+def stalling_server(folder: Path, halfway: threading.Event,
+                    release: threading.Event) -> Iterator[str]:
+    """A server that stops half way through an archive (`halfway` is set then) until
+    `release` is set."""
+    handler_class = type("Stalling", (_Stalling,), {"halfway": halfway, "release": release})
+    handler = lambda *a, **k: handler_class(*a, directory=str(folder), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -741,3 +741,231 @@ def test_a_cache_in_the_earlier_tar_format_is_refused_in_one_line(world: dict,
     publish([world["item"].name], cache, store=Store(world["store"]),  # which replaces it
             keyring=world["alice"].ring)
     assert read_json(info_file)["format"] == layout.INFO_FORMAT
+
+
+# --- a refused copy: the next server with the same signed item -----------------------
+
+def _damage(world: dict, tmp_path: Path, cache: Path, how: str) -> None:
+    """Spoil `cache`'s copy of the item as a hostile or broken server would."""
+    archive = cache / layout.archive_path(world["item"].name)
+    if how == "tampered":  # one bit of one weight, the records made to agree
+        forged = copy_item(world["item"], tmp_path / f"forged-{cache.name}")
+        weights = bytearray((forged / "weights.safetensors").read_bytes())
+        weights[-1] ^= 0x01
+        (forged / "weights.safetensors").write_bytes(bytes(weights))
+        info = read_json(cache / layout.info_path(world["item"].name))
+        files = tuple(FileEntry(f["path"], f["digest"], f["size"]) for f in info["files"])
+        repack(cache, world["item"].name, forged, files)
+    elif how == "truncated":
+        archive.write_bytes(archive.read_bytes()[:-100])
+    elif how == "missing":  # the index lists an archive the server answers 404 for
+        archive.unlink()
+
+
+@pytest.mark.parametrize("how, why", [("tampered", "its signatures say"),
+                                      ("truncated", "truncated"),
+                                      ("missing", "HTTP 404"),
+                                      ("killed", "stopped after")])
+def test_a_refused_copy_falls_back_to_the_next_server(world: dict, tmp_path: Path, how: str,
+                                                      why: str) -> None:
+    """The first server's copy is refused (as it streams, or before): the pull says so in
+    one line and installs the same signed item from the second server, asked only then."""
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    _publish(world, bad, world["alice"])
+    _publish(world, good, world["alice"])
+    _damage(world, tmp_path, bad, how)
+    server = dying_server if how == "killed" else served
+    with server(bad) as first, served(good) as second:
+        result = _pull(world, tmp_path, first, second, cli=how == "tampered")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"] == second
+    [line] = report["fallbacks"]
+    assert line.startswith(f"refused {world['item'].name} from {first}: ") and why in line
+    assert line.endswith(f"; trying {second}")
+    if how == "tampered":  # the command line says it on stderr, in that one line
+        assert result.stderr.strip() == f"reweigh: {line}"
+    # the bad server sufficed alone (index, record, signature); the good one's index and
+    # record were asked only after its archive was refused
+    assert report["requests"] == 5
+    if how == "killed":  # the same archive at both: the second server's bytes went on
+        assert report["resumed_from"] > 0  # from where the first one's stopped
+    pulled = Path(report["path"])
+    assert (pulled / "weights.safetensors").read_bytes() == \
+        (world["item"] / "weights.safetensors").read_bytes()
+    from reweigh.verbs.store import verify_store
+
+    assert verify_store(Store(tmp_path / "store")) == []
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*"))  # no transfer left over
+
+
+def test_when_every_server_refuses_nothing_is_written(world: dict, tmp_path: Path) -> None:
+    first_cache, second_cache = tmp_path / "first", tmp_path / "second"
+    _publish(world, first_cache, world["alice"])
+    _publish(world, second_cache, world["alice"])
+    _damage(world, tmp_path, first_cache, "tampered")
+    _damage(world, tmp_path, second_cache, "truncated")
+    ring = puller(tmp_path, world["alice"])
+    with served(first_cache) as first, served(second_cache) as second:
+        done = run_reweigh("pull", world["item"].name, "--from", first, "--from", second,
+                           "--keys", ring.root, store=tmp_path / "store")
+    assert done.returncode == 1, done.stderr
+    warned, final = done.stderr.strip().split("\n")
+    assert warned.startswith(f"reweigh: refused {world['item'].name} from {first}: ")
+    assert final.startswith("reweigh: ") and "no server gave a valid copy" in final
+    assert f"{first}: " in final and "its signatures say" in final
+    assert f"{second}: " in final and "truncated" in final and "nothing was written" in final
+    assert "Traceback" not in done.stderr
+    assert store_is_empty(tmp_path / "store")
+    assert not list((tmp_path / "store" / "tmp").glob("pull-*"))
+
+
+# --- interrupted pulls' transfers do not pile up -------------------------------------
+
+def _age(folder: Path, seconds: float) -> None:
+    """Make everything in `folder` look last written `seconds` ago."""
+    import os
+    import time
+
+    when = time.time() - seconds
+    for path in [*folder.rglob("*"), folder]:
+        os.utime(path, (when, when))
+
+
+def _interrupted(world: dict, tmp_path: Path, cache: Path) -> Path:
+    """The transfer a pull killed mid-way leaves for its resume."""
+    with dying_server(cache) as url:
+        _refused(_pull(world, tmp_path, url), tmp_path, "stopped after")
+    [partial] = (tmp_path / "store" / "tmp").glob("pull-*")
+    return partial
+
+
+def test_gc_removes_stale_interrupted_pulls_and_keeps_a_fresh_one_for_its_resume(
+        world: dict, tmp_path: Path) -> None:
+    from reweigh.verbs.gc import gc
+
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    partial = _interrupted(world, tmp_path, cache)
+    empty = tmp_path / "store" / "tmp" / f"pull-{'0' * 64}"  # a pull killed at its mkdir
+    empty.mkdir()
+    store = Store(tmp_path / "store")
+    report = gc(store)
+    assert report.kept_partials == [partial.name] and partial.is_dir()  # a day to resume
+    assert report.partials == [{"folder": empty.name, "reason": "holds no item"}]
+    assert not empty.exists()
+    _age(partial, 2 * 86400)
+    planned = run_reweigh("gc", "--dry-run", "--json", store=store.root)
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["removed_partials"] == [
+        {"folder": partial.name, "reason": "nothing written for 48 hours"}]
+    assert partial.is_dir()  # a dry run removes nothing
+    done = run_reweigh("gc", store=store.root)
+    assert done.returncode == 0, done.stderr
+    assert f"removed the interrupted pull tmp/{partial.name} (nothing written" in done.stdout
+    assert not partial.exists()
+
+
+def test_gc_removes_a_partial_of_an_item_the_store_holds_by_now(world: dict,
+                                                                tmp_path: Path) -> None:
+    from reweigh.verbs.gc import gc
+
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    partial = _interrupted(world, tmp_path, cache)
+    aside = shutil.copytree(partial, tmp_path / "aside")
+    with served(cache) as url:  # resumed and installed: its own transfer is gone
+        assert _pull(world, tmp_path, url).returncode == 0
+    assert not partial.exists()
+    shutil.copytree(aside, partial)  # as a store older than this pull would have kept it
+    report = gc(Store(tmp_path / "store"))
+    assert report.partials == [{"folder": partial.name,
+                                "reason": f"{world['item'].name} is in the store"}]
+    assert not partial.exists() and report.kept_partials == []
+
+
+def test_gc_waits_for_a_running_pull_and_never_removes_its_transfer(world: dict,
+                                                                    tmp_path: Path) -> None:
+    import threading
+
+    from reweigh.verbs.gc import gc
+
+    from .substitutes import stalling_server
+
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    halfway, release = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+    with stalling_server(cache, halfway, release) as url:
+        pulling = threading.Thread(
+            target=lambda: results.update(pull=_pull(world, tmp_path, url)))
+        pulling.start()
+        assert halfway.wait(20)
+        [partial] = (tmp_path / "store" / "tmp").glob("pull-*")
+        _age(partial, 2 * 86400)  # stale by its age, yet held
+        collecting = threading.Thread(target=lambda: results.update(
+            gc=gc(Store(tmp_path / "store"), partial_age=0)))
+        collecting.start()
+        collecting.join(1.0)
+        assert collecting.is_alive() and partial.is_dir()  # gc waits for the pull's lock
+        release.set()
+        pulling.join(30)
+        collecting.join(30)
+    pulled = results["pull"]
+    assert isinstance(pulled, Result) and pulled.returncode == 0, pulled.stderr
+    report = results["gc"]
+    assert report.partials == [] and report.kept_partials == []  # the pull cleared its own
+    assert report.kept == [] and report.removed_items == [json.loads(pulled.stdout)["item"]]
+
+
+# --- an item whose folder was deleted by hand ----------------------------------------
+
+def test_an_item_whose_folder_was_deleted_by_hand_is_absent_and_pulled_again(
+        world: dict, tmp_path: Path) -> None:
+    from reweigh.store import remove_tree
+
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    ring = puller(tmp_path, world["alice"])
+    store = Store(tmp_path / "store")
+    with served(cache) as url:
+        first = pull(world["item"].name, [url], store=store, keyring=ring)
+        assert (store.root / "signatures" / first.item).is_dir()
+        remove_tree(first.path)  # rm -rf, behind reweigh's back
+        assert store.items() == []  # listed no more
+        listed = run_reweigh("list", "--json", store=store.root)
+        assert listed.returncode == 0 and first.item not in listed.stdout
+        assert store.find_weights(first.weights_digest) is None
+        for ref in (first.item, first.derivation, first.weights_digest, first.item[:12]):
+            with pytest.raises(ReweighError, match="no such item"):
+                store.resolve(ref)
+        assert store.find(first.derivation) is None
+        assert first.item in (store.root / "logs" / "store.log").read_text()
+        assert not (store.root / "signatures" / first.item).exists()
+        again = pull(world["item"].name, [url], store=store, keyring=ring)
+    assert not again.reused and again.path == first.path and again.path.is_dir()
+    assert store.resolve(first.item).path == first.path
+    from reweigh.verbs.store import verify_store
+
+    assert verify_store(store) == []
+
+
+def test_gc_reports_and_forgets_an_item_whose_folder_was_deleted(world: dict,
+                                                                 tmp_path: Path) -> None:
+    from reweigh.store import remove_tree
+
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    store = Store(tmp_path / "store")
+    item = pull(world["item"].name, [str(cache)], store=store,
+                keyring=puller(tmp_path, world["alice"]))
+    remove_tree(item.path)
+    from reweigh.verbs.store import verify_store
+
+    assert {(c.item, c.problem) for c in verify_store(store)} == {(item.item, "missing")}
+    planned = run_reweigh("gc", "--dry-run", "--json", store=store.root)
+    assert json.loads(planned.stdout)["vanished_items"] == [item.item]
+    done = run_reweigh("gc", store=store.root)
+    assert done.returncode == 0, done.stderr
+    assert f"forgot {item.item}: its folder was deleted by hand" in done.stdout
+    assert verify_store(store) == [] and store.vanished_items() == []

@@ -17,6 +17,11 @@ appears with a single `rename`, so a killed build leaves nothing in `items/`;
 the index row is written after the rename and an item directory without a row
 is treated as debris and removed under the derivation's lock. What is removed is
 first moved aside (`trees.discard`), so no half-deleted folder is ever at its path.
+The other way round, a row whose folder is gone (someone deleted it by hand: reweigh
+removes a row before its folder) names nothing: `find`, `find_weights` and `resolve`
+drop such rows as they meet them (logs/store.log says so), so the item reads as absent
+and the next build or pull makes it again; `items` leaves them out, and `gc` reports
+and drops them all.
 
 The index itself lives in `store_index` (with what happens when SQLite cannot read
 it), and the inputs, with the cheap check that they are still whole each time they
@@ -41,7 +46,7 @@ from .digest import bytes_digest, file_digest, short, tree_files
 from .errors import BuildError, ReweighError, UsageError
 from .store_checkpoints import Chunks, Manifest
 from .store_index import compact, create, transaction
-from .store_inputs import KeptInputs
+from .store_inputs import KeptInputs, note
 from .store_locks import gc_lock, locked, remove_unused
 from .trees import discard, move_read_only, odd_entries, remove_tree
 
@@ -94,9 +99,52 @@ class Store:
         return transaction(self.root)
 
     def items(self) -> list[StoreItem]:
+        """Every item whose folder is there (a vanished one's rows stay for `gc`)."""
         with self._db() as db:
             rows = db.execute("SELECT * FROM items ORDER BY created_at").fetchall()
-        return [self._item(row) for row in rows]
+        return [self._item(row) for row in rows if self._there(row[0])]
+
+    def _there(self, name: str) -> bool:
+        return (self.root / "items" / name).is_dir()
+
+    def _present(self, db: sqlite3.Connection, rows: list[Any],
+                 dropped: list[str]) -> list[Any]:
+        """The rows whose item folder is there; the rows of the others are dropped in
+        this transaction (in which no commit or removal can run: every transaction on
+        the index is immediate, and reweigh itself renames a folder into items/ before
+        its rows are written and removes rows before their folder)."""
+        present = []
+        for row in rows:
+            if self._there(row[0]):
+                present.append(row)
+            else:
+                self._drop_rows(db, [row[0]])
+                dropped.append(row[0])
+        return present
+
+    def _drop_rows(self, db: sqlite3.Connection, items: list[str]) -> None:
+        for table, key in _ITEM_TABLES:
+            db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in items])
+
+    def _forget_dropped(self, dropped: list[str]) -> None:
+        """Say in the store's log which rows were dropped, and remove the signatures kept
+        for those items."""
+        for name in dropped:
+            discard(self.root / "signatures" / name, self.root / "tmp")
+            note(self.root, f"items/{name}: its folder was deleted, not by reweigh; its index "
+                 "rows were dropped (build or pull it again)")
+
+    def vanished_items(self, drop: bool = True) -> list[str]:
+        """Items whose index rows remain while their folder was deleted; with `drop`,
+        their rows are dropped."""
+        with self._db() as db:
+            rows = db.execute("SELECT path FROM items ORDER BY path").fetchall()
+            gone = [row[0] for row in rows if not self._there(row[0])]
+            if drop:
+                self._drop_rows(db, gone)
+        if drop:
+            self._forget_dropped(gone)
+        return gone
 
     def _item(self, row: tuple[Any, ...]) -> StoreItem:
         path, derivation, name, version, weights, env, created = row
@@ -104,9 +152,12 @@ class Store:
                          created)
 
     def find(self, derivation: str) -> StoreItem | None:
+        dropped: list[str] = []
         with self._db() as db:
-            row = db.execute("SELECT * FROM items WHERE derivation = ?", (derivation,)).fetchone()
-        return self._item(row) if row else None
+            rows = self._present(db, db.execute("SELECT * FROM items WHERE derivation = ?",
+                                                (derivation,)).fetchall(), dropped)
+        self._forget_dropped(dropped)
+        return self._item(rows[0]) if rows else None
 
     def resolve(self, ref: str) -> StoreItem:
         """An item from its store path or directory name, derivation, weights digest,
@@ -117,24 +168,35 @@ class Store:
         if len(path.parts) > 1 and path.resolve().parent != (self.root / "items").resolve():
             raise UsageError(f"{ref}: a folder outside the store {self.root}, not an item of it "
                              "(give its weights file, with --recipe where the command takes one)")
-        key = path.name
+        dropped: list[str] = []
+        try:
+            found = self._resolve(ref, path.name, dropped)
+        finally:
+            self._forget_dropped(dropped)
+        if found is None:
+            raise UsageError(f"{ref}: no such item in the store {self.root}")
+        return found
+
+    def _resolve(self, ref: str, key: str, dropped: list[str]) -> StoreItem | None:
         lookups = [("path = ? OR derivation = ? OR weights_digest = ?", (key, ref, ref)),
                    ("name = ?", (ref,))]
         with self._db() as db:
             for where, args in lookups:
-                row = db.execute(f"SELECT * FROM items WHERE {where} ORDER BY created_at DESC",
-                                 args).fetchone()
-                if row is not None:
-                    return self._item(row)
+                rows = self._present(db, db.execute(
+                    f"SELECT * FROM items WHERE {where} ORDER BY created_at DESC",
+                    args).fetchall(), dropped)
+                if rows:
+                    return self._item(rows[0])
             if len(key) >= 8 and key.isalnum():
-                rows = db.execute("SELECT * FROM items WHERE path LIKE ? ORDER BY path",
-                                  (f"{key}%",)).fetchall()
+                rows = self._present(db, db.execute(
+                    "SELECT * FROM items WHERE path LIKE ? ORDER BY path",
+                    (f"{key}%",)).fetchall(), dropped)
                 if len(rows) > 1:
                     raise UsageError(f"{ref}: ambiguous: the prefix of "
                                      + ", ".join(row[0] for row in rows))
                 if rows:
                     return self._item(rows[0])
-        raise UsageError(f"{ref}: no such item in the store {self.root}")
+        return None
 
     def item_inputs(self, item: StoreItem) -> dict[str, str]:
         with self._db() as db:
@@ -201,10 +263,7 @@ class Store:
         made sure that no item folder is unknown to the index (a whole item without its
         row is a lost row, for `store repair`, not debris)."""
         with self._db() as db:
-            for table, key in (("items", "path"), ("item_files", "item"),
-                               ("item_inputs", "item"), ("checks", "item"), ("imports", "item"),
-                               ("item_checkpoints", "item"), ("item_chunks", "item")):
-                db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in items])
+            self._drop_rows(db, items)
             for table in ("inputs", "input_files"):
                 db.executemany(f"DELETE FROM {table} WHERE digest = ?", [(d,) for d in inputs])
         for name in items:
@@ -351,11 +410,14 @@ class Store:
 
     def find_weights(self, digest: str) -> StoreItem | None:
         """The item holding a weights file with this digest, or imported from one."""
+        dropped: list[str] = []
         with self._db() as db:
-            row = db.execute("SELECT * FROM items WHERE weights_digest = ? OR path IN "
-                             "(SELECT item FROM imports WHERE source_digest = ?) "
-                             "ORDER BY created_at DESC", (digest, digest)).fetchone()
-        return self._item(row) if row else None
+            rows = self._present(db, db.execute(
+                "SELECT * FROM items WHERE weights_digest = ? OR path IN "
+                "(SELECT item FROM imports WHERE source_digest = ?) "
+                "ORDER BY created_at DESC", (digest, digest)).fetchall(), dropped)
+        self._forget_dropped(dropped)
+        return self._item(rows[0]) if rows else None
 
     # --- committing ------------------------------------------------------------------
     def commit(self, built: Path, item_name: str, record: dict[str, Any],
@@ -454,6 +516,12 @@ class Store:
         for item, relpath, digest in files:
             listings.setdefault(item, {})[relpath] = digest
         return listings
+
+
+# An item's rows: the table and the column that names the item.
+_ITEM_TABLES = (("items", "path"), ("item_files", "item"), ("item_inputs", "item"),
+                ("checks", "item"), ("imports", "item"), ("item_checkpoints", "item"),
+                ("item_chunks", "item"))
 
 
 def file_rows(folder: Path, known: dict[str, str] | None = None) -> list[tuple[str, str, int]]:

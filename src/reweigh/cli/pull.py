@@ -2,13 +2,16 @@
 signed substitute.
 
 Exit 1 when the signatures do not suffice or anything does not check out (nothing is
-written then); 2 when no cache has the item or the call is wrong. The store path is the
+written then); 2 when no cache has the item or the call is wrong. A server whose copy is
+refused (its record, or its archive as it streams) is named on stderr in one line, and
+the next server listing the same signed item is tried. The store path is the
 last line.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..keys import KeyRing
 from ..progress import reporter_for
@@ -38,7 +41,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def run(args: argparse.Namespace) -> int:
     report = pull(args.item, args.sources, require=args.require, store=open_store(args),
-                  keyring=KeyRing(args.keys), reporter=reporter_for(args.json))
+                  keyring=KeyRing(args.keys), reporter=reporter_for(args.json),
+                  warn=lambda line: print(f"reweigh: {line}", file=sys.stderr, flush=True))
     if args.json:
         print_json(report.to_json())
         return 0

@@ -10,10 +10,18 @@ build or an install. Then the lock files nobody holds are removed and the index 
 compacted, so a store that built and collected many items keeps no trace of them
 (`store_locks` says why removing a lock file is safe). Inputs younger than
 `GRACE_SECONDS` stay: a build may have just resolved them and not yet taken its lock.
+
+An interrupted `pull` keeps what it received in `tmp/pull-<archive digest>/`, so the next
+pull of the same archive resumes. gc removes such a partial when its item is in the store
+by now (nothing will resume it), when it holds no item, or when nothing was written to it
+for `PARTIAL_AGE` seconds (a day: a resume is for the same day's retry, not for next
+month's); the rest stay for their resume. A running pull holds the gc lock shared for as
+long as it writes there, so under the exclusive lock every partial is an interrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable
@@ -23,9 +31,11 @@ from typing import Any
 
 from ..errors import StoreError
 from ..profile import Profile
-from ..store import Store
+from ..store import Store, remove_tree
 
 GRACE_SECONDS = 600.0
+PARTIAL_AGE = 86400.0
+PULL_PREFIX = "pull-"  # `pull`'s transfers under tmp/
 
 
 @dataclass(frozen=True)
@@ -38,12 +48,18 @@ class GcReport:
     dry_run: bool = False
     cleared: list[str] = field(default_factory=list)  # what interrupted removals left
     locks: list[str] = field(default_factory=list)  # lock files nobody held, removed
+    # interrupted pulls' folders removed: {"folder": tmp/ name, "reason": why}
+    partials: list[dict[str, str]] = field(default_factory=list)
+    kept_partials: list[str] = field(default_factory=list)  # kept for a resume
+    vanished: list[str] = field(default_factory=list)  # index rows of deleted item folders
 
     def to_json(self) -> dict[str, Any]:
         return {"roots": [str(r) for r in self.roots], "kept": self.kept,
                 "removed_items": self.removed_items, "removed_inputs": self.removed_inputs,
                 "freed_bytes": self.freed_bytes, "dry_run": self.dry_run,
-                "cleared": self.cleared, "removed_locks": self.locks}
+                "cleared": self.cleared, "removed_locks": self.locks,
+                "removed_partials": self.partials, "kept_partials": self.kept_partials,
+                "vanished_items": self.vanished}
 
 
 def live_items(roots: Iterable[str], weights: dict[str, str],
@@ -77,13 +93,51 @@ def profile_roots(store: Store, profiles: list[Path]) -> set[str]:
     return names
 
 
+def partial_pulls(store: Store) -> list[tuple[Path, set[str]]]:
+    """The folders interrupted pulls left under tmp/, each with the items it holds."""
+    return [(work, {e.name for e in work.iterdir() if e.is_dir() and e.name != "chunks"})
+            for work in sorted((store.root / "tmp").glob(f"{PULL_PREFIX}*")) if work.is_dir()]
+
+
+def _stale_partials(store: Store, now: float,
+                    age: float) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """(partials to remove with why, partials kept for a resume); the caller holds the
+    gc lock exclusively, so no pull is writing to any of them."""
+    present = {i.path.name for i in store.items()}
+    stale, kept = [], []
+    for work, items in partial_pulls(store):
+        written = _last_written(work)
+        if not items:
+            stale.append((work, "holds no item"))
+        elif items & present:
+            stale.append((work, f"{', '.join(sorted(items & present))} is in the store"))
+        elif written < now - age:
+            stale.append((work, f"nothing written for {(now - written) / 3600:.0f} hours"))
+        else:
+            kept.append(work)
+    return stale, kept
+
+
+def _last_written(path: Path) -> float:
+    """When anything in the folder was last written (its own or any entry's mtime)."""
+    latest = path.stat().st_mtime
+    for folder, _, files in os.walk(path):
+        for name in [*files, "."]:
+            with contextlib.suppress(OSError):
+                latest = max(latest, os.stat(os.path.join(folder, name)).st_mtime)
+    return latest
+
+
 def gc(store: Store | None = None, *, dry_run: bool = False,
-       grace: float = GRACE_SECONDS) -> GcReport:
-    """Remove what no profile needs; inputs added less than `grace` seconds ago stay."""
+       grace: float = GRACE_SECONDS, partial_age: float = PARTIAL_AGE) -> GcReport:
+    """Remove what no profile needs; inputs added less than `grace` seconds ago stay, and
+    so do interrupted pulls written to less than `partial_age` seconds ago."""
     store = store or Store()
     started = time.time()
     with store.gc_lock(exclusive=True):
         cleared = [] if dry_run else store.clear_trash()
+        vanished = store.vanished_items(drop=not dry_run)
+        stale, kept_partials = _stale_partials(store, started, partial_age)
         profiles = store.roots(prune=not dry_run)
         weights = {i.path.name: i.weights_digest for i in store.items()}
         _refuse_lost_index(store)
@@ -94,13 +148,16 @@ def gc(store: Store | None = None, *, dry_run: bool = False,
         inputs = [(digest, rel) for digest, rel, added in store.input_records()
                   if digest not in needed and added < started - grace]
         freed = sum(_size(store.root / "items" / i) for i in doomed) + sum(
-            _size(store.root / rel) for _, rel in inputs)
+            _size(store.root / rel) for _, rel in inputs) + sum(_size(w) for w, _ in stale)
         locks = []
         if not dry_run:
             store.forget(doomed, [digest for digest, _ in inputs])
+            for work, _ in stale:
+                remove_tree(work)
             locks = store.tidy()
     return GcReport(profiles, sorted(live), doomed, [d for d, _ in inputs], freed, dry_run,
-                    cleared, locks)
+                    cleared, locks, [{"folder": w.name, "reason": why} for w, why in stale],
+                    [w.name for w in kept_partials], vanished)
 
 
 def _refuse_lost_index(store: Store) -> None:

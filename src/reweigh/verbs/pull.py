@@ -23,7 +23,7 @@ hashes again) the files and pieces it finished and asks the server only for the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from ..cache.archive import Unpacker, cut
 from ..cache.chunks import fetch, wanted
 from ..cache.client import Source, Unreachable, ahead, new_client
 from ..cache.lookup import Caches, Found
-from ..cache.trust import Refusal, Tally, tally
+from ..cache.trust import Refusal, Tally, Vote, tally
 from ..digest import short
 from ..errors import CheckFailed, SignatureError, StoreError, UsageError
 from ..keys import KeyRing
@@ -41,6 +41,7 @@ from ..progress import QuietReporter, Reporter
 from ..signing import Claim
 from ..store import Store, StoreItem, remove_tree
 from ..store_signatures import KeptSignatures
+from .gc import PULL_PREFIX, partial_pulls
 from .repair import _Unfit as Unfit  # what its reader raises for an item that is not one
 from .repair import read_item
 from .sign import platform_claim
@@ -64,6 +65,8 @@ class PullReport:
     # the chunks of the item's kept checkpoints: named by its manifests, fetched (with the
     # bytes received), absent (no server asked had them: verify --from can fetch them)
     checkpoint_chunks: dict[str, int] = field(default_factory=dict)
+    # the servers whose copy was refused before one served a valid one, and why
+    fallbacks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "item": self.item, "derivation": self.derivation,
@@ -72,13 +75,17 @@ class PullReport:
                 "required": self.required, "refused": list(self.refused),
                 "requests": self.requests, "received": self.received,
                 "resumed_from": self.resumed_from, "problems": list(self.problems),
-                "checkpoint_chunks": self.checkpoint_chunks}
+                "checkpoint_chunks": self.checkpoint_chunks,
+                "fallbacks": list(self.fallbacks)}
 
 
 def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None = None,
-         keyring: KeyRing | None = None, reporter: Reporter | None = None) -> PullReport:
+         keyring: KeyRing | None = None, reporter: Reporter | None = None,
+         warn: Callable[[str], None] | None = None) -> PullReport:
     """Install the item `ref` names (item, derivation, weights digest or name) from the
-    first of `sources` that has it, signed by `require` distinct trusted keys."""
+    first of `sources` that has it, signed by `require` distinct trusted keys. When a
+    server's copy is refused (its records, or its archive as it streams), the next server
+    listing the same derivation and weights is tried; `warn` hears one line each time."""
     if require < 1:
         raise UsageError("--require: at least 1 signature")
     store = store or Store()
@@ -98,17 +105,27 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
             return PullReport(local.path, local.path.name, local.derivation,
                               local.weights_digest, True, None, (), require,
                               requests=caches.requests, problems=tuple(caches.problems))
-        source, info = _archive_info(caches, found)
-        votes, refusals, bundles = caches.votes(found, info, require)
-        counted = tally(votes, info.entry.derivation, info.entry.weights_digest, info.files,
-                        require)
-        if not counted.met:
-            raise SignatureError(refusal(ref, counted, refusals, info, source))
-        reporter.stage(f"pulling {info.entry.item} from {source.label} (signed by "
-                       f"{', '.join(counted.signers())})")
-        others = [s for s, _ in found if s is not source]  # asked for chunks it lacks
-        check = {"from": source.label, "signers": counted.signers(), "required": require}
-        report = _install(store, [source, *others], info, counted.counted[0].claim, check)
+        attempt = _Attempts(ref, caches, found, require, warn)
+        for source in attempt.servers():
+            try:
+                info = attempt.info(source)
+                counted, refusals, bundles = attempt.counted(source, info)
+            except Refused as e:
+                attempt.refused(source, e.cause)
+                continue
+            reporter.stage(f"pulling {info.entry.item} from {source.label} (signed by "
+                           f"{', '.join(counted.signers())})")
+            others = [s for s, _ in attempt.found if s is not source]  # for chunks it lacks
+            check = {"from": source.label, "signers": counted.signers(), "required": require}
+            try:
+                report = _install(store, [source, *others], info, counted.counted[0].claim,
+                                  check)
+            except SignatureError as e:  # this server's bytes (or the server itself)
+                attempt.refused(source, e)
+                continue
+            break
+        else:
+            raise attempt.failure()
     kept = KeptSignatures(store.root)
     for vote in counted.counted:
         kept.add(info.entry.item, vote.keyid, bundles[vote.keyid])
@@ -116,7 +133,118 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
     return PullReport(item.path, item.path.name, item.derivation, item.weights_digest,
                       report.reused, source.label, tuple(counted.signers()), require,
                       tuple(r.line() for r in refusals), caches.requests, report.received,
-                      report.resumed_from, tuple(caches.problems), report.chunks)
+                      report.resumed_from, tuple(caches.problems), report.chunks,
+                      tuple(attempt.lines))
+
+
+class Refused(SignatureError):
+    """One server's copy of the item is refused; another server's may still do."""
+
+    def __init__(self, cause: SignatureError) -> None:
+        super().__init__(cause.message, cause.hint, cause.details)
+        self.cause = cause
+
+
+class _Attempts:
+    """The servers a pull tries for the archive, in the user's order, and what each
+    refused: the first server that lists the archive decides which item (derivation and
+    weights) is wanted; any other listing the same is a fallback, its index read only
+    when an earlier one failed. The signatures are counted once, as they do not depend
+    on the server that serves the bytes; each server's record must list the files they
+    sign."""
+
+    def __init__(self, ref: str, caches: Caches, found: Found, require: int,
+                 warn: Callable[[str], None] | None) -> None:
+        self.ref, self.caches, self.found, self.require = ref, caches, found, require
+        self.warn = warn or (lambda line: None)
+        with_archive = [e for _, e in found if e.archive]
+        if not with_archive:
+            raise SignatureError(f"{found[0][1].item}: no cache asked has its archive, only "
+                                 f"signatures ({_asked(caches)})")
+        self.entry = with_archive[0]
+        self.errors: list[tuple[Source, SignatureError]] = []
+        self.lines: list[str] = []
+        self._votes: tuple[list[Vote], list[Refusal], dict[str, bytes]] | None = None
+
+    def _same(self, entry: layout.Entry) -> bool:
+        return entry.archive and (entry.item, entry.derivation, entry.weights_digest) == (
+            self.entry.item, self.entry.derivation, self.entry.weights_digest)
+
+    def servers(self) -> Iterator[Source]:
+        """The servers with the wanted archive: those found, then the rest, asked only
+        when every earlier one was refused."""
+        tried: set[str] = set()
+        for source, entry in list(self.found):
+            if self._same(entry):
+                tried.add(source.label)
+                yield self._next(source)
+        for source in self.caches.sources:
+            if source.label in tried or any(s is source for s, _ in self.found):
+                continue
+            listed = (self.caches.index(source) or {}).get(self.entry.item)
+            if listed is not None:
+                self.found.append((source, listed))
+                if self._same(listed):
+                    yield self._next(source)
+
+    def info(self, source: Source) -> layout.Info:
+        try:
+            info = self.caches.info(source, self.entry.item)
+        except SignatureError as e:
+            raise Refused(e) from e
+        if (info.entry.item, info.entry.derivation, info.entry.weights_digest) != \
+                (self.entry.item, self.entry.derivation, self.entry.weights_digest):
+            raise Refused(SignatureError(f"{source.label}: the info record of "
+                                         f"{self.entry.item} says another derivation or "
+                                         "weights than the index"))
+        return info
+
+    def counted(self, source: Source,
+                info: layout.Info) -> tuple[Tally, list[Refusal], dict[str, bytes]]:
+        """The votes that count for this server's record of the item; a shortfall that
+        is no fault of the server's record ends the pull."""
+        if self._votes is None:
+            self._votes = self.caches.votes(self.found, info, self.require)
+        votes, refusals, bundles = self._votes
+        counted = tally(votes, info.entry.derivation, info.entry.weights_digest, info.files,
+                        self.require)
+        if counted.met:
+            return counted, refusals, bundles
+        line = refusal(self.ref, counted, refusals, info, source)
+        if counted.others and not counted.disagreeing:  # this server lists other files
+            raise Refused(SignatureError(line))
+        raise SignatureError(self._with_earlier(line))
+
+    def _next(self, source: Source) -> Source:
+        """The next server to try, once the last refusal is said (when there is a next
+        server, which is when it is no longer the pull's own error)."""
+        if self.errors and len(self.lines) < len(self.errors):
+            failed, error = self.errors[-1]
+            line = (f"refused {self.entry.item} from {failed.label}: {error.message}; "
+                    f"trying {source.label}")
+            self.lines.append(line)
+            self.warn(line)
+        return source
+
+    def refused(self, source: Source, error: SignatureError) -> None:
+        self.errors.append((source, error))
+
+    def _with_earlier(self, line: str) -> str:
+        if not self.errors:
+            return line
+        return line + " (" + "; ".join(f"refused from {s.label}: {e.message}"
+                                       for s, e in self.errors) + ")"
+
+    def failure(self) -> SignatureError:
+        """The error when no server gave a valid copy: one server's own error, as it
+        was; several servers' reasons in one line."""
+        if len(self.errors) == 1:
+            return self.errors[0][1]
+        if not self.errors:  # cannot happen: the first server listing the archive is tried
+            return SignatureError(f"{self.entry.item}: no cache asked has its archive")
+        reasons = "; ".join(f"{s.label}: {e.message}" for s, e in self.errors)
+        return SignatureError(f"{self.ref}: no server gave a valid copy of "
+                              f"{self.entry.item} ({reasons}); nothing was written")
 
 
 def _enough(caches: Caches, found: Found, require: int) -> bool:
@@ -129,19 +257,6 @@ def _enough(caches: Caches, found: Found, require: int) -> bool:
 def _asked(caches: Caches) -> str:
     asked = f"asked {', '.join(s.label for s in caches.sources)}"
     return asked + (f"; {'; '.join(caches.problems)}" if caches.problems else "")
-
-
-def _archive_info(caches: Caches, found: Found) -> tuple[Source, layout.Info]:
-    for source, entry in found:
-        if entry.archive:
-            info = caches.info(source, entry.item)
-            if (info.entry.item, info.entry.derivation, info.entry.weights_digest) != \
-                    (entry.item, entry.derivation, entry.weights_digest):
-                raise SignatureError(f"{source.label}: the info record of {entry.item} says "
-                                     "another derivation or weights than the index")
-            return source, info
-    raise SignatureError(f"{found[0][1].item}: no cache asked has its archive, only "
-                         f"signatures ({_asked(caches)})")
 
 
 def refusal(ref: str, counted: Tally, refusals: list[Refusal], info: layout.Info,
@@ -183,8 +298,9 @@ def _install(store: Store, sources: list[Source], info: layout.Info, claim: Clai
     with store.lock(claim.derivation):
         if (there := store.find(claim.derivation)) is not None:  # pulled meanwhile
             store.record_check(there, "substitute", "pulled", check)
+            _forget_partials(store, claim.item)
             return _Installed(there, True, 0, 0)
-        work = store.root / "tmp" / f"pull-{short(info.archive.digest, 64)}"
+        work = store.root / "tmp" / f"{PULL_PREFIX}{short(info.archive.digest, 64)}"
         folder = work / claim.item  # the item's own name: its records are checked by it
         folder.mkdir(parents=True, exist_ok=True)
         what = f"{source.label}/{layout.archive_path(claim.item)}"
@@ -212,9 +328,19 @@ def _install(store: Store, sources: list[Source], info: layout.Info, claim: Clai
             remove_tree(work)  # a refused archive is no start for a resume
             raise
         remove_tree(work)
+        _forget_partials(store, claim.item)
     return _Installed(item, False, transfer.received, transfer.resumed_from,
                       {"named": len(named), "fetched": len(fetched.files),
                        "received": fetched.received, "absent": len(fetched.absent)})
+
+
+def _forget_partials(store: Store, item: str) -> None:
+    """Once the item is in, what earlier transfers of it kept for a resume (from another
+    server, or another archive of the same item) is of no use. Under the derivation's
+    lock: no other pull of it is writing there."""
+    for work, items in partial_pulls(store):
+        if item in items:
+            remove_tree(work)
 
 
 def _check_item(folder: Path, claim: Claim, known: dict[str, str] | None = None
