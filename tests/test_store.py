@@ -176,6 +176,7 @@ def test_a_prefix_of_two_items_is_ambiguous(examples: Examples, tmp_path: Path) 
         db.execute("INSERT INTO items SELECT ?, ?, name, version, weights_digest, "
                    "environment_digest, created_at FROM items WHERE path = ?",
                    (twin, "sha256:" + "0" * 64, name))
+    (store / "items" / twin).mkdir()  # a row without its folder would read as absent
     result = run_reweigh("path", name[:8], store=store)
     assert result.returncode == 2 and "ambiguous" in result.stderr
     assert name in result.stderr and twin in result.stderr
