@@ -969,3 +969,34 @@ def test_gc_reports_and_forgets_an_item_whose_folder_was_deleted(world: dict,
     assert done.returncode == 0, done.stderr
     assert f"forgot {item.item}: its folder was deleted by hand" in done.stdout
     assert verify_store(store) == [] and store.vanished_items() == []
+
+
+def test_verify_takes_a_signed_platform_claim_only_under_a_trusted_key_for_its_weights(
+        world: dict, checkpointed: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify --signature`: a bundle by a key this user trusts, over these weights, is
+    taken (here on the platform the transcript records: nothing to forgive); one by a key
+    not trusted here, or over other weights, is refused in one line before any replay."""
+    from reweigh.verbs.sign import sign_item
+    from reweigh.verbs.verify import Sampling, verify
+
+    item = checkpointed["item"]
+    bundles = {}
+    for name, path, store in (("this", item, checkpointed["store"]),
+                              ("other", world["item"], Store(world["store"]))):
+        bundles[name] = tmp_path / f"{name}.sig"
+        sign_item(path.name, output=bundles[name], store=store, keyring=world["alice"].ring)
+
+    def verified(bundle: Path, keys: Path):
+        monkeypatch.setenv("REWEIGH_KEYS", str(keys))
+        return verify(item.name, item / "transcript.json", Sampling(1, seed=0),
+                      store=checkpointed["store"], threads=1, signature=bundle)
+
+    ring = puller(tmp_path, world["alice"])
+    report = verified(bundles["this"], ring.root)
+    assert report.to_json()["verdict"] == "holds"
+    for bundle, keys, words in ((bundles["this"], tmp_path / "nobody", "earns no slack"),
+                                (bundles["other"], ring.root, "signs weights")):
+        with pytest.raises(ReweighError, match=words) as refused:
+            verified(bundle, keys)
+        assert refused.value.exit_code == 1 and "\n" not in refused.value.one_line()
