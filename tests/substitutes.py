@@ -168,3 +168,41 @@ def stalling_server(folder: Path, halfway: threading.Event,
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class _Poisoning(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, but sends any archive only up to `cut` bytes, the byte at `flip`
+    changed, and then drops the connection: a hostile server that leaves a wrong piece
+    where a resume would go on from it."""
+
+    cut: int
+    flip: int
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def copyfile(self, source, outputfile) -> None:
+        if self.path.endswith("/archive.rwc"):
+            data = bytearray(source.read()[: self.cut])
+            data[self.flip] ^= 0x01
+            outputfile.write(bytes(data))
+            outputfile.flush()
+            self.connection.shutdown(2)
+            self.close_connection = True
+            return
+        super().copyfile(source, outputfile)
+
+
+@contextlib.contextmanager
+def poisoning_server(folder: Path, cut: int, flip: int) -> Iterator[str]:
+    handler_class = type("Poisoning", (_Poisoning,), {"cut": cut, "flip": flip})
+    handler = lambda *a, **k: handler_class(*a, directory=str(folder), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

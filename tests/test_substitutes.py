@@ -799,6 +799,37 @@ def test_a_refused_copy_falls_back_to_the_next_server(world: dict, tmp_path: Pat
     assert not list((tmp_path / "store" / "tmp").glob("pull-*"))  # no transfer left over
 
 
+def test_a_wrong_piece_left_by_a_dying_server_does_not_get_the_next_one_refused(
+        world: dict, tmp_path: Path) -> None:
+    """The first server sends the first piece of the weights file one bit wrong (it decodes
+    to its length: nothing to see until the file ends) and dies: the second server's bytes
+    go on from there and the file's digest fails. That is the first server's doing, so the
+    second is asked once more from nothing, and the pull succeeds."""
+    from .substitutes import poisoning_server
+
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    _publish(world, bad, world["alice"])
+    _publish(world, good, world["alice"])
+    offset = 0
+    for entry in read_json(bad / layout.info_path(world["item"].name))["files"]:
+        if entry["path"] == "weights.safetensors":
+            assert len(entry["pieces"]) > 1  # its header, then its tensor
+            end = offset + entry["pieces"][0][0]
+            break
+        offset += sum(stored for stored, _ in entry["pieces"])
+    with poisoning_server(bad, end, end - 2) as first, served(good) as second:
+        result = _pull(world, tmp_path, first, second)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"] == second and report["resumed_from"] == 0
+    assert len(report["fallbacks"]) == 2 and "stopped after" in report["fallbacks"][0]
+    assert "its signatures say" in report["fallbacks"][1]
+    assert report["fallbacks"][1].endswith(f"; once more from nothing at {second}")
+    from reweigh.verbs.store import verify_store
+
+    assert verify_store(Store(tmp_path / "store")) == []
+
+
 def test_when_every_server_refuses_nothing_is_written(world: dict, tmp_path: Path) -> None:
     first_cache, second_cache = tmp_path / "first", tmp_path / "second"
     _publish(world, first_cache, world["alice"])

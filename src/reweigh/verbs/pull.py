@@ -117,13 +117,10 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
                            f"{', '.join(counted.signers())})")
             others = [s for s, _ in attempt.found if s is not source]  # for chunks it lacks
             check = {"from": source.label, "signers": counted.signers(), "required": require}
-            try:
-                report = _install(store, [source, *others], info, counted.counted[0].claim,
-                                  check)
-            except SignatureError as e:  # this server's bytes (or the server itself)
-                attempt.refused(source, e)
-                continue
-            break
+            report = attempt.install(store, [source, *others], info, counted.counted[0].claim,
+                                     check)
+            if report is not None:
+                break
         else:
             raise attempt.failure()
     kept = KeptSignatures(store.root)
@@ -135,6 +132,10 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
                       tuple(r.line() for r in refusals), caches.requests, report.received,
                       report.resumed_from, tuple(caches.problems), report.chunks,
                       tuple(attempt.lines))
+
+
+class CutOff(SignatureError):
+    """A transfer that stopped part way: what it wrote is kept, for a resume."""
 
 
 class Refused(SignatureError):
@@ -164,6 +165,7 @@ class _Attempts:
         self.entry = with_archive[0]
         self.errors: list[tuple[Source, SignatureError]] = []
         self.lines: list[str] = []
+        self.unsaid = False  # the last refusal is not said yet (said when a next server comes)
         self._votes: tuple[list[Vote], list[Refusal], dict[str, bytes]] | None = None
 
     def _same(self, entry: layout.Entry) -> bool:
@@ -218,7 +220,8 @@ class _Attempts:
     def _next(self, source: Source) -> Source:
         """The next server to try, once the last refusal is said (when there is a next
         server, which is when it is no longer the pull's own error)."""
-        if self.errors and len(self.lines) < len(self.errors):
+        if self.unsaid:
+            self.unsaid = False
             failed, error = self.errors[-1]
             line = (f"refused {self.entry.item} from {failed.label}: {error.message}; "
                     f"trying {source.label}")
@@ -226,8 +229,37 @@ class _Attempts:
             self.warn(line)
         return source
 
+    def install(self, store: Store, sources: list[Source], info: layout.Info, claim: Claim,
+                check: dict[str, Any]) -> _Installed | None:
+        """The item from `sources[0]`'s archive, or None when it is refused."""
+        try:
+            return _install(store, sources, info, claim, check)
+        except SignatureError as e:  # this server's bytes (or the server itself)
+            if not self.again(sources[0], e):
+                self.refused(sources[0], e)
+                return None
+        try:  # once more, from nothing: the refused transfer's folder is gone
+            return _install(store, sources, info, claim, check)
+        except SignatureError as e:
+            self.refused(sources[0], e)
+            return None
+
     def refused(self, source: Source, error: SignatureError) -> None:
         self.errors.append((source, error))
+        self.unsaid = True
+
+    def again(self, source: Source, error: SignatureError) -> bool:
+        """Whether to ask `source` once more from nothing: its bytes went on from what a
+        server cut off earlier in this pull left (the whole pieces of the file it stopped
+        in, which only that file's digest checks), so a wrong piece there is no proof
+        against this server. Said in one line."""
+        if isinstance(error, CutOff) or not any(isinstance(e, CutOff) for _, e in self.errors):
+            return False
+        line = (f"refused {self.entry.item} from {source.label}: {error.message}; once more "
+                f"from nothing at {source.label}")
+        self.lines.append(line)
+        self.warn(line)
+        return True
 
     def _with_earlier(self, line: str) -> str:
         if not self.errors:
@@ -319,8 +351,8 @@ def _install(store: Store, sources: list[Source], info: layout.Info, claim: Clai
             stage = (f"the transfer of {what} stopped after {transfer.reached} of "
                      f"{info.archive.size} bytes" if transfer.reached < info.archive.size
                      else f"fetching the chunks of {claim.item}'s kept checkpoints stopped")
-            raise SignatureError(f"{stage} ({e.message}); nothing was written; pull again to "
-                                 "resume from there") from e
+            raise CutOff(f"{stage} ({e.message}); nothing was written; pull again to "
+                         "resume from there") from e
         except OSError as e:  # the disk, not the archive: what was written is kept
             raise StoreError(f"{what}: cannot be written into {work} ({e.strerror or e}); "
                              "nothing was committed; pull again to resume") from e
