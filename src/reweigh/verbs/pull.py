@@ -19,6 +19,15 @@ The transfer is written to the store's `tmp/pull-<archive digest>/` as it arrive
 interrupted pull keeps it, and the next pull of the same archive reads back (and
 hashes again) the files and pieces it finished and asks the server only for the rest
 (`Range`). A refused archive's folder is deleted.
+
+A server's copy that is refused (a record that lies, an archive that does not check out,
+is missing or stops part way) is not the end: the next server that lists the same
+derivation and weights is tried (its index read only then), one line said for each
+refusal (`warn`). The signatures are counted once: they vouch for the bytes, whoever
+serves them. A transfer that went on from what an earlier one left (the same archive,
+cut off at another server or in an earlier pull) and is then refused is tried once more
+from nothing: the whole pieces of the file it stopped in are checked only by that file's
+digest, so a wrong piece a dying server left is no proof against the next server.
 """
 
 from __future__ import annotations
@@ -134,8 +143,8 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
                       tuple(attempt.lines))
 
 
-class CutOff(SignatureError):
-    """A transfer that stopped part way: what it wrote is kept, for a resume."""
+class AfterResume(SignatureError):
+    """An archive refused after its transfer went on from what an earlier one left."""
 
 
 class Refused(SignatureError):
@@ -249,11 +258,12 @@ class _Attempts:
         self.unsaid = True
 
     def again(self, source: Source, error: SignatureError) -> bool:
-        """Whether to ask `source` once more from nothing: its bytes went on from what a
-        server cut off earlier in this pull left (the whole pieces of the file it stopped
-        in, which only that file's digest checks), so a wrong piece there is no proof
-        against this server. Said in one line."""
-        if isinstance(error, CutOff) or not any(isinstance(e, CutOff) for _, e in self.errors):
+        """Whether to ask `source` once more from nothing: its bytes went on from what an
+        earlier transfer left (another server cut off earlier in this pull, or an earlier
+        pull: the whole pieces of the file it stopped in, which only that file's digest
+        checks), so a wrong piece there is no proof against this server. Said in one
+        line."""
+        if not isinstance(error, AfterResume):
             return False
         line = (f"refused {self.entry.item} from {source.label}: {error.message}; once more "
                 f"from nothing at {source.label}")
@@ -351,13 +361,15 @@ def _install(store: Store, sources: list[Source], info: layout.Info, claim: Clai
             stage = (f"the transfer of {what} stopped after {transfer.reached} of "
                      f"{info.archive.size} bytes" if transfer.reached < info.archive.size
                      else f"fetching the chunks of {claim.item}'s kept checkpoints stopped")
-            raise CutOff(f"{stage} ({e.message}); nothing was written; pull again to "
-                         "resume from there") from e
+            raise SignatureError(f"{stage} ({e.message}); nothing was written; pull again to "
+                                 "resume from there") from e
         except OSError as e:  # the disk, not the archive: what was written is kept
             raise StoreError(f"{what}: cannot be written into {work} ({e.strerror or e}); "
                              "nothing was committed; pull again to resume") from e
-        except SignatureError:
+        except SignatureError as e:
             remove_tree(work)  # a refused archive is no start for a resume
+            if transfer.resumed_from:  # perhaps refused for what an earlier transfer left
+                raise AfterResume(e.message, e.hint, e.details) from e
             raise
         remove_tree(work)
         _forget_partials(store, claim.item)
