@@ -105,7 +105,15 @@ class Store:
         return [self._item(row) for row in rows if self._there(row[0])]
 
     def _there(self, name: str) -> bool:
-        return (self.root / "items" / name).is_dir()
+        """Whether the item's folder is there; only its absence (not a folder this user
+        may not look into) makes it gone."""
+        try:
+            os.lstat(self.root / "items" / name)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        return True
 
     def _present(self, db: sqlite3.Connection, rows: list[Any],
                  dropped: list[str]) -> list[Any]:
