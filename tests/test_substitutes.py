@@ -760,12 +760,22 @@ def _damage(world: dict, tmp_path: Path, cache: Path, how: str) -> None:
         archive.write_bytes(archive.read_bytes()[:-100])
     elif how == "missing":  # the index lists an archive the server answers 404 for
         archive.unlink()
+    elif how == "no record":
+        (cache / layout.info_path(world["item"].name)).unlink()
+    elif how == "record":  # a record that lists other files than the signers signed
+        info = read_json(cache / layout.info_path(world["item"].name))
+        for entry in info["files"]:
+            if entry["path"] == "MODEL_CARD.md":
+                entry["digest"] = "sha256:" + "0" * 64
+        write_json(cache / layout.info_path(world["item"].name), info)
 
 
 @pytest.mark.parametrize("how, why", [("tampered", "its signatures say"),
                                       ("truncated", "truncated"),
                                       ("missing", "HTTP 404"),
-                                      ("killed", "stopped after")])
+                                      ("killed", "stopped after"),
+                                      ("no record", "missing, though the index lists"),
+                                      ("record", "list other files than alice signed")])
 def test_a_refused_copy_falls_back_to_the_next_server(world: dict, tmp_path: Path, how: str,
                                                       why: str) -> None:
     """The first server's copy is refused (as it streams, or before): the pull says so in
