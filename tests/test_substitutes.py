@@ -809,6 +809,28 @@ def test_a_refused_copy_falls_back_to_the_next_server(world: dict, tmp_path: Pat
     assert not list((tmp_path / "store" / "tmp").glob("pull-*"))  # no transfer left over
 
 
+def test_a_server_listing_other_weights_first_does_not_stand_in_the_way(
+        world: dict, tmp_path: Path) -> None:
+    """The first server lists the item with weights no trusted key is listed for (and its
+    own, untrusted signer): the pull passes it over, says so, and installs the signed
+    weights from the second server."""
+    first_cache, second_cache = tmp_path / "first", tmp_path / "second"
+    _publish(world, first_cache, world["mallory"])
+    _publish(world, second_cache, world["alice"])
+    other = "sha256:" + "5" * 64
+    index = read_json(first_cache / "index.json")
+    index["items"][world["item"].name]["weights_digest"] = other
+    write_json(first_cache / "index.json", index)
+    with served(first_cache) as first, served(second_cache) as second:
+        result = _pull(world, tmp_path, first, second)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"] == second and report["signers"] == ["alice"]
+    assert report["fallbacks"] == [
+        f"passed over {world['item'].name} at {first}: its weights {other} are not those "
+        f"enough trusted keys are listed for ({report['weights_digest']})"]
+
+
 @pytest.mark.parametrize("separate", [False, True])
 def test_a_wrong_piece_left_by_a_dying_server_does_not_get_the_next_one_refused(
         world: dict, tmp_path: Path, separate: bool) -> None:

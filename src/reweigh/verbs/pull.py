@@ -104,11 +104,12 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
         found = caches.find(ref, lambda f: _enough(caches, f, require))
         if not found:
             raise UsageError(f"{ref}: no cache has it ({_asked(caches)})")
-        local = store.find(found[0][1].derivation)
-        if local is not None and local.weights_digest != found[0][1].weights_digest:
+        where, wanted = _wanted(found, caches, require)
+        local = store.find(wanted.derivation)
+        if local is not None and local.weights_digest != wanted.weights_digest:
             raise CheckFailed(f"{ref}: the store already holds {local.path.name} with weights "
-                              f"{local.weights_digest}, and {found[0][0].label} lists "
-                              f"{found[0][1].weights_digest} for the same derivation; not "
+                              f"{local.weights_digest}, and {where.label} lists "
+                              f"{wanted.weights_digest} for the same derivation; not "
                               "replaced (compare them: reweigh weather, reweigh rebuild)")
         if local is not None:
             return PullReport(local.path, local.path.name, local.derivation,
@@ -167,14 +168,20 @@ class _Attempts:
                  warn: Callable[[str], None] | None) -> None:
         self.ref, self.caches, self.found, self.require = ref, caches, found, require
         self.warn = warn or (lambda line: None)
-        with_archive = [e for _, e in found if e.archive]
-        if not with_archive:
+        if not any(e.archive for _, e in found):
             raise SignatureError(f"{found[0][1].item}: no cache asked has its archive, only "
                                  f"signatures ({_asked(caches)})")
-        self.entry = with_archive[0]
+        self.entry = _wanted(found, caches, require)[1]
         self.errors: list[tuple[Source, SignatureError]] = []
         self.lines: list[str] = []
         self.unsaid = False  # the last refusal is not said yet (said when a next server comes)
+        for source, entry in found:
+            if entry is self.entry:
+                break
+            if entry.archive and entry.weights_digest != self.entry.weights_digest:
+                self._say(f"passed over {entry.item} at {source.label}: its weights "
+                          f"{entry.weights_digest} are not those enough trusted keys are "
+                          f"listed for ({self.entry.weights_digest})")
         self._votes: tuple[list[Vote], list[Refusal], dict[str, bytes]] | None = None
 
     def _same(self, entry: layout.Entry) -> bool:
@@ -232,11 +239,13 @@ class _Attempts:
         if self.unsaid:
             self.unsaid = False
             failed, error = self.errors[-1]
-            line = (f"refused {self.entry.item} from {failed.label}: {error.message}; "
-                    f"trying {source.label}")
-            self.lines.append(line)
-            self.warn(line)
+            self._say(f"refused {self.entry.item} from {failed.label}: {error.message}; "
+                      f"trying {source.label}")
         return source
+
+    def _say(self, line: str) -> None:
+        self.lines.append(line)
+        self.warn(line)
 
     def install(self, store: Store, sources: list[Source], info: layout.Info, claim: Claim,
                 check: dict[str, Any]) -> _Installed | None:
@@ -265,10 +274,8 @@ class _Attempts:
         line."""
         if not isinstance(error, AfterResume):
             return False
-        line = (f"refused {self.entry.item} from {source.label}: {error.message}; once more "
-                f"from nothing at {source.label}")
-        self.lines.append(line)
-        self.warn(line)
+        self._say(f"refused {self.entry.item} from {source.label}: {error.message}; once "
+                  f"more from nothing at {source.label}")
         return True
 
     def _with_earlier(self, line: str) -> str:
@@ -287,6 +294,16 @@ class _Attempts:
         reasons = "; ".join(f"{s.label}: {e.message}" for s, e in self.errors)
         return SignatureError(f"{self.ref}: no server gave a valid copy of "
                               f"{self.entry.item} ({reasons}); nothing was written")
+
+
+def _wanted(found: Found, caches: Caches, require: int) -> tuple[Source, layout.Entry]:
+    """The item to install: the first archive of weights that enough trusted keys are
+    listed for (a server listing other weights cannot stand in the way of one that has
+    the signed ones), else the first archive, else the first entry."""
+    with_archive = [(s, e) for s, e in found if e.archive]
+    signed = [(s, e) for s, e in with_archive
+              if caches.trusted_count(found, e.weights_digest) >= require]
+    return (signed or with_archive or found)[0]
 
 
 def _enough(caches: Caches, found: Found, require: int) -> bool:
