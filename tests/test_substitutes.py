@@ -467,13 +467,20 @@ def test_a_pulled_item_can_be_rebuilt_and_its_rebuilder_counts(world: dict,
                                                                 tmp_path: Path) -> None:
     publisher, rebuilder_cache = tmp_path / "publisher", tmp_path / "rebuilder"
     _publish(world, publisher, world["alice"])
-    with served(publisher) as url:
-        result = run_reweigh("rebuild", world["item"].name, "--from", url, "--to",
-                             rebuilder_cache, "--keys", world["bob"].ring.root, "--json",
-                             "--threads", 1, store=tmp_path / "bob-store")
+    mirror = tmp_path / "mirror"  # a mirror asked first, whose archive was tampered with
+    _publish(world, mirror, world["alice"])
+    _damage(world, tmp_path, mirror, "tampered")
+    with served(mirror) as bad, served(publisher) as url:
+        result = run_reweigh("rebuild", world["item"].name, "--from", bad, "--from", url,
+                             "--to", rebuilder_cache, "--keys", world["bob"].ring.root,
+                             "--json", "--threads", 1, store=tmp_path / "bob-store")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["identical"] and report["published_to"]
+    [line] = report["fallbacks"]  # the tampered copy refused, the next server's rebuilt
+    assert line.startswith(f"refused {world['item'].name} from {bad}: ") and \
+        line.endswith(f"; trying {url}") and "weights.safetensors" in line
+    assert result.stderr.strip() == f"reweigh: {line}"
     bundle = Path(report["published_to"]).read_bytes()
     claim = bundle_claim(bundle, "rebuilder")
     assert claim.role == "rebuilder" and claim.rebuilt["weights_digest"] == claim.weights_digest

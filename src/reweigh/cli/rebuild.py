@@ -3,12 +3,15 @@ rebuild a published item from its own source, and vouch for it when the weights 
 bit-identical.
 
 Exit 0: identical (and signed, unless --no-sign); 1: the rebuild gave other weights (or
-another derivation here); 2: bad input. The signature's path is the last line.
+another derivation here); 2: bad input. The signature's path is the last line. A
+server whose copy does not check out is named on stderr in one line, and the next
+`--from` server listing the same item is asked.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..keys import KeyRing
@@ -37,7 +40,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 def run(args: argparse.Namespace) -> int:
     options = RebuildOptions(args.key, not args.no_sign, args.to, args.output, args.threads)
     report = rebuild(args.item, args.sources, options, store=open_store(args),
-                     keyring=KeyRing(args.keys), reporter=reporter_for(args.json))
+                     keyring=KeyRing(args.keys), reporter=reporter_for(args.json),
+                     warn=lambda line: print(f"reweigh: {line}", file=sys.stderr, flush=True))
     if args.json:
         print_json(report.to_json())
         return 0 if report.identical else 1

@@ -20,14 +20,15 @@ anywhere); nor sign what it could not reproduce.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..cache import layout
-from ..cache.client import Unreachable, new_client
+from ..cache.client import Source, Unreachable, new_client
 from ..cache.folder import CacheFolder
-from ..cache.lookup import Caches
+from ..cache.lookup import Caches, Found
 from ..errors import CheckFailed, SignatureError, StoreError, UsageError
 from ..keys import KeyRing
 from ..progress import QuietReporter, Reporter
@@ -49,6 +50,7 @@ class RebuildReport:
     rebuilt: Path  # the local item
     signature: Path | None
     published_to: Path | None
+    fallbacks: tuple[str, ...] = ()  # servers whose copy was refused before one checked out
 
     def to_json(self) -> dict[str, Any]:
         return {"item": self.item, "derivation": self.derivation,
@@ -56,7 +58,8 @@ class RebuildReport:
                 "rebuilt_weights_digest": self.rebuilt_digest, "identical": self.identical,
                 "rebuilt": str(self.rebuilt),
                 "signature": str(self.signature) if self.signature else None,
-                "published_to": str(self.published_to) if self.published_to else None}
+                "published_to": str(self.published_to) if self.published_to else None,
+                "fallbacks": list(self.fallbacks)}
 
 
 @dataclass(frozen=True)
@@ -70,14 +73,17 @@ class RebuildOptions:
 
 def rebuild(ref: str, sources: list[str], options: RebuildOptions = RebuildOptions(), *,
             store: Store | None = None, keyring: KeyRing | None = None,
-            reporter: Reporter | None = None) -> RebuildReport:
+            reporter: Reporter | None = None,
+            warn: Callable[[str], None] | None = None) -> RebuildReport:
     store = store or Store()
+    refused: list[str] = []  # the servers whose copy was refused, and why
     keyring = keyring or KeyRing()
     reporter = reporter or QuietReporter()
     signer = keyring.signer(options.key) if options.sign else None  # refuse before building
     staging = store.new_staging_dir()
     try:
-        claim, source_dir = _fetch(ref, sources, keyring, staging, reporter)
+        claim, source_dir = _fetch(ref, sources, keyring, staging, reporter, refused,
+                                   warn or (lambda line: None))
         with store.gc_lock(exclusive=False):
             the_plan = plan(source_dir, store)
             if the_plan.derivation.digest != claim.derivation:
@@ -103,43 +109,90 @@ def rebuild(ref: str, sources: list[str], options: RebuildOptions = RebuildOptio
         signature, published = _keep(bundle, vouched, signer.public.keyid, options)
         signature = signature or kept
     return RebuildReport(claim.item, claim.derivation, claim.weights_digest, rebuilt,
-                         identical, built.path, signature, published)
+                         identical, built.path, signature, published, tuple(refused))
 
 
 def _fetch(ref: str, sources: list[str], keyring: KeyRing, staging: Path,
-           reporter: Reporter) -> tuple[Claim, Path]:
+           reporter: Reporter, refused: list[str],
+           warn: Callable[[str], None]) -> tuple[Claim, Path]:
     """The published item, unpacked and checked against its own records; its claim (as
-    a signer would make it) and its source folder."""
+    a signer would make it) and its source folder. A server whose copy does not check
+    out is said in one line (`refused`, `warn`) and the next that lists the same item
+    (derivation and weights) is asked."""
     with new_client(sources) as client:
         caches = Caches.open(sources, client, keyring)
         found = caches.find(ref, lambda f: any(e.archive for _, e in f))
         with_archive = [(s, e) for s, e in found if e.archive]
         if not with_archive:
             raise UsageError(f"{ref}: no cache asked has its archive")
-        source, entry = with_archive[0]
-        info = caches.info(source, entry.item)
-        assert info.archive is not None
-        platform_free = Claim(entry.item, entry.name, entry.version, entry.derivation,
-                              entry.weights_digest, info.files, None, None)
-        folder = staging / entry.item
-        folder.mkdir()
-        reporter.stage(f"fetching {entry.item} from {source.label}")
-        transfer = Transfer(source, info, f"{source.label}/{layout.archive_path(entry.item)}")
-        try:
-            unpacker = transfer.unpack(folder)
-        except Unreachable as e:
-            raise SignatureError(f"{entry.item}: the transfer stopped ({e.message})") from e
-        except OSError as e:
-            raise StoreError(f"{transfer.what}: cannot be written into {folder} "
-                             f"({e.strerror or e})") from e
-        platform, fingerprint = platform_claim(folder)
-        claim = replace(platform_free, platform=platform, environment_fingerprint=fingerprint)
-        _check_item(folder, claim, unpacker.digests)
-    source_dir = folder / "source"
+        first = with_archive[0][1]
+        same = (first.item, first.derivation, first.weights_digest)
+        failed: list[tuple[str, SignatureError]] = []
+        for source in _servers(caches, found, same):
+            if failed:
+                line = (f"refused {first.item} from {failed[-1][0]}: {failed[-1][1].message}; "
+                        f"trying {source.label}")
+                refused.append(line)
+                warn(line)
+            try:
+                claim = _fetch_from(caches, source, first, staging, reporter)
+                break
+            except SignatureError as e:
+                remove_tree(staging / first.item)
+                failed.append((source.label, e))
+        else:
+            if len(failed) == 1:
+                raise failed[0][1]
+            raise SignatureError(f"{ref}: no server gave a valid copy of {first.item} ("
+                                 + "; ".join(f"{w}: {e.message}" for w, e in failed) + ")")
+    source_dir = staging / first.item / "source"
     if not (source_dir / "recipe.toml").is_file():
-        raise UsageError(f"{entry.item}: carries no recipe source (an imported item cannot "
+        raise UsageError(f"{first.item}: carries no recipe source (an imported item cannot "
                          "be rebuilt)")
     return claim, source_dir
+
+
+def _servers(caches: Caches, found: Found, same: tuple[str, str, str]) -> Iterator[Source]:
+    """The servers listing the archive of the item `same` names, those found first, the
+    others' indexes read only when every earlier one was refused."""
+    def listed(entry: layout.Entry) -> bool:
+        return entry.archive and (entry.item, entry.derivation, entry.weights_digest) == same
+
+    asked = {source.label for source, _ in found}
+    yield from (source for source, entry in found if listed(entry))
+    for source in caches.sources:
+        if source.label not in asked:
+            entry = (caches.index(source) or {}).get(same[0])
+            if entry is not None and listed(entry):
+                yield source
+
+
+def _fetch_from(caches: Caches, source: Source, entry: layout.Entry, staging: Path,
+                reporter: Reporter) -> Claim:
+    """The item from one server, unpacked into `staging` and checked: its claim."""
+    info = caches.info(source, entry.item)
+    if (info.entry.item, info.entry.derivation, info.entry.weights_digest) != \
+            (entry.item, entry.derivation, entry.weights_digest):
+        raise SignatureError(f"{source.label}: the info record of {entry.item} says another "
+                             "derivation or weights than the index")
+    assert info.archive is not None
+    platform_free = Claim(entry.item, entry.name, entry.version, entry.derivation,
+                          entry.weights_digest, info.files, None, None)
+    folder = staging / entry.item
+    folder.mkdir()
+    reporter.stage(f"fetching {entry.item} from {source.label}")
+    transfer = Transfer(source, info, f"{source.label}/{layout.archive_path(entry.item)}")
+    try:
+        unpacker = transfer.unpack(folder)
+    except Unreachable as e:
+        raise SignatureError(f"{entry.item}: the transfer stopped ({e.message})") from e
+    except OSError as e:
+        raise StoreError(f"{transfer.what}: cannot be written into {folder} "
+                         f"({e.strerror or e})") from e
+    platform, fingerprint = platform_claim(folder)
+    claim = replace(platform_free, platform=platform, environment_fingerprint=fingerprint)
+    _check_item(folder, claim, unpacker.digests)
+    return claim
 
 
 def _keep(bundle: bytes, claim: Claim, keyid: str,
