@@ -316,3 +316,45 @@ def test_without_ray_a_map_with_workers_says_how_to_install_it(tmp_path: Path) -
     assert "pip install 'reweigh[distributed]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert store_is_empty(tmp_path / "store")
+
+
+# --- data-parallel workers on a cluster (--cluster ADDRESS --workers N) ----------------------
+
+@pytest.mark.slow
+def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_fails(
+        tmp_path: Path, head: tuple[str, subprocess.Popen[bytes]], adopted: None) -> None:
+    """Sharded digits-cnn with worker 1 of 2 as a Ray task on a head the test started:
+    the plain build's weights, bit for bit (a --check against it), the provenance saying
+    where the worker ran. Then a recipe whose worker 1 kills its own Ray worker process
+    mid-training: one line naming it, nothing kept. One head for both: Ray is slow to start."""
+    from .test_workers import bn_recipe
+
+    address, process = head
+    store = tmp_path / "store"
+    recipe = EXAMPLES / "digits-cnn" / "sharded.toml"
+    plain = run_json("build", recipe, store=store)
+    check = run_json("build", recipe, "--check", "--cluster", address, "--workers", "2",
+                     store=store)
+    assert check["check"]["identical"] is True, check["check"]
+    assert check["derivation"] == plain["derivation"]
+    rebuilt = run_json("build", recipe, "--cluster", address, "--workers", "2",
+                       store=tmp_path / "store2")
+    assert rebuilt["weights_digest"] == plain["weights_digest"]
+    provenance, _ = _item(rebuilt)
+    internal = provenance["predicate"]["buildDefinition"]["internalParameters"]
+    assert internal["cluster"] == address and internal["cluster_ranks"] == 1
+    assert internal["workers"] == 2
+    isolation = _isolation(provenance)
+    assert "workers 1..1 of 2 ran in the Ray cluster" in isolation["cluster_ranks"]
+    shown = run_reweigh("show", rebuilt["path"], store=tmp_path / "store2")
+    assert "cluster workers" in shown.stdout and "outside this sandbox" in shown.stdout
+
+    lost = tmp_path / "lost"
+    result = run_reweigh("build", bn_recipe(tmp_path / "bn", die_at=10), "--cluster", address,
+                         "--workers", "2", store=lost)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"data-parallel worker 1 of 2, a Ray task on the cluster at {address}, died" in last
+    assert store_is_empty(lost)
+    assert not any((lost / "tmp").iterdir())
+    _no_ray_left(but=(process.pid,))

@@ -16,6 +16,14 @@ come back in item order. A worker that dies (killed, out of memory) has its task
 again by Ray, up to `MAX_RETRIES` times; an exception of the recipe's own code is not
 retried: the same code on the same item raises again.
 
+With `--cluster ADDRESS --workers N` on a recipe that splits its steps into shards, the
+build's data-parallel workers 1..N-1 run on that cluster too (`Ranks`), as Ray tasks of
+one CPU each, started through the build's node; worker 0 stays in the build and writes
+the outputs. Each one is sent the job, the recipe's source and the build's inputs
+through Ray's object store, checks every file it was sent against the derivation's
+digests before anything runs, refuses a worker of another platform as a task does, and
+meets the others over TCP (runtime.py's `data_parallel`).
+
 What this module does not do: isolate tasks on an existing cluster. They run in that
 cluster's worker processes, outside reweigh's sandbox, and the build process shares the
 host's network to reach it; the environment record says exactly that (`isolation`).
@@ -36,7 +44,8 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -72,6 +81,14 @@ class ClusterLost(RuntimeError):
 
 class PlatformMismatch(RuntimeError):
     """A worker that runs on another platform than the build's: its bits could differ."""
+
+
+class CopyMismatch(RuntimeError):
+    """A file a data-parallel worker on the cluster was sent is not what the derivation
+    says it is: the worker refuses to train on it."""
+
+
+RANK_WAIT_SECONDS = 10.0  # how long a failing build waits to hear which remote worker died
 
 
 @dataclass(frozen=True)
@@ -127,12 +144,29 @@ def cluster_host(address: str | None) -> str | None:
     return None if address is None else parse_address(address)[0]
 
 
-def isolation(address: str | None) -> dict[str, Any]:
-    """What the environment record adds about a cluster: where ctx.map's tasks ran, and
-    that the build process shares the host's network to reach it (nothing without one)."""
+def cluster_ranks(job: Job) -> int:
+    """How many of the build's data-parallel workers run on its cluster: workers 1..N-1
+    with --cluster and --workers N on a sharded recipe (N is at most its shards), else 0."""
+    from .shards import shard_count
+
+    if job.cluster is None or job.mode != "build":
+        return 0
+    return max(0, min(job.workers, shard_count(job.params)) - 1)
+
+
+def isolation(address: str | None, ranks: int = 0) -> dict[str, Any]:
+    """What the environment record adds about a cluster: where ctx.map's tasks ran (and
+    the data-parallel workers that ran there), and that the build process shares the
+    host's network to reach it (nothing without one)."""
     if address is None:
         return {}
-    return {"cluster": address,
+    on_cluster = {"cluster_ranks": f"data-parallel workers 1..{ranks} of {ranks + 1} ran in "
+                                   "the Ray cluster's own worker processes, outside this "
+                                   "sandbox, unisolated by reweigh, on copies of the recipe's "
+                                   "source and inputs that each checked against the "
+                                   "derivation's digests; worker 0 ran here and wrote the "
+                                   "outputs"} if ranks else {}
+    return {"cluster": address, **on_cluster,
             "cluster_tasks": "ctx.map's tasks ran in the Ray cluster's own worker processes, "
                              "outside this sandbox, unisolated by reweigh",
             "network_shared": "the build process shares the host's network, to reach the "
@@ -165,6 +199,7 @@ class Engine:
         self._temp: str | None = None
         self._node: subprocess.Popen[bytes] | None = None  # this build's node of a cluster
         self._watch: threading.Event | None = None  # set: stop watching the cluster's head
+        self.ip: str | None = None  # this machine's address toward the cluster (--cluster)
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """`function(item)` for each item as a Ray task; the results in item order."""
@@ -181,6 +216,30 @@ class Engine:
             raise cause from e
         except ray.exceptions.RayError as e:
             raise ClusterLost(self._lost(e)) from e
+
+    def here(self) -> str:
+        """This machine's address toward the existing cluster, the cluster joined: where
+        its data-parallel workers reach the build's worker 0."""
+        self._start()
+        assert self.ip is not None, "data-parallel workers on a cluster need --cluster"
+        return self.ip
+
+    def start_ranks(self, job: Job, replay: Any, count: int,
+                    rendezvous: tuple[str, int, str]) -> Ranks:
+        """Data-parallel workers 1..count-1 of `job` as Ray tasks on the cluster (one CPU
+        each, never retried: a worker that died left a group that cannot take it back).
+        The job, the recipe's source and every input go through the object store, each
+        put once; `rendezvous` is worker 0's TCP store (address, port) and the token that
+        the others must know to find anything in it."""
+        ray = self._start()
+        sent = {"src": ray.put(_pack(job.src)),
+                "inputs": {name: ray.put(_pack(path)) for name, path in job.inputs.items()}}
+        remote = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(run_rank).options(
+            name="reweigh-data-parallel-worker")
+        refs = [remote.remote(job.to_json(), replay, rank, count, rendezvous,
+                              self._setup(), sent)
+                for rank in range(1, count)]
+        return Ranks(ray, refs, count, str(self.tasks.address), self.emit, self._node)
 
     def close(self) -> None:
         """Leave the cluster; a local one is stopped, with every process it started."""
@@ -262,7 +321,7 @@ class Engine:
             socket.create_connection((host, port), timeout=10).close()
         except OSError as e:
             raise ConnectionError(f"nothing answers there ({e.strerror or e})") from None
-        ip = _facing_ip(host, port)
+        self.ip = ip = _facing_ip(host, port)
         self._temp = tempfile.mkdtemp(prefix="ray-", dir=_short_tmp())
         log = open(os.path.join(self._temp, "node.log"), "wb")  # noqa: SIM115
         self._node = subprocess.Popen(
@@ -327,6 +386,156 @@ def _task_env(platform_name: str) -> dict[str, str]:
     return {**environment.build_env(1, numerics.here(platform_name)), "PYTHONHASHSEED": "0"}
 
 
+class Ranks:
+    """A build's data-parallel workers 1..count-1 running as Ray tasks on its cluster.
+
+    A watch thread sees each task end; one that fails while worker 0 is still training
+    (killed, out of memory, its machine lost, a refused platform or input) ends the build
+    with one line naming it, even when worker 0 waits for it to join, which no collective
+    error would end. When worker 0 fails or ends first, it claims the outcome (`lost`,
+    `finish`) and the watch says nothing: exactly one line names what went wrong."""
+
+    def __init__(self, ray: Any, refs: list[Any], count: int, address: str,
+                 emit: Callable[..., None], node: subprocess.Popen[bytes] | None) -> None:
+        self._ray, self.refs, self.count, self.address = ray, refs, count, address
+        self._emit, self._node = emit, node
+        self._claim = threading.Lock()  # held by whoever reports the outcome
+        threading.Thread(target=self._watch, daemon=True,
+                         name="reweigh-cluster-ranks").start()
+
+    def lost(self, wait: float = RANK_WAIT_SECONDS) -> str | None:
+        """Worker 0 failed: which remote worker failed first, within `wait` seconds, as
+        the line that fails the build; None when none did (the failure was worker 0's)."""
+        self._claim.acquire()
+        pending = list(self.refs)
+        ready, _ = self._ray.wait(pending, num_returns=len(pending), timeout=wait,
+                                  fetch_local=False)
+        for ref in [r for r in self.refs if r in ready]:
+            if (failure := self._failure(ref)) is not None:
+                return failure
+        return None
+
+    def finish(self) -> str | None:
+        """Worker 0 trained to the end and every worker passed the last barrier: the
+        remote tasks' outcomes, the first failure as the line that fails the build."""
+        self._claim.acquire()
+        for ref in self.refs:
+            if (failure := self._failure(ref, timeout=60.0)) is not None:
+                return failure
+        return None
+
+    def stop(self) -> None:
+        """Cancel what still runs (worker 0 failed; its group is gone)."""
+        self._claim.acquire(blocking=False)
+        for ref in self.refs:
+            with contextlib.suppress(Exception):
+                self._ray.cancel(ref, force=True)
+
+    def _failure(self, ref: Any, timeout: float | None = None) -> str | None:
+        rank = self.refs.index(ref) + 1
+        try:
+            self._ray.get(ref, timeout=timeout)
+        except self._ray.exceptions.RayTaskError as e:  # its own code raised: say what
+            cause = e.cause if isinstance(e.cause, BaseException) else e
+            return self._line(rank, f"failed: {type(cause).__name__}: {cause}")
+        except self._ray.exceptions.GetTimeoutError:
+            return self._line(rank, "did not end after the last barrier")
+        except self._ray.exceptions.RayError as e:  # its process or machine went away
+            return self._line(rank, f"died ({type(e).__name__}: {e})")
+        return None
+
+    def _line(self, rank: int, how: str) -> str:
+        how = " ".join(how.split())[:400]
+        return (f"data-parallel worker {rank} of {self.count}, a Ray task on the cluster at "
+                f"{self.address}, {how}; the build stops, and nothing of it is kept")
+
+    def _watch(self) -> None:
+        pending = list(self.refs)
+        while pending:
+            try:
+                ready, pending = self._ray.wait(pending, num_returns=1, timeout=1.0,
+                                                fetch_local=False)
+            except Exception:  # Ray shut down: the build has ended
+                return
+            for ref in ready:
+                failure = self._failure(ref)
+                if failure is None or not self._claim.acquire(blocking=False):
+                    continue
+                self._emit("error", message=failure, frames=[], bad_result=False, plain=True)
+                sys.stderr.write(f"reweigh: {failure}\n")
+                sys.stderr.flush()
+                if self._node is not None:  # unsandboxed, nothing else would stop it
+                    self._node.terminate()
+                os._exit(1)
+
+
+def interface_of(ip: str) -> str:
+    """The name of this machine's network interface that holds address `ip` (gloo's
+    GLOO_SOCKET_IFNAME): gloo then talks over the interface the cluster reaches."""
+    import fcntl
+    import struct
+
+    if ipaddress.ip_address(ip).is_loopback:
+        return "lo"
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                answer = fcntl.ioctl(probe.fileno(), siocgifaddr,
+                                     struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            if socket.inet_ntoa(answer[20:24]) == ip:
+                return name
+    raise ConnectionError(f"no network interface here holds {ip}, the address toward the "
+                          "cluster (IPv6 is not supported for data-parallel workers)")
+
+
+def _pack(path: str) -> dict[str, Any]:
+    """A file or a folder of the build, for a worker on another machine: its name and
+    every regular file's relative path and bytes (symbolic links are refused)."""
+    from .digest import tree_files
+
+    root = Path(path)
+    if root.is_file():
+        return {"name": root.name, "file": root.read_bytes()}
+    return {"name": root.name, "tree": [(p.relative_to(root).as_posix(), p.read_bytes())
+                                        for p in tree_files(root)]}
+
+
+def _unpack(packed: dict[str, Any], where: Path) -> Path:
+    """Write what `_pack` made under `where`: the file or folder's path there. Every name
+    must stay inside `where`."""
+    name = str(packed["name"])
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise CopyMismatch(f"a file was sent under the name {name!r}")
+    target = where / name
+    files = [("", packed["file"])] if "file" in packed else packed["tree"]
+    if "file" not in packed:
+        target.mkdir(parents=True)
+    for rel, data in files:
+        path = target / rel if rel else target
+        parts = Path(rel).parts
+        if rel and (Path(rel).is_absolute() or ".." in parts or "" in parts):
+            raise CopyMismatch(f"a file was sent under the path {rel!r}, outside its folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "xb") as handle:  # never through a link, never twice
+            handle.write(data)
+        os.chmod(path, 0o444)
+    return target
+
+
+def _verified(packed: dict[str, Any], where: Path, digest: str, what: str) -> Path:
+    """`_unpack`, then the copy's digest checked against the derivation's `digest`."""
+    from .digest import path_digest
+
+    target = _unpack(packed, where)
+    if (actual := path_digest(target)) != digest:
+        raise CopyMismatch(f"{what} as sent has digest {actual}, the derivation says "
+                           f"{digest}: refused")
+    return target
+
+
 # --- inside a Ray worker -------------------------------------------------------------------
 _prepared: dict[str, Any] = {}  # this worker's platform record, once taken
 
@@ -335,16 +544,78 @@ def run_task(call: bytes, setup: dict[str, Any]) -> Any:
     """One ctx.map call in a Ray worker: the worker is made a build's worker (numerics,
     guard, the recipe's folder importable) at its first task, then `function(item)` runs
     on one intra-op thread."""
-    if not _prepared:
-        _prepare(setup)
-    if _prepared["platform"]["digest"] != setup["platform"]["digest"]:
-        raise PlatformMismatch(_mismatch(_prepared["platform"], setup["platform"]))
+    _same_platform(setup)
     import pickle
 
     from .runtime import _on_one_thread
 
     function, item = pickle.loads(call)  # the build's own driver pickled it, for this run
     return _on_one_thread(function, item)
+
+
+def _same_platform(setup: dict[str, Any]) -> None:
+    """Make this worker a build's worker at its first task; refuse a task of a build on
+    another platform (PlatformMismatch, naming what differs)."""
+    if not _prepared:
+        _prepare(setup)
+    if _prepared["platform"]["digest"] != setup["platform"]["digest"]:
+        raise PlatformMismatch(_mismatch(_prepared["platform"], setup["platform"]))
+
+
+def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
+             rendezvous: tuple[str, int, str], setup: dict[str, Any],
+             sent: dict[str, Any]) -> None:
+    """Data-parallel worker `rank` of `count` in a Ray worker: the recipe's source and
+    inputs as sent, each checked against the derivation's digests; the worker's platform
+    checked against the build's; then the same training as worker 0's, from the same
+    seed, on one thread, on its share of the shards. It writes nothing that is kept: its
+    copies and scratch output live in a folder removed when it ends (and the Ray worker
+    process ends with the task)."""
+    import ray
+
+    from .job import Job
+    from .runtime import rank_main
+
+    job = Job.from_json(job_json)
+    host, port, _ = rendezvous  # gloo's interface: the one toward worker 0 (before the guard)
+    os.environ["GLOO_SOCKET_IFNAME"] = interface_of(_facing_ip(host, port))
+    _same_platform({**setup, "inputs": []})  # its input copies get the guard in rank_main
+    place = Path(tempfile.mkdtemp(prefix=f"reweigh-worker-{rank}-"))
+    try:
+        src = place / "src"
+        src.mkdir()
+        packed = ray.get(sent["src"])
+        names = sorted(rel for rel, _ in packed.get("tree", []))
+        if names != sorted(job.code_digests):
+            raise CopyMismatch(f"the recipe's source as sent holds {names}, the derivation "
+                               f"{sorted(job.code_digests)}: refused")
+        code = _unpack(packed, src)
+        for rel, digest in job.code_digests.items():
+            _check_file(code / rel, digest, f"the recipe's {rel}")
+        inputs = {}
+        for name, ref in sent["inputs"].items():
+            if name not in job.input_digests:
+                raise CopyMismatch(f"input {name!r} was sent, the derivation has no digest "
+                                   "for it: refused")
+            folder = place / "inputs" / name
+            folder.mkdir(parents=True)
+            inputs[name] = str(_verified(ray.get(ref), folder, job.input_digests[name],
+                                         f"input {name!r}"))
+        if sorted(inputs) != sorted(job.input_digests):
+            raise CopyMismatch(f"inputs sent: {sorted(inputs)}, the derivation's: "
+                               f"{sorted(job.input_digests)}: refused")
+        job = replace(job, src=str(code), inputs=inputs)
+        rank_main(job, replay, rank, count, 1, rendezvous, str(place))
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
+def _check_file(path: Path, digest: str, what: str) -> None:
+    from .digest import file_digest
+
+    if (actual := file_digest(path)) != digest:
+        raise CopyMismatch(f"{what} as sent has digest {actual}, the derivation says "
+                           f"{digest}: refused")
 
 
 def _mismatch(mine: dict[str, Any], build: dict[str, Any]) -> str:

@@ -74,6 +74,10 @@ class Job:
     platform: str = "native"  # the numerics platform's name (reweigh.numerics)
     workers: int = 1  # data-parallel workers and ctx.map's (not part of the derivation)
     cluster: str | None = None  # an existing Ray cluster's address, for ctx.map
+    # what the derivation says each input and code file holds: a data-parallel worker on a
+    # cluster checks the copies it was sent against these (never against the sender's word)
+    input_digests: dict[str, str] = field(default_factory=dict)
+    code_digests: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,7 +97,9 @@ class Job:
                 tuple((str(t), str(p)) for t, p in audit["probes"]), int(audit["length"])),
             sandbox=Sandbox(data["sandbox"]["kind"], tuple(data["sandbox"]["hidden"])),
             platform=str(data.get("platform", "native")),
-            workers=int(data.get("workers", 1)), cluster=data.get("cluster"))
+            workers=int(data.get("workers", 1)), cluster=data.get("cluster"),
+            input_digests=dict(data.get("input_digests") or {}),
+            code_digests=dict(data.get("code_digests") or {}))
 
     def with_paths(self, place: Callable[[str, str, bool], str],
                    file: Callable[[str], str]) -> Job:
@@ -126,7 +132,10 @@ def for_derivation(record: dict[str, Any], src: str, out: str, inputs: dict[str,
                weights=weights, replays=replays, audit=audit,
                # records older than platforms ran on their machine's own kernels
                platform=platform or record.get("platform", "native"),
-               workers=workers, cluster=cluster)
+               workers=workers, cluster=cluster,
+               input_digests={name: str(record["inputs"][name]["digest"]) for name in inputs
+                              if name in record.get("inputs", {})},
+               code_digests={str(rel): str(d) for rel, d in record.get("code", {}).items()})
 
 
 def workers_asked() -> tuple[int, str | None]:

@@ -54,7 +54,7 @@ def statement(recipe: Recipe, drv: Derivation, inputs: tuple[ResolvedInput, ...]
                              "params": recipe.params, "license": vars(recipe.license)},
                   "derivation": drv.digest},
         internal={"threads": run["threads"], "numerics": env.get("numerics"),
-                  **{k: run[k] for k in ("workers", "cluster") if k in run}},
+                  **{k: run[k] for k in ("workers", "cluster", "cluster_ranks") if k in run}},
         dependencies=dependencies,
         builder={"id": BUILDER_ID,
                  "version": {"reweigh": __version__, **env.get("packages", {})}},

@@ -428,7 +428,8 @@ def run(job: Job) -> None:
     inputs = {name: Path(path) for name, path in job.inputs.items()}
     threads = job.threads
     environment.apply_torch_numerics(threads)
-    isolation = isolation_held(job.sandbox, job.cluster if job.mode == "build" else None)
+    isolation = isolation_held(job.sandbox, job.cluster if job.mode == "build" else None,
+                               cluster.cluster_ranks(job))
     record = environment.capture(threads, isolation, job.platform)
     if problem := numerics.measured_problem(job.platform, record["cpu_capability"]):
         raise RuntimeError(problem)
@@ -458,13 +459,14 @@ def run(job: Job) -> None:
             emit("evaluation", index=index, **result)
 
 
-def isolation_held(asked: Sandbox, cluster_address: str | None = None) -> dict[str, Any]:
+def isolation_held(asked: Sandbox, cluster_address: str | None = None,
+                   cluster_ranks: int = 0) -> dict[str, Any]:
     """What isolation this process has, measured; a sandbox that was asked for and does
     not hold is a violation: the build fails rather than claim what it did not have.
     With a Ray cluster (--cluster), the network is the host's on purpose, and the record
-    says where ctx.map's tasks ran."""
+    says where ctx.map's tasks ran, and the data-parallel workers that ran there."""
     measured = {"sandbox": asked.kind, **sandbox.measure(asked.hidden),
-                **cluster.isolation(cluster_address)}
+                **cluster.isolation(cluster_address, cluster_ranks)}
     if asked.kind != sandbox.NONE and (failed := sandbox.failures(measured)):
         _refuse(PermissionError, "the sandbox did not hold: " + "; ".join(failed))
     return measured
@@ -484,13 +486,14 @@ def _train(job: Job, train: Callable[[BuildContext], Any],
     ctx = BuildContext(inputs, job.params, job.seed, out, job.threads, job.checkpoint_every,
                        replay, tasks=cluster.Tasks.of(job))
     emit("segment", start=replay and replay.start, stop=replay and replay.stop)
-    with data_parallel(job, replay) as ctx.workers:
-        try:
-            train(ctx)
-        except ReplayDone:
-            return
-        finally:
-            ctx.close()
+    try:  # the pool and Ray outlive the workers' group: on a cluster, they are Ray tasks
+        with data_parallel(job, replay, ctx) as ctx.workers:
+            try:
+                train(ctx)
+            except ReplayDone:
+                return
+    finally:
+        ctx.close()
     if replay is not None and replay.stop is not None:
         raise RuntimeError(f"the replay never reached step {replay.stop}")
     if not (out / "weights.safetensors").is_file():
@@ -501,16 +504,33 @@ class WorkerLost(RuntimeError):
     """A data-parallel worker stopped before the build ended: the build fails, whole."""
 
 
+RENDEZVOUS_MINUTES = 30  # how long workers wait for each other (to join, at a collective)
+
+
 @contextlib.contextmanager
-def data_parallel(job: Job, replay: Replay | None) -> Iterator[Workers]:
+def data_parallel(job: Job, replay: Replay | None,
+                  ctx: BuildContext | None = None) -> Iterator[Workers]:
     """This process as the lead of `job.workers` data-parallel workers, when the recipe
     splits its steps into shards; the others are processes of this build, in its sandbox,
     that run the same training on their share of the shards and write nothing. They meet
-    through a file in the build's private /tmp and talk over gloo on the loopback device."""
+    through a file in the build's private /tmp and talk over gloo on the loopback device.
+    With --cluster, the others are Ray tasks on that cluster (`_on_cluster`)."""
     count = min(job.workers, shard_count(job.params))
     if count <= 1:
         yield Workers()
         return
+    if job.cluster is not None and ctx is not None and ctx.tasks is not None:
+        with _on_cluster(job, replay, count, ctx) as workers:
+            yield workers
+    else:
+        with _in_sandbox(job, replay, count) as workers:
+            yield workers
+
+
+@contextlib.contextmanager
+def _in_sandbox(job: Job, replay: Replay | None, count: int) -> Iterator[Workers]:
+    """Workers 1..count-1 as processes of this build: they meet through a file in its
+    private /tmp and talk over gloo on the loopback device."""
     import multiprocessing
     import tempfile
 
@@ -558,30 +578,93 @@ def _lost(others: list[Any], count: int) -> WorkerLost | None:
     return None
 
 
-def _join_group(meeting: str, rank: int, count: int) -> None:
+@contextlib.contextmanager
+def _on_cluster(job: Job, replay: Replay | None, count: int,
+                ctx: BuildContext) -> Iterator[Workers]:
+    """Workers 1..count-1 as Ray tasks on the build's cluster (`cluster.Ranks`); this
+    process, worker 0, hosts their meeting point: a TCP store on its address toward the
+    cluster, whose keys live under a random token that only the tasks are given, so that
+    nobody else who reaches the port can join the group or read what it exchanges."""
+    import datetime
+    import secrets
+
+    import torch
+    import torch.distributed as dist
+
+    assert ctx.tasks is not None
+    engine = ctx._engine = ctx._engine or cluster.Engine(ctx.tasks, emit)
+    try:
+        ip = engine.here()
+        os.environ["GLOO_SOCKET_IFNAME"] = cluster.interface_of(ip)
+    except cluster.RayMissing:
+        raise
+    except Exception as e:
+        raise cluster.ClusterLost(f"cannot start data-parallel workers on the Ray cluster "
+                                  f"at {job.cluster}: {' '.join(str(e).split())[:300]}") from e
+    torch.set_num_threads(max(1, job.threads // count))
+    server = dist.TCPStore(ip, 0, count, is_master=True, wait_for_workers=False,
+                           timeout=datetime.timedelta(minutes=RENDEZVOUS_MINUTES))
+    rendezvous = (ip, int(server.port), secrets.token_hex(16))
+    ranks = engine.start_ranks(job, replay, count, rendezvous)
+    try:
+        _join_group(rendezvous, 0, count, server)
+        yield Workers(count, 0)
+        dist.barrier()  # the others have ended their training too
+    except Exception as e:
+        if lost := ranks.lost():
+            raise WorkerLost(lost) from e
+        ranks.stop()
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if lost := ranks.finish():
+        raise WorkerLost(lost)
+
+
+def _join_group(meeting: str | tuple[str, int, str], rank: int, count: int,
+                server: Any = None) -> None:
+    """Join the workers' group: through the file `meeting` (workers in this sandbox), or
+    through worker 0's TCP store at (host, port), under its token (workers on a cluster;
+    `server` is worker 0's own store)."""
     import datetime
 
     import torch.distributed as dist
 
-    store = dist.FileStore(meeting, count)
+    timeout = datetime.timedelta(minutes=RENDEZVOUS_MINUTES)
+    if isinstance(meeting, str):
+        store: Any = dist.FileStore(meeting, count)
+    else:
+        host, port, token = meeting
+        store = dist.PrefixStore(f"reweigh/{token}/", server or dist.TCPStore(
+            host, port, count, is_master=False, timeout=timeout))
     dist.init_process_group("gloo", store=store, rank=rank, world_size=count,
-                            timeout=datetime.timedelta(minutes=30))
+                            timeout=timeout)
 
 
 def _worker_main(job_json: dict[str, Any], replay: Replay | None, rank: int, count: int,
                  meeting: str) -> None:
-    """A data-parallel worker other than the lead: the same training, from the same seed,
-    on its share of the shards; its outputs go to a scratch folder that nobody reads."""
-    import tempfile
-
+    """A data-parallel worker other than the lead, a process of this build: it dies with
+    the build; see `rank_main`."""
     die_with_parent()
     job = Job.from_json(job_json)
-    environment.apply_torch_numerics(max(1, job.threads // count))
+    rank_main(job, replay, rank, count, max(1, job.threads // count), meeting)
+
+
+def rank_main(job: Job, replay: Replay | None, rank: int, count: int, threads: int,
+              meeting: str | tuple[str, int, str], scratch_in: str | None = None) -> None:
+    """A data-parallel worker other than the lead (here, or a Ray task on a cluster): the
+    same training, from the same seed, on its share of the shards, with the build's
+    numerics on `threads` threads and the guard on its inputs; its outputs go to a
+    scratch folder that nobody reads (in `scratch_in`; the temporary folder without)."""
+    import tempfile
+
+    environment.apply_torch_numerics(threads)
     sys.addaudithook(Guard(list(job.inputs.values())))
     sys.path.insert(0, job.src)
     train = load_entry(Path(job.src), job.entry)
     seed_everything(job.seed)
-    scratch = Path(tempfile.mkdtemp(prefix=f"reweigh-worker-{rank}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"reweigh-worker-{rank}-", dir=scratch_in))
     ctx = BuildContext({name: Path(path) for name, path in job.inputs.items()}, job.params,
                        job.seed, scratch, 1, job.checkpoint_every, replay,
                        workers=Workers(count, rank))

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"isolation          {isolation.get('sandbox', 'unrecorded')}"
           + (f" ({UNISOLATED_NOTE})" if isolation.get("sandbox") == "none" else "")
           + (f" ({cluster_note(isolation['cluster'])})" if isolation.get("cluster") else ""))
+    if isolation.get("cluster_ranks"):  # data-parallel workers on the cluster (--workers)
+        print(f"cluster workers    {isolation['cluster_ranks']}")
     for check in info["checks"]:
         print(f"check {check['kind']:12} {check['result']}  {json.dumps(check['detail'])}")
     return 0

@@ -26,6 +26,7 @@ from ..builder import (
     run_child,
     stage_source,
 )
+from ..cluster import cluster_ranks
 from ..derivation import Derivation, code_files, derive, hash_code, whole_floats
 from ..digest import canonical_json, file_digest, tree_files
 from ..entries import check_entries
@@ -238,7 +239,9 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
                "environment": result.environment, "started": result.started,
                "finished": result.finished, "threads": threads, "attempt": attempt,
                # how the build was spread: recorded, never part of the derivation
-               "workers": job.workers, **({"cluster": job.cluster} if job.cluster else {})}
+               "workers": job.workers, **({"cluster": job.cluster} if job.cluster else {}),
+               # data-parallel workers 1..N-1 that ran on that cluster, outside the sandbox
+               **({"cluster_ranks": ranks} if (ranks := cluster_ranks(job)) else {})}
         read_header(out / "weights.safetensors")
         metrics = result.evaluations.get(0, {}).get("metrics", {})
         _write_item_files(the_plan, out, run, metrics, result, kept)
