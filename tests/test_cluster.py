@@ -150,6 +150,35 @@ def test_a_cluster_address_is_host_and_port_or_refused(text: str) -> None:
     assert int(text.rpartition(":")[2]) == port and host in text
 
 
+def test_a_remote_workers_copies_must_be_what_the_derivation_says(tmp_path: Path) -> None:
+    """What a data-parallel worker on a cluster is sent is checked before it trains: a
+    file whose bytes differ from the derivation's digest, and a name that would leave
+    the worker's folder, are refused; a faithful copy comes back with the same digest."""
+    from reweigh.cluster import CopyMismatch, _pack, _verified
+    from reweigh.digest import path_digest
+
+    source = tmp_path / "data"
+    (source / "sub").mkdir(parents=True)
+    (source / "a.bin").write_bytes(b"weights of the data")
+    (source / "sub" / "b.txt").write_text("labels")
+    digest = path_digest(source)
+    packed = _pack(str(source))
+    (tmp_path / "ok").mkdir()
+    copy = _verified(packed, tmp_path / "ok", digest, "input 'data'")
+    assert path_digest(copy) == digest and (copy / "sub" / "b.txt").read_text() == "labels"
+    tampered = {**packed, "tree": [(rel, data + b"!" if rel == "a.bin" else data)
+                                   for rel, data in packed["tree"]]}
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(CopyMismatch, match="input 'data' as sent has digest"):
+        _verified(tampered, tmp_path / "bad", digest, "input 'data'")
+    for rel in ("../escape", "/etc/passwd", "sub/../../escape"):
+        where = tmp_path / f"out-{abs(hash(rel))}"
+        where.mkdir()
+        with pytest.raises(CopyMismatch, match="outside its folder"):
+            _verified({"name": "data", "tree": [(rel, b"x")]}, where, digest, "input")
+    assert not (tmp_path / "escape").exists()
+
+
 def test_a_worker_on_another_platform_names_what_differs() -> None:
     build = {"name": "portable", "packages": {"torch": "2.13.0+cpu", "numpy": "2.1"},
              "settings": {"env": {"ATEN_CPU_CAPABILITY": "avx2"}}, "digest": "sha256:aa"}
@@ -353,8 +382,9 @@ def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_f
     result = run_reweigh("build", bn_recipe(tmp_path / "bn", die_at=10), "--cluster", address,
                          "--workers", "2", store=lost)
     assert result.returncode == 1, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert f"data-parallel worker 1 of 2, a Ray task on the cluster at {address}, died" in last
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    said = f"data-parallel worker 1 of 2, a Ray task on the cluster at {address}, died"
+    assert said in result.stderr, result.stderr
     assert store_is_empty(lost)
     assert not any((lost / "tmp").iterdir())
     _no_ray_left(but=(process.pid,))

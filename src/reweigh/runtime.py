@@ -688,7 +688,8 @@ def main() -> None:
     except BaseException as e:
         traceback.print_exc()
         bad_result = isinstance(e, BadEntryResult | cluster.RayMissing)
-        plain = isinstance(e, cluster.ClusterLost)  # not the recipe's doing: no traceback
+        # not the recipe's doing (a lost cluster, a lost worker): one line, no traceback
+        plain = isinstance(e, cluster.ClusterLost | WorkerLost)
         emit("error", message=str(e) if bad_result or plain else f"{type(e).__name__}: {e}",
              frames=recipe_frames(e.__traceback__, job.src), bad_result=bad_result,
              plain=plain)
