@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,6 +68,7 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"
            # Ray ends a driver that lost its cluster after this long, with a line of its
            # own; reweigh's watch (below) says it first, in reweigh's terms
            "RAY_gcs_rpc_server_reconnect_timeout_s": "60"}
+NODE_START_SECONDS = 300  # how long the build's node of a cluster may take to start
 PROBE_SECONDS = 2.0  # how often a build on an existing cluster checks that its head answers
 PROBE_MISSES = 5  # unanswered checks in a row that end the build
 
@@ -331,6 +333,7 @@ class Engine:
              "--disable-usage-stats", "--block"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        _wait_for_node(self._node, os.path.join(self._temp, "node.log"))
         ray.init(address=address, _node_ip_address=ip, _temp_dir=self._temp,
                  log_to_driver=True, configure_logging=False,
                  runtime_env={"working_dir": self.tasks.src,
@@ -338,6 +341,24 @@ class Engine:
         self._watch = threading.Event()
         threading.Thread(target=_watch_head, args=(address, self._watch, self.emit),
                          daemon=True, name="reweigh-cluster-watch").start()
+
+
+def _wait_for_node(node: subprocess.Popen[bytes], log: str) -> None:
+    """Wait until the build's node says it runs (`ray start` prints it once started): Ray's
+    driver gives a node that has not registered yet a minute, which a busy machine can
+    take to start one."""
+    deadline = time.monotonic() + NODE_START_SECONDS
+    while time.monotonic() < deadline:
+        with open(log, "rb") as handle:
+            said = handle.read()
+        if b"Ray runtime started" in said:
+            return
+        if node.poll() is not None:
+            last = said.decode(errors="replace").strip().splitlines()[-1:] or ["nothing"]
+            raise ConnectionError(f"the build's Ray node ended as it started (exit status "
+                                  f"{node.returncode}; it said: {last[0][:200]})")
+        time.sleep(0.2)
+    raise ConnectionError(f"the build's Ray node did not start within {NODE_START_SECONDS} s")
 
 
 def _short_tmp() -> str:
