@@ -383,4 +383,11 @@ def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_f
     assert said in result.stderr, result.stderr
     assert store_is_empty(lost)
     assert not any((lost / "tmp").iterdir())
+    # more workers than the head has CPUs would wait for ever: refused, in one line
+    result = run_reweigh("build", bn_recipe(tmp_path / "bn3"), "--cluster", address,
+                         "--workers", "3", store=lost)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "has 1 CPUs; data-parallel workers 1..2 need one each" in result.stderr
+    assert store_is_empty(lost)
     _no_ray_left(but=(process.pid,))

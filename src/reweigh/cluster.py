@@ -234,6 +234,11 @@ class Engine:
         put once; `rendezvous` is worker 0's TCP store (address, port) and the token that
         the others must know to find anything in it."""
         ray = self._start()
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus < count - 1:  # the others would wait for a CPU, and the group for them
+            raise ClusterLost(f"the Ray cluster at {self.tasks.address} has {cpus} CPUs; "
+                              f"data-parallel workers 1..{count - 1} need one each (build "
+                              f"with --workers {cpus + 1} or fewer, or add nodes)")
         sent = {"src": ray.put(_pack(job.src)),
                 "inputs": {name: ray.put(_pack(path)) for name, path in job.inputs.items()}}
         remote = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(run_rank).options(
