@@ -241,6 +241,10 @@ class Engine:
                               f"with --workers {cpus + 1} or fewer, or add nodes)")
         sent = {"src": ray.put(_pack(job.src)),
                 "inputs": {name: ray.put(_pack(path)) for name, path in job.inputs.items()}}
+        if replay is not None and replay.start is not None:  # a verifier's replayed segment
+            from .digest import file_digest
+
+            sent["start"] = (ray.put(_pack(replay.start)), file_digest(Path(replay.start)))
         remote = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(run_rank).options(
             name="reweigh-data-parallel-worker")
         refs = [remote.remote(job.to_json(), replay, rank, count, rendezvous,
@@ -630,6 +634,11 @@ def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
         if sorted(inputs) != sorted(job.input_digests):
             raise CopyMismatch(f"inputs sent: {sorted(inputs)}, the derivation's: "
                                f"{sorted(job.input_digests)}: refused")
+        if "start" in sent:  # the checkpoint worker 0 resumes from, and no other
+            (place / "start").mkdir()
+            packed, digest = sent["start"]
+            start = _verified(ray.get(packed), place / "start", digest, "the checkpoint")
+            replay = replace(replay, start=str(start), from_out=None)
         job = replace(job, src=str(code), inputs=inputs)
         rank_main(job, replay, rank, count, 1, rendezvous, str(place))
     finally:
