@@ -611,7 +611,9 @@ def _on_cluster(job: Job, replay: Replay | None, count: int,
         yield Workers(count, 0)
         dist.barrier()  # the others have ended their training too
     except Exception as e:
-        if lost := ranks.lost():
+        # a peer lost shows here as an error of gloo or of the store: wait to hear which
+        peer = isinstance(e, dist.DistError) or "gloo" in str(e)
+        if lost := ranks.lost(cluster.RANK_WAIT_SECONDS if peer else 1.0):
             raise WorkerLost(lost) from e
         ranks.stop()
         raise
