@@ -7,6 +7,7 @@ import concurrent.futures
 import hashlib
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -89,12 +90,22 @@ def test_fifty_clients_download_at_once_and_each_gets_every_byte(folder: Path) -
     assert digests == [expected] * 50
 
 
-def test_the_serve_command_listens_on_loopback_and_stops_on_interrupt(folder: Path) -> None:
+@pytest.mark.parametrize(("stop", "ignored"), [
+    (signal.SIGINT, False), (signal.SIGTERM, False),
+    # a shell script's background job starts with SIGINT ignored, and the server inherits it
+    (signal.SIGINT, True)], ids=["interrupt", "terminate", "interrupt-once-ignored"])
+def test_the_serve_command_listens_on_loopback_and_stops_when_told(
+        folder: Path, stop: signal.Signals, ignored: bool) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+
+    def start() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.SIG_DFL)
+
     process = subprocess.Popen([sys.executable, "-m", "reweigh.cli.main", "serve", folder,
-                                "--port", str(port)], stdout=subprocess.PIPE, text=True)
+                                "--port", str(port)], stdout=subprocess.PIPE, text=True,
+                               preexec_fn=start)
     try:
         line = process.stdout.readline()
         assert f"http://127.0.0.1:{port}" in line
@@ -107,5 +118,10 @@ def test_the_serve_command_listens_on_loopback_and_stops_on_interrupt(folder: Pa
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
     finally:
-        process.send_signal(2)
-        assert process.wait(timeout=10) == 0
+        process.send_signal(stop)
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        assert code == 0

@@ -7,6 +7,7 @@ any static HTTP server serves the same folder.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"--port: cannot listen on {args.host}:{args.port} ({e.strerror})") \
             from e
+    # Ctrl-C and a plain `kill` stop it, whatever the parent left: a shell script's
+    # background job starts with SIGINT ignored, and a server must stop when told.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _interrupt)
     print(f"serving {args.folder.resolve()} at {running.url}", flush=True)
     try:
         running.server.serve_forever()
@@ -42,3 +47,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         running.server.server_close()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
