@@ -30,7 +30,8 @@ UNISOLATED_NOTE = ("built unisolated (--sandbox none): nothing proves the traini
 
 def cluster_note(address: str) -> str:
     """What a build that joined a Ray cluster (--cluster) did not isolate."""
-    return (f"built with ctx.map's tasks on the Ray cluster at {address} (--cluster): they "
+    return (f"built with ctx.map's tasks (and, with --workers, data-parallel workers 1..N-1 "
+            f"of a sharded recipe) on the Ray cluster at {address} (--cluster): they "
             "ran outside reweigh's sandbox, and the build process shared the host's network "
             "to reach them, so nothing proves the training read only its declared inputs; "
             "rebuild it without --cluster")
