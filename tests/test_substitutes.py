@@ -816,6 +816,39 @@ def test_a_refused_copy_falls_back_to_the_next_server(world: dict, tmp_path: Pat
     assert not list((tmp_path / "store" / "tmp").glob("pull-*"))  # no transfer left over
 
 
+@pytest.mark.parametrize("second_whole", [True, False], ids=["second-whole", "both-broken"])
+def test_a_signature_broken_at_one_server_is_taken_whole_from_the_next(
+        world: dict, tmp_path: Path, second_whole: bool) -> None:
+    """The first server's bundle of alice's signature does not verify (one byte of the
+    signature changed): the pull reads the next server's index for the same signer, and
+    installs the first server's archive under the second server's whole bundle; with the
+    bundle broken at both, nothing is installed."""
+    first_cache, second_cache = tmp_path / "first", tmp_path / "second"
+    _publish(world, first_cache, world["alice"])
+    _publish(world, second_cache, world["alice"], archive=False)  # signatures only
+    broken = [first_cache] + ([] if second_whole else [second_cache])
+    for cache in broken:
+        bundle_file = item_dir(cache, world["item"].name) / "signatures" / \
+            f"{world['alice'].keyid}.sig"
+        bundle = read_json(bundle_file)
+        signature = bytearray(base64.b64decode(bundle["dsseEnvelope"]["signatures"][0]["sig"]))
+        signature[0] ^= 0x01
+        bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(signature).decode()
+        write_json(bundle_file, bundle)
+    with served(first_cache) as first, served(second_cache) as second:
+        result = _pull(world, tmp_path, first, second)
+    if not second_whole:
+        _refused(result, tmp_path, "alice")
+        return
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"] == first and report["signers"] == ["alice"]
+    [why] = report["refused"]  # the broken bundle is said, with its server
+    assert "alice" in why and first in why
+    assert (Path(report["path"]) / "weights.safetensors").read_bytes() == \
+        (world["item"] / "weights.safetensors").read_bytes()
+
+
 def test_a_server_listing_other_weights_first_does_not_stand_in_the_way(
         world: dict, tmp_path: Path) -> None:
     """The first server lists the item with weights no trusted key is listed for (and its

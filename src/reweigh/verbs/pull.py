@@ -197,13 +197,29 @@ class _Attempts:
                 tried.add(source.label)
                 yield self._next(source)
         for source in self.caches.sources:
-            if source.label in tried or any(s is source for s, _ in self.found):
+            if source.label in tried:
                 continue
+            listed = self._listing(source)
+            if listed is not None and self._same(listed):
+                tried.add(source.label)
+                yield self._next(source)
+
+    def _listing(self, source: Source) -> layout.Entry | None:
+        """What `source` lists for the wanted item, its index read (once) if not yet."""
+        listed = next((e for s, e in self.found if s is source), None)
+        if listed is None:
             listed = (self.caches.index(source) or {}).get(self.entry.item)
             if listed is not None:
                 self.found.append((source, listed))
-                if self._same(listed):
-                    yield self._next(source)
+        return listed
+
+    def _more_signers(self) -> bool:
+        """Read the servers not yet asked, for signatures of the wanted derivation: a
+        bundle that did not verify at one server may be whole at another."""
+        before = len(self.found)
+        for source in self.caches.sources:
+            self._listing(source)
+        return len(self.found) > before
 
     def info(self, source: Source) -> layout.Info:
         try:
@@ -221,17 +237,20 @@ class _Attempts:
                 info: layout.Info) -> tuple[Tally, list[Refusal], dict[str, bytes]]:
         """The votes that count for this server's record of the item; a shortfall that
         is no fault of the server's record ends the pull."""
-        if self._votes is None:
-            self._votes = self.caches.votes(self.found, info, self.require)
-        votes, refusals, bundles = self._votes
-        counted = tally(votes, info.entry.derivation, info.entry.weights_digest, info.files,
-                        self.require)
-        if counted.met:
-            return counted, refusals, bundles
-        line = refusal(self.ref, counted, refusals, info, source)
-        if counted.others and not counted.disagreeing:  # this server lists other files
-            raise Refused(SignatureError(line))
-        raise SignatureError(self._with_earlier(line))
+        while True:
+            if self._votes is None:
+                self._votes = self.caches.votes(self.found, info, self.require)
+            votes, refusals, bundles = self._votes
+            counted = tally(votes, info.entry.derivation, info.entry.weights_digest,
+                            info.files, self.require)
+            if counted.met:
+                return counted, refusals, bundles
+            line = refusal(self.ref, counted, refusals, info, source)
+            if counted.others and not counted.disagreeing:  # this server lists other files
+                raise Refused(SignatureError(line))
+            if not self._more_signers():
+                raise SignatureError(self._with_earlier(line))
+            self._votes = None  # counted again with the other servers' signatures
 
     def _next(self, source: Source) -> Source:
         """The next server to try, once the last refusal is said (when there is a next
