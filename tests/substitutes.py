@@ -116,8 +116,11 @@ class _Dying(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def dying_server(folder: Path) -> Iterator[str]:
-    handler = lambda *a, **k: _Dying(*a, directory=str(folder), **k)  # noqa: E731
+def _serving(handler_class: type[http.server.SimpleHTTPRequestHandler],
+             folder: Path) -> Iterator[str]:
+    """`folder` served on 127.0.0.1 by a thread of this process with `handler_class`;
+    its URL."""
+    handler = lambda *a, **k: handler_class(*a, directory=str(folder), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -127,6 +130,10 @@ def dying_server(folder: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def dying_server(folder: Path) -> contextlib.AbstractContextManager[str]:
+    return _serving(_Dying, folder)
 
 
 class _Stalling(http.server.SimpleHTTPRequestHandler):
@@ -157,17 +164,11 @@ def stalling_server(folder: Path, halfway: threading.Event,
     """A server that stops half way through an archive (`halfway` is set then) until
     `release` is set."""
     handler_class = type("Stalling", (_Stalling,), {"halfway": halfway, "release": release})
-    handler = lambda *a, **k: handler_class(*a, directory=str(folder), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with _serving(handler_class, folder) as url:
+        try:
+            yield url
+        finally:
+            release.set()  # a handler still waiting ends, so that the server can stop
 
 
 class _Poisoning(http.server.SimpleHTTPRequestHandler):
@@ -193,16 +194,5 @@ class _Poisoning(http.server.SimpleHTTPRequestHandler):
         super().copyfile(source, outputfile)
 
 
-@contextlib.contextmanager
-def poisoning_server(folder: Path, cut: int, flip: int) -> Iterator[str]:
-    handler_class = type("Poisoning", (_Poisoning,), {"cut": cut, "flip": flip})
-    handler = lambda *a, **k: handler_class(*a, directory=str(folder), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def poisoning_server(folder: Path, cut: int, flip: int) -> contextlib.AbstractContextManager[str]:
+    return _serving(type("Poisoning", (_Poisoning,), {"cut": cut, "flip": flip}), folder)
