@@ -5,8 +5,9 @@ examples/backgammon-td (GNU Backgammon's kind: a self-taught player), in one sto
 
 1. `reweigh estimate RECIPE --json`: a few seconds of the real build, extrapolated;
 2. `reweigh build RECIPE --json` from scratch (or reused, with --reuse): wall time, and
-   the CPU time of the recipe's own process (the `runtime` child, read from /proc while
-   it runs: a sandboxed build's processes are not the caller's children);
+   the CPU time of the recipe's own processes (the `runtime` processes descending from
+   the build's command, read from /proc while they run: the sandbox's processes are not
+   reaped into the caller's CPU time, and another build's are not this one's);
 3. the build's metrics: BLEU and chrF against both baselines; win rates against random
    and pubeval.
 
@@ -42,28 +43,44 @@ def reweigh(*args: str, store: Path) -> subprocess.CompletedProcess[str]:
 
 
 class RuntimeCPU(threading.Thread):
-    """Sums the CPU time of `reweigh.runtime` processes seen while a build runs (the last
-    reading of each pid), from /proc/PID/stat (utime + stime)."""
+    """Sums the CPU time of the `reweigh.runtime` processes that descend from process
+    `root` (the build's command) while it runs (the last reading of each pid), from
+    /proc/PID/stat (utime + stime)."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
+        self.root = root
         self.seen: dict[int, float] = {}
         self.stop = threading.Event()
         self.ticks = os.sysconf("SC_CLK_TCK")
 
     def run(self) -> None:
-        mine = set(_runtimes())  # runtimes already running belong to others
         while not self.stop.wait(0.5):
-            for pid in set(_runtimes()) - mine:
-                try:
-                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            for pid in _runtimes():
+                fields = _stat(pid)
+                if fields and _descends(pid, self.root):
                     self.seen[pid] = (int(fields[11]) + int(fields[12])) / self.ticks
-                except (OSError, IndexError, ValueError):
-                    continue
 
     @property
     def seconds(self) -> float:
         return sum(self.seen.values())
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name (state, ppid, ...)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _descends(pid: int, root: int) -> bool:
+    while pid > 1:
+        if pid == root:
+            return True
+        fields = _stat(pid)
+        pid = int(fields[1]) if fields else 0
+    return False
 
 
 def _runtimes() -> list[int]:
@@ -90,17 +107,20 @@ def measure(name: str, recipe: Path, store: Path) -> None:
     else:
         print(f"  estimate failed: {estimate.stderr.strip()[-300:]}")
     load = os.getloadavg()[0]
-    watch = RuntimeCPU()
-    watch.start()
     started = time.perf_counter()
-    built = reweigh("build", str(recipe), "--json", store=store)
+    command = subprocess.Popen([sys.executable, "-m", "reweigh.cli.main", "build", str(recipe),
+                                "--json", "--store", str(store)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    watch = RuntimeCPU(command.pid)
+    watch.start()
+    out, err = command.communicate()
     wall = time.perf_counter() - started
     watch.stop.set()
     watch.join()
-    if built.returncode != 0:
-        print(f"  build failed: {built.stderr.strip()[-500:]}")
+    if command.returncode != 0:
+        print(f"  build failed: {err.strip()[-500:]}")
         return
-    report = json.loads(built.stdout)
+    report = json.loads(out)
     print(f"  build: {wall:.0f} s wall, {watch.seconds:.0f} s CPU of its runtime processes, "
           f"reused={report['reused']}, load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"  weights {report['weights_digest']}")
