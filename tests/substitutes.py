@@ -7,6 +7,10 @@ import contextlib
 import http.server
 import json
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -196,3 +200,51 @@ class _Poisoning(http.server.SimpleHTTPRequestHandler):
 
 def poisoning_server(folder: Path, cut: int, flip: int) -> contextlib.AbstractContextManager[str]:
     return _serving(type("Poisoning", (_Poisoning,), {"cut": cut, "flip": flip}), folder)
+
+
+@contextlib.contextmanager
+def killed_mid_transfer(folder: Path, after: int) -> Iterator[str]:
+    """`reweigh serve FOLDER`, the real command in a process of its own, behind a relay on
+    127.0.0.1 that passes everything through until `after` bytes have followed the first
+    archive reply's headers, then SIGKILLs the server and drops the client: a server
+    that dies mid-transfer. Yields the relay's URL."""
+    server = subprocess.Popen([sys.executable, "-m", "reweigh.cli.main", "serve", str(folder),
+                               "--port", "0"], stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    port = int(server.stdout.readline().rsplit(":", 1)[1])
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = [0, False]  # archive bytes passed on; seen the archive's reply
+
+    def pump(source: socket.socket, sink: socket.socket, watch: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if watch and not sent[1] and b"application/octet-stream" in data:
+                    sent[1] = True
+                    data_after = data.split(b"\r\n\r\n", 1)[-1]
+                    sent[0] = len(data_after)
+                elif watch and sent[1]:
+                    sent[0] += len(data)
+                if watch and sent[1] and sent[0] >= after:
+                    sink.sendall(data[: len(data) - (sent[0] - after)])
+                    server.send_signal(signal.SIGKILL)
+                    break
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def relay() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", port))
+                threading.Thread(target=pump, args=(client, upstream, False), daemon=True).start()
+                threading.Thread(target=pump, args=(upstream, client, True), daemon=True).start()
+
+    threading.Thread(target=relay, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        server.kill()
+        server.wait()

@@ -27,6 +27,7 @@ from .substitutes import (
     copy_item,
     dying_server,
     item_dir,
+    killed_mid_transfer,
     party,
     puller,
     read_json,
@@ -366,6 +367,27 @@ def test_a_server_killed_mid_transfer_leaves_nothing_and_the_next_pull_resumes(
     from reweigh.verbs.store import verify_store
 
     assert verify_store(Store(tmp_path / "store")) == []
+
+
+def test_a_serve_process_killed_mid_transfer_leaves_nothing_and_the_next_pull_resumes(
+        world: dict, tmp_path: Path) -> None:
+    """The real `reweigh serve` SIGKILLed half way through the archive: the pull is refused
+    in one line with nothing in the store, and a pull from a server started again on the
+    same folder asks only for the rest."""
+    cache = tmp_path / "cache"
+    _publish(world, cache, world["alice"])
+    size = read_json(cache / layout.info_path(world["item"].name))["archive"]["size"]
+    with killed_mid_transfer(cache, after=size // 2) as url:
+        _refused(_pull(world, tmp_path, url, cli=True), tmp_path,
+                 f"stopped after {size // 2} of {size} bytes", "pull again to resume")
+    with served(cache) as url:
+        result = _pull(world, tmp_path, url)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 0 < report["resumed_from"] <= size // 2  # only the rest was asked for
+    assert report["received"] == size - report["resumed_from"]
+    assert (Path(report["path"]) / "weights.safetensors").read_bytes() == \
+        (world["item"] / "weights.safetensors").read_bytes()
 
 
 def test_a_file_name_that_leaves_the_item_is_refused(world: dict, tmp_path: Path) -> None:
