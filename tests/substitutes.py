@@ -101,26 +101,40 @@ def copy_item(item_path: Path, target: Path) -> Path:
     return target
 
 
-class _Dying(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, but sends only the first half of any archive and then drops the
-    connection, as a server killed mid-transfer does."""
+class _Archives(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder quietly, every file as it is but the archives, which `archive`
+    sends (a hostile or broken server's part)."""
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
     def copyfile(self, source, outputfile) -> None:
         if self.path.endswith("/archive.rwc"):
-            data = source.read()
-            outputfile.write(data[: len(data) // 2])
-            outputfile.flush()
-            self.connection.shutdown(2)
-            self.close_connection = True
-            return
-        super().copyfile(source, outputfile)
+            self.archive(source.read(), outputfile)
+        else:
+            super().copyfile(source, outputfile)
+
+    def archive(self, data: bytes, outputfile) -> None:
+        raise NotImplementedError
+
+    def drop(self, outputfile, sent: bytes) -> None:
+        """Send `sent`, then drop the connection, as a server killed there does."""
+        outputfile.write(sent)
+        outputfile.flush()
+        self.connection.shutdown(2)
+        self.close_connection = True
+
+
+class _Dying(_Archives):
+    """Sends only the first half of any archive and then drops the connection, as a
+    server killed mid-transfer does."""
+
+    def archive(self, data: bytes, outputfile) -> None:
+        self.drop(outputfile, data[: len(data) // 2])
 
 
 @contextlib.contextmanager
-def _serving(handler_class: type[http.server.SimpleHTTPRequestHandler],
+def _serving(handler_class: type[_Archives],
              folder: Path) -> Iterator[str]:
     """`folder` served on 127.0.0.1 by a thread of this process with `handler_class`;
     its URL."""
@@ -140,26 +154,19 @@ def dying_server(folder: Path) -> contextlib.AbstractContextManager[str]:
     return _serving(_Dying, folder)
 
 
-class _Stalling(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, but sends the first half of any archive, then waits for the
-    test's `release` before it sends the rest: a pull that is running, mid-transfer."""
+class _Stalling(_Archives):
+    """Sends the first half of any archive, then waits for the test's `release` before
+    it sends the rest: a pull that is running, mid-transfer."""
 
     release: threading.Event
     halfway: threading.Event
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def copyfile(self, source, outputfile) -> None:
-        if self.path.endswith("/archive.rwc"):
-            data = source.read()
-            outputfile.write(data[: len(data) // 2])
-            outputfile.flush()
-            self.halfway.set()
-            self.release.wait(20)
-            outputfile.write(data[len(data) // 2:])
-            return
-        super().copyfile(source, outputfile)
+    def archive(self, data: bytes, outputfile) -> None:
+        outputfile.write(data[: len(data) // 2])
+        outputfile.flush()
+        self.halfway.set()
+        self.release.wait(20)
+        outputfile.write(data[len(data) // 2:])
 
 
 @contextlib.contextmanager
@@ -175,27 +182,18 @@ def stalling_server(folder: Path, halfway: threading.Event,
             release.set()  # a handler still waiting ends, so that the server can stop
 
 
-class _Poisoning(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, but sends any archive only up to `cut` bytes, the byte at `flip`
-    changed, and then drops the connection: a hostile server that leaves a wrong piece
-    where a resume would go on from it."""
+class _Poisoning(_Archives):
+    """Sends any archive only up to `cut` bytes, the byte at `flip` changed, and then
+    drops the connection: a hostile server that leaves a wrong piece where a resume
+    would go on from it."""
 
     cut: int
     flip: int
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def copyfile(self, source, outputfile) -> None:
-        if self.path.endswith("/archive.rwc"):
-            data = bytearray(source.read()[: self.cut])
-            data[self.flip] ^= 0x01
-            outputfile.write(bytes(data))
-            outputfile.flush()
-            self.connection.shutdown(2)
-            self.close_connection = True
-            return
-        super().copyfile(source, outputfile)
+    def archive(self, data: bytes, outputfile) -> None:
+        poisoned = bytearray(data[: self.cut])
+        poisoned[self.flip] ^= 0x01
+        self.drop(outputfile, bytes(poisoned))
 
 
 def poisoning_server(folder: Path, cut: int, flip: int) -> contextlib.AbstractContextManager[str]:

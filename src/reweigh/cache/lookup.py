@@ -12,7 +12,7 @@ signer that disagrees stops the pull.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -82,6 +82,42 @@ class Caches:
                     break
         return found
 
+    def listing(self, found: Found, source: Source, item: str) -> layout.Entry | None:
+        """What `source` lists for `item`: its entry in `found`, else from its index (read
+        once), then added to `found`."""
+        listed = next((e for s, e in found if s is source), None)
+        if listed is None:
+            listed = (self.index(source) or {}).get(item)
+            if listed is not None:
+                found.append((source, listed))
+        return listed
+
+    def mirrors(self, found: Found, entry: layout.Entry) -> Iterator[Source]:
+        """The servers with the archive of `entry`'s item (its derivation and weights):
+        those in `found` first, then the others in the user's order, each one's index
+        read only when the caller asks for the next server (a fallback costs nothing
+        until it is needed)."""
+        tried: set[str] = set()
+        for source in [s for s, e in found if e.archive and same_item(e, entry)]:
+            tried.add(source.label)
+            yield source
+        for source in self.sources:
+            if source.label in tried:
+                continue
+            listed = self.listing(found, source, entry.item)
+            if listed is not None and listed.archive and same_item(listed, entry):
+                tried.add(source.label)
+                yield source
+
+    def checked_info(self, source: Source, entry: layout.Entry) -> layout.Info:
+        """`source`'s info record of `entry`'s item, which must name the same derivation
+        and weights as the index entry."""
+        info = self.info(source, entry.item)
+        if not same_item(info.entry, entry):
+            raise SignatureError(f"{source.label}: the info record of {entry.item} says "
+                                 "another derivation or weights than the index")
+        return info
+
     def info(self, source: Source, item: str) -> layout.Info:
         where = f"{source.label}/{layout.info_path(item)}"
         self.requests += 1
@@ -146,6 +182,11 @@ class Caches:
         return Vote(key.keyid, key.name, source.label, claim), data
 
 
+def same_item(a: layout.Entry, b: layout.Entry) -> bool:
+    """The same item, derivation and weights (whoever lists it)."""
+    return (a.item, a.derivation, a.weights_digest) == (b.item, b.derivation, b.weights_digest)
+
+
 def matches_ref(ref: str, entry: layout.Entry) -> bool:
     if is_digest(ref):
         return ref in (entry.derivation, entry.weights_digest)
@@ -153,4 +194,4 @@ def matches_ref(ref: str, entry: layout.Entry) -> bool:
                                                and all(c in "0123456789abcdef" for c in ref))
 
 
-__all__ = ["Caches", "Found", "Unreachable", "matches_ref"]
+__all__ = ["Caches", "Found", "Unreachable", "matches_ref", "same_item"]

@@ -115,7 +115,7 @@ def pull(ref: str, sources: list[str], *, require: int = 1, store: Store | None 
             return PullReport(local.path, local.path.name, local.derivation,
                               local.weights_digest, True, None, (), require,
                               requests=caches.requests, problems=tuple(caches.problems))
-        attempt = _Attempts(ref, caches, found, require, warn)
+        attempt = _Attempts(ref, caches, found, wanted, require, warn)
         for source in attempt.servers():
             try:
                 info = attempt.info(source)
@@ -164,14 +164,14 @@ class _Attempts:
     on the server that serves the bytes; each server's record must list the files they
     sign."""
 
-    def __init__(self, ref: str, caches: Caches, found: Found, require: int,
-                 warn: Callable[[str], None] | None) -> None:
+    def __init__(self, ref: str, caches: Caches, found: Found, wanted: layout.Entry,
+                 require: int, warn: Callable[[str], None] | None) -> None:
         self.ref, self.caches, self.found, self.require = ref, caches, found, require
         self.warn = warn or (lambda line: None)
         if not any(e.archive for _, e in found):
             raise SignatureError(f"{found[0][1].item}: no cache asked has its archive, only "
                                  f"signatures ({_asked(caches)})")
-        self.entry = _wanted(found, caches, require)[1]
+        self.entry = wanted
         self.errors: list[tuple[Source, SignatureError]] = []
         self.lines: list[str] = []
         self.unsaid = False  # the last refusal is not said yet (said when a next server comes)
@@ -184,54 +184,25 @@ class _Attempts:
                           f"listed for ({self.entry.weights_digest})")
         self._votes: tuple[list[Vote], list[Refusal], dict[str, bytes]] | None = None
 
-    def _same(self, entry: layout.Entry) -> bool:
-        return entry.archive and (entry.item, entry.derivation, entry.weights_digest) == (
-            self.entry.item, self.entry.derivation, self.entry.weights_digest)
-
     def servers(self) -> Iterator[Source]:
         """The servers with the wanted archive: those found, then the rest, asked only
         when every earlier one was refused."""
-        tried: set[str] = set()
-        for source, entry in list(self.found):
-            if self._same(entry):
-                tried.add(source.label)
-                yield self._next(source)
-        for source in self.caches.sources:
-            if source.label in tried:
-                continue
-            listed = self._listing(source)
-            if listed is not None and self._same(listed):
-                tried.add(source.label)
-                yield self._next(source)
-
-    def _listing(self, source: Source) -> layout.Entry | None:
-        """What `source` lists for the wanted item, its index read (once) if not yet."""
-        listed = next((e for s, e in self.found if s is source), None)
-        if listed is None:
-            listed = (self.caches.index(source) or {}).get(self.entry.item)
-            if listed is not None:
-                self.found.append((source, listed))
-        return listed
+        for source in self.caches.mirrors(self.found, self.entry):
+            yield self._next(source)
 
     def _more_signers(self) -> bool:
         """Read the servers not yet asked, for signatures of the wanted derivation: a
         bundle that did not verify at one server may be whole at another."""
         before = len(self.found)
         for source in self.caches.sources:
-            self._listing(source)
+            self.caches.listing(self.found, source, self.entry.item)
         return len(self.found) > before
 
     def info(self, source: Source) -> layout.Info:
         try:
-            info = self.caches.info(source, self.entry.item)
+            return self.caches.checked_info(source, self.entry)
         except SignatureError as e:
             raise Refused(e) from e
-        if (info.entry.item, info.entry.derivation, info.entry.weights_digest) != \
-                (self.entry.item, self.entry.derivation, self.entry.weights_digest):
-            raise Refused(SignatureError(f"{source.label}: the info record of "
-                                         f"{self.entry.item} says another derivation or "
-                                         "weights than the index"))
-        return info
 
     def counted(self, source: Source,
                 info: layout.Info) -> tuple[Tally, list[Refusal], dict[str, bytes]]:

@@ -20,7 +20,7 @@ anywhere); nor sign what it could not reproduce.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 from ..cache import layout
 from ..cache.client import Source, Unreachable, new_client
 from ..cache.folder import CacheFolder
-from ..cache.lookup import Caches, Found
+from ..cache.lookup import Caches
 from ..errors import CheckFailed, SignatureError, StoreError, UsageError
 from ..keys import KeyRing
 from ..progress import QuietReporter, Reporter
@@ -126,9 +126,8 @@ def _fetch(ref: str, sources: list[str], keyring: KeyRing, staging: Path,
         if not with_archive:
             raise UsageError(f"{ref}: no cache asked has its archive")
         first = with_archive[0][1]
-        same = (first.item, first.derivation, first.weights_digest)
         failed: list[tuple[str, SignatureError]] = []
-        for source in _servers(caches, found, same):
+        for source in caches.mirrors(found, first):
             if failed:
                 line = (f"refused {first.item} from {failed[-1][0]}: {failed[-1][1].message}; "
                         f"trying {source.label}")
@@ -152,29 +151,10 @@ def _fetch(ref: str, sources: list[str], keyring: KeyRing, staging: Path,
     return claim, source_dir
 
 
-def _servers(caches: Caches, found: Found, same: tuple[str, str, str]) -> Iterator[Source]:
-    """The servers listing the archive of the item `same` names, those found first, the
-    others' indexes read only when every earlier one was refused."""
-    def listed(entry: layout.Entry) -> bool:
-        return entry.archive and (entry.item, entry.derivation, entry.weights_digest) == same
-
-    asked = {source.label for source, _ in found}
-    yield from (source for source, entry in found if listed(entry))
-    for source in caches.sources:
-        if source.label not in asked:
-            entry = (caches.index(source) or {}).get(same[0])
-            if entry is not None and listed(entry):
-                yield source
-
-
 def _fetch_from(caches: Caches, source: Source, entry: layout.Entry, staging: Path,
                 reporter: Reporter) -> Claim:
     """The item from one server, unpacked into `staging` and checked: its claim."""
-    info = caches.info(source, entry.item)
-    if (info.entry.item, info.entry.derivation, info.entry.weights_digest) != \
-            (entry.item, entry.derivation, entry.weights_digest):
-        raise SignatureError(f"{source.label}: the info record of {entry.item} says another "
-                             "derivation or weights than the index")
+    info = caches.checked_info(source, entry)
     assert info.archive is not None
     platform_free = Claim(entry.item, entry.name, entry.version, entry.derivation,
                           entry.weights_digest, info.files, None, None)
