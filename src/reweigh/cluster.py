@@ -536,18 +536,19 @@ def _pack(path: str) -> dict[str, Any]:
 def _unpack(packed: dict[str, Any], where: Path) -> Path:
     """Write what `_pack` made under `where`: the file or folder's path there. Every name
     must stay inside `where`."""
+    from .signing import safe_relative
+
     name = str(packed["name"])
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
+    if safe_relative(name) is None or "/" in name:
         raise CopyMismatch(f"a file was sent under the name {name!r}")
     target = where / name
     files = [("", packed["file"])] if "file" in packed else packed["tree"]
     if "file" not in packed:
         target.mkdir(parents=True)
     for rel, data in files:
-        path = target / rel if rel else target
-        parts = Path(rel).parts
-        if rel and (Path(rel).is_absolute() or ".." in parts or "" in parts):
+        if rel and safe_relative(rel) is None:
             raise CopyMismatch(f"a file was sent under the path {rel!r}, outside its folder")
+        path = target / rel if rel else target
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "xb") as handle:  # never through a link, never twice
             handle.write(data)

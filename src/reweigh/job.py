@@ -75,7 +75,8 @@ class Job:
     workers: int = 1  # data-parallel workers and ctx.map's (not part of the derivation)
     cluster: str | None = None  # an existing Ray cluster's address, for ctx.map
     # what the derivation says each input and code file holds: a data-parallel worker on a
-    # cluster checks the copies it was sent against these (never against the sender's word)
+    # cluster checks the copies it was sent against these (a replay's start checkpoint is
+    # checked only against worker 0's digest of its copy: a check of the transport)
     input_digests: dict[str, str] = field(default_factory=dict)
     code_digests: dict[str, str] = field(default_factory=dict)
 

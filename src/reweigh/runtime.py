@@ -508,8 +508,7 @@ RENDEZVOUS_MINUTES = 30  # how long workers wait for each other (to join, at a c
 
 
 @contextlib.contextmanager
-def data_parallel(job: Job, replay: Replay | None,
-                  ctx: BuildContext | None = None) -> Iterator[Workers]:
+def data_parallel(job: Job, replay: Replay | None, ctx: BuildContext) -> Iterator[Workers]:
     """This process as the lead of `job.workers` data-parallel workers, when the recipe
     splits its steps into shards; the others are processes of this build, in its sandbox,
     that run the same training on their share of the shards and write nothing. They meet
@@ -519,7 +518,7 @@ def data_parallel(job: Job, replay: Replay | None,
     if count <= 1:
         yield Workers()
         return
-    if job.cluster is not None and ctx is not None and ctx.tasks is not None:
+    if job.cluster is not None and ctx.tasks is not None:
         with _on_cluster(job, replay, count, ctx) as workers:
             yield workers
     else:
@@ -596,7 +595,7 @@ def _on_cluster(job: Job, replay: Replay | None, count: int,
     try:
         ip = engine.here()
         os.environ["GLOO_SOCKET_IFNAME"] = cluster.interface_of(ip)
-    except cluster.RayMissing:
+    except (cluster.RayMissing, cluster.ClusterLost):  # said in reweigh's words already
         raise
     except Exception as e:
         raise cluster.ClusterLost(f"cannot start data-parallel workers on the Ray cluster "
@@ -613,14 +612,16 @@ def _on_cluster(job: Job, replay: Replay | None, count: int,
     except Exception as e:
         # a peer lost shows here as an error of gloo or of the store: wait to hear which
         peer = isinstance(e, dist.DistError) or "gloo" in str(e)
-        if lost := ranks.lost(cluster.RANK_WAIT_SECONDS if peer else 1.0):
+        lost = ranks.lost(cluster.RANK_WAIT_SECONDS if peer else 1.0)
+        ranks.stop()  # the others would hold their CPUs until gloo's timeout
+        if lost:
             raise WorkerLost(lost) from e
-        ranks.stop()
         raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if lost := ranks.finish():
+        ranks.stop()
         raise WorkerLost(lost)
 
 
