@@ -145,6 +145,41 @@ def test_nothing_of_an_estimate_run_enters_the_store(tmp_path: Path) -> None:
     assert Store(store).attempts() == []
 
 
+LINGERING_TRAIN = """
+import os
+import time
+
+
+def train(ctx):
+    if os.fork() == 0:  # a process of the build that writes on after the runtime is stopped
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            (ctx.out / f"late-{time.monotonic_ns()}").write_text("x")
+        os._exit(0)
+    for step in range(1, 10001):
+        time.sleep(0.01)
+        ctx.progress(step, 10000)
+"""
+
+
+@pytest.mark.slow
+def test_an_estimate_removes_its_folder_after_the_builds_last_process_ends(
+        tmp_path: Path) -> None:
+    """The estimate stops the build after its first seconds and removes the folder it
+    wrote in; a process of the build still writing there made that removal fail with
+    "Directory not empty" (exit 70, seen from `check`, whose cost is an estimate). It
+    now waits for every process of the build to end first. Unisolated, so that the
+    writer outlives the stopped runtime for two seconds (a sandbox's die with it)."""
+    recipe = write_recipe(tmp_path / "r", LINGERING_TRAIN)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = run_reweigh("estimate", recipe, "--json", "--seconds", "0.3", "--sandbox", "none",
+                         store=tmp_path / "store", env={"TMPDIR": str(scratch)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["bound"] == "extrapolated"
+    assert list(scratch.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_a_recipe_that_would_train_for_years_exceeds_the_guix_budget(tmp_path: Path) -> None:
     recipe = steps_recipe(tmp_path / "r", steps=10**9, sleep=0.05)

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import cluster, environment, numerics, sandbox
 from .entries import render_traceback
@@ -232,7 +233,7 @@ def _stop_timer(process: subprocess.Popen[bytes], result: ChildResult,
     return timer
 
 
-def _follow(events: Iterable[str], process: subprocess.Popen[bytes], result: ChildResult,
+def _follow(events: IO[str], process: subprocess.Popen[bytes], result: ChildResult,
             reporter: Reporter, watch: Callable[[dict[str, Any]], bool] | None) -> None:
     """Dispatch each event line; stop the child as soon as `watch` asks."""
     for line in events:
@@ -240,6 +241,23 @@ def _follow(events: Iterable[str], process: subprocess.Popen[bytes], result: Chi
         if watch is not None and _watched(watch, line):
             result.stopped = True
             process.kill()
+            _drain(events)
+            return
+
+
+# How long a stopped child's processes get to end before their folder is removed anyway.
+DRAIN_SECONDS = 30.0
+
+
+def _drain(events: IO[str], seconds: float = DRAIN_SECONDS) -> None:
+    """Wait until every process that holds the event pipe (the runtime and what it
+    started: the sandbox's processes die after bubblewrap, not with it) has ended, for
+    `seconds` at most: the caller removes the folder they write into next, and a
+    process still writing there made that fail ("Directory not empty")."""
+    fd = events.fileno()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+        if not os.read(fd, 1 << 16):
             return
 
 
