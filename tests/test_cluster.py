@@ -259,10 +259,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A one-CPU Ray head on 127.0.0.1, started (`ray start --head --block`) and stopped by
-    the test; its own home and temporary folder (a short path: Ray's sockets live there)."""
+    this module's tests, which share it (it takes seconds to start); its own home and
+    temporary folder (a short path: Ray's sockets live there)."""
     port = _free_port()
     home = Path(tempfile.mkdtemp(prefix="head-", dir="/tmp"))
     env = {**os.environ, "HOME": str(home), "TMPDIR": str(home), "RAY_USAGE_STATS_ENABLED": "0",

@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors import safe_open
+
+from reweigh.provenance import environment_of
 
 from .helpers import run_json, run_reweigh, store_is_empty, write_recipe
 
@@ -106,3 +110,75 @@ def test_resume_into_a_checkpoint_not_written_by_training_state_says_so(
     assert result.returncode == 1
     assert "the checkpoint holds no optimizer, torch_rng, generator, scheduler; write it " \
            "with ctx.checkpoint(step, ctx.training_state(...))" in result.stderr
+
+
+NUMPY_ONLY = """
+import sys
+
+import numpy as np
+
+
+def train(ctx):
+    ctx.log_metric("torch_loaded", int("torch" in sys.modules))
+    ctx.save_weights({"w": np.arange(6, dtype=np.float64).reshape(2, 3), "n": np.arange(3)})
+"""
+
+LATE_TORCH = """
+import sys
+
+
+def train(ctx):
+    loaded_before = "torch" in sys.modules
+    import torch  # this process's first import of torch: pinned as it loads
+
+    ctx.log_metric("loaded_before", int(loaded_before))
+    ctx.log_metric("deterministic", int(torch.are_deterministic_algorithms_enabled()))
+    ctx.log_metric("threads", torch.get_num_threads())
+    ctx.log_metric("seed", torch.initial_seed())
+    ctx.save_weights({"w": torch.randn(4, 4)})
+"""
+
+
+def _platform(item: Path) -> dict:
+    provenance = json.loads((item / "provenance.json").read_text())
+    return environment_of(provenance)["platform"]
+
+
+def test_a_numpy_recipe_never_loads_torch_and_its_record_says_so(tmp_path: Path) -> None:
+    """torch loads only when recipe code imports it: a numpy recipe's build does not pay
+    its start-up, and its platform record does not claim torch's kernels or BLAS. A
+    rebuild here still gives the same bits, and `platform` finds the item's platform."""
+    store = tmp_path / "store"
+    recipe = write_recipe(tmp_path / "r", NUMPY_ONLY)
+    built = run_json("build", recipe, "--check", store=store)
+    item = Path(built["path"])
+    assert json.loads((item / "metrics.json").read_text())["training"] == {"torch_loaded": 0}
+    platform = _platform(item)
+    assert platform["capability"] == "not loaded"
+    assert platform["blas"]["torch"] == "not loaded"
+    assert platform["digest"] == built["platform_digest"]
+    matched = run_reweigh("platform", item, "--json", store=store)
+    assert matched.returncode == 0, matched.stdout + matched.stderr
+    report = json.loads(matched.stdout)
+    assert report["item"]["matches"] and report["platform"]["capability"] != "not loaded"
+    with safe_open(item / "weights.safetensors", "np") as weights:
+        assert weights.get_tensor("w").tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+        assert weights.get_tensor("n").dtype == np.int64
+
+
+def test_torch_imported_late_is_pinned_and_seeded_as_it_loads(tmp_path: Path) -> None:
+    """A recipe that imports torch in the middle of its training gets the build's torch:
+    deterministic algorithms, the build's thread count, the recipe's seed (its first draw
+    is the one a fresh torch seeded so gives), and a record naming torch's kernels."""
+    import torch
+
+    store = tmp_path / "store"
+    built = run_json("build", write_recipe(tmp_path / "r", LATE_TORCH), "--check",
+                     store=store)
+    item = Path(built["path"])
+    training = json.loads((item / "metrics.json").read_text())["training"]
+    assert training == {"loaded_before": 0, "deterministic": 1, "threads": 1, "seed": 1}
+    assert _platform(item)["capability"] not in ("not loaded", "")
+    with safe_open(item / "weights.safetensors", "pt") as weights:
+        first_draw = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(weights.get_tensor("w"), first_draw)

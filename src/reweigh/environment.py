@@ -8,10 +8,16 @@ The builder sets these before the training code imports anything, and records
 each one, so a verifier knows exactly which knobs were turned.
 
 The record is captured inside the build process (it is the one whose numerics
-matter), in two parts: `platform`, the fields that decide the bits (architecture,
-platform level, library versions, every pinned setting; see `reweigh.numerics`), and
-the incidental facts beside it (CPU model, core and thread counts, the OS, isolation).
+matter), after the recipe's work, in two parts: `platform`, the fields that decide the
+bits (architecture, platform level, library versions, every pinned setting; see
+`reweigh.numerics`), and the incidental facts beside it (CPU model, core and thread
+counts, the OS, isolation).
 Its *fingerprint* is the platform's digest: equal fingerprints, equal bits.
+
+torch is pinned the moment it loads (`reweigh.runtime`), not before: a recipe that never
+imports it (numpy, scikit-learn) does not pay its start-up, and its record says that torch
+was not loaded, so that torch's kernel level and BLAS, which decided none of its bits, are
+not claimed for it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +59,8 @@ FINGERPRINT_TYPES: dict[str, type] = {"python": str, "packages": dict, "blas": d
                                       "cpu_arch": str, "isa": list, "cpu_capability": str,
                                       "numerics": dict}
 FINGERPRINT_FIELDS = tuple(FINGERPRINT_TYPES)
+# torch's kernel level and BLAS in the record of a process that never loaded torch
+TORCH_NOT_LOADED = "not loaded"
 PLATFORM_TYPES: dict[str, type] = {"name": str, "arch": str, "python": str, "packages": dict,
                                    "blas": dict, "settings": dict, "capability": str,
                                    "device": str}
@@ -127,14 +136,15 @@ def capture(threads: int, isolation: dict[str, Any],
     """The full environment record, taken inside the build process: the platform (the
     fields that decide the bits) and the incidental facts beside it."""
     import numpy
-    import torch
 
+    torch = sys.modules.get("torch")
     settings = numerics_record()
-    capability = torch.backends.cpu.get_cpu_capability()
+    capability = torch_capability()
     fields: dict[str, Any] = {
         "arch": platform.machine(), "device": "cpu", "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
-        "blas": {"torch": _torch_blas(torch), "numpy": _numpy_blas(numpy)},
+        "blas": {"torch": TORCH_NOT_LOADED if torch is None else _torch_blas(torch),
+                 "numpy": _numpy_blas(numpy)},
         "settings": settings, "capability": capability}
     if platform_name == numerics.NATIVE:  # the machine's own kernels: its CPU decides
         fields |= {"cpu_model": cpu_model(), "isa": _isa_flags()}
@@ -155,6 +165,22 @@ def capture(threads: int, isolation: dict[str, Any],
         "network_isolation": network_label(isolation),
         "isolation": isolation,
     }
+
+
+def torch_capability() -> str:
+    """The kernel level torch dispatches to in this process, if it has loaded torch."""
+    torch = sys.modules.get("torch")
+    return TORCH_NOT_LOADED if torch is None else torch.backends.cpu.get_cpu_capability()
+
+
+def without_torch(platform_record: dict[str, Any]) -> dict[str, Any]:
+    """`platform_record` as a process on the same platform that never loaded torch records
+    it: what an item built without torch is compared with."""
+    fields = {k: v for k, v in platform_record.items() if k not in ("name", "digest")}
+    blas = fields.get("blas")
+    fields |= {"capability": TORCH_NOT_LOADED,
+               "blas": {**blas, "torch": TORCH_NOT_LOADED} if isinstance(blas, dict) else blas}
+    return numerics.record(str(platform_record.get("name")), fields)
 
 
 def platform_of(record: dict[str, Any]) -> dict[str, Any]:

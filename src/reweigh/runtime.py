@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import importlib.abc
 import importlib.util
 import json
 import numbers
@@ -136,13 +137,64 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+_seed: int | None = None  # the running segment's seed: torch takes it when it loads
+
+
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators; torch's when it loads, if it has not."""
+    global _seed
     import numpy
-    import torch
 
     random.seed(seed)
     numpy.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    _seed = seed
+    if (torch := sys.modules.get("torch")) is not None:
+        torch.manual_seed(seed)
+
+
+class TorchPins(importlib.abc.MetaPathFinder):
+    """Pins torch's numerics the moment torch is first imported, before any code can call
+    it: the build's thread count and switches (`environment.apply_torch_numerics`), the
+    kernel level its platform needs (checked, or the import fails), the running segment's
+    seed. So torch loads only for recipes that use it: its start-up (1.5 s of CPU, the
+    most of a small recipe's run) is not paid by one that trains with numpy alone.
+    The collector is off while torch loads (its 300k objects made some 0.3 s of passes),
+    and what it loaded is then frozen out of later passes."""
+
+    def __init__(self, threads: int, platform_name: str) -> None:
+        self.threads = threads
+        self.platform_name = platform_name
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)  # once: then torch's own finder, and the real spec
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                load(module)
+            finally:
+                if collecting:
+                    gc.enable()
+            self.pin()
+
+        setattr(spec.loader, "exec_module", exec_module)  # noqa: B010 (this spec's loader)
+        return spec
+
+    def pin(self) -> None:
+        environment.apply_torch_numerics(self.threads)
+        if problem := numerics.measured_problem(self.platform_name,
+                                                environment.torch_capability()):
+            raise RuntimeError(problem)
+        if _seed is not None:
+            sys.modules["torch"].manual_seed(_seed)
+        gc.freeze()
 
 
 @dataclass
@@ -201,6 +253,8 @@ class BuildContext:
         items = list(items)
         if len(items) <= 1 or not self.workers.lead:
             return [_on_one_thread(function, item) for item in items]
+        import torch  # noqa: F401 (the workers' numerics are torch's: this record names them)
+
         if self.tasks is not None:
             self._engine = self._engine or cluster.Engine(self.tasks, emit)
             return self._engine.map(function, items)
@@ -426,18 +480,16 @@ def evaluate(job: Job, inputs: dict[str, Path], weights_file: Path) -> dict[str,
 
 def run(job: Job) -> None:
     inputs = {name: Path(path) for name, path in job.inputs.items()}
-    threads = job.threads
-    environment.apply_torch_numerics(threads)
     isolation = isolation_held(job.sandbox, job.cluster if job.mode == "build" else None,
                                cluster.cluster_ranks(job))
-    record = environment.capture(threads, isolation, job.platform)
-    if problem := numerics.measured_problem(job.platform, record["cpu_capability"]):
-        raise RuntimeError(problem)
-    emit("environment", record=record)
-    if job.mode == "platform":
+    sys.meta_path.insert(0, TorchPins(job.threads, job.platform))
+    if job.mode == "platform":  # what a build that uses torch records
+        import torch  # noqa: F401 (pinned as it loads)
+
+        emit_environment(job, isolation)
         return
-    # torch and the torch._dynamo it pulls in are some 300k objects that live until the
-    # end: out of the collector's sight, its passes over the recipe's objects (during
+    # reweigh's modules, and torch's 300k objects when it loads (TorchPins), live until
+    # the end: out of the collector's sight, its passes over the recipe's objects (during
     # training and the one at the end, `_finish`) are short.
     gc.freeze()
     sys.path.insert(0, job.src)
@@ -446,6 +498,7 @@ def run(job: Job) -> None:
         out = Path(job.out)
         for replay in job.replays or (None,):
             _train(job, train, inputs, out, replay)
+        emit_environment(job, isolation)  # where the weights were computed, not evaluated
         if job.evaluate and not job.replays:
             result = evaluate(job, inputs, out / "weights.safetensors")
             emit("evaluation", index=0, metrics=result["metrics"])
@@ -453,10 +506,24 @@ def run(job: Job) -> None:
         from .audit.child import audit
 
         emit("audit", data=audit(job, inputs))
+        emit_environment(job, isolation)
     else:
         for index, weights in enumerate(job.weights):
             result = evaluate(job, inputs, Path(weights))
             emit("evaluation", index=index, **result)
+        emit_environment(job, isolation)
+
+
+def emit_environment(job: Job, isolation: dict[str, Any]) -> None:
+    """Send the environment record, taken after the work it describes: whether torch
+    computed any of it is known only then. A torch whose kernel level is not the
+    platform's (its pins undone since it loaded) fails the run here."""
+    record = environment.capture(job.threads, isolation, job.platform)
+    capability = record["cpu_capability"]
+    if capability != environment.TORCH_NOT_LOADED and (
+            problem := numerics.measured_problem(job.platform, capability)):
+        raise RuntimeError(problem)
+    emit("environment", record=record)
 
 
 def isolation_held(asked: Sandbox, cluster_address: str | None = None,

@@ -232,7 +232,17 @@ def _size(label: str, name: str, shape: list[int], dtype: str) -> int:
 
 def save_tensors(tensors: Mapping[str, Any], path: Path,
                  metadata: Mapping[str, str] | None = None) -> None:
-    """Write torch tensors or numpy arrays as one safetensors file."""
+    """Write torch tensors or numpy arrays as one safetensors file. numpy arrays alone are
+    written without torch (the same bytes), so that a numpy recipe never loads it."""
+    import numpy as np
+
+    if all(isinstance(value, np.ndarray) and value.dtype.isnative
+           and value.dtype.kind in "biufc" for value in tensors.values()):
+        from safetensors.numpy import save_file as save_arrays
+
+        arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
+        save_arrays(arrays, str(path), metadata=dict(metadata or {}))
+        return
     from safetensors.torch import save_file
 
     save_file(_as_torch(tensors), str(path), metadata=dict(metadata or {}))

@@ -10,6 +10,7 @@ second progress event. Nothing here changes what the training computes.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .. import runtime
@@ -27,6 +28,9 @@ class FlopProbe:
         if self.done:
             return
         if self.mode is None:
+            if "torch" not in sys.modules:  # numpy's operations are not torch's to count
+                self.done = True
+                return
             try:
                 from torch.utils.flop_counter import FlopCounterMode
             except ImportError:  # no torch: nothing to count with

@@ -18,7 +18,7 @@ from typing import Any
 from .. import numerics
 from ..builder import raise_for_failure, run_child
 from ..derivation import read_record
-from ..environment import cpu_model, platform_of
+from ..environment import TORCH_NOT_LOADED, cpu_model, platform_of, without_torch
 from ..errors import UsageError
 from ..job import Job
 from ..progress import QuietReporter, Reporter
@@ -97,11 +97,14 @@ def platform(ref: str | None = None, *, store: Store | None = None,
     if item is not None:
         provenance = json.loads((item.path / "provenance.json").read_text(encoding="utf-8"))
         recorded = platform_of(environment_of(provenance) or {})
-        same = measured is not None and numerics.digest_of(recorded) == numerics.digest_of(measured)
-        differing = () if measured is None or same else tuple(
-            numerics.describe(key, measured, recorded)
-            for key in (numerics.genuine_differences(measured, recorded)
-                        + numerics.pinned_differences(measured, recorded)))
+        here = measured
+        if here is not None and recorded.get("capability") == TORCH_NOT_LOADED:
+            here = without_torch(here)  # torch computed none of its bits
+        same = here is not None and numerics.digest_of(recorded) == numerics.digest_of(here)
+        differing = () if here is None or same else tuple(
+            numerics.describe(key, here, recorded)
+            for key in (numerics.genuine_differences(here, recorded)
+                        + numerics.pinned_differences(here, recorded)))
         match = ItemMatch(item.name, item.version, item.path, recorded, same, differing)
     return PlatformReport(arch, cpu_model(), os.cpu_count() or 0,
                           levels[-1] if levels else None, tuple(limits), levels, asked,
