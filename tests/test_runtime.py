@@ -182,3 +182,35 @@ def test_torch_imported_late_is_pinned_and_seeded_as_it_loads(tmp_path: Path) ->
     with safe_open(item / "weights.safetensors", "pt") as weights:
         first_draw = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
         assert torch.equal(weights.get_tensor("w"), first_draw)
+
+
+def test_a_recipe_that_ends_the_process_itself_keeps_nothing(tmp_path: Path) -> None:
+    """os._exit(0) after save_weights would skip the runtime's own checks and the
+    environment record it takes after training: the build fails, and nothing is kept."""
+    exits = NUMPY_ONLY.replace('    ctx.log_metric("torch_loaded"', '    import os\n'
+                               '    ctx.log_metric("torch_loaded"') + "    os._exit(0)\n"
+    store = tmp_path / "store"
+    result = run_reweigh("build", write_recipe(tmp_path / "r", exits), store=store)
+    assert result.returncode == 1, result.stderr
+    assert "the build process ended before reweigh's runtime had finished" in result.stderr
+    assert store_is_empty(store)
+
+
+def test_torch_loaded_around_the_pins_fails_the_build(tmp_path: Path) -> None:
+    """A recipe that takes reweigh's import hook away loads a torch without the build's
+    pins (deterministic algorithms, threads, seed): the build fails, keeping nothing."""
+    around = """
+import sys
+
+
+def train(ctx):
+    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "TorchPins"]
+    import torch
+
+    ctx.save_weights({"w": torch.ones(2)})
+"""
+    store = tmp_path / "store"
+    result = run_reweigh("build", write_recipe(tmp_path / "r", around), store=store)
+    assert result.returncode == 1, result.stderr
+    assert "torch was loaded around reweigh's import hook" in result.stderr
+    assert store_is_empty(store)

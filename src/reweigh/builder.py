@@ -54,6 +54,7 @@ class ChildResult:
     started: float = 0.0
     finished: float = 0.0
     stopped: bool = False  # ended early on purpose (`watch` or `stop_after_seconds`)
+    done: bool = False  # the runtime said it finished (its last event)
 
 
 def stage_source(code: dict[str, Path], work: Path) -> Path:
@@ -310,6 +311,7 @@ _RECORD: dict[str, Callable[[ChildResult, dict[str, Any]], None]] = {
     "environment": lambda r, e: setattr(r, "environment", e["record"]),
     "violation": lambda r, e: r.violations.append(str(e["message"])),
     "error": _record_error,
+    "done": lambda r, e: setattr(r, "done", True),
 }
 
 
@@ -330,6 +332,9 @@ def raise_for_failure(result: ChildResult, log: Path, what: str,
         reason = result.violations[0]
     elif result.returncode != 0:
         reason = result.error or f"the build process exited with status {result.returncode}"
+    elif not result.done:  # its checks and its environment record were skipped
+        reason = ("the build process ended before reweigh's runtime had finished (the "
+                  "recipe's code ended it: os._exit, exec, a signal to itself)")
     else:
         return
     details = (render_traceback(result.frames, reason, folder) if result.frames and

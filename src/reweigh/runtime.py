@@ -161,9 +161,18 @@ class TorchPins(importlib.abc.MetaPathFinder):
     The collector is off while torch loads (its 300k objects made some 0.3 s of passes),
     and what it loaded is then frozen out of later passes."""
 
+    pinned = False  # whether torch, loaded in this process, was pinned here
+
     def __init__(self, threads: int, platform_name: str) -> None:
         self.threads = threads
         self.platform_name = platform_name
+
+    def install(self) -> None:
+        """Pin torch when it loads; now, if something loaded it already."""
+        if "torch" in sys.modules:
+            self.pin()
+        else:
+            sys.meta_path.insert(0, self)
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != "torch":
@@ -194,6 +203,7 @@ class TorchPins(importlib.abc.MetaPathFinder):
             raise RuntimeError(problem)
         if _seed is not None:
             sys.modules["torch"].manual_seed(_seed)
+        TorchPins.pinned = True
         gc.freeze()
 
 
@@ -482,7 +492,7 @@ def run(job: Job) -> None:
     inputs = {name: Path(path) for name, path in job.inputs.items()}
     isolation = isolation_held(job.sandbox, job.cluster if job.mode == "build" else None,
                                cluster.cluster_ranks(job))
-    sys.meta_path.insert(0, TorchPins(job.threads, job.platform))
+    TorchPins(job.threads, job.platform).install()
     if job.mode == "platform":  # what a build that uses torch records
         import torch  # noqa: F401 (pinned as it loads)
 
@@ -517,7 +527,11 @@ def run(job: Job) -> None:
 def emit_environment(job: Job, isolation: dict[str, Any]) -> None:
     """Send the environment record, taken after the work it describes: whether torch
     computed any of it is known only then. A torch whose kernel level is not the
-    platform's (its pins undone since it loaded) fails the run here."""
+    platform's (its pins undone since it loaded), or one loaded around the pins, fails the
+    run here."""
+    if "torch" in sys.modules and not TorchPins.pinned:
+        raise RuntimeError("torch was loaded around reweigh's import hook, without the "
+                           "build's numerics pins: import it with a plain `import torch`")
     record = environment.capture(job.threads, isolation, job.platform)
     capability = record["cpu_capability"]
     if capability != environment.TORCH_NOT_LOADED and (
@@ -766,6 +780,7 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
+    emit("done")  # without it the builder keeps nothing: the checks above were skipped
     _finish(job.src)
 
 
