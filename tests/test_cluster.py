@@ -105,11 +105,15 @@ def adopted() -> Iterator[None]:
         _reap()
 
 
+HEADS: set[int] = set()  # the module's Ray head, while it runs (`head`): not a leftover
+
+
 def _ray_children(but: tuple[int, ...] = ()) -> list[str]:
-    """This process's children that are Ray's: `pid cmdline` of each."""
+    """This process's children that are Ray's, but for the module's head: `pid cmdline`
+    of each."""
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in but:
+        if not entry.isdigit() or int(entry) in but or int(entry) in HEADS:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
@@ -273,12 +277,14 @@ def head() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
          "--num-cpus=1", "--include-dashboard=false", "--node-ip-address=127.0.0.1",
          f"--temp-dir={home / 'ray'}", "--disable-usage-stats", "--block"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    HEADS.add(process.pid)
     try:
         _wait_for(port, process)
         yield f"127.0.0.1:{port}", process
     finally:
         process.send_signal(signal.SIGTERM)  # --block stops the head's processes with it
         process.wait(timeout=60)
+        HEADS.discard(process.pid)
         shutil.rmtree(home, ignore_errors=True)
 
 

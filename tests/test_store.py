@@ -30,6 +30,7 @@ import numpy as np
 def train(ctx):
     for step in range(ctx.params["steps"]):  # long enough for the test to kill it first
         ctx.checkpoint(step, {"w": np.full(2, step, dtype=np.float32)})
+        print(f"step {step}", flush=True)  # to the build's log: where the test sees it
         time.sleep(0.05)
     ctx.save_weights({"w": np.ones(2, dtype=np.float32)})
 """
@@ -112,7 +113,10 @@ def test_a_build_killed_mid_training_leaves_no_item_and_the_next_build_succeeds(
     command = [sys.executable, "-m", "reweigh.cli.main", "build", str(recipe), "--store",
                str(store)]
     builder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: any((store / "tmp").glob("build-*/out/checkpoints/step-*")))
+    # killed mid-training: checkpoints go down a pipe (no file shows how far it got), and
+    # waiting for one made this kill land after training, between its end and the commit
+    _wait_for(lambda: any("step 5\n" in log.read_text(errors="replace")
+                          for log in (store / "tmp").glob("build-*/build.log")))
     os.kill(builder.pid, signal.SIGKILL)
     builder.wait()
     _wait_for(lambda: not _runtime_processes(store), timeout=10)

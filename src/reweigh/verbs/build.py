@@ -174,9 +174,15 @@ def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
         reused = item is not None
         if item is None:
             out, record = run_build(the_plan, store, threads, reporter, "build", isolation)
-            known = record.pop("known")
-            item = store.commit(out, drv.item_name, record, known)
-            remove_tree(out.parent)
+            known, attempt = record.pop("known"), record.pop("attempt")
+            try:
+                item = store.commit(out, drv.item_name, record, known)
+            except BaseException as e:
+                store.end_attempt(attempt, "failed", getattr(e, "message", str(e)))
+                raise
+            finally:
+                remove_tree(out.parent)
+            store.end_attempt(attempt, "built")  # only now: the item is in the store
         result = check_item(the_plan, store, item, threads, reporter, isolation) if check else None
     return BuildReport(item.path, item.name, item.version, item.derivation, item.weights_digest,
                        reused, threads, result, drv.record.get("platform", numerics.NATIVE),
@@ -248,12 +254,14 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         shutil.copyfile(log, out / "build.log")
         shutil.copytree(work / "src", out / "source")  # what a verifier replays
         shutil.copyfile(recipe.file, out / "source" / "recipe.toml")
-        store.end_attempt(attempt, "built")
+        if purpose != "build":  # a build's attempt ends when its item is committed
+            store.end_attempt(attempt, "built")
         record = {"derivation": drv.digest, "name": recipe.name, "version": recipe.version,
                   "weights_digest": run["weights_digest"],
                   "environment_digest": fingerprint(result.environment),
                   "inputs": {i.name: i.digest for i in the_plan.inputs},
-                  "known": {"weights.safetensors": run["weights_digest"]}}
+                  "known": {"weights.safetensors": run["weights_digest"]},
+                  "attempt": attempt}
         return out, record
     except BaseException as e:
         log_kept = store.keep_log(log, f"{drv.item_name}-attempt-"
