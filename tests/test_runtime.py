@@ -124,10 +124,12 @@ def train(ctx):
 """
 
 LATE_TORCH = """
+import importlib.util
 import sys
 
 
 def train(ctx):
+    assert importlib.util.find_spec("torch") is not None  # asked, as libraries ask, not loaded
     loaded_before = "torch" in sys.modules
     import torch  # this process's first import of torch: pinned as it loads
 
@@ -214,3 +216,23 @@ def train(ctx):
     assert result.returncode == 1, result.stderr
     assert "torch was loaded around reweigh's import hook" in result.stderr
     assert store_is_empty(store)
+
+
+def test_a_numerics_setting_changed_by_the_recipe_fails_the_build(tmp_path: Path) -> None:
+    """torch's libraries read the platform's settings as torch loads, which is after the
+    recipe's code has started: a recipe that changes one (MKL_CBWR here) before it
+    imports torch fails, keeping nothing; so does one that changes it and never does."""
+    store = tmp_path / "store"
+    for name, importing in (("late", "import torch\n    "), ("never", "")):
+        changes = f"""
+import os
+
+
+def train(ctx):
+    os.environ["MKL_CBWR"] = "AUTO"
+    {importing}ctx.save_weights({{"w": __import__("numpy").ones(2)}})
+"""
+        result = run_reweigh("build", write_recipe(tmp_path / name, changes), store=store)
+        assert result.returncode == 1, result.stderr
+        assert "the recipe's code changed MKL_CBWR" in result.stderr, result.stderr
+        assert store_is_empty(store)

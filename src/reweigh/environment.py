@@ -124,9 +124,19 @@ def mkl_threads() -> int | None:
 SETTINGS = (*PINNED_ENV, *numerics.CAPS, "MKL_CBWR")
 
 
+def settings_env() -> dict[str, str | None]:
+    """The environment settings that decide the bits, as this process has them."""
+    return {key: os.environ.get(key) for key in sorted(SETTINGS)}
+
+
+def changed_settings(before: dict[str, str | None]) -> list[str]:
+    """The settings whose value in this process's environment is no longer `before`'s."""
+    return [key for key, value in settings_env().items() if before.get(key) != value]
+
+
 def numerics_record() -> dict[str, Any]:
     """The settings that decide the bits, as this process has them."""
-    env = {key: os.environ.get(key) for key in sorted(SETTINGS)}
+    env = settings_env()
     return {"env": env, "torch": {**PINNED_TORCH, "mkl_threads": mkl_threads(),
                                   "flush_denormal": False}}
 

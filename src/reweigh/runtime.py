@@ -166,6 +166,9 @@ class TorchPins(importlib.abc.MetaPathFinder):
     def __init__(self, threads: int, platform_name: str) -> None:
         self.threads = threads
         self.platform_name = platform_name
+        # the settings the builder gave this process, before any recipe code ran: torch's
+        # libraries read them as they load, and recipe code runs before that now
+        self.settings = environment.settings_env()
 
     def install(self) -> None:
         """Pin torch when it loads; now, if something loaded it already."""
@@ -175,10 +178,17 @@ class TorchPins(importlib.abc.MetaPathFinder):
             sys.meta_path.insert(0, self)
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        """torch's own spec, from the finders after this one, its loader made to pin what
+        it loads. Asked without an import (`importlib.util.find_spec("torch")`, as
+        libraries ask whether torch is there), it stays in place for the import."""
         if name != "torch":
             return None
-        sys.meta_path.remove(self)  # once: then torch's own finder, and the real spec
-        spec = importlib.util.find_spec(name)
+        spec = None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is not self and find is not None and (
+                    spec := find(name, path, target)) is not None:
+                break
         if spec is None or spec.loader is None:
             return spec
         load = spec.loader.exec_module
@@ -191,12 +201,15 @@ class TorchPins(importlib.abc.MetaPathFinder):
             finally:
                 if collecting:
                     gc.enable()
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             self.pin()
 
         setattr(spec.loader, "exec_module", exec_module)  # noqa: B010 (this spec's loader)
         return spec
 
     def pin(self) -> None:
+        self.check_settings("before torch loaded")
         environment.apply_torch_numerics(self.threads)
         if problem := numerics.measured_problem(self.platform_name,
                                                 environment.torch_capability()):
@@ -205,6 +218,13 @@ class TorchPins(importlib.abc.MetaPathFinder):
             sys.modules["torch"].manual_seed(_seed)
         TorchPins.pinned = True
         gc.freeze()
+
+    def check_settings(self, when: str) -> None:
+        """Fail when recipe code changed a setting of the platform (MKL_CBWR, the ISA
+        caps...) in this process's environment: the libraries would read its value."""
+        if changed := environment.changed_settings(self.settings):
+            raise RuntimeError(f"the recipe's code changed {', '.join(changed)} {when}: the "
+                               "numerics platform sets these (README, Numerics platforms)")
 
 
 @dataclass
@@ -492,11 +512,12 @@ def run(job: Job) -> None:
     inputs = {name: Path(path) for name, path in job.inputs.items()}
     isolation = isolation_held(job.sandbox, job.cluster if job.mode == "build" else None,
                                cluster.cluster_ranks(job))
-    TorchPins(job.threads, job.platform).install()
+    pins = TorchPins(job.threads, job.platform)
+    pins.install()
     if job.mode == "platform":  # what a build that uses torch records
         import torch  # noqa: F401 (pinned as it loads)
 
-        emit_environment(job, isolation)
+        emit_environment(job, isolation, pins)
         return
     # reweigh's modules, and torch's 300k objects when it loads (TorchPins), live until
     # the end: out of the collector's sight, its passes over the recipe's objects (during
@@ -508,7 +529,7 @@ def run(job: Job) -> None:
         out = Path(job.out)
         for replay in job.replays or (None,):
             _train(job, train, inputs, out, replay)
-        emit_environment(job, isolation)  # where the weights were computed, not evaluated
+        emit_environment(job, isolation, pins)  # where the weights were computed, not evaluated
         if job.evaluate and not job.replays:
             result = evaluate(job, inputs, out / "weights.safetensors")
             emit("evaluation", index=0, metrics=result["metrics"])
@@ -516,19 +537,20 @@ def run(job: Job) -> None:
         from .audit.child import audit
 
         emit("audit", data=audit(job, inputs))
-        emit_environment(job, isolation)
+        emit_environment(job, isolation, pins)
     else:
         for index, weights in enumerate(job.weights):
             result = evaluate(job, inputs, Path(weights))
             emit("evaluation", index=index, **result)
-        emit_environment(job, isolation)
+        emit_environment(job, isolation, pins)
 
 
-def emit_environment(job: Job, isolation: dict[str, Any]) -> None:
+def emit_environment(job: Job, isolation: dict[str, Any], pins: TorchPins) -> None:
     """Send the environment record, taken after the work it describes: whether torch
     computed any of it is known only then. A torch whose kernel level is not the
     platform's (its pins undone since it loaded), or one loaded around the pins, fails the
     run here."""
+    pins.check_settings("while it ran")
     if "torch" in sys.modules and not TorchPins.pinned:
         raise RuntimeError("torch was loaded around reweigh's import hook, without the "
                            "build's numerics pins: import it with a plain `import torch`")
