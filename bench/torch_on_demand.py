@@ -22,30 +22,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
-TRAIN = """
-import numpy as np
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.helpers import MINIMAL_TRAIN, write_recipe  # noqa: E402 (the suite's recipe)
 
-def train(ctx):
-    ctx.save_weights({"w": np.arange(4, dtype=np.float32) * ctx.params.get("scale", 1.0)})
-"""
-RECIPE = """
-name = "torch-on-demand"
-version = "0.1"
-seed = 1
-
-[license]
-code = "MIT"
-data = "CC0-1.0"
-weights = "CC0-1.0"
-
-[build]
-entry = "train.py:train"
-"""
-KINDS = {"numpy": TRAIN, "numpy + import torch": "import torch  # noqa: F401\n" + TRAIN}
+KINDS = {"numpy": MINIMAL_TRAIN,
+         "numpy + import torch": "import torch  # noqa: F401\n" + MINIMAL_TRAIN}
 
 
 def build(recipe: Path, store: Path) -> tuple[float, str]:
@@ -66,11 +51,7 @@ def main() -> None:
         root = Path(scratch)
         recipes = {}
         for index, (kind, train) in enumerate(KINDS.items()):
-            folder = root / f"recipe-{index}"
-            folder.mkdir()
-            (folder / "train.py").write_text(textwrap.dedent(train))
-            (folder / "recipe.toml").write_text(RECIPE)
-            recipes[kind] = folder
+            recipes[kind] = write_recipe(root / f"recipe-{index}", train)
         walls: dict[str, list[float]] = {kind: [] for kind in KINDS}
         digests: dict[str, set[str]] = {kind: set() for kind in KINDS}
         for _ in range(args.runs):

@@ -191,10 +191,15 @@ def test_a_recipe_that_ends_the_process_itself_keeps_nothing(tmp_path: Path) -> 
     environment record it takes after training: the build fails, and nothing is kept."""
     exits = NUMPY_ONLY.replace('    ctx.log_metric("torch_loaded"', '    import os\n'
                                '    ctx.log_metric("torch_loaded"') + "    os._exit(0)\n"
+    _refused(tmp_path, exits, "the build process ended before reweigh's runtime had finished")
+
+
+def _refused(tmp_path: Path, train: str, says: str, name: str = "r") -> None:
+    """Building `train` fails (exit 1) saying `says`, and nothing enters the store."""
     store = tmp_path / "store"
-    result = run_reweigh("build", write_recipe(tmp_path / "r", exits), store=store)
+    result = run_reweigh("build", write_recipe(tmp_path / name, train), store=store)
     assert result.returncode == 1, result.stderr
-    assert "the build process ended before reweigh's runtime had finished" in result.stderr
+    assert says in result.stderr, result.stderr
     assert store_is_empty(store)
 
 
@@ -211,18 +216,13 @@ def train(ctx):
 
     ctx.save_weights({"w": torch.ones(2)})
 """
-    store = tmp_path / "store"
-    result = run_reweigh("build", write_recipe(tmp_path / "r", around), store=store)
-    assert result.returncode == 1, result.stderr
-    assert "torch was loaded around reweigh's import hook" in result.stderr
-    assert store_is_empty(store)
+    _refused(tmp_path, around, "torch was loaded around reweigh's import hook")
 
 
 def test_a_numerics_setting_changed_by_the_recipe_fails_the_build(tmp_path: Path) -> None:
     """torch's libraries read the platform's settings as torch loads, which is after the
     recipe's code has started: a recipe that changes one (MKL_CBWR here) before it
     imports torch fails, keeping nothing; so does one that changes it and never does."""
-    store = tmp_path / "store"
     for name, importing in (("late", "import torch\n    "), ("never", "")):
         changes = f"""
 import os
@@ -232,7 +232,4 @@ def train(ctx):
     os.environ["MKL_CBWR"] = "AUTO"
     {importing}ctx.save_weights({{"w": __import__("numpy").ones(2)}})
 """
-        result = run_reweigh("build", write_recipe(tmp_path / name, changes), store=store)
-        assert result.returncode == 1, result.stderr
-        assert "the recipe's code changed MKL_CBWR" in result.stderr, result.stderr
-        assert store_is_empty(store)
+        _refused(tmp_path, changes, "the recipe's code changed MKL_CBWR", name)
