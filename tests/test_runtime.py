@@ -137,6 +137,10 @@ def train(ctx):
     ctx.log_metric("deterministic", int(torch.are_deterministic_algorithms_enabled()))
     ctx.log_metric("threads", torch.get_num_threads())
     ctx.log_metric("seed", torch.initial_seed())
+    ctx.log_metric("compile_stack_loaded", int("torch._dynamo" in sys.modules))
+    import torch._inductor.config as inductor  # torch.compile's: pinned as it loads too
+
+    ctx.log_metric("inductor_deterministic", int(inductor.deterministic))
     ctx.save_weights({"w": torch.randn(4, 4)})
 """
 
@@ -171,7 +175,9 @@ def test_a_numpy_recipe_never_loads_torch_and_its_record_says_so(tmp_path: Path)
 def test_torch_imported_late_is_pinned_and_seeded_as_it_loads(tmp_path: Path) -> None:
     """A recipe that imports torch in the middle of its training gets the build's torch:
     deterministic algorithms, the build's thread count, the recipe's seed (its first draw
-    is the one a fresh torch seeded so gives), and a record naming torch's kernels."""
+    is the one a fresh torch seeded so gives), and a record naming torch's kernels; the
+    pins do not load torch.compile's stack, and its deterministic mode is set when the
+    recipe loads it."""
     import torch
 
     store = tmp_path / "store"
@@ -179,7 +185,8 @@ def test_torch_imported_late_is_pinned_and_seeded_as_it_loads(tmp_path: Path) ->
                      store=store)
     item = Path(built["path"])
     training = json.loads((item / "metrics.json").read_text())["training"]
-    assert training == {"loaded_before": 0, "deterministic": 1, "threads": 1, "seed": 1}
+    assert training == {"loaded_before": 0, "deterministic": 1, "threads": 1, "seed": 1,
+                        "compile_stack_loaded": 0, "inductor_deterministic": 1}
     assert _platform(item)["capability"] not in ("not loaded", "")
     with safe_open(item / "weights.safetensors", "pt") as weights:
         first_draw = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
@@ -211,7 +218,7 @@ import sys
 
 
 def train(ctx):
-    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "TorchPins"]
+    sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("reweigh")]
     import torch
 
     ctx.save_weights({"w": torch.ones(2)})

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import numerics
+from . import numerics, onload
 
 # Environment variables the build process starts with (read by MKL/oneDNN/ATen at load time).
 PINNED_ENV: dict[str, str] = {
@@ -91,7 +91,13 @@ def apply_torch_numerics(threads: int) -> None:
     torch.set_num_threads(threads)
     numerics.hold_mkl_threads(mkl_threads())
     torch.set_flush_denormal(False)
-    torch.use_deterministic_algorithms(PINNED_TORCH["use_deterministic_algorithms"])
+    # torch.use_deterministic_algorithms sets this flag and inductor's `deterministic`,
+    # importing torch.compile's whole stack (torch._dynamo: a second of every start) to do
+    # so; inductor's is set here when, and if, its configuration loads
+    deterministic = PINNED_TORCH["use_deterministic_algorithms"]
+    torch._C._set_deterministic_algorithms(deterministic, warn_only=False)
+    onload.after_load("torch._inductor.config",
+                      lambda config: setattr(config, "deterministic", deterministic))
     torch.utils.deterministic.fill_uninitialized_memory = PINNED_TORCH[  # type: ignore[attr-defined]
         "fill_uninitialized_memory"]
     backward_threads = PINNED_TORCH["backward_threads"]

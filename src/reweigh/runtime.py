@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import functools
 import gc
-import importlib.abc
 import importlib.util
 import json
 import numbers
@@ -32,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import cluster, environment, numerics, sandbox, shards
+from . import cluster, environment, numerics, onload, sandbox, shards
 from .entries import recipe_frames
 from .job import Job, Replay, Sandbox
 from .shards import Workers, shard_count
@@ -152,7 +151,7 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-class TorchPins(importlib.abc.MetaPathFinder):
+class TorchPins:
     """Pins torch's numerics the moment torch is first imported, before any code can call
     it: the build's thread count and switches (`environment.apply_torch_numerics`), the
     kernel level its platform needs (checked, or the import fails), the running segment's
@@ -172,41 +171,7 @@ class TorchPins(importlib.abc.MetaPathFinder):
 
     def install(self) -> None:
         """Pin torch when it loads; now, if something loaded it already."""
-        if "torch" in sys.modules:
-            self.pin()
-        else:
-            sys.meta_path.insert(0, self)
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        """torch's own spec, from the finders after this one, its loader made to pin what
-        it loads. Asked without an import (`importlib.util.find_spec("torch")`, as
-        libraries ask whether torch is there), it stays in place for the import."""
-        if name != "torch":
-            return None
-        spec = None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            if finder is not self and find is not None and (
-                    spec := find(name, path, target)) is not None:
-                break
-        if spec is None or spec.loader is None:
-            return spec
-        load = spec.loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
-                load(module)
-            finally:
-                if collecting:
-                    gc.enable()
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            self.pin()
-
-        setattr(spec.loader, "exec_module", exec_module)  # noqa: B010 (this spec's loader)
-        return spec
+        onload.after_load("torch", lambda _: self.pin(), collect=False)
 
     def pin(self) -> None:
         self.check_settings("before torch loaded")
