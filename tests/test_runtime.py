@@ -5,6 +5,9 @@ with the real command."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +243,30 @@ def train(ctx):
     {importing}ctx.save_weights({{"w": __import__("numpy").ones(2)}})
 """
         _refused(tmp_path, changes, "the recipe's code changed MKL_CBWR", name)
+
+
+def test_a_process_set_up_again_and_again_wraps_nothing_twice() -> None:
+    """A Ray worker process is set up for each build whose tasks it runs: each set-up
+    wrapped torch's functions again (set_num_threads held for MKL, backward on one thread),
+    and a long-lived cluster's workers ended in a RecursionError. Set up 2000 times here,
+    alternating thread counts, torch still works and each function is wrapped once."""
+    script = """
+import sys
+
+import torch
+
+from reweigh import environment, onload
+
+for threads in (1, 2) * 1000:  # two last: backward wrapped to run on one
+    environment.apply_torch_numerics(threads)
+x = torch.ones(3, requires_grad=True)
+(x * 2).sum().backward()
+torch.set_num_threads(2)
+print(hasattr(torch.autograd.backward._reweigh_original, "_reweigh_original"),
+      hasattr(torch.set_num_threads._reweigh_original, "_reweigh_original"),
+      sum(isinstance(f, onload._AfterLoad) for f in sys.meta_path), x.grad.tolist())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "MKL_CBWR": "COMPATIBLE"}, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "False", "1", "[2.0,", "2.0,", "2.0]"]

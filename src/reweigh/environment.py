@@ -101,9 +101,9 @@ def apply_torch_numerics(threads: int) -> None:
     torch.utils.deterministic.fill_uninitialized_memory = PINNED_TORCH[  # type: ignore[attr-defined]
         "fill_uninitialized_memory"]
     backward_threads = PINNED_TORCH["backward_threads"]
-    if backward_threads != threads:
-        torch.autograd.backward = _on_threads(torch, torch.autograd.backward, backward_threads)
-        torch.autograd.grad = _on_threads(torch, torch.autograd.grad, backward_threads)
+    for name in ("backward", "grad"):
+        numerics.rewrap(torch.autograd, name, None if backward_threads == threads else (
+            lambda function: _on_threads(torch, function, backward_threads)))
 
 
 def _on_threads(torch: Any, function: Callable[..., Any], count: int) -> Callable[..., Any]:

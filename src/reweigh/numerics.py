@@ -31,7 +31,7 @@ import ctypes
 import functools
 import os
 import platform as host
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -201,15 +201,32 @@ def hold_mkl_threads(count: int | None) -> None:
         if torch.backends.mkl.is_available():
             raise RuntimeError(f"cannot hold MKL to {count} thread(s): {e}") from e
         return  # a torch without MKL: nothing to hold
-    original = torch.set_num_threads
 
-    @functools.wraps(original)
-    def set_num_threads(threads: int) -> None:
-        original(threads)
-        set_local(ctypes.c_int(count))
+    def held(original: Callable[[int], None]) -> Callable[[int], None]:
+        @functools.wraps(original)
+        def set_num_threads(threads: int) -> None:
+            original(threads)
+            set_local(ctypes.c_int(count))
 
-    setattr(torch, "set_num_threads", set_num_threads)  # noqa: B010 (mypy: a module attribute)
+        return set_num_threads
+
+    rewrap(torch, "set_num_threads", held)
     set_local(ctypes.c_int(count))
+
+
+def rewrap(owner: Any, name: str, wrap: Callable[[Any], Any] | None) -> None:
+    """Set `owner.name` to `wrap(original)`, or back to the original with None: the
+    original as its library defined it, never an earlier wrapper of ours. A process that
+    is set up more than once (a Ray worker runs one build's tasks after another's) would
+    otherwise wrap its wrappers, until a call overflows the stack."""
+    current = getattr(owner, name)
+    original = getattr(current, "_reweigh_original", current)
+    if wrap is None:
+        setattr(owner, name, original)
+        return
+    wrapped = wrap(original)
+    wrapped._reweigh_original = original
+    setattr(owner, name, wrapped)
 
 
 def measured_problem(name: str, capability: str) -> str | None:

@@ -24,8 +24,11 @@ def after_load(name: str, action: Action, *, collect: bool = True) -> None:
     it loads (torch: hundreds of thousands of objects, a third of a second of passes)."""
     if name in sys.modules:
         action(sys.modules[name])
-    else:
-        sys.meta_path.insert(0, _AfterLoad(name, action, collect))
+        return
+    # a process set up again (a Ray worker, task after task) replaces what it asked before
+    sys.meta_path[:] = [finder for finder in sys.meta_path
+                        if not (isinstance(finder, _AfterLoad) and finder.name == name)]
+    sys.meta_path.insert(0, _AfterLoad(name, action, collect))
 
 
 class _AfterLoad(importlib.abc.MetaPathFinder):
