@@ -251,6 +251,7 @@ def test_a_process_set_up_again_and_again_wraps_nothing_twice() -> None:
     and a long-lived cluster's workers ended in a RecursionError. Set up 2000 times here,
     alternating thread counts, torch still works and each function is wrapped once."""
     script = """
+import os
 import sys
 
 import torch
@@ -265,8 +266,11 @@ torch.set_num_threads(2)
 print(hasattr(torch.autograd.backward._reweigh_original, "_reweigh_original"),
       hasattr(torch.set_num_threads._reweigh_original, "_reweigh_original"),
       sum(isinstance(f, onload._AfterLoad) for f in sys.meta_path), x.grad.tolist())
+del os.environ["MKL_CBWR"]  # set up again without MKL's held count: torch's own again
+environment.apply_torch_numerics(1)
+print(hasattr(torch.set_num_threads, "_reweigh_original"))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env={**os.environ, "MKL_CBWR": "COMPATIBLE"}, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["False", "False", "1", "[2.0,", "2.0,", "2.0]"]
+    assert result.stdout.split() == ["False", "False", "1", "[2.0,", "2.0,", "2.0]", "False"]

@@ -188,10 +188,13 @@ def cpuinfo() -> str:
 def hold_mkl_threads(count: int | None) -> None:
     """Hold MKL to `count` threads in this process, whatever the intra-op thread count.
     torch.set_num_threads sets MKL's thread-local count too, so every later call (the
-    builder's own, for the backward pass, or the recipe's) is followed by this one."""
-    if count is None:
-        return
+    builder's own, for the backward pass, or the recipe's) is followed by this one.
+    None lets MKL follow torch's count again (a process set up before with a count)."""
     import torch
+
+    if count is None:
+        rewrap(torch, "set_num_threads", None)
+        return
 
     library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
