@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from reweigh.errors import WeightsError
-from reweigh.weights import MAX_HEADER, WeightsFile, read_header
+from reweigh.weights import MAX_HEADER, WeightsFile, read_header, save_tensors
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -460,3 +460,23 @@ def test_read_header_refuses_whatever_safetensors_refuses_in_a_mutated_header(
 def test_read_header_refuses_whatever_safetensors_refuses_in_a_mutated_file(
         scratch: Path, valid: bytes, data: st.DataObject) -> None:
     agrees_with_the_loader(scratch, data.draw(mutated_bytes(valid)))
+
+
+def test_numpy_weights_are_written_without_torch_as_the_same_bytes(scratch: Path) -> None:
+    """A numpy recipe's weights are saved without torch (so that its build never loads
+    it); the file must be byte for byte the one written through torch tensors."""
+    from safetensors.torch import save_file as save_torch
+
+    arrays = {f"t_{dtype}": (np.arange(12).reshape(3, 4) % 5).astype(dtype)
+              for dtype in ("float64", "float32", "float16", "int64", "int32", "int8",
+                            "uint8", "bool")}
+    arrays |= {"scalar": np.array(2.5), "empty": np.zeros((0, 3), np.float32),
+               "strided": np.arange(10, dtype=np.float32)[::2]}
+    save_tensors(arrays, scratch / "numpy.safetensors", {"k": "v"})
+    save_torch({k: torch.from_numpy(np.ascontiguousarray(v).copy()) for k, v in arrays.items()},
+               str(scratch / "torch.safetensors"), metadata={"k": "v"})
+    assert (scratch / "numpy.safetensors").read_bytes() == \
+        (scratch / "torch.safetensors").read_bytes()
+    big_endian = {"w": np.arange(4, dtype=">f4")}  # not written raw: torch's path refuses it
+    with pytest.raises((TypeError, ValueError)):
+        save_tensors(big_endian, scratch / "big.safetensors")

@@ -160,11 +160,10 @@ class TorchPins:
     The collector is off while torch loads (its 300k objects made some 0.3 s of passes),
     and what it loaded is then frozen out of later passes."""
 
-    pinned = False  # whether torch, loaded in this process, was pinned here
-
     def __init__(self, threads: int, platform_name: str) -> None:
         self.threads = threads
         self.platform_name = platform_name
+        self.pinned = False  # whether torch, loaded in this process, was pinned here
         # the settings the builder gave this process, before any recipe code ran: torch's
         # libraries read them as they load, and recipe code runs before that now
         self.settings = environment.settings_env()
@@ -181,7 +180,7 @@ class TorchPins:
             raise RuntimeError(problem)
         if _seed is not None:
             sys.modules["torch"].manual_seed(_seed)
-        TorchPins.pinned = True
+        self.pinned = True
         gc.freeze()
 
     def check_settings(self, when: str) -> None:
@@ -516,7 +515,7 @@ def emit_environment(job: Job, isolation: dict[str, Any], pins: TorchPins) -> No
     platform's (its pins undone since it loaded), or one loaded around the pins, fails the
     run here."""
     pins.check_settings("while it ran")
-    if "torch" in sys.modules and not TorchPins.pinned:
+    if "torch" in sys.modules and not pins.pinned:
         raise RuntimeError("torch was loaded around reweigh's import hook, without the "
                            "build's numerics pins: import it with a plain `import torch`")
     record = environment.capture(job.threads, isolation, job.platform)

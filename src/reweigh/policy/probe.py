@@ -31,11 +31,8 @@ class FlopProbe:
             if "torch" not in sys.modules:  # numpy's operations are not torch's to count
                 self.done = True
                 return
-            try:
-                from torch.utils.flop_counter import FlopCounterMode
-            except ImportError:  # no torch: nothing to count with
-                self.done = True
-                return
+            from torch.utils.flop_counter import FlopCounterMode
+
             self.mode = FlopCounterMode(display=False)
             self.mode.__enter__()
             self.first_done = done
