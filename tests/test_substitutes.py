@@ -859,8 +859,9 @@ def test_a_signature_broken_at_one_server_is_taken_whole_from_the_next(
         write_json(bundle_file, bundle)
     with served(first_cache) as first, served(second_cache) as second:
         result = _pull(world, tmp_path, first, second)
-    if not second_whole:
+    if not second_whole:  # refused, having read the second server's bundle too
         _refused(result, tmp_path, "alice")
+        assert second in result.stderr, result.stderr
         return
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

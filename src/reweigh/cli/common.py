@@ -127,6 +127,12 @@ def open_store(args: argparse.Namespace) -> Store:
     return Store(args.store)
 
 
+def warn_line(line: str) -> None:
+    """A command's warning (a server refused, the next one tried): one line on stderr,
+    at once, whatever stdout is doing."""
+    print(f"reweigh: {line}", file=sys.stderr, flush=True)
+
+
 def print_json(data: Any) -> None:
     """Strict JSON: an infinite or NaN number (a distance between tensors that differ in
     structure, say) is written as the string "inf", "-inf" or "nan"."""

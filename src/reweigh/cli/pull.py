@@ -11,12 +11,18 @@ last line.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..keys import KeyRing
 from ..progress import reporter_for
 from ..verbs.pull import pull
-from .common import add_json_option, add_store_option, open_store, positive_int, print_json
+from .common import (
+    add_json_option,
+    add_store_option,
+    open_store,
+    positive_int,
+    print_json,
+    warn_line,
+)
 from .keys import add_keys_option
 
 
@@ -42,7 +48,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 def run(args: argparse.Namespace) -> int:
     report = pull(args.item, args.sources, require=args.require, store=open_store(args),
                   keyring=KeyRing(args.keys), reporter=reporter_for(args.json),
-                  warn=lambda line: print(f"reweigh: {line}", file=sys.stderr, flush=True))
+                  warn=warn_line)
     if args.json:
         print_json(report.to_json())
         return 0

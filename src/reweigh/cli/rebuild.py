@@ -11,13 +11,12 @@ server whose copy does not check out is named on stderr in one line, and the nex
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..keys import KeyRing
 from ..progress import reporter_for
 from ..verbs.rebuild import RebuildOptions, rebuild
-from .common import add_run_options, open_store, print_json
+from .common import add_run_options, open_store, print_json, warn_line
 from .keys import add_keys_option
 from .pull import add_from_option
 
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     options = RebuildOptions(args.key, not args.no_sign, args.to, args.output, args.threads)
     report = rebuild(args.item, args.sources, options, store=open_store(args),
                      keyring=KeyRing(args.keys), reporter=reporter_for(args.json),
-                     warn=lambda line: print(f"reweigh: {line}", file=sys.stderr, flush=True))
+                     warn=warn_line)
     if args.json:
         print_json(report.to_json())
         return 0 if report.identical else 1

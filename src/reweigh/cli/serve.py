@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     # Ctrl-C and a plain `kill` stop it, whatever the parent left: a shell script's
     # background job starts with SIGINT ignored, and a server must stop when told.
     for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, _interrupt)
+        signal.signal(stop, signal.default_int_handler)  # raises KeyboardInterrupt
     print(f"serving {args.folder.resolve()} at {running.url}", flush=True)
     try:
         running.server.serve_forever()
@@ -47,7 +47,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         running.server.server_close()
     return 0
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

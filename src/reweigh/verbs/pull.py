@@ -219,7 +219,8 @@ class _Attempts:
             line = refusal(self.ref, counted, refusals, info, source)
             if counted.others and not counted.disagreeing:  # this server lists other files
                 raise Refused(SignatureError(line))
-            if not self._more_signers():
+            # signers that disagree stop the pull; more of them cannot settle it
+            if counted.disagreeing or not self._more_signers():
                 raise SignatureError(self._with_earlier(line))
             self._votes = None  # counted again with the other servers' signatures
 
