@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from .helpers import run_reweigh, write_recipe
+from .helpers import run_reweigh, store_is_empty, write_recipe
 
 
 @pytest.mark.slow
@@ -30,16 +30,24 @@ def test_several_recipes_build_at_once_and_one_failure_stops_none_of_the_others(
     for row, scale in zip(built, (1, 2, 3), strict=True):
         weights = load_file(str(Path(row["path"]) / "weights.safetensors"))
         np.testing.assert_array_equal(weights["w"], np.arange(4, dtype=np.float32) * scale)
+        provenance = json.loads((Path(row["path"]) / "provenance.json").read_text())
+        internal = provenance["predicate"]["buildDefinition"]["internalParameters"]
+        assert internal["workers"] == 1  # the two workers build two recipes, each on one
     # each is the item a build of that recipe alone finds: the same derivation, reused
     alone = run_reweigh("build", recipes[1], "--json", store=tmp_path / "store")
     assert json.loads(alone.stdout)["derivation"] == rows[2]["derivation"]
     assert json.loads(alone.stdout)["reused"] is True
 
 
-def test_several_recipes_do_not_go_to_a_cluster(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_several_recipes_do_not_go_to_a_cluster(tmp_path: Path, how: str) -> None:
     a, b = write_recipe(tmp_path / "a"), write_recipe(tmp_path / "b", params="scale = 2.0")
-    result = run_reweigh("build", a, b, "--cluster", "127.0.0.1:6379", store=tmp_path / "s")
+    asked = {"option": (["--cluster", "127.0.0.1:6379"], {}),
+             "environment": ([], {"REWEIGH_CLUSTER": "127.0.0.1:6379"})}
+    options, env = asked[how]
+    result = run_reweigh("build", a, b, *options, store=tmp_path / "s", env=env)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("reweigh: --cluster: several recipes build on this "
-                                     "machine (give one recipe to spread its build over a "
-                                     "cluster)")
+    assert result.stderr.strip() == ("reweigh: --cluster ($REWEIGH_CLUSTER): several recipes "
+                                     "build on this machine (give one recipe to spread its "
+                                     "build over a cluster)")
+    assert store_is_empty(tmp_path / "s")

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import ReweighError, UsageError
-from ..job import ENV_WORKERS
+from ..job import ENV_CLUSTER, ENV_WORKERS, workers_asked
 from ..progress import QuietReporter, reporter_for
 from ..store import Store
 from ..verbs.build import BuildReport, build
@@ -50,10 +50,10 @@ def _several(args: argparse.Namespace) -> int:
     """Each recipe's build in a thread of this process (each build's recipe code runs in
     a sandboxed process of its own); the results in the order given, one failure not
     stopping the others; the exit code the worst of them."""
-    if args.cluster:
-        raise UsageError("--cluster: several recipes build on this machine (give one recipe "
-                         "to spread its build over a cluster)")
-    at_once = args.workers or 1
+    at_once, address = workers_asked()  # the options, or their environment variables
+    if address:
+        raise UsageError(f"--cluster (${ENV_CLUSTER}): several recipes build on this machine "
+                         "(give one recipe to spread its build over a cluster)")
     os.environ[ENV_WORKERS] = "1"  # the workers are spent on building several at once
     root = open_store(args).root
 
