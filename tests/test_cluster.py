@@ -108,12 +108,12 @@ def adopted() -> Iterator[None]:
 HEADS: set[int] = set()  # the module's Ray head, while it runs (`head`): not a leftover
 
 
-def _ray_children(but: tuple[int, ...] = ()) -> list[str]:
+def _ray_children() -> list[str]:
     """This process's children that are Ray's, but for the module's head: `pid cmdline`
     of each."""
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in but or int(entry) in HEADS:
+        if not entry.isdigit() or int(entry) in HEADS:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
@@ -136,9 +136,9 @@ def _reap() -> None:
             return
 
 
-def _no_ray_left(but: tuple[int, ...] = ()) -> None:
+def _no_ray_left() -> None:
     _reap()
-    assert _ray_children(but) == [], "Ray processes outlived the build"
+    assert _ray_children() == [], "Ray processes outlived the build"
 
 
 # --- the pure part --------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def _wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
 def test_a_build_on_an_existing_cluster_says_so_in_its_provenance(
         plain: dict, tmp_path: Path, head: tuple[str, subprocess.Popen[bytes]],
         adopted: None) -> None:
-    address, process = head
+    address, _ = head
     built = run_json("build", _recipe(tmp_path / "r"), "--cluster", address,
                      store=tmp_path / "store")
     assert built["weights_digest"] == plain["weights_digest"]
@@ -320,7 +320,7 @@ def test_a_build_on_an_existing_cluster_says_so_in_its_provenance(
                       Path(built["path"]) / "weights.safetensors", store=tmp_path / "store")
     assert judged["verdict"] == "identical"
     assert any(f"Ray cluster at {address}" in reason for reason in judged["reasons"])
-    _no_ray_left(but=(process.pid,))
+    _no_ray_left()
     # the derivation is the plain build's: --cluster and --workers are not part of it
     assert built["derivation"] == plain["derivation"]
 
@@ -365,7 +365,7 @@ def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_f
     mid-training: one line naming it, nothing kept. One head for both: Ray is slow to start."""
     from .test_workers import bn_recipe
 
-    address, process = head
+    address, _ = head
     recipe = EXAMPLES / "digits-cnn" / "sharded.toml"
     plain = run_json("build", recipe, store=tmp_path / "store")
     rebuilt = run_json("build", recipe, "--cluster", address, "--workers", "2",
@@ -397,4 +397,4 @@ def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_f
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "has 1 CPUs; data-parallel workers 1..2 need one each" in result.stderr
     assert store_is_empty(lost)
-    _no_ray_left(but=(process.pid,))
+    _no_ray_left()

@@ -149,11 +149,11 @@ def cluster_host(address: str | None) -> str | None:
 def cluster_ranks(job: Job) -> int:
     """How many of the build's data-parallel workers run on its cluster: workers 1..N-1
     with --cluster and --workers N on a sharded recipe (N is at most its shards), else 0."""
-    from .shards import shard_count
+    from .shards import worker_count
 
     if job.cluster is None or job.mode != "build":
         return 0
-    return max(0, min(job.workers, shard_count(job.params)) - 1)
+    return max(0, worker_count(job.workers, job.params) - 1)
 
 
 def isolation(address: str | None, ranks: int = 0) -> dict[str, Any]:

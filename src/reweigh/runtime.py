@@ -34,7 +34,7 @@ from typing import Any
 from . import cluster, environment, numerics, onload, sandbox, shards
 from .entries import recipe_frames
 from .job import Job, Replay, Sandbox
-from .shards import Workers, shard_count
+from .shards import Workers, shard_count, worker_count
 
 _events: Any = None
 
@@ -581,7 +581,7 @@ def data_parallel(job: Job, replay: Replay | None, ctx: BuildContext) -> Iterato
     that run the same training on their share of the shards and write nothing. They meet
     through a file in the build's private /tmp and talk over gloo on the loopback device.
     With --cluster, the others are Ray tasks on that cluster (`_on_cluster`)."""
-    count = min(job.workers, shard_count(job.params))
+    count = worker_count(job.workers, job.params)
     if count <= 1:
         yield Workers()
         return

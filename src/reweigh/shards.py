@@ -41,6 +41,12 @@ def shard_count(params: Mapping[str, Any]) -> int:
     return count
 
 
+def worker_count(workers: int, params: Mapping[str, Any]) -> int:
+    """How many data-parallel workers a build with `workers` asked runs: no more than the
+    recipe has shards (one for a recipe without them)."""
+    return min(workers, shard_count(params))
+
+
 def owned(shards: int, workers: int, rank: int) -> range:
     """The contiguous block of shard indices that worker `rank` of `workers` computes."""
     return range(rank * shards // workers, (rank + 1) * shards // workers)
