@@ -242,13 +242,14 @@ class Engine:
         sent = {"src": ray.put(_pack(job.src)),
                 "inputs": {name: ray.put(_pack(path)) for name, path in job.inputs.items()}}
         if replay is not None and replay.start is not None:  # a verifier's replayed segment
-            from .digest import file_digest
+            from .digest import bytes_digest
 
-            sent["start"] = (ray.put(_pack(replay.start)), file_digest(Path(replay.start)))
+            start = _pack(replay.start)  # read once: sent, and its digest to check it by
+            sent["start"] = (ray.put(start), bytes_digest(start["file"]))
         remote = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(run_rank).options(
             name="reweigh-data-parallel-worker")
-        refs = [remote.remote(job.to_json(), replay, rank, count, rendezvous,
-                              self._setup(), sent)
+        job_json, setup = job.to_json(), self._setup()
+        refs = [remote.remote(job_json, replay, rank, count, rendezvous, setup, sent)
                 for rank in range(1, count)]
         return Ranks(ray, refs, count, str(self.tasks.address), self.emit, self._node)
 
