@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,7 +18,7 @@ from ..job import ENV_CLUSTER, ENV_WORKERS, workers_asked
 from ..progress import QuietReporter, reporter_for
 from ..store import Store
 from ..verbs.build import BuildReport, build
-from .common import add_run_options, add_workers_options, open_store, print_json
+from .common import add_run_options, add_workers_options, open_store, print_json, report_error
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -71,7 +70,7 @@ def _several(args: argparse.Namespace) -> int:
         if isinstance(result, ReweighError):
             line = result.one_line()  # naming the recipe, once
             line = line if line.startswith(recipe) else f"{recipe}: {line}"
-            sys.stderr.write(f"reweigh: {line}\n")
+            report_error(result, line)
             rows.append({"recipe": recipe, "error": line, "exit_code": result.exit_code})
         else:
             rows.append({"recipe": recipe, **result.to_json()})

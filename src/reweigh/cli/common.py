@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import numerics, sandbox
+from ..errors import ReweighError
 from ..job import ENV_CLUSTER, ENV_WORKERS
 from ..store import Store
 
@@ -125,6 +126,14 @@ def add_profile_option(parser: argparse.ArgumentParser) -> None:
 
 def open_store(args: argparse.Namespace) -> Store:
     return Store(args.store)
+
+
+def report_error(error: ReweighError, line: str | None = None) -> None:
+    """A failure as every command reports it: its details (a recipe's traceback, a log's
+    tail) when it has them, then one line, `line` if given."""
+    if error.details:
+        sys.stderr.write(error.details.rstrip() + "\n")
+    sys.stderr.write(f"reweigh: {line or error.one_line()}\n")
 
 
 def warn_line(line: str) -> None:

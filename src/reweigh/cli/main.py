@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import ReweighError
-from .common import use_sandbox
+from .common import report_error, use_sandbox
 
 # Command name -> module under reweigh.cli. Only the command being run is imported (with
 # its verb and what that needs): `reweigh build` must not pay for numpy because `adapt`
@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for exit's flush
         return CLOSED_PIPE
     except ReweighError as e:
-        if e.details:
-            sys.stderr.write(e.details.rstrip() + "\n")
-        sys.stderr.write(f"reweigh: {e.one_line()}\n")
+        report_error(e)
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("reweigh: interrupted\n")
