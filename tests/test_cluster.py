@@ -183,6 +183,31 @@ def test_a_remote_workers_copies_must_be_what_the_derivation_says(tmp_path: Path
     assert not (tmp_path / "escape").exists()
 
 
+def test_small_copies_travel_inside_the_tasks_and_large_ones_through_the_object_store(
+        ) -> None:
+    """Up to INLINE_BYTES in all go inside the tasks (nothing to fetch from worker 0's
+    node); what does not fit is put in the object store once."""
+    from reweigh.cluster import INLINE_BYTES, _sender
+
+    class Store:  # Ray's put, recording what it was given
+        def __init__(self) -> None:
+            self.put_in: list[dict] = []
+
+        def put(self, packed: dict) -> str:
+            self.put_in.append(packed)
+            return f"ref-{len(self.put_in)}"
+
+    store = Store()
+    send = _sender(store)
+    half = {"name": "a", "tree": [("x", b"0" * (INLINE_BYTES // 2))]}
+    assert send(half) is half and send({"name": "b", "file": b"1" * 10}) == {
+        "name": "b", "file": b"1" * 10}
+    big = {"name": "c", "file": b"2" * INLINE_BYTES}
+    assert send(big) == "ref-1" and store.put_in == [big]
+    assert send(half) == "ref-2"  # the budget is for all of them together
+    assert send({"name": "d", "file": b""}) == {"name": "d", "file": b""}
+
+
 def test_a_worker_on_another_platform_names_what_differs() -> None:
     build = {"name": "portable", "packages": {"torch": "2.13.0+cpu", "numpy": "2.1"},
              "settings": {"env": {"ATEN_CPU_CAPABILITY": "avx2"}}, "digest": "sha256:aa"}

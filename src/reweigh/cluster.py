@@ -230,22 +230,24 @@ class Engine:
                     rendezvous: tuple[str, int, str]) -> Ranks:
         """Data-parallel workers 1..count-1 of `job` as Ray tasks on the cluster (one CPU
         each, never retried: a worker that died left a group that cannot take it back).
-        The job, the recipe's source and every input go through the object store, each
-        put once; `rendezvous` is worker 0's TCP store (address, port) and the token that
-        the others must know to find anything in it."""
+        The recipe's source and every input travel inside the tasks when small
+        (`_sender`), through the object store otherwise, each put once; `rendezvous` is
+        worker 0's TCP store (address, port) and the token that the others must know to
+        find anything in it."""
         ray = self._start()
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if cpus < count - 1:  # the others would wait for a CPU, and the group for them
             raise ClusterLost(f"the Ray cluster at {self.tasks.address} has {cpus} CPUs; "
                               f"data-parallel workers 1..{count - 1} need one each (build "
                               f"with --workers {cpus + 1} or fewer, or add nodes)")
-        sent = {"src": ray.put(_pack(job.src)),
-                "inputs": {name: ray.put(_pack(path)) for name, path in job.inputs.items()}}
+        send = _sender(ray)
+        sent = {"src": send(_pack(job.src)),
+                "inputs": {name: send(_pack(path)) for name, path in job.inputs.items()}}
         if replay is not None and replay.start is not None:  # a verifier's replayed segment
             from .digest import bytes_digest
 
             start = _pack(replay.start)  # read once: sent, and its digest to check it by
-            sent["start"] = (ray.put(start), bytes_digest(start["file"]))
+            sent["start"] = (send(start), bytes_digest(start["file"]))
         remote = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(run_rank).options(
             name="reweigh-data-parallel-worker")
         job_json, setup = job.to_json(), self._setup()
@@ -522,6 +524,34 @@ def interface_of(ip: str) -> str:
                           "cluster (IPv6 is not supported for data-parallel workers)")
 
 
+# What `_sender` puts inside the tasks rather than in the object store, all files together:
+# below Ray's limit for an argument carried in the task (100 KiB, max_direct_call_object_size).
+INLINE_BYTES = 90 * 2**10
+
+
+def _sender(ray: Any) -> Callable[[dict[str, Any]], Any]:
+    """Packed files and folders as a data-parallel task's argument. Small ones, up to
+    INLINE_BYTES in all, travel inside each task, which then needs nothing from the
+    build's node: an object put there is fetched from its owner, worker 0, and on a busy
+    cluster a worker was once told that owner had died while it trained on
+    (OwnerDiedError). Larger ones are put in the object store once, for every worker."""
+    left = INLINE_BYTES
+
+    def send(packed: dict[str, Any]) -> Any:
+        nonlocal left
+        size = len(packed.get("file", b"")) + sum(len(data) for _, data in packed.get("tree", []))
+        if size > left:
+            return ray.put(packed)
+        left -= size
+        return packed
+
+    return send
+
+
+def _received(ray: Any, sent: Any) -> Any:
+    return ray.get(sent) if isinstance(sent, ray.ObjectRef) else sent
+
+
 def _pack(path: str) -> dict[str, Any]:
     """A file or a folder of the build, for a worker on another machine: its name and
     every regular file's relative path and bytes (symbolic links are refused)."""
@@ -616,7 +646,7 @@ def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
     try:
         src = place / "src"
         src.mkdir()
-        packed = ray.get(sent["src"])
+        packed = _received(ray, sent["src"])
         names = sorted(rel for rel, _ in packed.get("tree", []))
         if names != sorted(job.code_digests):
             raise CopyMismatch(f"the recipe's source as sent holds {names}, the derivation "
@@ -631,7 +661,7 @@ def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
                                    "for it: refused")
             folder = place / "inputs" / name
             folder.mkdir(parents=True)
-            inputs[name] = str(_verified(ray.get(ref), folder, job.input_digests[name],
+            inputs[name] = str(_verified(_received(ray, ref), folder, job.input_digests[name],
                                          f"input {name!r}"))
         if sorted(inputs) != sorted(job.input_digests):
             raise CopyMismatch(f"inputs sent: {sorted(inputs)}, the derivation's: "
@@ -639,7 +669,7 @@ def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
         if "start" in sent:  # the checkpoint worker 0 resumes from, and no other
             (place / "start").mkdir()
             packed, digest = sent["start"]
-            start = _verified(ray.get(packed), place / "start", digest, "the checkpoint")
+            start = _verified(_received(ray, packed), place / "start", digest, "the checkpoint")
             replay = replace(replay, start=str(start), from_out=None)
         job = replace(job, src=str(code), inputs=inputs)
         rank_main(job, replay, rank, count, 1, rendezvous, str(place))
