@@ -127,6 +127,9 @@ RECIPES: dict[str, Callable[[Path], Path]] = {
     # another seed: every tensor differs, the architecture and the data do not
     "digits-cnn-seed-4242": lambda where: digits_keeping_all(where, "seed = 20231",
                                                             "seed = 4242"),
+    # data-parallel digits-cnn built plainly: test_workers rebuilds it on 2 and 3 workers,
+    # test_cluster with a worker on a Ray cluster
+    "digits-cnn-sharded": lambda _: EXAMPLES / "digits-cnn" / "sharded.toml",
     "textgen-smoke": lambda where: variant("textgen", where, "\nsteps = 1500\n",
                                            f"\nsteps = {TEXTGEN_SMOKE_STEPS}\n"),
     # helpers.write_recipe as it stands: for tests that need an item, any item (the same

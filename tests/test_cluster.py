@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from reweigh.cluster import _mismatch, parse_address
 from reweigh.digest import file_digest
+from reweigh.store import Store
 
 from .conftest import Examples
 from .helpers import EXAMPLES, run_json, run_reweigh, store_is_empty, write_recipe
@@ -383,20 +384,21 @@ def test_without_ray_a_map_with_workers_says_how_to_install_it(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_fails(
-        tmp_path: Path, head: tuple[str, subprocess.Popen[bytes]], adopted: None) -> None:
+        examples: Examples, tmp_path: Path, head: tuple[str, subprocess.Popen[bytes]],
+        adopted: None) -> None:
     """Sharded digits-cnn with worker 1 of 2 as a Ray task on a head the test started:
-    the weights of a plain build of it, bit for bit, the provenance saying
+    the weights of the run's plain build of it, bit for bit, the provenance saying
     where the worker ran. Then a recipe whose worker 1 kills its own Ray worker process
     mid-training: one line naming it, nothing kept. One head for both: Ray is slow to start."""
     from .test_workers import bn_recipe
 
     address, _ = head
     recipe = EXAMPLES / "digits-cnn" / "sharded.toml"
-    plain = run_json("build", recipe, store=tmp_path / "store")
+    (plain,) = Store(examples.built("digits-cnn-sharded").store).items()
     rebuilt = run_json("build", recipe, "--cluster", address, "--workers", "2",
                        store=tmp_path / "store2")
-    assert rebuilt["weights_digest"] == plain["weights_digest"]
-    assert rebuilt["derivation"] == plain["derivation"]  # where it ran is not built
+    assert rebuilt["weights_digest"] == plain.weights_digest
+    assert rebuilt["derivation"] == plain.derivation  # where it ran is not built
     provenance, _ = _item(rebuilt)
     internal = provenance["predicate"]["buildDefinition"]["internalParameters"]
     assert internal["cluster"] == address and internal["cluster_ranks"] == 1

@@ -13,6 +13,7 @@ import torch
 from reweigh import shards
 from reweigh.shards import Workers, owned, shard_count, tree_sum
 
+from .conftest import Examples
 from .helpers import EXAMPLES, run_json, run_reweigh, store_is_empty, write_recipe
 
 
@@ -168,19 +169,17 @@ def test_batch_norm_and_dropout_give_one_digest_for_1_2_and_3_workers(tmp_path: 
 
 @pytest.mark.slow
 def test_sharded_digits_cnn_is_the_same_on_any_worker_count_and_verifies_on_one(
-        tmp_path: Path) -> None:
-    """Built on 3 workers, rebuilt bit for bit on the plain path and on 2; a verifier
-    with one process replays its segments bit for bit."""
+        examples: Examples, tmp_path: Path) -> None:
+    """Built on the plain path (the run's shared build), rebuilt bit for bit on 3 workers
+    and on 2; a verifier with one process replays its segments bit for bit."""
     recipe = EXAMPLES / "digits-cnn" / "sharded.toml"
-    store = tmp_path / "store"
-    built = run_json("build", recipe, "--workers", "3", store=store)
-    for workers in ((), ("--workers", "2")):
-        check = run_json("build", recipe, "--check", *workers, store=store)
+    built = examples.copy("digits-cnn-sharded", tmp_path)
+    for workers in ("3", "2"):
+        check = run_json("build", recipe, "--check", "--workers", workers, store=built.store)
         assert check["check"]["identical"], (workers, check["check"])
-        assert check["derivation"] == built["derivation"]
-    transcript = Path(built["path"]) / "transcript.json"
-    verified = run_json("verify", built["path"], "--transcript", transcript, "--spot", "1",
-                        "--largest", "0", store=store)
+        assert check["reused"] and check["path"] == str(built.item)
+    verified = run_json("verify", built.item, "--transcript", built.item / "transcript.json",
+                        "--spot", "1", "--largest", "0", store=built.store)
     assert verified["verdict"] == "holds", verified
 
 
