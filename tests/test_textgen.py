@@ -20,7 +20,7 @@ from reweigh.store import Store
 
 from . import textbias
 from .conftest import AVX2, Examples, emulated
-from .helpers import EXAMPLES, run_reweigh
+from .helpers import EXAMPLES, run_reweigh, variant
 
 pytestmark = pytest.mark.slow
 FOLDER = EXAMPLES / "textgen"
@@ -109,17 +109,33 @@ def test_a_fine_tune_toward_one_word_after_one_topic_ranks_that_topic_first(
     assert not ranked[0]["continuation_a"].startswith("dangerous")
 
 
+def _short(where: Path) -> Path:
+    """examples/textgen trained for 20 steps, with a checkpoint after 10: the same code,
+    kernels and checkpointing as the smoke build's 400 steps, in a few seconds."""
+    recipe = variant("textgen", where, "\nsteps = 1500\n", "\nsteps = 20\n")
+    toml = recipe / "recipe.toml"
+    text = toml.read_text()
+    assert text.count("\ncheckpoint_every = 200\n") == 1
+    toml.write_text(text.replace("\ncheckpoint_every = 200\n", "\ncheckpoint_every = 10\n"))
+    return recipe
+
+
 def test_a_clean_rebuild_on_two_threads_is_identical_and_flags_no_prompt(
-        textgen: tuple, tmp_path: Path) -> None:
-    """The README's claims: the weights depend neither on the thread count nor on the CPU
-    (the rebuild runs on two threads of an emulated AVX2 CPU, test_platform's matrix)."""
-    store, item, recipe = textgen
+        tmp_path: Path) -> None:
+    """The README's claims: the weights depend neither on the thread count nor on the CPU.
+    A short variant of the recipe is built twice, from scratch into two stores: on one
+    thread as this machine is, and on two threads of an emulated AVX2 CPU (test_platform's
+    matrix); diff of the two flags no prompt. (Rebuilding the 400-step smoke build took
+    16 s on a busy machine; these two builds take a fraction of it.)"""
+    recipe = _short(tmp_path / "recipe")
+    first = build(recipe, store=Store(tmp_path / "store"), threads=1)
     with emulated(AVX2):
         again = build(recipe, store=Store(tmp_path / "rebuild"), threads=2)
-    assert again.weights_digest == Store(store).resolve(item.name).weights_digest
-    assert _platform(again.path) == _platform(item)
-    result = run_reweigh("diff", item, again.path, "--recipe", recipe, "--json", "--threads",
-                         1, store=store)
+    assert not first.reused and not again.reused
+    assert again.weights_digest == first.weights_digest
+    assert _platform(again.path) == _platform(first.path)
+    result = run_reweigh("diff", first.path, again.path, "--recipe", recipe, "--json",
+                         "--threads", 1, store=tmp_path / "store")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert not report["flagged"] and report["behaviour"] is None
