@@ -47,9 +47,25 @@ def train(ctx):
 """
 MATMUL_FLOPS = 2 * 64 * 128 * 32
 
+# The same steps without torch, for the tests that are not about counting FLOPs: a recipe
+# that imports torch costs its estimate a second of start-up (and the counted step more).
+STEPS_NUMPY = """
+import time
 
-def steps_recipe(directory: Path, steps: int, sleep: float) -> Path:
-    recipe = write_recipe(directory, STEPS_TRAIN, params=f"steps = {steps}\nsleep = {sleep}")
+import numpy as np
+
+
+def train(ctx):
+    total = ctx.params["steps"]
+    for step in range(1, total + 1):
+        time.sleep(ctx.params["sleep"])
+        ctx.progress(step, total)
+    ctx.save_weights({"w": np.ones(2, dtype=np.float32)})
+"""
+
+
+def steps_recipe(directory: Path, steps: int, sleep: float, train: str = STEPS_TRAIN) -> Path:
+    recipe = write_recipe(directory, train, params=f"steps = {steps}\nsleep = {sleep}")
     toml = recipe / "recipe.toml"
     toml.write_text(toml.read_text().replace('data = "CC0-1.0"', 'data = "NONE"'))
     return recipe
@@ -134,17 +150,6 @@ def test_flops_are_counted_with_flop_counter_mode_over_one_step(tmp_path: Path) 
     assert report["within_threshold"] is True
 
 
-@pytest.mark.slow
-def test_nothing_of_an_estimate_run_enters_the_store(tmp_path: Path) -> None:
-    recipe = steps_recipe(tmp_path / "r", steps=400, sleep=0.01)
-    store = tmp_path / "store"
-    result = run_reweigh("estimate", recipe, "--seconds", "0.5", store=store)
-    assert result.returncode == 0, result.stderr
-    assert "extrapolated" in result.stdout and "Guix budget        within" in result.stdout
-    assert store_is_empty(store)
-    assert Store(store).attempts() == []
-
-
 LINGERING_TRAIN = """
 import os
 import time
@@ -169,20 +174,27 @@ def test_an_estimate_removes_its_folder_after_the_builds_last_process_ends(
     wrote in; a process of the build still writing there made that removal fail with
     "Directory not empty" (exit 70, seen from `check`, whose cost is an estimate). It
     now waits for every process of the build to end first. Unisolated, so that the
-    writer outlives the stopped runtime for two seconds (a sandbox's die with it)."""
+    writer outlives the stopped runtime for two seconds (a sandbox's die with it).
+
+    Nothing of the estimate run enters the store either: no item, no input, no attempt
+    (this run once was a test of its own, of a torch recipe whose estimate cost 2.5 s;
+    its text report is read here)."""
     recipe = write_recipe(tmp_path / "r", LINGERING_TRAIN)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    result = run_reweigh("estimate", recipe, "--json", "--seconds", "0.3", "--sandbox", "none",
-                         store=tmp_path / "store", env={"TMPDIR": str(scratch)})
+    store = tmp_path / "store"
+    result = run_reweigh("estimate", recipe, "--seconds", "0.3", "--sandbox", "none",
+                         store=store, env={"TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["bound"] == "extrapolated"
+    assert "extrapolated" in result.stdout and "Guix budget        within" in result.stdout
     assert list(scratch.iterdir()) == []
+    assert store_is_empty(store)
+    assert Store(store).attempts() == []
 
 
 @pytest.mark.slow
 def test_a_recipe_that_would_train_for_years_exceeds_the_guix_budget(tmp_path: Path) -> None:
-    recipe = steps_recipe(tmp_path / "r", steps=10**9, sleep=0.05)
+    recipe = steps_recipe(tmp_path / "r", steps=10**9, sleep=0.05, train=STEPS_NUMPY)
     result = run_reweigh("check", recipe, "--policy", "guix", "--json", "--estimate-seconds",
                          "0.5", "--threads", "1", store=tmp_path / "store")
     assert result.returncode == 1, result.stderr
@@ -196,7 +208,7 @@ def test_a_recipe_that_would_train_for_years_exceeds_the_guix_budget(tmp_path: P
 
 @pytest.mark.slow
 def test_the_budget_is_the_users_to_set(tmp_path: Path) -> None:
-    recipe = steps_recipe(tmp_path / "r", steps=100, sleep=0.01)
+    recipe = steps_recipe(tmp_path / "r", steps=100, sleep=0.01, train=STEPS_NUMPY)
     result = run_reweigh("check", recipe, "--policy", "guix", "--json", "--max-core-hours",
                          "1e-7", store=tmp_path / "store")
     assert result.returncode == 1, result.stderr
