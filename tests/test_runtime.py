@@ -140,7 +140,7 @@ def train(ctx):
     ctx.log_metric("deterministic", int(torch.are_deterministic_algorithms_enabled()))
     ctx.log_metric("threads", torch.get_num_threads())
     ctx.log_metric("seed", torch.initial_seed())
-    ctx.log_metric("compile_stack_loaded", int("torch._dynamo" in sys.modules))
+    ctx.log_metric("compile_stack_loaded", int("torch._dynamo.eval_frame" in sys.modules))
     import torch._inductor.config as inductor  # torch.compile's: pinned as it loads too
 
     ctx.log_metric("inductor_deterministic", int(inductor.deterministic))

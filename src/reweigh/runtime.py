@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import cluster, environment, numerics, onload, sandbox, shards
+from . import cluster, dynamo, environment, numerics, onload, sandbox, shards
 from .entries import recipe_frames
 from .job import Job, Replay, Sandbox
 from .shards import Workers, shard_count, worker_count
@@ -175,6 +175,7 @@ class TorchPins:
     def pin(self) -> None:
         self.check_settings("before torch loaded")
         environment.apply_torch_numerics(self.threads)
+        dynamo.install()  # its compiler front end loads when something compiles
         if problem := numerics.measured_problem(self.platform_name,
                                                 environment.torch_capability()):
             raise RuntimeError(problem)
