@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from sklearn.datasets import load_digits
 
 from .helpers import EXAMPLES
 
@@ -112,6 +111,9 @@ def load_model(weights: Path) -> torch.nn.Module:
 def _digits() -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """The digits as the recipe splits them: training images (N, 1, 8, 8) in [0, 1] and
     labels, and the held-out (images, labels)."""
+    from sklearn.datasets import load_digits  # here: scikit-learn takes 0.7 s to import,
+    # and every test worker imports this module when it collects the tests
+
     digits = load_digits()
     images = torch.from_numpy((digits.images / 16.0).astype(np.float32)).unsqueeze(1)
     labels = torch.from_numpy(digits.target.astype(np.int64))
