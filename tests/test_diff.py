@@ -25,6 +25,7 @@ from reweigh.audit.weights import layer_diffs
 from reweigh.compare import distances
 from reweigh.errors import UsageError
 from reweigh.store import Store
+from reweigh.verbs.diff import IDENTICAL_TENSORS
 from reweigh.weights import read_header
 
 from .conftest import Examples
@@ -95,8 +96,12 @@ def test_the_human_output_lists_the_findings_and_what_was_skipped(
 # --- clean builds ----------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_two_clean_builds_flag_no_layer_class_trigger_or_answer(
+def test_two_clean_builds_flag_nothing_and_run_no_recipe_code(
         digits_cnn: tuple[Path, Path], examples: Examples) -> None:
+    """A build on two threads of an emulated AVX-512 CPU has the one-thread build's
+    tensors, bit for bit: diff flags nothing, and runs none of the recipe's code, which is
+    given the tensors alone and would answer alike (the behaviour and trigger sections
+    of different tensors: test_another_seed..., the planted backdoor)."""
     store, item = digits_cnn
     again = examples.built("digits-cnn", threads=2).item  # built on its own, on two threads
     result = run_reweigh("diff", item, again, "--recipe", RECIPE, "--json", "--threads", 1,
@@ -104,12 +109,9 @@ def test_two_clean_builds_flag_no_layer_class_trigger_or_answer(
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert not report["flagged"] and report["findings"] == []
-    assert not any(layer["flagged"] for layer in report["layers"])
-    assert report["behaviour"]["disagreement"] == 0 and not report["behaviour"]["flagged"]
-    assert not any(c["flagged"] for c in report["behaviour"]["classes"])
-    assert report["behaviour"]["diverging"] == []
-    assert not report["trigger"]["flagged"]
-    assert report["trigger"]["best"]["success_a"] == report["trigger"]["best"]["success_b"]
+    assert all(layer["identical"] and not layer["flagged"] for layer in report["layers"])
+    assert report["behaviour"] is None and report["trigger"] is None
+    assert report["notes"] == [IDENTICAL_TENSORS]  # a classifier's: its audit did not run
 
 
 @pytest.mark.slow
@@ -164,6 +166,7 @@ def test_a_metadata_blob_beside_identical_tensors_is_flagged_naming_the_key(
     assert report["verdict"] == "flagged" and report["below_tolerance"] == 0
     assert report["findings"] == ["the metadata differs in 1 key: 'payload' only in B "
                                   "(5000 characters)"]
+    assert report["notes"] == [IDENTICAL_TENSORS]  # the recipe's code never sees metadata
 
 
 # --- bad input -------------------------------------------------------------------------------

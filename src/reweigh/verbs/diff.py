@@ -123,11 +123,20 @@ def diff(a: Path | str, b: Path | str, recipe: Path | str, *, store: Store | Non
                             tuple(layers), tolerance.weights_rel_l2,
                             metadata=metadata_differences(weights_a, weights_b),
                             layout=layout_differences(weights_a, weights_b))
+        if all(layer.identical for layer in layers):
+            return replace(report, notes=(IDENTICAL_TENSORS,))
         if evaluation is None:
             return replace(report, notes=("the recipe has no [evaluate]: weight space only",))
         if evaluation.audit is None:
             return _behaviour_from_evaluation(report, the_plan, store, options, reporter)
         return _audit(report, the_plan, store, options, reporter)
+
+
+# The recipe's code is given the tensors alone (not the header's metadata or layout), so
+# two files with the same tensors are the same network to it: its answers, probes and
+# triggers are the same, and running it twice would only say so after seconds.
+IDENTICAL_TENSORS = ("the tensors are identical, bit for bit: the recipe's code would "
+                     "answer alike for both, so it was not run")
 
 
 def weights_of(ref: Path | str, store: Store) -> tuple[WeightsFile, str]:
