@@ -26,33 +26,27 @@ from reweigh.verbs.importing import import_weights
 
 from .helpers import EXAMPLES, ROOT, run_json, run_reweigh, write_recipe
 
-# An Adam-like update of one matrix, and a frozen one (equal in every checkpoint: stored
-# once), checkpointed every 2 steps, resumable for replays. numpy, elementwise only: what
-# these tests are about is the store and verify, not torch's objects (test_runtime checks
-# resume_into and training_state), and a recipe that steps torch.optim pays about a second
-# more per build and per replay (torch.optim loads torch._dynamo).
+# Adam on a linear layer and a frozen one (the frozen tensor is equal in every
+# checkpoint: stored once), checkpointed every 2 steps, resumable for replays.
 TRAIN = """
-import numpy as np
+import torch
 
 def train(ctx):
     p = ctx.params
-    width = p["width"]
-    rng = np.random.default_rng(ctx.seed)
-    frozen = rng.standard_normal((width, width), dtype=np.float32)
-    state = ctx.resume() or {
-        "w": rng.standard_normal((width, width), dtype=np.float32),
-        "m": np.zeros((width, width), np.float32),
-        "v": np.zeros((width, width), np.float32), "step": 0}
-    w, m, v = (np.asarray(state[k]) for k in ("w", "m", "v"))  # read back as torch's
-    for step in range(state["step"] + 1, p["steps"] + 1):
-        target = np.random.default_rng(step).standard_normal((width, width), dtype=np.float32)
-        g = w - target
-        m = np.float32(0.9) * m + np.float32(0.1) * g
-        v = np.float32(0.999) * v + np.float32(0.001) * g * g
-        w = w - np.float32(0.01) * m / (np.sqrt(v) + np.float32(1e-8))
-        ctx.checkpoint(step, {"w": w, "m": m, "v": v, "frozen": frozen, "step": step},
+    torch.manual_seed(ctx.seed)
+    model = torch.nn.Linear(p["width"], p["width"])
+    frozen = torch.nn.Linear(p["width"], p["width"]).weight.detach()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    state = ctx.resume_into(model, optimizer)
+    for step in range(state.get("step", 0) + 1, p["steps"] + 1):
+        g = torch.Generator().manual_seed(step)
+        loss = model(torch.randn(8, p["width"], generator=g)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ctx.checkpoint(step, ctx.training_state(model, optimizer, step=step, frozen=frozen),
                        final=step == p["steps"])
-    ctx.save_weights({"w": w})
+    ctx.save_weights(model.state_dict())
 """
 
 
