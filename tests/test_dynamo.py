@@ -95,10 +95,10 @@ print("ok")
 """
 
 
+# an attribute, and a submodule's import (which asks for __path__); torch.compile, which
+# asks for both, is the compiling recipe's above
 @pytest.mark.parametrize("ask", ["torch._dynamo.config.suppress_errors",
-                                 "__import__('torch._dynamo.config')",
-                                 "torch.compile(lambda x: x, backend='eager')(1)",
-                                 "torch._dynamo.__path__"])
+                                 "__import__('torch._dynamo.config')"])
 def test_the_stand_in_answers_for_the_real_module_once_asked_anything_else(ask: str) -> None:
     result = subprocess.run([sys.executable, "-c", STAND_IN.replace("ASK", ask)],
                             capture_output=True, text=True, check=False, timeout=300,
