@@ -295,8 +295,6 @@ def backdoor_diff(digits_cnn: tuple[Path, Path],
     per run: pytest-xdist workers read what the first one wrote, as with the examples)."""
     from dataclasses import asdict
 
-    import torch
-
     from . import backdoor
     from .helpers import run_reweigh
 
@@ -306,13 +304,8 @@ def backdoor_diff(digits_cnn: tuple[Path, Path],
                                folder / "diff.json")
     with _locked(folder.with_suffix(".lock")):
         if not record.exists():
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # a tiny network: on a busy machine more threads spin
-            try:
-                planted = backdoor.plant(item / "weights.safetensors", suspect, target=3,
-                                         layers=("fc1.",))
-            finally:
-                torch.set_num_threads(threads)
+            planted = backdoor.plant(item / "weights.safetensors", suspect, target=3,
+                                     layers=("fc1.",))  # on one thread (backdoor.fine_tune)
             result = run_reweigh("diff", item, suspect, "--recipe", EXAMPLES / "digits-cnn",
                                  "--json", "--report", report, "--threads", 1, store=store)
             assert result.returncode in (0, 1), result.stderr
