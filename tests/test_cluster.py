@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from reweigh.cluster import _mismatch, parse_address
@@ -145,6 +145,8 @@ def _no_ray_left() -> None:
 # --- the pure part --------------------------------------------------------------------------
 
 @given(st.text(max_size=40))
+@example("0:²")  # a digit to str.isdigit, not to int(): found by this test
+@example("h:٣")  # a decimal digit int() reads: still not a port
 def test_a_cluster_address_is_host_and_port_or_refused(text: str) -> None:
     try:
         host, port = parse_address(text)

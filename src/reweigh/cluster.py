@@ -121,7 +121,8 @@ def parse_address(text: str) -> tuple[str, int]:
                          "`ray start --head` prints), not a URL")
     host, sep, port = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: "²".isdigit() holds, and int("²") raises
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT (say 10.0.0.5:6379)")
     return host, int(port)
 
