@@ -171,13 +171,14 @@ def test_batch_norm_and_dropout_give_one_digest_for_1_2_and_3_workers(tmp_path: 
 def test_sharded_digits_cnn_is_the_same_on_any_worker_count_and_verifies_on_one(
         examples: Examples, tmp_path: Path) -> None:
     """Built on the plain path (the run's shared build), rebuilt bit for bit on 3 workers
-    and on 2; a verifier with one process replays its segments bit for bit."""
+    (its 6 shards, 2 each); a verifier with one process replays its segments bit for bit.
+    On 2 workers: test_cluster's build of it with a worker on a Ray head; shards split
+    unevenly: the batch-norm recipe above (4 shards) on 1, 2 and 3."""
     recipe = EXAMPLES / "digits-cnn" / "sharded.toml"
     built = examples.copy("digits-cnn-sharded", tmp_path)
-    for workers in ("3", "2"):
-        check = run_json("build", recipe, "--check", "--workers", workers, store=built.store)
-        assert check["check"]["identical"], (workers, check["check"])
-        assert check["reused"] and check["path"] == str(built.item)
+    check = run_json("build", recipe, "--check", "--workers", "3", store=built.store)
+    assert check["check"]["identical"], check["check"]
+    assert check["reused"] and check["path"] == str(built.item)
     verified = run_json("verify", built.item, "--transcript", built.item / "transcript.json",
                         "--spot", "1", "--largest", "0", store=built.store)
     assert verified["verdict"] == "holds", verified
