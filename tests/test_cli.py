@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from reweigh import __version__
+
 from .conftest import Examples
 from .helpers import run_json, run_reweigh, write_recipe
 
@@ -92,3 +94,17 @@ def test_reusing_a_built_item_imports_neither_bars_nor_the_licence_parser(
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_version_imports_no_command() -> None:
+    """`reweigh --version` registers no command, so it imports none of their modules (all
+    of them took 0.36 s; scripts ask it to find which reweigh they run)."""
+    code = ("import sys, runpy\nsys.argv = ['reweigh', '--version']\ntry:\n"
+            "    runpy.run_module('reweigh.cli.main', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('reweigh.verbs', "
+            "'reweigh.cli.build'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"reweigh {__version__}", "[]"]

@@ -58,7 +58,11 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def _commands_for(argv: list[str]) -> list[str]:
     first = next((word for word in argv if not word.startswith("-")), None)
-    return [first] if first in COMMANDS else list(COMMANDS)
+    if first in COMMANDS:
+        return [first]
+    if first is None and "--version" in argv and not {"-h", "--help"} & set(argv):
+        return []  # `reweigh --version` answers before any command is needed
+    return list(COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
