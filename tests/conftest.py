@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,13 @@ from typing import Any
 import pytest
 
 from .helpers import EXAMPLES, variant, write_recipe
+
+# Where PYTHONDONTWRITEBYTECODE is set (CI machines, this one), each test worker rewrote
+# and compiled every test module anew at each run (pytest's assertion rewriting: 5 s of
+# CPU a worker). The test process keeps that cache (tests/__pycache__, ignored by git; a
+# recipe's __pycache__ is never part of its code). Commands and recipe code run in
+# processes of their own, which this does not change.
+sys.dont_write_bytecode = False
 
 
 @pytest.fixture
