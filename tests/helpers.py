@@ -21,14 +21,18 @@ def train(ctx):
 """
 
 
-def variant(example: str, where: Path, old: str, new: str) -> Path:
-    """A copy of examples/EXAMPLE at `where` whose recipe.toml says `new` for `old` (which
-    must be there, so that a change to the example cannot make the variant the same)."""
+def variant(example: str, where: Path, old: str, new: str,
+            *more: tuple[str, str]) -> Path:
+    """A copy of examples/EXAMPLE at `where` whose recipe.toml says `new` for `old`, and
+    so on for each further (old, new) pair (each old must be there once, so that a change
+    to the example cannot make the variant the same)."""
     shutil.copytree(EXAMPLES / example, where, ignore=shutil.ignore_patterns("__pycache__"))
     toml = where / "recipe.toml"
     text = toml.read_text()
-    assert text.count(old) == 1, f"examples/{example}/recipe.toml: no single {old!r}"
-    toml.write_text(text.replace(old, new))
+    for before, after in ((old, new), *more):
+        assert text.count(before) == 1, f"examples/{example}/recipe.toml: no single {before!r}"
+        text = text.replace(before, after)
+    toml.write_text(text)
     return where
 
 

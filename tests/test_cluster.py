@@ -192,7 +192,7 @@ def test_small_copies_travel_inside_the_tasks_and_large_ones_through_the_object_
     node); what does not fit is put in the object store once."""
     from reweigh.cluster import INLINE_BYTES, _sender
 
-    class Store:  # Ray's put, recording what it was given
+    class ObjectStore:  # Ray's put, recording what it was given
         def __init__(self) -> None:
             self.put_in: list[dict] = []
 
@@ -200,7 +200,7 @@ def test_small_copies_travel_inside_the_tasks_and_large_ones_through_the_object_
             self.put_in.append(packed)
             return f"ref-{len(self.put_in)}"
 
-    store = Store()
+    store = ObjectStore()
     send = _sender(store)
     half = {"name": "a", "tree": [("x", b"0" * (INLINE_BYTES // 2))]}
     assert send(half) is half and send({"name": "b", "file": b"1" * 10}) == {

@@ -12,7 +12,7 @@ compiling goes through it, so its `graph_break` does nothing and its `disable(fn
 `fn`, exactly as the real ones do then. Anything else asked of it (an attribute, a
 submodule, `torch.compile`) loads the real module first and is answered by it; a
 function disabled while it waited is from then on disabled by the real `disable`. A
-training step computes the same bits either way: tests/test_runtime.py builds a
+training step computes the same bits either way: tests/test_dynamo.py builds a
 recipe with and without the real module loaded first, and one that compiles.
 """
 
