@@ -359,6 +359,52 @@ def train(ctx):  # what is not a checkpoint frame, down the builder's pipe by ha
     assert not store.items() and not list(store.chunks.all())
 
 
+# A numpy recipe that checkpoints (a view among its arrays, a float16 one) and resumes,
+# checking what resume gave it and that torch never loaded unless it asked for tensors
+NUMPY_RESUME = """
+import sys
+import numpy as np
+
+def train(ctx):
+    framework = ctx.params["framework"] or None
+    state = ctx.resume(framework)
+    if state is not None:
+        module = type(state["w"]).__module__.split(".")[0]
+        assert module == {None: "numpy", "pt": "torch"}[framework], module
+    w = np.asarray(state["w"]) if state else np.zeros(3, np.float32)
+    for step in range(state["step"] + 1 if state else 1, 5):
+        w = w + np.float32(step)
+        ctx.checkpoint(step, {"w": w, "halves": w.astype(np.float16)[::-1], "step": step},
+                       final=step == 4)
+    loaded = "torch" in sys.modules
+    assert loaded == (framework == "pt" and state is not None), f"torch loaded: {loaded}"
+    ctx.save_weights({"w": w})
+"""
+
+
+@pytest.mark.slow
+def test_a_numpy_recipe_checkpoints_and_resumes_without_loading_torch(tmp_path: Path) -> None:
+    """Its build and every replay run without torch (a second less each), and write the
+    checkpoints they wrote when a state's arrays went through torch (the same digests as
+    the build that asks for tensors back, which loads it)."""
+    digests = {}
+    for framework in ("", "pt"):
+        recipe = write_recipe(tmp_path / f"r{framework}", NUMPY_RESUME,
+                              params=f'framework = "{framework}"', build="checkpoint_every = 1")
+        store = tmp_path / f"store{framework}"
+        item = Path(run_json("build", recipe, store=store)["path"])
+        report = run_json("verify", item, "--transcript", item / "transcript.json",
+                          "--spot", "4", store=store)
+        assert report["holds"] and len(report["segments"]) == 4, report
+        transcript = json.loads((item / "transcript.json").read_text())
+        digests[framework] = [c["digest"] for c in transcript["checkpoints"]]
+    assert digests[""] == digests["pt"] and len(set(digests[""])) == 4
+    recipe = write_recipe(tmp_path / "odd", NUMPY_RESUME.replace(
+        "ctx.resume(framework)", 'ctx.resume("tensorflow")'), params='framework = ""')
+    result = run_reweigh("build", recipe, store=tmp_path / "odd-store")
+    assert result.returncode == 1 and "framework must be one of pt, numpy" in result.stderr
+
+
 # --- the pure plan ----------------------------------------------------------------------------
 
 def _segments(count: int) -> list[Segment]:

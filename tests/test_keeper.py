@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -82,6 +83,54 @@ def test_a_checkpoint_is_the_file_safetensors_would_have_written(tmp_path: Path)
     assert ours == (tmp_path / "theirs.safetensors").read_bytes()
     assert state_layout(state).size == len(ours)
     assert load_state(tmp_path / "ours.safetensors")["note"] == [1.0, ("a", None)]
+
+
+ARRAY_DTYPES = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64",
+                "uint32", "uint16", "uint8", "bool")
+ARRAYS = st.dictionaries(NAMES, st.tuples(
+    st.sampled_from(ARRAY_DTYPES), st.lists(st.integers(0, 3), max_size=3),
+    st.sampled_from(["plain", "reversed", "transposed", "every other"]), st.integers(0, 99)),
+    max_size=6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(ARRAYS, st.booleans())
+def test_a_state_of_arrays_is_the_file_it_was_when_arrays_became_tensors_first(
+        specs: dict[str, tuple[str, list[int], str, int]], with_a_tensor: bool) -> None:
+    """numpy arrays are laid out without torch; the bytes are those of each array made a
+    torch tensor first (`torch.from_numpy` of a contiguous copy), as every earlier build
+    wrote them, so the digests in their transcripts still replay: 0-d arrays, empty ones,
+    views of any strides, one tensor beside them."""
+    from reweigh.weights import _checkpointable
+
+    def array(dtype: str, shape: list[int], view: str, seed: int) -> np.ndarray:
+        numbers = np.random.default_rng(seed).integers(0, 100, size=shape)
+        value = numbers.astype(dtype)
+        if value.ndim and view == "reversed":
+            return value[::-1]
+        if view == "transposed":
+            return value.T
+        return value[::2] if value.ndim and view == "every other" else value
+
+    arrays: dict[str, object] = {name: array(*spec) for name, spec in specs.items()}
+    if with_a_tensor:
+        arrays["tensor"] = torch.arange(3.0)
+    before = {name: torch.from_numpy(np.ascontiguousarray(value).copy())
+              if isinstance(value, np.ndarray) else value for name, value in arrays.items()}
+    sink, theirs = io.BytesIO(), io.BytesIO()
+    write(layout(_checkpointable(arrays), {"m": "1"}), sink.write)
+    write(layout(before, {"m": "1"}), theirs.write)
+    assert sink.getvalue() == theirs.getvalue()
+
+
+def test_arrays_no_checkpoint_can_hold_are_refused_by_name() -> None:
+    from reweigh.weights import _checkpointable
+
+    for odd in (np.arange(3, dtype=">f4"), np.zeros(2, np.complex64), np.array(["a"])):
+        with pytest.raises(TypeError, match="checkpoint: w has dtype"):
+            layout(_checkpointable({"w": odd}), None)
+    same = np.ones(4, np.float32)  # two names for one array: written twice, as before
+    assert layout({"a": same, "b": same}, None).size > layout({"a": same}, None).size
 
 
 def test_tensors_that_share_memory_are_refused_as_safetensors_refuses_them() -> None:

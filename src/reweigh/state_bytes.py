@@ -31,12 +31,14 @@ import itertools
 import json
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# torch's dtype name -> safetensors' name, for every dtype `weights.DTYPES` reads back
+# torch's (and numpy's) dtype name -> safetensors' name, for every dtype `weights.DTYPES`
+# reads back
 NAMES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
     "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
@@ -72,22 +74,17 @@ class Layout:
 
 def layout(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> Layout:
     """The file safetensors' `save_file(tensors, path, metadata)` writes, as pieces.
-    `tensors` are torch tensors (on the CPU, contiguous, as `weights.save_tensors`
-    makes them); TypeError for a dtype a checkpoint cannot hold, ValueError when two
-    tensors share memory (safetensors refuses those too)."""
-    import torch
-
+    `tensors` are torch tensors (on the CPU, contiguous) or C-contiguous numpy arrays,
+    as `weights.state_layout` makes them: arrays alone never load torch. TypeError for a
+    dtype a checkpoint cannot hold, ValueError when two tensors share memory (safetensors
+    refuses those too). Arrays that share memory are written twice, as they always were
+    (each was once copied into a tensor of its own)."""
     entries = []
     for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
-            raise TypeError(f"checkpoint: {name} is not a dense tensor")
-        dtype = NAMES.get(str(tensor.dtype).removeprefix("torch."))
-        if dtype is None:
-            raise TypeError(f"checkpoint: {name} has dtype {tensor.dtype}, which a "
-                            "checkpoint cannot hold")
+        dtype = _dtype(name, tensor)
         entries.append((-RANK[dtype], name.encode("utf-8"), name, dtype, tensor))
     entries.sort(key=lambda e: (e[0], e[1]))
-    _refuse_shared([(e[2], e[4]) for e in entries])
+    _refuse_shared([(e[2], e[4]) for e in entries if not _is_array(e[4])])
     header: dict[str, Any] = {} if metadata is None else {"__metadata__": dict(metadata)}
     views, at = [], 0
     for _, _, name, dtype, tensor in entries:
@@ -101,6 +98,31 @@ def layout(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> La
     return Layout(struct.pack("<Q", len(text)) + text, tuple(views))
 
 
+def _is_array(tensor: Any) -> bool:
+    import numpy as np
+
+    return isinstance(tensor, np.ndarray)
+
+
+def _dtype(name: str, tensor: Any) -> str:
+    """safetensors' name for the tensor's dtype; TypeError where a checkpoint has none."""
+    if _is_array(tensor):
+        kind = tensor.dtype
+        native = kind.kind in "biuf" and kind.isnative  # not a byte-swapped float
+        dtype = NAMES.get(kind.name) if native else None
+    else:
+        torch = sys.modules.get("torch")  # a torch tensor exists only once torch is loaded
+        if torch is None or not isinstance(tensor, torch.Tensor) or (
+                tensor.layout != torch.strided):
+            raise TypeError(f"checkpoint: {name} is not a dense tensor")
+        kind = tensor.dtype
+        dtype = NAMES.get(str(kind).removeprefix("torch."))
+    if dtype is None:
+        raise TypeError(f"checkpoint: {name} has dtype {kind}, which a checkpoint cannot "
+                        "hold")
+    return dtype
+
+
 def write(state: Layout, sink: Callable[[memoryview], Any]) -> int:
     """Hand every byte of the file to `sink` in order (the header, then each tensor's
     bytes in blocks of at most 64 MiB); the bytes written."""
@@ -112,7 +134,9 @@ def write(state: Layout, sink: Callable[[memoryview], Any]) -> int:
 
 
 def _bytes_of(tensor: Any) -> memoryview:
-    """A contiguous CPU tensor's bytes, without a copy."""
+    """A contiguous CPU tensor's or array's bytes, without a copy."""
+    if _is_array(tensor):
+        return memoryview(tensor).cast("B") if tensor.size else memoryview(b"")
     import torch
 
     if tensor.numel() == 0:

@@ -19,6 +19,7 @@ import itertools
 import json
 import re
 import struct
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ DTYPES: dict[str, tuple[str, int]] = {
     "U64": ("<u8", 8), "U32": ("<u4", 4), "U16": ("<u2", 2), "U8": ("u1", 1),
     "BOOL": ("?", 1), "F8_E4M3": ("u1", 1), "F8_E5M2": ("u1", 1),
 }
+NUMPY_DTYPES = frozenset(DTYPES) - {"BF16", "F8_E4M3", "F8_E5M2"}  # numpy has the rest
 
 
 @dataclass(frozen=True)
@@ -288,17 +290,49 @@ def state_layout(state: Mapping[str, Any]) -> Any:
     # Not canonical_json: the skeleton must read back its exact Python types (RFC 8785
     # writes 1.0 as 1 and refuses ints past 2**53), and these bytes are what checkpoints
     # of earlier builds were written with, so their digests still replay.
-    return layout(_as_torch(tensors), {"reweigh.state": python_sorted_json(skeleton).decode()})
+    return layout(_checkpointable(tensors),
+                  {"reweigh.state": python_sorted_json(skeleton).decode()})
 
 
-def load_state(path: Path) -> Any:
-    """The nested state `save_state` wrote (torch tensors where tensors were)."""
+def _checkpointable(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """A state's tensors as `state_bytes.layout` takes them: numpy arrays C-contiguous
+    (the shape and bytes `torch.from_numpy` of one gave, without loading torch), torch
+    tensors as `_as_torch` makes them."""
+    import numpy as np
+
+    arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()
+              if isinstance(value, np.ndarray)}
+    rest = {name: value for name, value in tensors.items() if name not in arrays}
+    converted = _as_torch(rest) if rest else {}
+    return {name: arrays[name] if name in arrays else converted[name] for name in tensors}
+
+
+# What `load_state` gives tensors back as: safetensors' framework names
+FRAMEWORKS = ("pt", "numpy")
+
+
+def load_state(path: Path, framework: str = "pt") -> Any:
+    """The nested state `save_state` wrote: torch tensors where tensors were, or numpy
+    arrays with framework "numpy" (WeightsError for a dtype numpy has not: bf16, fp8)."""
     from safetensors import safe_open
 
-    skeleton = check_state(read_header(path))
-    with safe_open(str(path), framework="pt") as handle:
+    header = read_header(path)
+    skeleton = check_state(header)
+    if framework == "numpy" and (odd := _not_numpys(header)):
+        raise WeightsError(f"{path}: holds {', '.join(odd)} tensors, which numpy cannot "
+                           "hold; resume them as torch tensors")
+    with safe_open(str(path), framework="np" if framework == "numpy" else "pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     return _rebuild(skeleton, tensors)
+
+
+def numpy_can_hold(path: Path) -> bool:
+    """Whether every tensor of the checkpoint at `path` has a numpy dtype."""
+    return not _not_numpys(read_header(path))
+
+
+def _not_numpys(header: WeightsFile) -> list[str]:
+    return sorted({t.dtype for t in header.tensors.values()} - NUMPY_DTYPES)
 
 
 def check_state(header: WeightsFile) -> Any:
@@ -319,9 +353,9 @@ def check_state(header: WeightsFile) -> Any:
 
 def _skeleton(value: Any, tensors: dict[str, Any], where: str) -> Any:
     import numpy as np
-    import torch
 
-    if isinstance(value, torch.Tensor | np.ndarray):
+    torch = sys.modules.get("torch")  # loaded wherever a torch tensor exists
+    if isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor)):
         name = f"t{len(tensors)}"
         tensors[name] = value
         return {"tensor": name}
