@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from . import forkserver
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
@@ -38,12 +40,16 @@ def variant(example: str, where: Path, old: str, new: str,
 
 def run_reweigh(*args: object, store: Path | None = None, timeout: float = 600,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real `reweigh` command line."""
-    command = [sys.executable, "-m", "reweigh.cli.main", *map(str, args)]
-    if store is not None:
-        command += ["--store", str(store)]
+    """Run the real `reweigh` command line: a process of its own, forked from one that
+    has loaded reweigh (`tests.forkserver`), or a fresh interpreter where a fork could
+    not be one (another PYTHONPATH, say)."""
+    argv = [*map(str, args), *(["--store", str(store)] if store is not None else [])]
+    command = [sys.executable, "-m", "reweigh.cli.main", *argv]
+    environment = {**os.environ, **(env or {})}
+    if forkserver.server().takes(environment):
+        return forkserver.server().run(command, argv, environment, timeout)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)
+                          env=environment, check=False)
 
 
 def run_json(*args: object, store: Path) -> dict:
