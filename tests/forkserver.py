@@ -65,7 +65,8 @@ def _load_everything() -> Any:
         for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
             importlib.import_module(f"{package}.{module.name}")
     for module in pkgutil.iter_modules(reweigh.__path__):
-        if module.name not in ("runtime", "dynamo", "cluster", "audit", "adapt_template"):
+        if module.name not in ("runtime", "dynamo", "cluster", "meeting", "audit",
+                               "adapt_template"):
             importlib.import_module(f"reweigh.{module.name}")
     import safetensors.numpy  # noqa: F401
 

@@ -186,31 +186,6 @@ def test_a_remote_workers_copies_must_be_what_the_derivation_says(tmp_path: Path
     assert not (tmp_path / "escape").exists()
 
 
-def test_small_copies_travel_inside_the_tasks_and_large_ones_through_the_object_store(
-        ) -> None:
-    """Up to INLINE_BYTES in all go inside the tasks (nothing to fetch from worker 0's
-    node); what does not fit is put in the object store once."""
-    from reweigh.cluster import INLINE_BYTES, _sender
-
-    class ObjectStore:  # Ray's put, recording what it was given
-        def __init__(self) -> None:
-            self.put_in: list[dict] = []
-
-        def put(self, packed: dict) -> str:
-            self.put_in.append(packed)
-            return f"ref-{len(self.put_in)}"
-
-    store = ObjectStore()
-    send = _sender(store)
-    half = {"name": "a", "tree": [("x", b"0" * (INLINE_BYTES // 2))]}
-    assert send(half) is half and send({"name": "b", "file": b"1" * 10}) == {
-        "name": "b", "file": b"1" * 10}
-    big = {"name": "c", "file": b"2" * INLINE_BYTES}
-    assert send(big) == "ref-1" and store.put_in == [big]
-    assert send(half) == "ref-2"  # the budget is for all of them together
-    assert send({"name": "d", "file": b""}) == {"name": "d", "file": b""}
-
-
 def test_a_worker_on_another_platform_names_what_differs() -> None:
     build = {"name": "portable", "packages": {"torch": "2.13.0+cpu", "numpy": "2.1"},
              "settings": {"env": {"ATEN_CPU_CAPABILITY": "avx2"}}, "digest": "sha256:aa"}
@@ -391,7 +366,8 @@ def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_f
     """Sharded digits-cnn with worker 1 of 2 as a Ray task on a head the test started:
     the weights of the run's plain build of it, bit for bit, the provenance saying
     where the worker ran. Then a recipe whose worker 1 kills its own Ray worker process
-    mid-training: one line naming it, nothing kept. One head for both: Ray is slow to start."""
+    mid-training, after taking its 300 KB source from worker 0: one line naming it,
+    nothing kept. One head for both: Ray is slow to start."""
     from .test_workers import bn_recipe
 
     address, _ = head
@@ -410,9 +386,12 @@ def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_f
     shown = run_reweigh("show", rebuilt["path"], store=tmp_path / "store2")
     assert "cluster workers" in shown.stdout and "outside this sandbox" in shown.stdout
 
+    # its source is larger than a Ray task carries inline (100 KiB): worker 1 takes it from
+    # worker 0's meeting point (through Ray's object store it could not: OwnerDiedError)
     lost = tmp_path / "lost"
-    result = run_reweigh("build", bn_recipe(tmp_path / "bn", die_at=10), "--cluster", address,
-                         "--workers", "2", store=lost)
+    recipe = bn_recipe(tmp_path / "bn", die_at=10)
+    (recipe / "ballast.py").write_text(f"# {'x' * 300_000}\n")
+    result = run_reweigh("build", recipe, "--cluster", address, "--workers", "2", store=lost)
     assert result.returncode == 1, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     said = f"data-parallel worker 1 of 2, a Ray task on the cluster at {address}, died"

@@ -19,10 +19,11 @@ retried: the same code on the same item raises again.
 With `--cluster ADDRESS --workers N` on a recipe that splits its steps into shards, the
 build's data-parallel workers 1..N-1 run on that cluster too (`Ranks`), as Ray tasks of
 one CPU each, started through the build's node; worker 0 stays in the build and writes
-the outputs. Each one is sent the job, the recipe's source and the build's inputs
-through Ray's object store, checks every file it was sent against the derivation's
+the outputs. Each one is sent the job in its task, takes the recipe's source and the
+build's inputs from worker 0's meeting point (`reweigh.meeting`, where only those who
+know the build's token are answered), checks every file against the derivation's
 digests before anything runs, refuses a worker of another platform as a task does, and
-meets the others over TCP (runtime.py's `data_parallel`).
+meets the others there (runtime.py's `data_parallel`).
 
 What this module does not do: isolate tasks on an existing cluster. They run in that
 cluster's worker processes, outside reweigh's sandbox, and the build process shares the
@@ -228,31 +229,30 @@ class Engine:
         return self.ip
 
     def start_ranks(self, job: Job, replay: Any, count: int,
-                    rendezvous: tuple[str, int, str]) -> Ranks:
+                    rendezvous: tuple[str, int, str], meeting: Any) -> Ranks:
         """Data-parallel workers 1..count-1 of `job` as Ray tasks on the cluster (one CPU
         each, never retried: a worker that died left a group that cannot take it back).
-        The recipe's source and every input travel inside the tasks when small
-        (`_sender`), through the object store otherwise, each put once; `rendezvous` is
-        worker 0's TCP store (address, port) and the token that the others must know to
-        find anything in it."""
+        `rendezvous` is worker 0's meeting point (`reweigh.meeting`: address, port) and
+        the token a worker must prove it knows there; the recipe's source and every
+        input are put there (`meeting`, its server) for the workers to take before they
+        train."""
+        from . import meeting as meet
+
         ray = self._start()
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if cpus < count - 1:  # the others would wait for a CPU, and the group for them
             raise ClusterLost(f"the Ray cluster at {self.tasks.address} has {cpus} CPUs; "
                               f"data-parallel workers 1..{count - 1} need one each (build "
                               f"with --workers {cpus + 1} or fewer, or add nodes)")
-        send = _sender(ray)
-        sent = {"src": send(_pack(job.src)),
-                "inputs": {name: send(_pack(path)) for name, path in job.inputs.items()}}
-        if replay is not None and replay.start is not None:  # a verifier's replayed segment
-            from .digest import bytes_digest
-
-            start = _pack(replay.start)  # read once: sent, and its digest to check it by
-            sent["start"] = (send(start), bytes_digest(start["file"]))
+        # a build's (verify replays its segments in the sandbox, never on a cluster)
+        assert replay is None or replay.start is None, "a replay from a checkpoint"
+        meet.put_parcel(meeting, "src", _pack(job.src))
+        for name, path in job.inputs.items():
+            meet.put_parcel(meeting, f"input/{name}", _pack(path))
         remote = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(run_rank).options(
             name="reweigh-data-parallel-worker")
         job_json, setup = job.to_json(), self._setup()
-        refs = [remote.remote(job_json, replay, rank, count, rendezvous, setup, sent)
+        refs = [remote.remote(job_json, replay, rank, count, rendezvous, setup)
                 for rank in range(1, count)]
         return Ranks(ray, refs, count, str(self.tasks.address), self.emit, self._node)
 
@@ -525,34 +525,6 @@ def interface_of(ip: str) -> str:
                           "cluster (IPv6 is not supported for data-parallel workers)")
 
 
-# What `_sender` puts inside the tasks rather than in the object store, all files together:
-# below Ray's limit for an argument carried in the task (100 KiB, max_direct_call_object_size).
-INLINE_BYTES = 90 * 2**10
-
-
-def _sender(ray: Any) -> Callable[[dict[str, Any]], Any]:
-    """Packed files and folders as a data-parallel task's argument. Small ones, up to
-    INLINE_BYTES in all, travel inside each task, which then needs nothing from the
-    build's node: an object put there is fetched from its owner, worker 0, and on a busy
-    cluster a worker was once told that owner had died while it trained on
-    (OwnerDiedError). Larger ones are put in the object store once, for every worker."""
-    left = INLINE_BYTES
-
-    def send(packed: dict[str, Any]) -> Any:
-        nonlocal left
-        size = len(packed.get("file", b"")) + sum(len(data) for _, data in packed.get("tree", []))
-        if size > left:
-            return ray.put(packed)
-        left -= size
-        return packed
-
-    return send
-
-
-def _received(ray: Any, sent: Any) -> Any:
-    return ray.get(sent) if isinstance(sent, ray.ObjectRef) else sent
-
-
 def _pack(path: str) -> dict[str, Any]:
     """A file or a folder of the build, for a worker on another machine: its name and
     every regular file's relative path and bytes (symbolic links are refused)."""
@@ -626,28 +598,27 @@ def _same_platform(setup: dict[str, Any]) -> None:
 
 
 def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
-             rendezvous: tuple[str, int, str], setup: dict[str, Any],
-             sent: dict[str, Any]) -> None:
+             rendezvous: tuple[str, int, str], setup: dict[str, Any]) -> None:
     """Data-parallel worker `rank` of `count` in a Ray worker: the recipe's source and
-    inputs as sent, each checked against the derivation's digests; the worker's platform
-    checked against the build's; then the same training as worker 0's, from the same
-    seed, on one thread, on its share of the shards. It writes nothing that is kept: its
-    copies and scratch output live in a folder removed when it ends (and the Ray worker
-    process ends with the task)."""
-    import ray
-
+    inputs taken from worker 0's meeting point, each checked against the derivation's
+    digests; the worker's platform checked against the build's; then the same training
+    as worker 0's, from the same seed, on one thread, on its share of the shards. It
+    writes nothing that is kept: its copies and scratch output live in a folder removed
+    when it ends (and the Ray worker process ends with the task)."""
     from .job import Job
-    from .runtime import rank_main
+    from .meeting import take_parcel
+    from .runtime import RENDEZVOUS_MINUTES, meet, rank_main
 
     job = Job.from_json(job_json)
     host, port, _ = rendezvous  # gloo's interface: the one toward worker 0 (before the guard)
     os.environ["GLOO_SOCKET_IFNAME"] = interface_of(_facing_ip(host, port))
     _same_platform({**setup, "inputs": []})  # its input copies get the guard in rank_main
     place = Path(tempfile.mkdtemp(prefix=f"reweigh-worker-{rank}-"))
+    meeting = meet(rendezvous, RENDEZVOUS_MINUTES)
     try:
         src = place / "src"
         src.mkdir()
-        packed = _received(ray, sent["src"])
+        packed = take_parcel(meeting, "src")
         names = sorted(rel for rel, _ in packed.get("tree", []))
         if names != sorted(job.code_digests):
             raise CopyMismatch(f"the recipe's source as sent holds {names}, the derivation "
@@ -655,26 +626,20 @@ def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
         code = _unpack(packed, src)
         for rel, digest in job.code_digests.items():
             _check_file(code / rel, digest, f"the recipe's {rel}")
+        if unchecked := sorted(set(job.inputs) - set(job.input_digests)):
+            raise CopyMismatch(f"input {unchecked[0]!r}: the derivation has no digest for it "
+                               "to check a copy by: refused")
         inputs = {}
-        for name, ref in sent["inputs"].items():
-            if name not in job.input_digests:
-                raise CopyMismatch(f"input {name!r} was sent, the derivation has no digest "
-                                   "for it: refused")
+        for name, digest in job.input_digests.items():
             folder = place / "inputs" / name
             folder.mkdir(parents=True)
-            inputs[name] = str(_verified(_received(ray, ref), folder, job.input_digests[name],
-                                         f"input {name!r}"))
-        if sorted(inputs) != sorted(job.input_digests):
-            raise CopyMismatch(f"inputs sent: {sorted(inputs)}, the derivation's: "
-                               f"{sorted(job.input_digests)}: refused")
-        if "start" in sent:  # the checkpoint worker 0 resumes from, and no other
-            (place / "start").mkdir()
-            packed, digest = sent["start"]
-            start = _verified(_received(ray, packed), place / "start", digest, "the checkpoint")
-            replay = replace(replay, start=str(start), from_out=None)
+            inputs[name] = str(_verified(take_parcel(meeting, f"input/{name}"), folder,
+                                         digest, f"input {name!r}"))
+        meeting.close()
         job = replace(job, src=str(code), inputs=inputs)
         rank_main(job, replay, rank, count, 1, rendezvous, str(place))
     finally:
+        meeting.close()
         shutil.rmtree(place, ignore_errors=True)
 
 

@@ -90,9 +90,11 @@ class Guard:
         return any(real == r or real.startswith(r + os.sep) for r in self.roots)
 
     def to_cluster(self, address: Any) -> bool:
-        """Whether a connection goes to the cluster's host (Ray's driver reaches it)."""
+        """Whether a connection goes to the cluster's host (Ray's driver reaches it) or
+        to worker 0's meeting point (`meet`)."""
         host = address[0] if isinstance(address, tuple) and address else None
-        return self.cluster_host is not None and host == self.cluster_host
+        return (self.cluster_host is not None and host == self.cluster_host) or (
+            isinstance(address, tuple) and tuple(address[:2]) in MEETING_POINTS)
 
     def write_target(self, event: str, args: tuple[Any, ...]) -> Any:
         """The path an event would change, or None when it changes nothing."""
@@ -111,12 +113,29 @@ class Guard:
                 _refuse(NetworkBlocked, f"the build tried to open a network connection "
                         f"({event} to {args[-1]!r}); builds run without network")
         elif event in ("socket.getaddrinfo", "socket.gethostbyname") and args[0] and \
-                args[0] != self.cluster_host:
+                args[0] != self.cluster_host and not self.to_cluster(args[:2]):
             _refuse(NetworkBlocked, f"the build tried to open a network connection "
                     f"(looking up {args[0]!r}); builds run without network")
         elif self.inside_inputs(target := self.write_target(event, args)):
             _refuse(InputWriteBlocked, f"the build tried to change input {target}; "
                     "inputs are read-only")
+
+
+# Worker 0's meeting point (host, port), once this process must reach it: a data-parallel
+# worker on a cluster connects there through Python's sockets, which the guard sees
+MEETING_POINTS: set[tuple[str, int]] = set()
+
+
+def meet(place: tuple[str, int, str], timeout_minutes: float = 30) -> Any:
+    """A connection to worker 0's meeting point at (host, port), proven with its token
+    (`reweigh.meeting.Client`); the guard lets this process reach it, and only it."""
+    import datetime
+
+    from .meeting import Client
+
+    host, port, token = place
+    MEETING_POINTS.add((host, port))
+    return Client(host, port, token, datetime.timedelta(minutes=timeout_minutes))
 
 
 def _refuse(error: type[PermissionError], message: str) -> None:
@@ -659,10 +678,10 @@ def _lost(others: list[Any], count: int) -> WorkerLost | None:
 def _on_cluster(job: Job, replay: Replay | None, count: int,
                 ctx: BuildContext) -> Iterator[Workers]:
     """Workers 1..count-1 as Ray tasks on the build's cluster (`cluster.Ranks`); this
-    process, worker 0, hosts their meeting point: a TCP store on its address toward the
-    cluster, whose keys live under a random token that only the tasks are given, so that
-    nobody else who reaches the port can join the group or read what it exchanges."""
-    import datetime
+    process, worker 0, hosts their meeting point (`reweigh.meeting`) on its address
+    toward the cluster; it answers only those who prove they know a random token that
+    only the tasks are given, so nobody else who reaches the port can join the group or
+    change what it exchanges there."""
     import secrets
 
     import torch
@@ -678,13 +697,19 @@ def _on_cluster(job: Job, replay: Replay | None, count: int,
     except Exception as e:
         raise cluster.ClusterLost(f"cannot start data-parallel workers on the Ray cluster "
                                   f"at {job.cluster}: {' '.join(str(e).split())[:300]}") from e
+    from . import meeting  # with torch.distributed
+
     torch.set_num_threads(max(1, job.threads // count))
-    server = dist.TCPStore(ip, 0, count, is_master=True, wait_for_workers=False,
-                           timeout=datetime.timedelta(minutes=RENDEZVOUS_MINUTES))
-    rendezvous = (ip, int(server.port), secrets.token_hex(16))
-    ranks = engine.start_ranks(job, replay, count, rendezvous)
+    server = meeting.Server(ip, secrets.token_hex(32))
+    rendezvous = (ip, server.port, server.token.decode())
     try:
-        _join_group(rendezvous, 0, count, server)
+        ranks = engine.start_ranks(job, replay, count, rendezvous, server)
+    except BaseException:
+        server.close()
+        raise
+    try:
+        _join_group(rendezvous, 0, count)
+        server.delete(meeting.PARCELS)  # every worker took its copies before it joined
         yield Workers(count, 0)
         dist.barrier()  # the others have ended their training too
     except Exception as e:
@@ -698,29 +723,31 @@ def _on_cluster(job: Job, replay: Replay | None, count: int,
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        server.close()
     if lost := ranks.finish():
         ranks.stop()
         raise WorkerLost(lost)
 
 
-def _join_group(meeting: str | tuple[str, int, str], rank: int, count: int,
-                server: Any = None) -> None:
-    """Join the workers' group: through the file `meeting` (workers in this sandbox), or
-    through worker 0's TCP store at (host, port), under its token (workers on a cluster;
-    `server` is worker 0's own store)."""
+def _join_group(place: str | tuple[str, int, str], rank: int, count: int) -> None:
+    """Join the workers' group: through the file `place` (workers in this sandbox), or
+    through worker 0's meeting point at (host, port), proving that it knows the token
+    (workers on a cluster)."""
     import datetime
 
     import torch.distributed as dist
 
     timeout = datetime.timedelta(minutes=RENDEZVOUS_MINUTES)
-    if isinstance(meeting, str):
-        store: Any = dist.FileStore(meeting, count)
+    if isinstance(place, str):
+        store: Any = dist.FileStore(place, count)
     else:
-        host, port, token = meeting
-        store = dist.PrefixStore(f"reweigh/{token}/", server or dist.TCPStore(
-            host, port, count, is_master=False, timeout=timeout))
+        store = meet(place, RENDEZVOUS_MINUTES)
+        _stores.append(store)  # gloo holds it from C++: it must outlive the group
     dist.init_process_group("gloo", store=store, rank=rank, world_size=count,
                             timeout=timeout)
+
+
+_stores: list[Any] = []
 
 
 def _worker_main(job_json: dict[str, Any], replay: Replay | None, rank: int, count: int,

@@ -1,0 +1,92 @@
+"""Worker 0's meeting point (reweigh.meeting): a store that answers only those who know
+the build's token, and the parcels the workers take from it before they train."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import torch.distributed as dist
+
+from reweigh.meeting import Client, MeetingError, Server, put_parcel, take_parcel
+
+TOKEN = "a1" * 32
+WAIT = timedelta(seconds=5)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    meeting = Server("127.0.0.1", TOKEN)
+    yield meeting
+    meeting.close()
+
+
+def test_a_stranger_can_neither_read_nor_change_what_is_there(server: Server) -> None:
+    """Without the token: a wrong one is refused before any key is read, and so are
+    bytes that are no proof and torch's own TCPStore client (which could list a
+    TCPStore's keys, and with them a token hidden in their names)."""
+    server.put("rank/1", b"10.0.0.1:4000")
+    with pytest.raises(MeetingError, match="refused this worker's proof"):
+        Client("127.0.0.1", server.port, "b2" * 32, WAIT)
+    with socket.create_connection(("127.0.0.1", server.port)) as stranger:
+        stranger.recv(40)
+        stranger.sendall(b"\x01" * 64 + b"\x01rank/1")
+        stranger.settimeout(5)
+        try:
+            answer = stranger.recv(100)
+        except ConnectionResetError:  # closed with our bytes unread
+            answer = b""
+        assert answer == b""  # closed, nothing answered
+    with pytest.raises(RuntimeError):  # torch.distributed.DistError, in its own words
+        dist.TCPStore("127.0.0.1", server.port, 2, is_master=False,
+                      timeout=timedelta(seconds=1)).list_keys()
+    with Client("127.0.0.1", server.port, TOKEN, WAIT) as worker:
+        assert worker.get("rank/1") == b"10.0.0.1:4000" and worker.num_keys() == 1
+
+
+def test_it_answers_as_torch_distributed_asks_a_store_to(server: Server) -> None:
+    first = Client("127.0.0.1", server.port, TOKEN, WAIT)
+    second = Client("127.0.0.1", server.port, TOKEN, WAIT)
+    first.set("a", b"1")
+    assert second.get("a") == b"1" and second.check(["a"]) and not second.check(["a", "b"])
+    assert first.add("n", 2) == 2 and second.add("n", 3) == 5
+    assert first.compare_set("c", "", "new") == b"new"  # "" expects no value: set
+    assert first.compare_set("c", "old", "other") == b"new"  # not the expected: kept
+    assert first.compare_set("c", "new", "third") == b"third"
+    assert first.compare_set("missing", "x", "y") == b"x" and not first.check(["missing"])
+    late = threading.Timer(0.2, lambda: second.set("late", "here"))
+    late.start()
+    assert first.get("late") == b"here"  # waits for another's set
+    first.wait(["a", "late"])
+    with pytest.raises(dist.DistStoreError, match="never"):
+        first.wait(["never"], timedelta(milliseconds=100))
+    first.set_timeout(timedelta(milliseconds=100))
+    started = time.monotonic()
+    with pytest.raises(dist.DistStoreError, match="never"):
+        first.get("never")
+    assert time.monotonic() - started < 4
+    assert first.num_keys() == 4 and first.delete_key("a") and not first.delete_key("a")
+    server.delete("c")
+    assert second.num_keys() == 2  # "n" and "late"
+    first.close()
+    second.close()
+
+
+def test_parcels_come_back_as_they_were_put_and_a_forged_index_is_refused(
+        server: Server) -> None:
+    tree = {"name": "src", "tree": [("train.py", b"def train(ctx): ..."),
+                                    ("sub/data.bin", bytes(range(256)) * 1000), ("e", b"")]}
+    put_parcel(server, "src", tree)
+    put_parcel(server, "input/digits", {"name": "digits.csv", "file": b"0,1\n" * 50_000})
+    with Client("127.0.0.1", server.port, TOKEN, WAIT) as worker:
+        assert take_parcel(worker, "src") == tree
+        assert take_parcel(worker, "input/digits") == {"name": "digits.csv",
+                                                       "file": b"0,1\n" * 50_000}
+        for index in (b"not json", b'{"name": 3, "folder": true, "files": []}', b"[]"):
+            server.put("parcel/src", index)
+            with pytest.raises(MeetingError, match="the meeting point's src"):
+                take_parcel(worker, "src")
