@@ -90,3 +90,23 @@ def test_parcels_come_back_as_they_were_put_and_a_forged_index_is_refused(
             server.put("parcel/src", index)
             with pytest.raises(MeetingError, match="the meeting point's src"):
                 take_parcel(worker, "src")
+
+
+def test_the_guard_lets_a_worker_reach_the_meeting_point_and_nothing_else(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data-parallel worker runs under the build's guard (no network); `runtime.meet`
+    opens the meeting point's address and port to it, and not another port there."""
+    from reweigh import runtime
+
+    monkeypatch.setattr(runtime, "MEETING_POINTS", set())
+    guard = runtime.Guard([])
+    with socket.socket() as probe:
+        for event, args in (("socket.getaddrinfo", ("127.0.0.1", server.port, 0, 1, 0, 0)),
+                            ("socket.connect", (probe, ("127.0.0.1", server.port)))):
+            with pytest.raises(runtime.NetworkBlocked):
+                guard(event, args)
+        runtime.meet(("127.0.0.1", server.port, TOKEN)).close()
+        guard("socket.getaddrinfo", ("127.0.0.1", server.port, 0, 1, 0, 0))
+        guard("socket.connect", (probe, ("127.0.0.1", server.port)))
+        with pytest.raises(runtime.NetworkBlocked):
+            guard("socket.connect", (probe, ("127.0.0.1", server.port + 1)))
