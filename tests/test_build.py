@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from reweigh import build
+from reweigh.errors import BuildError
 from reweigh.store import Store
 
 from .conftest import Examples
@@ -70,6 +71,57 @@ def test_check_rebuilds_and_says_the_weights_are_bit_identical(examples: Example
     assert [(a["purpose"], a["status"]) for a in attempts[:1]] == [("build", "built")]
     assert [(a["purpose"], a["status"]) for a in attempts[attempts_before:]] == [
         ("check", "built")]
+
+
+SPIN = """
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+def train(ctx):  # 0.6 s of CPU here, 0.4 s in a program it waits for
+    while time.process_time() < 0.6:
+        pass
+    subprocess.run([sys.executable, "-c", "import time\\nwhile time.process_time() < 0.4: pass"],
+                   check=True)
+    ctx.save_weights({"w": np.zeros(2, np.float32)})
+"""
+
+
+@pytest.mark.slow
+def test_an_attempt_records_the_cpu_time_its_run_measured_itself(tmp_path: Path) -> None:
+    """Measured inside the sandbox (the builder cannot see its processes' CPU time), with
+    the programs the run waited for; an attempt that failed before it said has none."""
+    store = Store(tmp_path / "store")
+    build(write_recipe(tmp_path / "r", SPIN), store=store)
+    failing = write_recipe(tmp_path / "bad", "def train(ctx):\n    raise ValueError('no')\n")
+    with pytest.raises(BuildError):
+        build(failing, store=store)
+    built, failed = store.attempts()
+    assert built["status"] == "built" and 1.0 <= built["cpu_seconds"] < 10
+    assert failed["status"] == "failed" and failed["cpu_seconds"] is None
+
+
+def test_an_index_made_before_cpu_seconds_gains_the_column(tmp_path: Path) -> None:
+    """A store made by an earlier reweigh: its attempts table without cpu_seconds; opening
+    it adds the column, its rows have none, and new attempts record theirs."""
+    import sqlite3
+
+    root = tmp_path / "store"
+    root.mkdir()
+    with sqlite3.connect(root / "index.sqlite") as db:
+        db.execute("CREATE TABLE attempts (id INTEGER PRIMARY KEY AUTOINCREMENT, derivation "
+                   "TEXT NOT NULL, name TEXT NOT NULL, purpose TEXT NOT NULL, status TEXT NOT "
+                   "NULL, threads INTEGER, pid INTEGER, started_at REAL NOT NULL, ended_at "
+                   "REAL, message TEXT)")
+        db.execute("INSERT INTO attempts (derivation, name, purpose, status, started_at) "
+                   "VALUES ('sha256:0', 'old', 'build', 'built', 1.0)")
+    store = Store(root)
+    attempt = store.begin_attempt("sha256:1", "new", "build", 1)
+    store.end_attempt(attempt, "built", cpu_seconds=2.5)
+    assert [(a["name"], a["cpu_seconds"]) for a in store.attempts()] == [("old", None),
+                                                                         ("new", 2.5)]
 
 
 def test_a_second_build_reuses_the_item(tmp_path: Path) -> None:

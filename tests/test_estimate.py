@@ -1,8 +1,9 @@
 """`reweigh estimate`: time the first seconds of the real build, extrapolate to the whole.
 
 The estimates of examples/digits-cnn and of connect4-zero's smoke variant are compared
-with real builds run right after them, in CPU time (a shared machine's load changes from
-one minute to the next, and wall-clock time with it; see _estimate_against_a_real_build).
+with the run's shared real builds of them, in CPU time (a shared machine's load changes
+from one minute to the next, and wall-clock time with it; see
+_estimate_against_a_real_build).
 Small recipes written on the fly check the FLOP count, the Guix budget and that nothing
 of an estimate run enters the store.
 """
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 import json
 import resource
-import time
 from pathlib import Path
 
 import pytest
 
-from reweigh import build, estimate, sandbox
+from reweigh import estimate, sandbox
 from reweigh.policy.estimate import (
     DEFAULT_MAX_CORE_HOURS,
     Bound,
@@ -27,6 +27,7 @@ from reweigh.policy.estimate import (
 )
 from reweigh.store import Store
 
+from .conftest import Built, Examples
 from .helpers import EXAMPLES, run_reweigh, store_is_empty, write_recipe
 
 STEPS_TRAIN = """
@@ -77,43 +78,42 @@ def _cpu_seconds(*who: int) -> float:
     return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, who))
 
 
-def _estimate_against_a_real_build(recipe: Path, tmp_path: Path, seconds: float
+def _estimate_against_a_real_build(recipe: Path, built: Built, tmp_path: Path, seconds: float
                                    ) -> tuple[CostEstimate, float, float]:
-    """The estimate of `recipe` and a real build of it, back to back, both on one thread:
-    (the estimate, the estimate in CPU seconds, the build's CPU seconds).
+    """The estimate of `recipe` on one thread, and the CPU time of its real build on one
+    thread (the run's shared build of it, which measured itself): (the estimate, the
+    estimate in CPU seconds, the build's CPU seconds).
 
-    Both run unsandboxed, so that their processes are this one's children and their CPU
-    time is counted (a sandboxed child is reaped by bubblewrap, whose namespace hides it).
-    Wall-clock times depend on the machine's load, which on a shared machine changes
-    from one minute to the next (a build timed at load 6 and an estimate at load 2 gave
-    a ratio of 0.38); CPU time does not. The estimate's wall-clock answer becomes CPU
-    seconds by the share of a core its own run got (its child's CPU time over the time it
-    ran), which is the load it saw. The real build counts everything: its training, its
-    evaluation and the bookkeeping this process did for it."""
+    CPU time, not wall-clock time: the latter depends on the machine's load, which on a
+    shared machine changes from one minute to the next (a build timed at load 6 and an
+    estimate at load 2 gave a ratio of 0.38). The estimate runs unsandboxed, so that its
+    process is this one's child and its CPU time is counted (a sandboxed child is reaped
+    by bubblewrap, whose namespace hides it); its wall-clock answer becomes CPU seconds
+    by the share of a core its own run got (its child's CPU time over the time it ran),
+    which is the load it saw. The real build's CPU time is what its own process measured
+    (the attempt's `cpu_seconds`): its training and its evaluation."""
     store = Store(tmp_path / "store")
     children = _cpu_seconds(resource.RUSAGE_CHILDREN)
     cost = estimate(recipe, store=store, threads=1, seconds=seconds).estimate
     share = (_cpu_seconds(resource.RUSAGE_CHILDREN) - children) / cost.observed_seconds
     assert cost.wall_seconds is not None and share > 0
-    both = _cpu_seconds(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    built = build(recipe, store=store, threads=1)
-    real_wall = time.monotonic() - started
-    real = _cpu_seconds(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) - both
+    (attempt,) = Store(built.store).attempts()
+    real = attempt["cpu_seconds"]
+    assert attempt["status"] == "built" and attempt["threads"] == 1 and real > 0
     print(f"\n{recipe}: estimate {cost.wall_seconds:.2f} s wall at {share:.2f} of a core "
           f"({cost.bound.value}, {cost.measured_steps} steps timed, start-up "
-          f"{cost.startup_seconds} s); real build {real_wall:.2f} s wall, {real:.2f} s CPU; "
-          f"ratio in CPU {cost.wall_seconds * share / real:.2f}, "
-          f"in wall time {cost.wall_seconds / real_wall:.2f}")
-    assert [i.path for i in store.items()] == [built.path]  # the estimate added no item
+          f"{cost.startup_seconds} s); real build {real:.2f} s CPU; "
+          f"ratio in CPU {cost.wall_seconds * share / real:.2f}")
+    assert not store.items()  # the estimate added no item
     return cost, cost.wall_seconds * share, real
 
 
 @pytest.mark.slow
 def test_the_estimate_of_digits_cnn_is_within_a_factor_of_two_of_its_real_build(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        examples: Examples, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(sandbox.ENV_CHOICE, "none")
-    cost, guess, real = _estimate_against_a_real_build(EXAMPLES / "digits-cnn", tmp_path, 2.0)
+    cost, guess, real = _estimate_against_a_real_build(
+        EXAMPLES / "digits-cnn", examples.built("digits-cnn"), tmp_path, 2.0)
     assert cost.bound in (Bound.EXTRAPOLATED, Bound.MEASURED)
     assert cost.total_steps == 345
     assert 0.5 <= guess / real <= 2.0
@@ -122,12 +122,13 @@ def test_the_estimate_of_digits_cnn_is_within_a_factor_of_two_of_its_real_build(
 
 @pytest.mark.slow
 def test_the_estimate_of_connect4_zero_smoke_is_within_a_factor_of_two_of_its_real_build(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        examples: Examples, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Self-play reports progress twice a generation (after self-play, after training):
     the estimate times the first generations and extrapolates to the rest."""
     monkeypatch.setenv(sandbox.ENV_CHOICE, "none")
-    cost, guess, real = _estimate_against_a_real_build(EXAMPLES / "connect4-zero" / "smoke.toml",
-                                                       tmp_path, 1.0)
+    cost, guess, real = _estimate_against_a_real_build(
+        EXAMPLES / "connect4-zero" / "smoke.toml", examples.built("connect4-zero-smoke"),
+        tmp_path, 1.0)
     assert cost.bound is Bound.EXTRAPOLATED, cost.note
     assert cost.total_steps == 8 and cost.measured_steps < 8
     assert 0.5 <= guess / real <= 2.0

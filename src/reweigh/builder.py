@@ -55,6 +55,7 @@ class ChildResult:
     finished: float = 0.0
     stopped: bool = False  # ended early on purpose (`watch` or `stop_after_seconds`)
     done: bool = False  # the runtime said it finished (its last event)
+    cpu_seconds: float | None = None  # what the run cost in CPU time, as it measured itself
 
 
 def stage_source(code: dict[str, Path], work: Path) -> Path:
@@ -300,6 +301,13 @@ def _record_error(result: ChildResult, event: dict[str, Any]) -> None:
     result.frames = list(event.get("frames") or [])
 
 
+def _record_done(result: ChildResult, event: dict[str, Any]) -> None:
+    result.done = True
+    seconds = event.get("cpu_seconds")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+        result.cpu_seconds = float(seconds)
+
+
 # How each event of the build process is kept in its ChildResult.
 _RECORD: dict[str, Callable[[ChildResult, dict[str, Any]], None]] = {
     "metric": lambda r, e: r.metrics.append({k: e.get(k) for k in ("name", "value", "step")}),
@@ -311,7 +319,7 @@ _RECORD: dict[str, Callable[[ChildResult, dict[str, Any]], None]] = {
     "environment": lambda r, e: setattr(r, "environment", e["record"]),
     "violation": lambda r, e: r.violations.append(str(e["message"])),
     "error": _record_error,
-    "done": lambda r, e: setattr(r, "done", True),
+    "done": _record_done,
 }
 
 

@@ -368,19 +368,22 @@ class Store:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def end_attempt(self, attempt: int, status: str, message: str = "") -> None:
+    def end_attempt(self, attempt: int, status: str, message: str = "",
+                    cpu_seconds: float | None = None) -> None:
+        """`cpu_seconds`: what the recipe's process (and the processes it waited for)
+        spent, as it measured itself; None where it never said (it failed first)."""
         with self._db() as db:
-            db.execute("UPDATE attempts SET status = ?, ended_at = ?, message = ? WHERE id = ?",
-                       (status, time.time(), message[-4000:], attempt))
+            db.execute("UPDATE attempts SET status = ?, ended_at = ?, message = ?, "
+                       "cpu_seconds = COALESCE(?, cpu_seconds) WHERE id = ?",
+                       (status, time.time(), message[-4000:], cpu_seconds, attempt))
 
     def attempts(self, derivation: str | None = None) -> list[dict[str, Any]]:
-        query = "SELECT id, derivation, name, purpose, status, threads, started_at, ended_at " \
-                "FROM attempts"
+        keys = ("id", "derivation", "name", "purpose", "status", "threads", "started_at",
+                "ended_at", "cpu_seconds")
+        query = f"SELECT {', '.join(keys)} FROM attempts"
         with self._db() as db:
             rows = (db.execute(query + " WHERE derivation = ? ORDER BY id", (derivation,))
                     if derivation else db.execute(query + " ORDER BY id")).fetchall()
-        keys = ("id", "derivation", "name", "purpose", "status", "threads", "started_at",
-                "ended_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def record_check(self, item: StoreItem, kind: str, result: str,

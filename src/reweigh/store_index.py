@@ -92,10 +92,17 @@ def transaction(root: Path) -> Iterator[sqlite3.Connection]:
             raise
 
 
+# Columns added to a table after stores were made with it: (table, column, its type)
+ADDED_COLUMNS = (("attempts", "cpu_seconds", "REAL"),)
+
+
 def create(root: Path) -> None:
-    """Create the index, or add the tables an older one lacks."""
+    """Create the index, or add the tables and columns an older one lacks."""
     with transaction(root) as db:
         db.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def compact(root: Path) -> None:

@@ -175,6 +175,7 @@ def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
         if item is None:
             out, record = run_build(the_plan, store, threads, reporter, "build", isolation)
             known, attempt = record.pop("known"), record.pop("attempt")
+            cpu_seconds = record.pop("cpu_seconds")
             try:
                 item = store.commit(out, drv.item_name, record, known)
             except BaseException as e:
@@ -182,7 +183,8 @@ def build_plan(the_plan: Plan, store: Store, threads: int, check: bool,
                 raise
             finally:
                 remove_tree(out.parent)
-            store.end_attempt(attempt, "built")  # only now: the item is in the store
+            # only now: the item is in the store
+            store.end_attempt(attempt, "built", cpu_seconds=cpu_seconds)
         result = check_item(the_plan, store, item, threads, reporter, isolation) if check else None
     return BuildReport(item.path, item.name, item.version, item.derivation, item.weights_digest,
                        reused, threads, result, drv.record.get("platform", numerics.NATIVE),
@@ -241,6 +243,7 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
             kept = keeper.finish()
         finally:
             keeper.close()
+        cpu_seconds = result.cpu_seconds
         run = {"weights_digest": file_digest(out / "weights.safetensors"),
                "environment": result.environment, "started": result.started,
                "finished": result.finished, "threads": threads, "attempt": attempt,
@@ -255,13 +258,13 @@ def run_build(the_plan: Plan, store: Store, threads: int, reporter: Reporter,
         shutil.copytree(work / "src", out / "source")  # what a verifier replays
         shutil.copyfile(recipe.file, out / "source" / "recipe.toml")
         if purpose != "build":  # a build's attempt ends when its item is committed
-            store.end_attempt(attempt, "built")
+            store.end_attempt(attempt, "built", cpu_seconds=cpu_seconds)
         record = {"derivation": drv.digest, "name": recipe.name, "version": recipe.version,
                   "weights_digest": run["weights_digest"],
                   "environment_digest": fingerprint(result.environment),
                   "inputs": {i.name: i.digest for i in the_plan.inputs},
                   "known": {"weights.safetensors": run["weights_digest"]},
-                  "attempt": attempt}
+                  "attempt": attempt, "cpu_seconds": cpu_seconds}
         return out, record
     except BaseException as e:
         log_kept = store.keep_log(log, f"{drv.item_name}-attempt-"
