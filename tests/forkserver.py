@@ -10,9 +10,10 @@ non-daemon threads are waited for, `atexit` runs, and output that cannot be flus
 is exit status 120, as the interpreter does. Each request is one connection, so tests
 may run commands side by side.
 
-What a fork cannot give is what an interpreter reads as it starts: a change to a PYTHON*
-or LD_* variable gets a fresh `python -m reweigh.cli.main` (`helpers.run_reweigh` picks),
-and so does every command while REWEIGH_TEST_FRESH_CLI=1. The server loads neither torch
+What a fork cannot give is what an interpreter reads as it starts: a change to a PYTHON*,
+LD_*, locale or time zone variable gets a fresh `python -m reweigh.cli.main`
+(`helpers.run_reweigh` picks), and so does every command while REWEIGH_TEST_FRESH_CLI=1
+(the whole suite passes that way too, in about a fifth more time). The server loads neither torch
 nor Ray (torch reads its thread settings as it loads, and threads do not survive a
 fork): a command that needs them loads them in its own process, as a fresh one would.
 
@@ -41,8 +42,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-# what an interpreter reads as it starts, which a fork of one cannot change
-STARTUP_PREFIXES = ("PYTHON", "LD_")
+# what an interpreter (or the C library under it) reads as it starts, which a fork of
+# one cannot change: Python's own settings, the dynamic linker's, the locale, the zone
+STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "LANG", "TZ")
 FRESH = "REWEIGH_TEST_FRESH_CLI"
 
 
