@@ -16,6 +16,10 @@ LD_*, locale or time zone variable gets a fresh `python -m reweigh.cli.main`
 (the whole suite passes that way too, in about a fifth more time). The server loads neither torch
 nor Ray (torch reads its thread settings as it loads, and threads do not survive a
 fork): a command that needs them loads them in its own process, as a fresh one would.
+What else differs: every fork has the server's hash seed (a fresh interpreter draws its
+own), its standard input is /dev/null, and it ends with `os._exit` after the steps above
+(an object left to the garbage collector at exit is not finalized). Tests of what a
+command imports, or of a command's handling of its input or signals, start it themselves.
 
 Protocol: the client sends one JSON line (`argv`, `env`, `cwd`, `umask`) with the write
 ends of its stdout and stderr pipes (SCM_RIGHTS); the server forks a monitor, which
@@ -26,6 +30,7 @@ command ends.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import json
 import locale
@@ -43,8 +48,9 @@ from pathlib import Path
 from typing import Any
 
 # what an interpreter (or the C library under it) reads as it starts, which a fork of
-# one cannot change: Python's own settings, the dynamic linker's, the locale, the zone
-STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "LANG", "TZ")
+# one cannot change: Python's own settings, the dynamic linker's, the locale, the zone,
+# and the thread settings numpy's BLAS reads as it loads
+STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "LANG", "TZ", "OMP_", "OPENBLAS_", "MKL_")
 FRESH = "REWEIGH_TEST_FRESH_CLI"
 
 
@@ -227,14 +233,16 @@ class Server:
                             [out_w, err_w])
             os.close(out_w)
             os.close(err_w)
+            connection.settimeout(timeout)
             replies = connection.makefile("rb")
             pid = int(replies.readline().split()[1])
             try:
                 out, err = _read_both(out_r, err_r, time.monotonic() + timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(pid, signal.SIGKILL)
+                status = int(replies.readline().split()[1])
+            except (subprocess.TimeoutExpired, TimeoutError):
+                with contextlib.suppress(ProcessLookupError):  # ended just now
+                    os.kill(pid, signal.SIGKILL)
                 raise subprocess.TimeoutExpired(command, timeout) from None
-            status = int(replies.readline().split()[1])
         return subprocess.CompletedProcess(command, os.waitstatus_to_exitcode(status),
                                            _text(out), _text(err))
 
@@ -269,12 +277,15 @@ def _text(data: bytes) -> str:
 
 
 _server: list[Server] = []
+_starting = threading.Lock()
 
 
 def server() -> Server:
-    if not _server or _server[0].process.poll() is not None:
-        _server[:] = [Server()]
-    return _server[0]
+    """This test process's server (started at first use, again if it died)."""
+    with _starting:
+        if not _server or _server[0].process.poll() is not None:
+            _server[:] = [Server()]
+        return _server[0]
 
 
 if __name__ == "__main__":

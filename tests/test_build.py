@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,7 +108,9 @@ def test_an_attempt_records_the_cpu_time_its_run_measured_itself(tmp_path: Path)
 
 def test_an_index_made_before_cpu_seconds_gains_the_column(tmp_path: Path) -> None:
     """A store made by an earlier reweigh: its attempts table without cpu_seconds; opening
-    it adds the column, its rows have none, and new attempts record theirs."""
+    it adds the column, its rows have none, and new attempts record theirs. Six commands
+    opening it at the same moment all succeed (each switching it to WAL mode or adding the
+    column failed with "locked" or "duplicate column" in about half the runs)."""
     import sqlite3
 
     root = tmp_path / "store"
@@ -117,6 +122,16 @@ def test_an_index_made_before_cpu_seconds_gains_the_column(tmp_path: Path) -> No
                    "REAL, message TEXT)")
         db.execute("INSERT INTO attempts (derivation, name, purpose, status, started_at) "
                    "VALUES ('sha256:0', 'old', 'build', 'built', 1.0)")
+    # several commands open it at the same moment: each adds the column or finds it added
+    go = tmp_path / "go"
+    opener = ("import os, sys, time\nfrom pathlib import Path\nfrom reweigh.store import Store\n"
+              "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+              "Store(Path(sys.argv[1]))\n")
+    openers = [subprocess.Popen([sys.executable, "-c", opener, str(root), str(go)],
+                                stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    time.sleep(1.0)  # all of them started and waiting
+    go.touch()
+    assert [(p.wait(), p.stderr.read() if p.stderr else "") for p in openers] == [(0, "")] * 6
     store = Store(root)
     attempt = store.begin_attempt("sha256:1", "new", "build", 1)
     store.end_attempt(attempt, "built", cpu_seconds=2.5)

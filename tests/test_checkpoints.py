@@ -370,11 +370,11 @@ import sys
 import numpy as np
 
 def train(ctx):
-    framework = ctx.params["framework"] or None
+    framework = ctx.params["framework"]
     state = ctx.resume(framework)
     if state is not None:
         module = type(state["w"]).__module__.split(".")[0]
-        assert module == {None: "numpy", "pt": "torch"}[framework], module
+        assert module == {"numpy": "numpy", "pt": "torch"}[framework], module
     w = np.asarray(state["w"]) if state else np.zeros(3, np.float32)
     for step in range(state["step"] + 1 if state else 1, 5):
         w = w + np.float32(step)
@@ -388,11 +388,11 @@ def train(ctx):
 
 @pytest.mark.slow
 def test_a_numpy_recipe_checkpoints_and_resumes_without_loading_torch(tmp_path: Path) -> None:
-    """Its build and every replay run without torch (a second less each), and write the
-    checkpoints they wrote when a state's arrays went through torch (the same digests as
-    the build that asks for tensors back, which loads it)."""
+    """With ctx.resume("numpy"), its build and every replay run without torch (a second
+    less each), and write the checkpoints they wrote when a state's arrays went through
+    torch (the same digests as the build that asks for tensors back, which loads it)."""
     digests = {}
-    for framework in ("", "pt"):
+    for framework in ("numpy", "pt"):
         recipe = write_recipe(tmp_path / f"r{framework}", NUMPY_RESUME,
                               params=f'framework = "{framework}"', build="checkpoint_every = 1")
         store = tmp_path / f"store{framework}"
@@ -402,9 +402,9 @@ def test_a_numpy_recipe_checkpoints_and_resumes_without_loading_torch(tmp_path: 
         assert report["holds"] and len(report["segments"]) == 4, report
         transcript = json.loads((item / "transcript.json").read_text())
         digests[framework] = [c["digest"] for c in transcript["checkpoints"]]
-    assert digests[""] == digests["pt"] and len(set(digests[""])) == 4
+    assert digests["numpy"] == digests["pt"] and len(set(digests["numpy"])) == 4
     recipe = write_recipe(tmp_path / "odd", NUMPY_RESUME.replace(
-        "ctx.resume(framework)", 'ctx.resume("tensorflow")'), params='framework = ""')
+        "ctx.resume(framework)", 'ctx.resume("tensorflow")'), params='framework = "numpy"')
     result = run_reweigh("build", recipe, store=tmp_path / "odd-store")
     assert result.returncode == 1 and "framework must be one of pt, numpy" in result.stderr
 

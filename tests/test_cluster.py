@@ -365,7 +365,8 @@ def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_f
         adopted: None) -> None:
     """Sharded digits-cnn with worker 1 of 2 as a Ray task on a head the test started:
     the weights of the run's plain build of it, bit for bit, the provenance saying
-    where the worker ran. Then a recipe whose worker 1 kills its own Ray worker process
+    where the worker ran; a verifier's replay of its last segment with worker 1 there too.
+    Then a recipe whose worker 1 kills its own Ray worker process
     mid-training, after taking its 300 KB source from worker 0: one line naming it,
     nothing kept. One head for both: Ray is slow to start."""
     from .test_workers import bn_recipe
@@ -385,6 +386,15 @@ def test_data_parallel_workers_on_a_cluster_give_the_plain_bits_and_a_lost_one_f
     assert "workers 1..1 of 2 ran in the Ray cluster" in isolation["cluster_ranks"]
     shown = run_reweigh("show", rebuilt["path"], store=tmp_path / "store2")
     assert "cluster workers" in shown.stdout and "outside this sandbox" in shown.stdout
+    # a verifier's replay of the last segment there: worker 1 takes the checkpoint it
+    # starts from (485 KB, more than a Ray task carries inline) at worker 0's meeting point
+    item = Path(rebuilt["path"])
+    replayed = run_reweigh("verify", item, "--transcript", item / "transcript.json", "--spot",
+                           "0", "--largest", "0", "--json", store=tmp_path / "store2",
+                           env={"REWEIGH_CLUSTER": address, "REWEIGH_WORKERS": "2"})
+    assert replayed.returncode == 0, replayed.stderr
+    report = json.loads(replayed.stdout)
+    assert report["holds"] and [s["start_step"] for s in report["segments"]] == [60], report
 
     # its source is larger than a Ray task carries inline (100 KiB): worker 1 takes it from
     # worker 0's meeting point (through Ray's object store it could not: OwnerDiedError)

@@ -4,10 +4,13 @@ the build's token, and the parcels the workers take from it before they train.""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
@@ -110,3 +113,60 @@ def test_the_guard_lets_a_worker_reach_the_meeting_point_and_nothing_else(
         guard("socket.connect", (probe, ("127.0.0.1", server.port)))
         with pytest.raises(runtime.NetworkBlocked):
             guard("socket.connect", (probe, ("127.0.0.1", server.port + 1)))
+
+
+SERVE_WITH_FEW_FILES = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+from reweigh.meeting import Server
+server = Server("127.0.0.1", sys.argv[1])
+server.put("k", b"v")
+print(server.port, flush=True)
+time.sleep(60)
+"""
+
+
+def test_strangers_who_use_up_its_files_do_not_stop_it_for_good(tmp_path: Path) -> None:
+    """Worker 0 with 48 file descriptors; 100 strangers connect at once and say nothing
+    (it runs out of descriptors), then go: a worker that comes later is still answered."""
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE_WITH_FEW_FILES)
+    with subprocess.Popen([sys.executable, str(script), TOKEN], stdout=subprocess.PIPE,
+                          text=True) as process:
+        try:
+            assert process.stdout is not None
+            port = int(process.stdout.readline())
+            strangers = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+            time.sleep(0.5)
+            for stranger in strangers:
+                stranger.close()
+            with Client("127.0.0.1", port, TOKEN, WAIT) as worker:
+                assert worker.get("k") == b"v"
+        finally:
+            process.kill()
+
+
+def test_a_stranger_gets_a_few_seconds_in_all_and_close_ends_every_connection(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A byte now and then does not keep a stranger's connection open past the
+    handshake's time; closing the meeting point closes a worker's connection too."""
+    from reweigh import meeting
+
+    monkeypatch.setattr(meeting, "HANDSHAKE_SECONDS", 0.5)
+    slow = Server("127.0.0.1", TOKEN)
+    with socket.create_connection(("127.0.0.1", slow.port)) as stranger:
+        stranger.recv(40)
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(50):  # 10 s of trickling, were it allowed
+                stranger.sendall(b"x")
+                time.sleep(0.2)
+                if stranger.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
+                    raise ConnectionResetError("closed")
+        assert time.monotonic() - started < 3
+    worker = Client("127.0.0.1", slow.port, TOKEN, WAIT)
+    slow.close()
+    with pytest.raises((OSError, ConnectionError)):
+        worker.get("anything")
+    with pytest.raises(MeetingError):
+        Client("127.0.0.1", slow.port, TOKEN, WAIT)

@@ -46,8 +46,8 @@ TRAIN = """
 import numpy as np
 
 def train(ctx):
-    state = ctx.resume() or {}
-    w = np.asarray(state["w"]) if state else np.zeros(256, np.float32)
+    state = ctx.resume("numpy") or {}
+    w = state["w"] if state else np.zeros(256, np.float32)
     frozen = np.arange(20000, dtype=np.float32)
     for step in range(int(state.get("step", 0)) + 1, 7):
         w = w + np.sin(np.arange(256, dtype=np.float32) * step).astype(np.float32)

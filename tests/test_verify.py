@@ -299,7 +299,7 @@ import numpy as np
 def train(ctx):
     alpha = ctx.params["alpha"]
     assert isinstance(alpha, float), f"alpha arrived as {type(alpha).__name__}"
-    state = ctx.resume() or {"w": np.zeros(2, dtype=np.float32), "step": 0}
+    state = ctx.resume("numpy") or {"w": np.zeros(2, dtype=np.float32), "step": 0}
     for step in range(state["step"] + 1, 5):
         state = {"w": state["w"] + np.float32(alpha), "step": step}
         ctx.checkpoint(step, state, final=step == 4)

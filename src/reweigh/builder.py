@@ -12,6 +12,7 @@ caller's decision (see `reweigh.verbs.build`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import shutil
@@ -304,7 +305,8 @@ def _record_error(result: ChildResult, event: dict[str, Any]) -> None:
 def _record_done(result: ChildResult, event: dict[str, Any]) -> None:
     result.done = True
     seconds = event.get("cpu_seconds")
-    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and (
+            0 <= seconds < math.inf):
         result.cpu_seconds = float(seconds)
 
 

@@ -233,9 +233,9 @@ class Engine:
         """Data-parallel workers 1..count-1 of `job` as Ray tasks on the cluster (one CPU
         each, never retried: a worker that died left a group that cannot take it back).
         `rendezvous` is worker 0's meeting point (`reweigh.meeting`: address, port) and
-        the token a worker must prove it knows there; the recipe's source and every
-        input are put there (`meeting`, its server) for the workers to take before they
-        train."""
+        the token a worker must prove it knows there; the recipe's source, every input
+        and a replayed segment's start checkpoint are put there (`meeting`, its server)
+        for the workers to take before they train."""
         from . import meeting as meet
 
         ray = self._start()
@@ -244,15 +244,20 @@ class Engine:
             raise ClusterLost(f"the Ray cluster at {self.tasks.address} has {cpus} CPUs; "
                               f"data-parallel workers 1..{count - 1} need one each (build "
                               f"with --workers {cpus + 1} or fewer, or add nodes)")
-        # a build's (verify replays its segments in the sandbox, never on a cluster)
-        assert replay is None or replay.start is None, "a replay from a checkpoint"
         meet.put_parcel(meeting, "src", _pack(job.src))
         for name, path in job.inputs.items():
             meet.put_parcel(meeting, f"input/{name}", _pack(path))
+        start_digest = None
+        if replay is not None and replay.start is not None:  # a verifier's replayed segment
+            from .digest import bytes_digest
+
+            start = _pack(replay.start)  # read once: put there, and its digest to check it by
+            meet.put_parcel(meeting, "start", start)
+            start_digest = bytes_digest(start["file"])
         remote = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(run_rank).options(
             name="reweigh-data-parallel-worker")
         job_json, setup = job.to_json(), self._setup()
-        refs = [remote.remote(job_json, replay, rank, count, rendezvous, setup)
+        refs = [remote.remote(job_json, replay, rank, count, rendezvous, setup, start_digest)
                 for rank in range(1, count)]
         return Ranks(ray, refs, count, str(self.tasks.address), self.emit, self._node)
 
@@ -598,13 +603,15 @@ def _same_platform(setup: dict[str, Any]) -> None:
 
 
 def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
-             rendezvous: tuple[str, int, str], setup: dict[str, Any]) -> None:
+             rendezvous: tuple[str, int, str], setup: dict[str, Any],
+             start_digest: str | None = None) -> None:
     """Data-parallel worker `rank` of `count` in a Ray worker: the recipe's source and
     inputs taken from worker 0's meeting point, each checked against the derivation's
-    digests; the worker's platform checked against the build's; then the same training
-    as worker 0's, from the same seed, on one thread, on its share of the shards. It
-    writes nothing that is kept: its copies and scratch output live in a folder removed
-    when it ends (and the Ray worker process ends with the task)."""
+    digests (and a replayed segment's start checkpoint against `start_digest`); the
+    worker's platform checked against the build's; then the same training as worker
+    0's, from the same seed, on one thread, on its share of the shards. It writes
+    nothing that is kept: its copies and scratch output live in a folder removed when it
+    ends (and the Ray worker process ends with the task)."""
     from .job import Job
     from .meeting import take_parcel
     from .runtime import RENDEZVOUS_MINUTES, meet, rank_main
@@ -614,8 +621,9 @@ def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
     os.environ["GLOO_SOCKET_IFNAME"] = interface_of(_facing_ip(host, port))
     _same_platform({**setup, "inputs": []})  # its input copies get the guard in rank_main
     place = Path(tempfile.mkdtemp(prefix=f"reweigh-worker-{rank}-"))
-    meeting = meet(rendezvous, RENDEZVOUS_MINUTES)
+    meeting = None
     try:
+        meeting = meet(rendezvous, RENDEZVOUS_MINUTES)
         src = place / "src"
         src.mkdir()
         packed = take_parcel(meeting, "src")
@@ -635,11 +643,17 @@ def run_rank(job_json: dict[str, Any], replay: Any, rank: int, count: int,
             folder.mkdir(parents=True)
             inputs[name] = str(_verified(take_parcel(meeting, f"input/{name}"), folder,
                                          digest, f"input {name!r}"))
+        if start_digest is not None:  # the checkpoint worker 0 resumes from, and no other
+            (place / "start").mkdir()
+            start = _verified(take_parcel(meeting, "start"), place / "start", start_digest,
+                              "the checkpoint")
+            replay = replace(replay, start=str(start), from_out=None)
         meeting.close()
         job = replace(job, src=str(code), inputs=inputs)
         rank_main(job, replay, rank, count, 1, rendezvous, str(place))
     finally:
-        meeting.close()
+        if meeting is not None:
+            meeting.close()
         shutil.rmtree(place, ignore_errors=True)
 
 

@@ -26,6 +26,7 @@ fields; a field is its length (8 bytes, little-endian) and its bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -42,6 +43,7 @@ import torch.distributed as dist
 
 HELLO = b"RWMEET1\n"
 NONCE_BYTES = 32
+HANDSHAKE_SECONDS = 10  # how long a connection may take to prove it knows the token
 LENGTH = struct.Struct("<Q")
 SET, GET, ADD, CHECK, WAIT, COMPARE_SET, DELETE, NUM_KEYS = range(1, 9)
 OK, TIMEOUT, FAILED = 0, 1, 2
@@ -55,21 +57,33 @@ def _proof(token: bytes, side: bytes, mine: bytes, theirs: bytes) -> bytes:
     return hmac.new(token, side + mine + theirs, hashlib.sha256).digest()
 
 
-def _read_exactly(connection: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = connection.recv(min(size - len(data), 1 << 20))
-        if not chunk:
+def _read_exactly(connection: socket.socket, size: int, deadline: float | None = None) -> bytes:
+    """`size` bytes; by `deadline` (time.monotonic()) when given, else TimeoutError."""
+    data = bytearray(size)
+    view, got = memoryview(data), 0
+    while got < size:
+        if deadline is not None:
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
+        count = connection.recv_into(view[got:], min(size - got, 1 << 20))
+        if not count:
             raise ConnectionError("the other side closed the connection")
-        data += chunk
+        got += count
     return bytes(data)
 
 
 def _send_fields(connection: socket.socket, head: int, fields: Iterable[bytes]) -> None:
-    parts = [bytes([head])]
+    """The head and each field, a large field sent from where it lies (never copied)."""
+    small = bytearray([head])
     for field in fields:
-        parts += [LENGTH.pack(len(field)), field]
-    connection.sendall(b"".join(parts))
+        small += LENGTH.pack(len(field))
+        if len(field) < 1 << 16:
+            small += field
+            continue
+        connection.sendall(small)
+        connection.sendall(field)
+        small = bytearray()
+    if small:
+        connection.sendall(small)
 
 
 def _read_fields(connection: socket.socket, count: int) -> list[bytes]:
@@ -93,6 +107,7 @@ class Server:
         self._listener = socket.create_server((ip, 0))
         self.port = int(self._listener.getsockname()[1])
         self._closed = False
+        self._open: set[socket.socket] = set()  # every connection, to close with the server
         threading.Thread(target=self._accept, daemon=True, name="reweigh-meeting").start()
 
     def put(self, key: str, value: bytes) -> None:
@@ -108,39 +123,60 @@ class Server:
                 del self._values[key]
 
     def close(self) -> None:
+        """Stop answering: no new connection, and those open are closed."""
         self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self._listener.close()
+        with self._changed:
+            for connection in list(self._open):
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
 
     def _accept(self) -> None:
+        """Take connections until closed; no stranger's doing ends this loop (out of file
+        descriptors or threads while strangers hold connections: wait, then go on)."""
         while not self._closed:
             try:
                 connection, _ = self._listener.accept()
             except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True,
-                             name="reweigh-meeting-peer").start()
+                if self._closed:
+                    return
+                time.sleep(0.05)
+                continue
+            try:
+                threading.Thread(target=self._serve, args=(connection,), daemon=True,
+                                 name="reweigh-meeting-peer").start()
+            except RuntimeError:  # no thread to be had now
+                connection.close()
 
     def _serve(self, connection: socket.socket) -> None:
-        with connection:
-            try:
-                connection.settimeout(30)  # a stranger gets no thread for long
-                if not self._admitted(connection):
-                    return
-                connection.settimeout(None)
-                while True:
-                    head = connection.recv(1)
-                    if not head:
-                        return
-                    self._answer(connection, head[0])
-            except (OSError, ValueError):
+        with self._changed:
+            self._open.add(connection)
+        try:
+            # a stranger gets HANDSHAKE_SECONDS in all to prove it knows the token
+            if not self._admitted(connection, time.monotonic() + HANDSHAKE_SECONDS):
                 return
+            connection.settimeout(None)
+            while not self._closed:
+                head = connection.recv(1)
+                if not head:
+                    return
+                self._answer(connection, head[0])
+        except (OSError, ValueError):
+            return
+        finally:
+            with self._changed:
+                self._open.discard(connection)
+            connection.close()
 
-    def _admitted(self, connection: socket.socket) -> bool:
+    def _admitted(self, connection: socket.socket, deadline: float) -> bool:
         """The challenge: theirs answered only once they have answered ours."""
         ours = secrets.token_bytes(NONCE_BYTES)
+        connection.settimeout(HANDSHAKE_SECONDS)
         connection.sendall(HELLO + ours)
-        theirs = _read_exactly(connection, NONCE_BYTES)
-        answer = _read_exactly(connection, hashlib.sha256().digest_size)
+        theirs = _read_exactly(connection, NONCE_BYTES, deadline)
+        answer = _read_exactly(connection, hashlib.sha256().digest_size, deadline)
         if not hmac.compare_digest(answer, _proof(self.token, b"worker", ours, theirs)):
             return False
         connection.sendall(_proof(self.token, b"meeting", theirs, ours))
@@ -207,7 +243,7 @@ class Client(dist.Store):
 
     def __init__(self, host: str, port: int, token: str, timeout: timedelta) -> None:
         super().__init__()
-        self._timeout = timeout
+        self.set_timeout(timeout)
         self._lock = threading.Lock()
         try:
             self._connection = socket.create_connection((host, port), timeout=60)
@@ -231,17 +267,22 @@ class Client(dist.Store):
 
     def _call(self, op: int, fields: list[bytes], replies: int) -> list[bytes]:
         with self._lock:
-            _send_fields(self._connection, op, fields)
-            status = _read_exactly(self._connection, 1)[0]
-            answer = _read_fields(self._connection, replies if status == OK else 1)
+            try:
+                _send_fields(self._connection, op, fields)
+                status = _read_exactly(self._connection, 1)[0]
+                answer = _read_fields(self._connection, replies if status == OK else 1)
+            except BaseException:  # a request cut short leaves the stream out of step
+                self._connection.close()
+                raise
         if status == TIMEOUT:
-            raise dist.DistStoreError(f"waited {self._timeout} for {answer[0].decode()}")
+            waited = timedelta(milliseconds=int(fields[-1]))
+            raise dist.DistStoreError(f"waited {waited} for {answer[0].decode()}")
         if status != OK:
             raise dist.DistStoreError(answer[0].decode())
         return answer
 
-    def _millis(self) -> bytes:
-        return str(int(self._timeout.total_seconds() * 1000)).encode()
+    def _millis(self, timeout: timedelta | None = None) -> bytes:
+        return str(int((timeout or self._timeout).total_seconds() * 1000)).encode()
 
     # --- torch.distributed.Store ---------------------------------------------------------
     def set(self, key: str, value: Any) -> None:
@@ -267,16 +308,12 @@ class Client(dist.Store):
                           1)[0] == b"1"
 
     def wait(self, keys: list[str], timeout: timedelta | None = None) -> None:
-        millis = (str(int(timeout.total_seconds() * 1000)).encode() if timeout is not None
-                  else self._millis())
-        self._call(WAIT, [str(len(keys)).encode(), *(k.encode() for k in keys), millis], 0)
+        self._call(WAIT, [str(len(keys)).encode(), *(k.encode() for k in keys),
+                          self._millis(timeout)], 0)
 
     def set_timeout(self, timeout: timedelta) -> None:
         self._timeout = timeout
-
-    @property
-    def timeout(self) -> timedelta:
-        return self._timeout
+        super().set_timeout(timeout)  # what `timeout` says, through a PrefixStore too
 
     def close(self) -> None:
         self._connection.close()
@@ -314,10 +351,11 @@ def take_parcel(client: Client, what: str) -> dict[str, Any]:
     try:
         index = json.loads(client.get(f"{PARCELS}{what}"))
         name, folder, files = index["name"], index["folder"], index["files"]
-        if not (isinstance(name, str) and isinstance(files, list)
-                and all(isinstance(rel, str) for rel in files)):
+        if not (isinstance(name, str) and isinstance(folder, bool) and isinstance(files, list)
+                and all(isinstance(rel, str) for rel in files)
+                and (folder or files == [""])):
             raise ValueError("not a parcel's index")
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise MeetingError(f"the meeting point's {what}: {e}") from e
     data = [client.get(f"{PARCELS}{what}/{number}") for number in range(len(files))]
     if not folder:

@@ -358,25 +358,20 @@ class BuildContext:
                                f"step {step}, not at the segment's end ({end}): training "
                                "did not continue from the given checkpoint")
 
-    def resume(self, framework: str | None = None) -> Any:
+    def resume(self, framework: str = "pt") -> Any:
         """The training state to start from: None in a build from scratch, the state of a
         checkpoint when a verifier replays the segment that starts there. Its tensors
-        come back as torch tensors once torch is loaded here (a torch recipe's), as numpy
-        arrays while it is not (a numpy recipe's, which so never loads it); `framework`
-        ("pt" or "numpy") chooses."""
-        from .weights import FRAMEWORKS, load_state, numpy_can_hold
+        come back as torch tensors, or as numpy arrays with framework "numpy" (so a
+        numpy recipe never loads torch)."""
+        from .weights import FRAMEWORKS, load_state
 
-        if framework is not None and framework not in FRAMEWORKS:
+        if framework not in FRAMEWORKS:
             raise ValueError(f"ctx.resume: framework must be one of {', '.join(FRAMEWORKS)}, "
                              f"not {framework!r}")
         if self.replay is None or self.replay.start is None:
             return None
         self._resumed = True
-        start = Path(self.replay.start)
-        if framework is None:  # bf16 or fp8 tensors need torch even in a numpy recipe
-            numpy = "torch" not in sys.modules and numpy_can_hold(start)
-            framework = "numpy" if numpy else "pt"
-        return load_state(start, framework)
+        return load_state(Path(self.replay.start), framework)
 
     def training_state(self, model: Any, optimizer: Any, generator: Any = None, *,
                        scheduler: Any = None, **more: Any) -> dict[str, Any]:
@@ -401,7 +396,7 @@ class BuildContext:
         `generator`, `scheduler` and torch's global generator. Returns the checkpoint's
         state for the rest (`state.get("step", 0) + 1` is the first step to run); in a
         build from scratch, an empty dict, and nothing is touched."""
-        state = self.resume("pt")
+        state = self.resume()
         if state is None:
             return {}
         wanted = {"model": model, "optimizer": optimizer, "torch_rng": True,

@@ -80,7 +80,7 @@ def transaction(root: Path) -> Iterator[sqlite3.Connection]:
     with _readable(index), contextlib.closing(
             sqlite3.connect(index, timeout=60, isolation_level=None)) as db:
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(db)
             db.execute("PRAGMA busy_timeout=60000")
             db.execute("BEGIN IMMEDIATE")
             yield db
@@ -92,6 +92,20 @@ def transaction(root: Path) -> Iterator[sqlite3.Connection]:
             raise
 
 
+def _use_wal(db: sqlite3.Connection, wait: float = 60) -> None:
+    """Put the index in WAL mode (the file keeps it). Switching needs the file to itself,
+    and SQLite answers "locked" at once instead of waiting as it does for a transaction:
+    two commands opening a new store together would see one of them fail. So wait here."""
+    deadline = time.monotonic() + wait
+    while str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 # Columns added to a table after stores were made with it: (table, column, its type)
 ADDED_COLUMNS = (("attempts", "cpu_seconds", "REAL"),)
 
@@ -101,8 +115,13 @@ def create(root: Path) -> None:
     with transaction(root) as db:
         db.executescript(SCHEMA)
         for table, column, kind in ADDED_COLUMNS:
-            if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                continue
+            try:  # executescript committed: another command may add it first
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column name" not in str(e):
+                    raise
 
 
 def compact(root: Path) -> None:

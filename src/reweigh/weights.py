@@ -326,11 +326,6 @@ def load_state(path: Path, framework: str = "pt") -> Any:
     return _rebuild(skeleton, tensors)
 
 
-def numpy_can_hold(path: Path) -> bool:
-    """Whether every tensor of the checkpoint at `path` has a numpy dtype."""
-    return not _not_numpys(read_header(path))
-
-
 def _not_numpys(header: WeightsFile) -> list[str]:
     return sorted({t.dtype for t in header.tensors.values()} - NUMPY_DTYPES)
 
